@@ -1,0 +1,3 @@
+//! Compute backends. The CPU backend is always compiled; CUDA sits behind the `cuda` feature.
+
+pub mod cpu;

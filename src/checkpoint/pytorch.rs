@@ -1,0 +1,2 @@
+//! `pytorch_model.bin` reader (PyTorch zip archive + pickle), in Rust, no Python.
+//! PLACEHOLDER: to be implemented.

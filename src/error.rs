@@ -1,0 +1,66 @@
+//! The library's error type: every failure a user can cause (bad model directory, bad input)
+//! becomes one of these, with a message that names the file, field or tensor at fault.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while loading a model or embedding text.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be opened or read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// config.json or a sentence-transformers file is malformed, inconsistent or unsupported.
+    #[error("{}: {msg}", path.display())]
+    Config { path: PathBuf, msg: String },
+    /// The weight file is truncated, corrupt or in a format we cannot read.
+    #[error("{}: {msg}", path.display())]
+    Checkpoint { path: PathBuf, msg: String },
+    /// A tensor the config requires is absent from the weight file.
+    #[error("{}: tensor `{name}` is missing", path.display())]
+    MissingTensor { path: PathBuf, name: String },
+    /// A tensor has a shape other than the config implies.
+    #[error("{}: tensor `{name}` has shape {found:?}, expected {expected:?}", path.display())]
+    TensorShape {
+        path: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    /// tokenizer.json is missing, corrupt, or failed on an input.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// A caller-supplied argument or input is invalid.
+    #[error("{0}")]
+    Input(String),
+    /// The requested device is unavailable or failed.
+    #[error("device: {0}")]
+    Device(String),
+}
+
+/// Shorthand used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+    pub(crate) fn config(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Config {
+            path: path.into(),
+            msg: msg.into(),
+        }
+    }
+    pub(crate) fn checkpoint(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Checkpoint {
+            path: path.into(),
+            msg: msg.into(),
+        }
+    }
+}
