@@ -1,7 +1,436 @@
-//! deberta-embed: DeBERTa-v2/v3 sentence embeddings in Rust.
+//! deberta-embed: DeBERTa-v2/v3 sentence embeddings in Rust, numerically identical to
+//! sentence-transformers.
+//!
+//! Load a model directory as users have it on disk (sentence-transformers 2.x/3.x or 5.x+
+//! layout, or a plain transformers checkpoint; `model.safetensors` or `pytorch_model.bin`),
+//! then embed text:
+//!
+//! ```no_run
+//! use deberta_embed::{Device, Embedder, Similarity};
+//!
+//! # fn main() -> deberta_embed::Result<()> {
+//! let embedder = Embedder::load("path/to/model", Device::Cpu)?;
+//! let emb = embedder.encode(&["A man is eating food.", "Someone eats."])?;
+//! assert_eq!(emb.len(), 2);
+//! println!("dim = {}, first value = {}", emb.dim(), emb.row(0)[0]);
+//! let sims = Similarity::Cosine.matrix(&emb, &emb); // [2, 2], row-major
+//! println!("cosine(0, 1) = {}", sims[1]);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Options (threads, batch size, normalization) go through [`EmbedderOptions`]:
+//!
+//! ```no_run
+//! # use deberta_embed::{Device, Embedder, EmbedderOptions};
+//! # fn main() -> deberta_embed::Result<()> {
+//! let opts = EmbedderOptions { threads: Some(2), batch_size: 64, normalize: Some(true) };
+//! let embedder = Embedder::load_with("path/to/model", Device::Cpu, opts)?;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod backend;
 pub mod checkpoint;
+pub mod config;
 pub mod error;
+pub mod model;
+pub mod pooling;
+pub mod relpos;
+pub mod similarity;
+pub mod tokenize;
 
+use std::path::Path;
+use std::sync::Mutex;
+
+pub use config::{ModelConfig, PipelineConfig, PoolingMode};
 pub use error::{Error, Result};
+pub use similarity::Similarity;
+
+use checkpoint::Checkpoint;
+use model::{CpuModel, HostWeights, PackedBatch, RunState};
+use tokenize::TextTokenizer;
+
+/// Where the forward runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    /// fp32 on the CPU, parallel over rayon.
+    Cpu,
+    /// An NVIDIA GPU by ordinal (needs the `cuda` feature).
+    Cuda(usize),
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Device {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let s = s.trim().to_ascii_lowercase();
+        if s == "cpu" {
+            return Ok(Device::Cpu);
+        }
+        if s == "cuda" || s == "gpu" {
+            return Ok(Device::Cuda(0));
+        }
+        if let Some(n) = s.strip_prefix("cuda:") {
+            return n
+                .parse()
+                .map(Device::Cuda)
+                .map_err(|_| Error::Input(format!("bad device `{s}`: expected cuda:N")));
+        }
+        Err(Error::Input(format!(
+            "unknown device `{s}` (expected cpu, cuda or cuda:N)"
+        )))
+    }
+}
+
+/// Load-time options.
+#[derive(Clone, Debug)]
+pub struct EmbedderOptions {
+    /// Worker threads for the forward; `None` = all available cores.
+    pub threads: Option<usize>,
+    /// Sentences per forward batch (inputs are sorted by length first, so batches are tight).
+    pub batch_size: usize,
+    /// Force L2 normalization on (`Some(true)`) or off (`Some(false)`); `None` follows the
+    /// model directory (a `Normalize` module in modules.json).
+    pub normalize: Option<bool>,
+}
+
+impl Default for EmbedderOptions {
+    fn default() -> Self {
+        EmbedderOptions {
+            threads: None,
+            batch_size: 32,
+            normalize: None,
+        }
+    }
+}
+
+/// Embeddings of a list of texts: row-major f32, one row per input, in input order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Embeddings {
+    data: Vec<f32>,
+    dim: usize,
+}
+
+impl Embeddings {
+    /// Wrap row-major data of width `dim`.
+    pub fn from_vec(data: Vec<f32>, dim: usize) -> Result<Self> {
+        if dim == 0 || data.len() % dim != 0 {
+            return Err(Error::Input(format!(
+                "{} values do not form rows of width {dim}",
+                data.len()
+            )));
+        }
+        Ok(Embeddings { data, dim })
+    }
+    /// Width of each embedding.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.data.len() / self.dim
+    }
+    /// No rows.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+    /// Row `i` (panics if out of range, like slice indexing).
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.dim..(i + 1) * self.dim]
+    }
+    /// All rows.
+    pub fn iter(&self) -> std::slice::ChunksExact<'_, f32> {
+        self.data.chunks_exact(self.dim)
+    }
+    /// The flat row-major buffer.
+    pub fn as_slice(&self) -> &[f32] {
+        &self.data
+    }
+    /// Take the flat buffer.
+    pub fn into_vec(self) -> Vec<f32> {
+        self.data
+    }
+}
+
+/// A loaded model: tokenizer + backbone + pooling, ready to embed.
+pub struct Embedder {
+    pipeline: PipelineConfig,
+    tokenizer: TextTokenizer,
+    model: CpuModel,
+    state: Mutex<RunState>,
+    pool: Option<rayon::ThreadPool>,
+    opts: EmbedderOptions,
+    num_params: usize,
+}
+
+impl Embedder {
+    /// Load a model directory with default options.
+    pub fn load(dir: impl AsRef<Path>, device: Device) -> Result<Self> {
+        Self::load_with(dir, device, EmbedderOptions::default())
+    }
+
+    /// Load a model directory.
+    pub fn load_with(dir: impl AsRef<Path>, device: Device, opts: EmbedderOptions) -> Result<Self> {
+        check_device(device)?;
+        let (pipeline, cfg) = PipelineConfig::load(dir.as_ref())?;
+        let tokenizer = TextTokenizer::from_file(
+            &pipeline.transformer_dir.join("tokenizer.json"),
+            pipeline.max_seq_length,
+            pipeline.do_lower_case,
+            cfg.vocab_size,
+        )?;
+        let ck = Checkpoint::open_dir(&pipeline.transformer_dir)?;
+        let weights = HostWeights::load(&ck, &cfg)?;
+        drop(ck);
+        Self::from_parts(pipeline, tokenizer, cfg, weights, opts)
+    }
+
+    /// The deberta-v3-xsmall architecture with deterministic random weights and no tokenizer
+    /// (for benchmarks on a machine without a checkpoint): use [`Embedder::encode_ids`].
+    pub fn synthetic_xsmall(opts: EmbedderOptions) -> Result<SyntheticEmbedder> {
+        let cfg = ModelConfig::xsmall();
+        let weights = HostWeights::random(&cfg, 0x5EED);
+        let num_params = weights.num_params();
+        let max_len = cfg.max_position_embeddings;
+        let pool = build_pool(opts.threads)?;
+        Ok(SyntheticEmbedder {
+            model: CpuModel::new(cfg, weights, max_len),
+            state: Mutex::new(RunState::default()),
+            pool,
+            pooling: vec![PoolingMode::Mean],
+            num_params,
+        })
+    }
+
+    fn from_parts(
+        pipeline: PipelineConfig,
+        tokenizer: TextTokenizer,
+        cfg: ModelConfig,
+        weights: HostWeights,
+        opts: EmbedderOptions,
+    ) -> Result<Self> {
+        if opts.batch_size == 0 {
+            return Err(Error::Input("batch size must be at least 1".into()));
+        }
+        if cfg.position_biased_input && pipeline.max_seq_length > cfg.max_position_embeddings {
+            return Err(Error::config(
+                pipeline.transformer_dir.join("config.json"),
+                format!(
+                    "max_seq_length {} exceeds max_position_embeddings {} of a position_biased_input model",
+                    pipeline.max_seq_length, cfg.max_position_embeddings
+                ),
+            ));
+        }
+        let num_params = weights.num_params();
+        let pool = build_pool(opts.threads)?;
+        let model = CpuModel::new(cfg, weights, pipeline.max_seq_length);
+        Ok(Embedder {
+            pipeline,
+            tokenizer,
+            model,
+            state: Mutex::new(RunState::default()),
+            pool,
+            opts,
+            num_params,
+        })
+    }
+
+    /// Width of the embeddings.
+    pub fn dim(&self) -> usize {
+        pooling::pooled_dim(&self.pipeline.pooling, self.model.config().hidden_size)
+    }
+    /// Inputs are truncated to this many tokens, special tokens included.
+    pub fn max_seq_length(&self) -> usize {
+        self.pipeline.max_seq_length
+    }
+    /// The backbone's resolved config.
+    pub fn config(&self) -> &ModelConfig {
+        self.model.config()
+    }
+    /// Pooling, normalization and file locations.
+    pub fn pipeline(&self) -> &PipelineConfig {
+        &self.pipeline
+    }
+    /// Parameters of the backbone.
+    pub fn num_params(&self) -> usize {
+        self.num_params
+    }
+    /// Whether outputs are L2-normalized.
+    pub fn normalizes(&self) -> bool {
+        self.opts.normalize.unwrap_or(self.pipeline.normalize)
+    }
+
+    /// Token ids exactly as the model sees them (truncated, with special tokens).
+    pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
+        self.tokenizer.encode_batch(texts)
+    }
+
+    /// Embed texts; rows come back in input order.
+    pub fn encode(&self, texts: &[&str]) -> Result<Embeddings> {
+        let ids = self.install(|| self.tokenizer.encode_batch(texts))?;
+        self.encode_ids(&ids)
+    }
+
+    /// Embed pre-tokenized sequences (ids from [`Embedder::tokenize`]).
+    pub fn encode_ids(&self, ids: &[Vec<u32>]) -> Result<Embeddings> {
+        let limit = self.model.max_len();
+        for (i, s) in ids.iter().enumerate() {
+            if s.len() > limit {
+                return Err(Error::Input(format!(
+                    "sequence {i} has {} tokens, more than max_seq_length {limit}",
+                    s.len()
+                )));
+            }
+            if let Some(&bad) = s.iter().find(|&&t| t as usize >= self.config().vocab_size) {
+                return Err(Error::Input(format!(
+                    "sequence {i}: token id {bad} is outside the vocabulary"
+                )));
+            }
+        }
+        let out = self.install(|| {
+            run_batches(
+                &self.model,
+                &self.state,
+                &self.pipeline.pooling,
+                self.opts.batch_size,
+                ids,
+            )
+        });
+        let mut out = out;
+        if self.normalizes() {
+            for row in out.chunks_exact_mut(self.dim()) {
+                pooling::l2_normalize(row);
+            }
+        }
+        check_finite(&out)?;
+        Embeddings::from_vec(out, self.dim())
+    }
+
+    /// Every layer's output for one sequence of ids (index 0 = embedding output), [n, H] each:
+    /// the per-layer comparison the tests make against transformers.
+    pub fn hidden_states(&self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
+        if ids.len() > self.model.max_len() {
+            return Err(Error::Input("sequence longer than max_seq_length".into()));
+        }
+        let batch = PackedBatch::new(&[ids]);
+        let mut hs = Vec::new();
+        let mut guard = self.state.lock().map_err(|_| poisoned())?;
+        let st: &mut RunState = &mut guard;
+        self.install(|| self.model.forward(&batch, st, Some(&mut hs)));
+        Ok(hs)
+    }
+
+    fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match &self.pool {
+            Some(p) => p.install(f),
+            None => f(),
+        }
+    }
+}
+
+/// The synthetic xsmall model of `bench --synthetic xsmall`: the same forward and pooling,
+/// fed with token ids.
+pub struct SyntheticEmbedder {
+    model: CpuModel,
+    state: Mutex<RunState>,
+    pool: Option<rayon::ThreadPool>,
+    pooling: Vec<PoolingMode>,
+    num_params: usize,
+}
+
+impl SyntheticEmbedder {
+    /// Embed token-id sequences (any ids below 128100), in one batch per call.
+    pub fn encode_ids(&self, ids: &[Vec<u32>]) -> Result<Embeddings> {
+        let dim = self.model.config().hidden_size;
+        for s in ids {
+            if s.len() > self.model.max_len() || s.iter().any(|&t| t as usize >= self.model.config().vocab_size) {
+                return Err(Error::Input("synthetic input out of range".into()));
+            }
+        }
+        let run = || run_batches(&self.model, &self.state, &self.pooling, ids.len().max(1), ids);
+        let out = match &self.pool {
+            Some(p) => p.install(run),
+            None => run(),
+        };
+        Embeddings::from_vec(out, dim)
+    }
+    /// The architecture.
+    pub fn config(&self) -> &ModelConfig {
+        self.model.config()
+    }
+    /// Parameter count.
+    pub fn num_params(&self) -> usize {
+        self.num_params
+    }
+}
+
+/// Sort by length, run batches of `batch_size`, pool each sequence, return rows in input order.
+fn run_batches(
+    model: &CpuModel,
+    state: &Mutex<RunState>,
+    modes: &[PoolingMode],
+    batch_size: usize,
+    ids: &[Vec<u32>],
+) -> Vec<f32> {
+    let h = model.config().hidden_size;
+    let dim = pooling::pooled_dim(modes, h);
+    let mut out = vec![0.0f32; ids.len() * dim];
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(ids[i].len()));
+    // A poisoned lock only means an earlier forward panicked; the buffers are rewritten anyway.
+    let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+    let mut batch = PackedBatch::default();
+    for chunk in order.chunks(batch_size) {
+        batch.fill(chunk.iter().map(|&i| ids[i].as_slice()));
+        model.forward(&batch, &mut st, None);
+        let hidden = st.hidden();
+        for (b, &i) in chunk.iter().enumerate() {
+            let (s, e) = (batch.offsets[b], batch.offsets[b + 1]);
+            pooling::pool(modes, &hidden[s * h..e * h], h, &mut out[i * dim..(i + 1) * dim]);
+        }
+    }
+    out
+}
+
+fn check_finite(v: &[f32]) -> Result<()> {
+    match v.iter().position(|x| !x.is_finite()) {
+        Some(p) => Err(Error::Device(format!(
+            "the forward produced a non-finite value (element {p}); the weights may be corrupt"
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn poisoned() -> Error {
+    Error::Device("internal state poisoned by an earlier panic".into())
+}
+
+fn check_device(device: Device) -> Result<()> {
+    match device {
+        Device::Cpu => Ok(()),
+        Device::Cuda(_) => Err(Error::Device(
+            "CUDA support is not compiled in: rebuild with `--features cuda`".into(),
+        )),
+    }
+}
+
+fn build_pool(threads: Option<usize>) -> Result<Option<rayon::ThreadPool>> {
+    match threads {
+        None => Ok(None),
+        Some(0) => Err(Error::Input("threads must be at least 1".into())),
+        Some(n) => rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .map(Some)
+            .map_err(|e| Error::Device(format!("cannot start {n} threads: {e}"))),
+    }
+}

@@ -29,3 +29,204 @@ pub struct OwnedTensor {
     pub shape: Vec<usize>,
     pub data: Vec<u8>,
 }
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::tensor::{Metadata, SafeTensors};
+
+use crate::error::{Error, Result};
+
+/// Where the tensors live.
+enum Store {
+    /// `model.safetensors`, memory-mapped; tensors are sliced out of the map on request.
+    Safetensors {
+        map: Mmap,
+        /// byte offset of the data section
+        data_start: usize,
+        meta: Metadata,
+    },
+    /// `pytorch_model.bin`, read fully.
+    Torch(HashMap<String, OwnedTensor>),
+}
+
+/// The named tensors of one weight file.
+pub struct Checkpoint {
+    path: PathBuf,
+    store: Store,
+    /// "deberta." when the backbone keys carry a task-head model's prefix.
+    prefix: &'static str,
+}
+
+impl Checkpoint {
+    /// Open the weights in a transformers model folder: `model.safetensors` if present,
+    /// else `pytorch_model.bin`.
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let st = dir.join("model.safetensors");
+        let bin = dir.join("pytorch_model.bin");
+        if st.is_file() {
+            Self::open_safetensors(&st)
+        } else if bin.is_file() {
+            Self::open_pytorch(&bin)
+        } else if dir.join("model.safetensors.index.json").is_file()
+            || dir.join("pytorch_model.bin.index.json").is_file()
+        {
+            Err(Error::Input(format!(
+                "{}: sharded checkpoints are not supported; save the model as one file",
+                dir.display()
+            )))
+        } else {
+            Err(Error::Input(format!(
+                "{}: no model.safetensors or pytorch_model.bin found",
+                dir.display()
+            )))
+        }
+    }
+
+    /// Memory-map a `.safetensors` file and validate its header.
+    pub fn open_safetensors(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the map is read-only and private to this process; a concurrent writer
+        // truncating the file could fault, which is the documented caveat of every mmap reader
+        // (safetensors itself loads this way). We never hand out references past `map`'s life.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        SafeTensors::deserialize(&map)
+            .map_err(|e| Error::checkpoint(path, format!("not a valid safetensors file: {e}")))?;
+        let (header_len, meta) = SafeTensors::read_metadata(&map)
+            .map_err(|e| Error::checkpoint(path, format!("not a valid safetensors file: {e}")))?;
+        let mut ck = Checkpoint {
+            path: path.to_path_buf(),
+            store: Store::Safetensors {
+                data_start: 8 + header_len,
+                map,
+                meta,
+            },
+            prefix: "",
+        };
+        ck.detect_prefix();
+        Ok(ck)
+    }
+
+    /// Read a PyTorch zip checkpoint.
+    pub fn open_pytorch(path: &Path) -> Result<Self> {
+        let tensors = pytorch::load(path)?;
+        let mut ck = Checkpoint {
+            path: path.to_path_buf(),
+            store: Store::Torch(tensors.into_iter().collect()),
+            prefix: "",
+        };
+        ck.detect_prefix();
+        Ok(ck)
+    }
+
+    /// The weight file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn has_raw(&self, name: &str) -> bool {
+        match &self.store {
+            Store::Safetensors { meta, .. } => meta.info(name).is_some(),
+            Store::Torch(map) => map.contains_key(name),
+        }
+    }
+
+    fn detect_prefix(&mut self) {
+        let key = "embeddings.word_embeddings.weight";
+        if !self.has_raw(key) && self.has_raw(&format!("deberta.{key}")) {
+            self.prefix = "deberta.";
+        }
+    }
+
+    /// Whether the backbone tensor `name` (without prefix) exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.has_raw(&format!("{}{name}", self.prefix))
+    }
+
+    /// Backbone tensor `name` as f32, checked against `shape`.
+    pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let full = format!("{}{name}", self.prefix);
+        let (dtype, found, bytes): (DType, Vec<usize>, &[u8]) = match &self.store {
+            Store::Safetensors {
+                map,
+                data_start,
+                meta,
+            } => {
+                let info = meta.info(&full).ok_or_else(|| Error::MissingTensor {
+                    path: self.path.clone(),
+                    name: full.clone(),
+                })?;
+                let dtype = match info.dtype {
+                    safetensors::Dtype::F32 => DType::F32,
+                    safetensors::Dtype::F16 => DType::F16,
+                    safetensors::Dtype::BF16 => DType::BF16,
+                    other => {
+                        return Err(Error::checkpoint(
+                            &self.path,
+                            format!("tensor `{full}` has dtype {other:?}; only F32/F16/BF16 weights are supported"),
+                        ))
+                    }
+                };
+                let (a, b) = info.data_offsets;
+                let bytes = data_start
+                    .checked_add(a)
+                    .zip(data_start.checked_add(b))
+                    .and_then(|(a, b)| map.get(a..b))
+                    .ok_or_else(|| {
+                        Error::checkpoint(&self.path, format!("tensor `{full}` lies outside the file"))
+                    })?;
+                (dtype, info.shape.clone(), bytes)
+            }
+            Store::Torch(map) => {
+                let t = map.get(&full).ok_or_else(|| Error::MissingTensor {
+                    path: self.path.clone(),
+                    name: full.clone(),
+                })?;
+                (t.dtype, t.shape.clone(), &t.data[..])
+            }
+        };
+        if found != shape {
+            return Err(Error::TensorShape {
+                path: self.path.clone(),
+                name: full,
+                expected: shape.to_vec(),
+                found,
+            });
+        }
+        let n: usize = shape.iter().product();
+        if bytes.len() != n * dtype.size() {
+            return Err(Error::checkpoint(
+                &self.path,
+                format!("tensor `{full}` holds {} bytes, expected {}", bytes.len(), n * dtype.size()),
+            ));
+        }
+        let out = to_f32(dtype, bytes);
+        if let Some(pos) = out.iter().position(|x| !x.is_finite()) {
+            return Err(Error::checkpoint(
+                &self.path,
+                format!("tensor `{full}` holds a non-finite value at element {pos}"),
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// Decode little-endian elements to f32.
+pub fn to_f32(dtype: DType, bytes: &[u8]) -> Vec<f32> {
+    match dtype {
+        DType::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        DType::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        DType::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+    }
+}

@@ -1,0 +1,627 @@
+//! The DeBERTa-v2/v3 backbone: weights (shape-commented, in torch's layout), loaded once and
+//! validated against the config, and the fp32 CPU forward over a preallocated [`RunState`].
+//!
+//! Sequences are packed back to back (`offsets`), with no padding anywhere: DeBERTa uses
+//! relative positions only, so a sequence's real-token outputs do not depend on where it sits.
+//!
+//! Notation: T = tokens in the batch, H = hidden, E = embedding size, I = intermediate,
+//! nH heads of d dims, S = attention span (the rel-embedding tables have 2S rows).
+
+use rayon::prelude::*;
+
+use crate::backend::cpu::attention::{self, AttentionParams};
+use crate::backend::cpu::gemm::{linear, Epilogue, PackedWeight};
+use crate::backend::cpu::ops::{conv1d_act_into, layer_norm_rows};
+use crate::checkpoint::Checkpoint;
+use crate::config::ModelConfig;
+use crate::error::Result;
+use crate::relpos::RelPosTable;
+
+/// One encoder layer's weights as stored by torch (Linear weights are [out, in]).
+pub struct HostLayer {
+    pub query_w: Vec<f32>, // [H, H]
+    pub query_b: Vec<f32>, // [H]
+    pub key_w: Vec<f32>,   // [H, H]
+    pub key_b: Vec<f32>,   // [H]
+    pub value_w: Vec<f32>, // [H, H]
+    pub value_b: Vec<f32>, // [H]
+    /// `attention.self.pos_key_proj` (share_att_key = false and c2p)
+    pub pos_key: Option<(Vec<f32>, Vec<f32>)>, // [H, H], [H]
+    /// `attention.self.pos_query_proj` (share_att_key = false and p2c)
+    pub pos_query: Option<(Vec<f32>, Vec<f32>)>, // [H, H], [H]
+    pub attn_out_w: Vec<f32>, // [H, H]
+    pub attn_out_b: Vec<f32>, // [H]
+    pub attn_ln_w: Vec<f32>,  // [H]
+    pub attn_ln_b: Vec<f32>,  // [H]
+    pub inter_w: Vec<f32>,    // [I, H]
+    pub inter_b: Vec<f32>,    // [I]
+    pub out_w: Vec<f32>,      // [H, I]
+    pub out_b: Vec<f32>,      // [H]
+    pub out_ln_w: Vec<f32>,   // [H]
+    pub out_ln_b: Vec<f32>,   // [H]
+}
+
+/// The Conv1d + LayerNorm block applied after layer 0 (conv_kernel_size > 0).
+pub struct HostConv {
+    pub weight: Vec<f32>, // [H, H / groups, k]
+    pub bias: Vec<f32>,   // [H]
+    pub ln_w: Vec<f32>,   // [H]
+    pub ln_b: Vec<f32>,   // [H]
+}
+
+/// All weights, fp32, torch layout. Backends build their own layouts from this.
+pub struct HostWeights {
+    pub word_emb: Vec<f32>,               // [V, E]
+    pub pos_emb: Option<Vec<f32>>,        // [P, E]   position_biased_input
+    pub type_emb0: Option<Vec<f32>>,      // [E]      row 0 of token_type_embeddings
+    pub embed_proj: Option<Vec<f32>>,     // [H, E]   embedding_size != hidden_size
+    pub emb_ln_w: Vec<f32>,               // [H]
+    pub emb_ln_b: Vec<f32>,               // [H]
+    /// LN_enc(rel_embeddings) (or raw when norm_rel_ebd has no layer_norm)
+    pub rel: Option<Vec<f32>>,            // [2S, H]  relative_attention
+    pub conv: Option<HostConv>,
+    pub layers: Vec<HostLayer>,
+}
+
+impl HostWeights {
+    /// Pull every tensor the config requires out of a checkpoint, checking each shape.
+    pub fn load(ck: &Checkpoint, cfg: &ModelConfig) -> Result<Self> {
+        let (h, e, i) = (cfg.hidden_size, cfg.embedding_size, cfg.intermediate_size);
+        let ln = |name: &str| -> Result<(Vec<f32>, Vec<f32>)> {
+            Ok((
+                ck.tensor(&format!("{name}.weight"), &[h])?,
+                ck.tensor(&format!("{name}.bias"), &[h])?,
+            ))
+        };
+        let lin = |name: &str, out: usize, inp: usize| -> Result<(Vec<f32>, Vec<f32>)> {
+            Ok((
+                ck.tensor(&format!("{name}.weight"), &[out, inp])?,
+                ck.tensor(&format!("{name}.bias"), &[out])?,
+            ))
+        };
+
+        let word_emb = ck.tensor("embeddings.word_embeddings.weight", &[cfg.vocab_size, e])?;
+        let pos_emb = if cfg.position_biased_input {
+            Some(ck.tensor(
+                "embeddings.position_embeddings.weight",
+                &[cfg.max_position_embeddings, e],
+            )?)
+        } else {
+            None
+        };
+        let type_emb0 = if cfg.type_vocab_size > 0 {
+            let t = ck.tensor(
+                "embeddings.token_type_embeddings.weight",
+                &[cfg.type_vocab_size, e],
+            )?;
+            Some(t[..e].to_vec())
+        } else {
+            None
+        };
+        let embed_proj = if e != h {
+            Some(ck.tensor("embeddings.embed_proj.weight", &[h, e])?)
+        } else {
+            None
+        };
+        let (emb_ln_w, emb_ln_b) = ln("embeddings.LayerNorm")?;
+
+        let rel = if cfg.relative_attention {
+            let mut r = ck.tensor("encoder.rel_embeddings.weight", &[2 * cfg.att_span, h])?;
+            if cfg.norm_rel_ebd {
+                let (w, b) = ln("encoder.LayerNorm")?;
+                layer_norm_rows(&mut r, h, &w, &b, cfg.layer_norm_eps);
+            }
+            Some(r)
+        } else {
+            None
+        };
+
+        let conv = match &cfg.conv {
+            Some(c) => {
+                let (ln_w, ln_b) = ln("encoder.conv.LayerNorm")?;
+                Some(HostConv {
+                    weight: ck.tensor("encoder.conv.conv.weight", &[h, h / c.groups, c.kernel_size])?,
+                    bias: ck.tensor("encoder.conv.conv.bias", &[h])?,
+                    ln_w,
+                    ln_b,
+                })
+            }
+            None => None,
+        };
+
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for l in 0..cfg.num_layers {
+            let p = format!("encoder.layer.{l}");
+            let (query_w, query_b) = lin(&format!("{p}.attention.self.query_proj"), h, h)?;
+            let (key_w, key_b) = lin(&format!("{p}.attention.self.key_proj"), h, h)?;
+            let (value_w, value_b) = lin(&format!("{p}.attention.self.value_proj"), h, h)?;
+            let separate = cfg.relative_attention && !cfg.share_att_key;
+            let pos_key = if separate && cfg.c2p {
+                Some(lin(&format!("{p}.attention.self.pos_key_proj"), h, h)?)
+            } else {
+                None
+            };
+            let pos_query = if separate && cfg.p2c {
+                Some(lin(&format!("{p}.attention.self.pos_query_proj"), h, h)?)
+            } else {
+                None
+            };
+            let (attn_out_w, attn_out_b) = lin(&format!("{p}.attention.output.dense"), h, h)?;
+            let (attn_ln_w, attn_ln_b) = ln(&format!("{p}.attention.output.LayerNorm"))?;
+            let (inter_w, inter_b) = lin(&format!("{p}.intermediate.dense"), i, h)?;
+            let (out_w, out_b) = lin(&format!("{p}.output.dense"), h, i)?;
+            let (out_ln_w, out_ln_b) = ln(&format!("{p}.output.LayerNorm"))?;
+            layers.push(HostLayer {
+                query_w,
+                query_b,
+                key_w,
+                key_b,
+                value_w,
+                value_b,
+                pos_key,
+                pos_query,
+                attn_out_w,
+                attn_out_b,
+                attn_ln_w,
+                attn_ln_b,
+                inter_w,
+                inter_b,
+                out_w,
+                out_b,
+                out_ln_w,
+                out_ln_b,
+            });
+        }
+        Ok(HostWeights {
+            word_emb,
+            pos_emb,
+            type_emb0,
+            embed_proj,
+            emb_ln_w,
+            emb_ln_b,
+            rel,
+            conv,
+            layers,
+        })
+    }
+
+    /// Deterministic random weights for `cfg` (benchmarks on a machine with no checkpoint).
+    /// Scaled like a trained model: unit-ish activations, LayerNorm gains near 1.
+    pub fn random(cfg: &ModelConfig, seed: u64) -> Self {
+        let mut rng = XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let (h, e, i) = (cfg.hidden_size, cfg.embedding_size, cfg.intermediate_size);
+        let mut mat = |rows: usize, cols: usize, std: f32| -> Vec<f32> {
+            (0..rows * cols).map(|_| rng.normal() * std).collect()
+        };
+        let w_std = |fan_in: usize| 1.0 / (fan_in as f32).sqrt();
+        let lnp = |n: usize| -> (Vec<f32>, Vec<f32>) {
+            let mut r = XorShift(0xA5A5_5A5A ^ n as u64);
+            (
+                (0..n).map(|_| 1.0 + 0.1 * r.normal()).collect(),
+                (0..n).map(|_| 0.05 * r.normal()).collect(),
+            )
+        };
+        let word_emb = mat(cfg.vocab_size, e, 0.5);
+        let pos_emb = cfg
+            .position_biased_input
+            .then(|| mat(cfg.max_position_embeddings, e, 0.5));
+        let type_emb0 = (cfg.type_vocab_size > 0).then(|| mat(1, e, 0.5));
+        let embed_proj = (e != h).then(|| mat(h, e, w_std(e)));
+        let rel = cfg.relative_attention.then(|| mat(2 * cfg.att_span, h, 1.0));
+        let conv = cfg.conv.as_ref().map(|c| HostConv {
+            weight: mat(h, h / c.groups * c.kernel_size, w_std(h / c.groups * c.kernel_size)),
+            bias: mat(1, h, 0.05),
+            ln_w: vec![1.0; h],
+            ln_b: vec![0.0; h],
+        });
+        let (emb_ln_w, emb_ln_b) = lnp(h);
+        let layers = (0..cfg.num_layers)
+            .map(|_| {
+                let separate = cfg.relative_attention && !cfg.share_att_key;
+                HostLayer {
+                    query_w: mat(h, h, w_std(h)),
+                    query_b: mat(1, h, 0.05),
+                    key_w: mat(h, h, w_std(h)),
+                    key_b: mat(1, h, 0.05),
+                    value_w: mat(h, h, w_std(h)),
+                    value_b: mat(1, h, 0.05),
+                    pos_key: (separate && cfg.c2p).then(|| (mat(h, h, w_std(h)), mat(1, h, 0.05))),
+                    pos_query: (separate && cfg.p2c)
+                        .then(|| (mat(h, h, w_std(h)), mat(1, h, 0.05))),
+                    attn_out_w: mat(h, h, w_std(h)),
+                    attn_out_b: mat(1, h, 0.05),
+                    attn_ln_w: vec![1.0; h],
+                    attn_ln_b: vec![0.0; h],
+                    inter_w: mat(i, h, w_std(h)),
+                    inter_b: mat(1, i, 0.05),
+                    out_w: mat(h, i, w_std(i)),
+                    out_b: mat(1, h, 0.05),
+                    out_ln_w: vec![1.0; h],
+                    out_ln_b: vec![0.0; h],
+                }
+            })
+            .collect();
+        HostWeights {
+            word_emb,
+            pos_emb,
+            type_emb0,
+            embed_proj,
+            emb_ln_w,
+            emb_ln_b,
+            rel,
+            conv,
+            layers,
+        }
+    }
+
+    /// Number of parameters the forward uses.
+    pub fn num_params(&self) -> usize {
+        let opt = |v: &Option<Vec<f32>>| v.as_ref().map_or(0, Vec::len);
+        let pair = |v: &Option<(Vec<f32>, Vec<f32>)>| v.as_ref().map_or(0, |(a, b)| a.len() + b.len());
+        let mut n = self.word_emb.len()
+            + opt(&self.pos_emb)
+            + opt(&self.type_emb0)
+            + opt(&self.embed_proj)
+            + self.emb_ln_w.len()
+            + self.emb_ln_b.len()
+            + opt(&self.rel);
+        if let Some(c) = &self.conv {
+            n += c.weight.len() + c.bias.len() + c.ln_w.len() + c.ln_b.len();
+        }
+        for l in &self.layers {
+            n += l.query_w.len() + l.query_b.len() + l.key_w.len() + l.key_b.len();
+            n += l.value_w.len() + l.value_b.len() + pair(&l.pos_key) + pair(&l.pos_query);
+            n += l.attn_out_w.len() + l.attn_out_b.len() + l.attn_ln_w.len() + l.attn_ln_b.len();
+            n += l.inter_w.len() + l.inter_b.len() + l.out_w.len() + l.out_b.len();
+            n += l.out_ln_w.len() + l.out_ln_b.len();
+        }
+        n
+    }
+}
+
+/// Small deterministic PRNG for synthetic weights (no dependency, same numbers everywhere).
+pub(crate) struct XorShift(pub u64);
+
+impl XorShift {
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+    /// Uniform in [0, 1).
+    pub(crate) fn uniform(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+    /// Approximately standard normal (sum of 4 uniforms, rescaled): cheap and good enough.
+    pub(crate) fn normal(&mut self) -> f32 {
+        let s = self.uniform() + self.uniform() + self.uniform() + self.uniform();
+        (s - 2.0) * 1.732_050_8
+    }
+}
+
+/// One layer in the CPU backend's layout.
+struct CpuLayer {
+    qkv: PackedWeight,      // [3H, H]: query_proj, key_proj, value_proj stacked
+    qkv_b: Vec<f32>,        // [3H]
+    attn_out: PackedWeight, // [H, H]
+    attn_out_b: Vec<f32>,   // [H]
+    attn_ln_w: Vec<f32>,    // [H]
+    attn_ln_b: Vec<f32>,    // [H]
+    inter: PackedWeight,    // [I, H]
+    inter_b: Vec<f32>,      // [I]
+    out: PackedWeight,      // [H, I]
+    out_b: Vec<f32>,        // [H]
+    out_ln_w: Vec<f32>,     // [H]
+    out_ln_b: Vec<f32>,     // [H]
+    /// PK = R Wk^T + bk (c2p), heads side by side
+    pos_key: Vec<f32>, // [2S, H] (empty without c2p)
+    /// PQ = R Wq^T + bq (p2c)
+    pos_query: Vec<f32>, // [2S, H] (empty without p2c)
+}
+
+/// The model ready to run on the CPU.
+pub struct CpuModel {
+    cfg: ModelConfig,
+    word_emb: Vec<f32>,            // [V, E]
+    pos_emb: Option<Vec<f32>>,     // [P, E]
+    type_emb0: Option<Vec<f32>>,   // [E]
+    embed_proj: Option<PackedWeight>, // [H, E]
+    emb_ln_w: Vec<f32>,            // [H]
+    emb_ln_b: Vec<f32>,            // [H]
+    conv: Option<HostConv>,
+    layers: Vec<CpuLayer>,
+    relpos: RelPosTable,
+}
+
+/// A batch of token sequences packed back to back.
+#[derive(Clone, Debug, Default)]
+pub struct PackedBatch {
+    /// [T] token ids
+    pub ids: Vec<u32>,
+    /// [B + 1] start of each sequence in `ids`; the last entry is T
+    pub offsets: Vec<usize>,
+}
+
+impl PackedBatch {
+    /// Pack sequences in the given order.
+    pub fn new<S: AsRef<[u32]>>(seqs: &[S]) -> Self {
+        let mut b = PackedBatch::default();
+        b.fill(seqs.iter().map(AsRef::as_ref));
+        b
+    }
+    /// Refill in place (keeps capacity).
+    pub fn fill<'a>(&mut self, seqs: impl Iterator<Item = &'a [u32]>) {
+        self.ids.clear();
+        self.offsets.clear();
+        self.offsets.push(0);
+        for s in seqs {
+            self.ids.extend_from_slice(s);
+            self.offsets.push(self.ids.len());
+        }
+    }
+    /// Number of sequences.
+    pub fn len(&self) -> usize {
+        self.offsets.len().saturating_sub(1)
+    }
+    /// No sequences.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Total tokens.
+    pub fn tokens(&self) -> usize {
+        self.ids.len()
+    }
+    /// Longest sequence.
+    pub fn max_len(&self) -> usize {
+        self.offsets.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0)
+    }
+}
+
+/// Activation buffers, sized for the largest batch seen and reused across calls.
+#[derive(Default)]
+pub struct RunState {
+    cap: usize,
+    emb: Vec<f32>,  // [T, E]  pre-projection embeddings (embed_proj models)
+    x: Vec<f32>,    // [T, H]  hidden state; holds the last layer's output after a forward
+    x0: Vec<f32>,   // [T, H]  embedding output, input of the conv block (conv models)
+    qkv: Vec<f32>,  // [T, 3H]
+    ctx: Vec<f32>,  // [T, H]  attention context, heads side by side
+    attn: Vec<f32>, // [T, H]  post-attention LayerNorm output
+    ffn: Vec<f32>,  // [T, I]
+}
+
+impl RunState {
+    fn ensure(&mut self, cfg: &ModelConfig, tokens: usize) {
+        if tokens <= self.cap {
+            return;
+        }
+        let cap = tokens.next_power_of_two().max(64);
+        let (h, e, i) = (cfg.hidden_size, cfg.embedding_size, cfg.intermediate_size);
+        self.emb = vec![0.0; if e != h { cap * e } else { 0 }];
+        self.x = vec![0.0; cap * h];
+        self.x0 = vec![0.0; if cfg.conv.is_some() { cap * h } else { 0 }];
+        self.qkv = vec![0.0; cap * 3 * h];
+        self.ctx = vec![0.0; cap * h];
+        self.attn = vec![0.0; cap * h];
+        self.ffn = vec![0.0; cap * i];
+        self.cap = cap;
+    }
+
+    /// Final hidden states of the last forward, [T, H].
+    pub fn hidden(&self) -> &[f32] {
+        &self.x
+    }
+}
+
+impl CpuModel {
+    /// Build the CPU layout: fused QKV, packed GEMM weights, PK/PQ precomputed per layer.
+    /// `max_len` bounds the sequence length (sizes the relative-position table).
+    pub fn new(cfg: ModelConfig, w: HostWeights, max_len: usize) -> Self {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let s2 = 2 * cfg.att_span;
+        let rel = w.rel;
+        let project = |rows: &Option<Vec<f32>>, wt: &[f32], b: &[f32]| -> Vec<f32> {
+            match rows {
+                Some(r) => {
+                    let mut out = vec![0.0; s2 * h];
+                    linear(r, s2, &PackedWeight::new(wt, h, h), Epilogue::Bias(b), &mut out);
+                    out
+                }
+                None => Vec::new(),
+            }
+        };
+        let layers = w
+            .layers
+            .into_iter()
+            .map(|l| {
+                let (pk_w, pk_b) = l.pos_key.as_ref().map_or((&l.key_w, &l.key_b), |(a, b)| (a, b));
+                let (pq_w, pq_b) = l
+                    .pos_query
+                    .as_ref()
+                    .map_or((&l.query_w, &l.query_b), |(a, b)| (a, b));
+                let pos_key = if cfg.uses_c2p() { project(&rel, pk_w, pk_b) } else { Vec::new() };
+                let pos_query = if cfg.uses_p2c() { project(&rel, pq_w, pq_b) } else { Vec::new() };
+                let qkv_w = [&l.query_w[..], &l.key_w[..], &l.value_w[..]].concat();
+                let qkv_b = [&l.query_b[..], &l.key_b[..], &l.value_b[..]].concat();
+                CpuLayer {
+                    qkv: PackedWeight::new(&qkv_w, 3 * h, h),
+                    qkv_b,
+                    attn_out: PackedWeight::new(&l.attn_out_w, h, h),
+                    attn_out_b: l.attn_out_b,
+                    attn_ln_w: l.attn_ln_w,
+                    attn_ln_b: l.attn_ln_b,
+                    inter: PackedWeight::new(&l.inter_w, i, h),
+                    inter_b: l.inter_b,
+                    out: PackedWeight::new(&l.out_w, h, i),
+                    out_b: l.out_b,
+                    out_ln_w: l.out_ln_w,
+                    out_ln_b: l.out_ln_b,
+                    pos_key,
+                    pos_query,
+                }
+            })
+            .collect();
+        let relpos = RelPosTable::new(
+            max_len,
+            cfg.position_buckets,
+            cfg.max_relative_positions,
+            cfg.att_span,
+        );
+        CpuModel {
+            embed_proj: w
+                .embed_proj
+                .as_ref()
+                .map(|p| PackedWeight::new(p, h, cfg.embedding_size)),
+            word_emb: w.word_emb,
+            pos_emb: w.pos_emb,
+            type_emb0: w.type_emb0,
+            emb_ln_w: w.emb_ln_w,
+            emb_ln_b: w.emb_ln_b,
+            conv: w.conv,
+            layers,
+            relpos,
+            cfg,
+        }
+    }
+
+    /// The resolved architecture.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// Longest sequence this model instance accepts.
+    pub fn max_len(&self) -> usize {
+        self.relpos.max_len()
+    }
+
+    /// Run the encoder over a packed batch. Afterwards `st.hidden()` holds the last layer's
+    /// output, [T, H]. With `hidden_states`, every layer's output is also copied out
+    /// (index 0 = embedding output, as transformers' `output_hidden_states`).
+    pub fn forward(
+        &self,
+        batch: &PackedBatch,
+        st: &mut RunState,
+        mut hidden_states: Option<&mut Vec<Vec<f32>>>,
+    ) {
+        let cfg = &self.cfg;
+        let (h, e) = (cfg.hidden_size, cfg.embedding_size);
+        let t = batch.tokens();
+        assert!(
+            batch.max_len() <= self.max_len(),
+            "sequence longer than the model's max_len (caller must truncate)"
+        );
+        st.ensure(cfg, t);
+        if t == 0 {
+            return;
+        }
+
+        // --- embeddings: gather (+ position) (+ type 0), optional projection, LayerNorm
+        let gather_into = |dst: &mut [f32]| {
+            for (s, w) in batch.offsets.windows(2).enumerate() {
+                let _ = s;
+                for (p, tok) in (w[0]..w[1]).enumerate() {
+                    let row = &mut dst[tok * e..(tok + 1) * e];
+                    let id = batch.ids[tok] as usize;
+                    row.copy_from_slice(&self.word_emb[id * e..(id + 1) * e]);
+                    if let Some(pe) = &self.pos_emb {
+                        for (r, v) in row.iter_mut().zip(&pe[p * e..(p + 1) * e]) {
+                            *r += v;
+                        }
+                    }
+                    if let Some(te) = &self.type_emb0 {
+                        for (r, v) in row.iter_mut().zip(te) {
+                            *r += v;
+                        }
+                    }
+                }
+            }
+        };
+        match &self.embed_proj {
+            Some(p) => {
+                gather_into(&mut st.emb[..t * e]);
+                linear(&st.emb, t, p, Epilogue::None, &mut st.x[..t * h]);
+            }
+            None => gather_into(&mut st.x[..t * h]),
+        }
+        layer_norm_rows(&mut st.x[..t * h], h, &self.emb_ln_w, &self.emb_ln_b, cfg.layer_norm_eps);
+        if let Some(hs) = hidden_states.as_deref_mut() {
+            hs.clear();
+            hs.push(st.x[..t * h].to_vec());
+        }
+        if self.conv.is_some() {
+            st.x0[..t * h].copy_from_slice(&st.x[..t * h]);
+        }
+
+        // --- encoder layers (post-LayerNorm)
+        let params = AttentionParams {
+            heads: cfg.num_heads,
+            head_dim: cfg.head_dim,
+            scale: 1.0 / ((cfg.head_dim * cfg.scale_factor()) as f32).sqrt(),
+            c2p: cfg.uses_c2p(),
+            p2c: cfg.uses_p2c(),
+        };
+        for (li, layer) in self.layers.iter().enumerate() {
+            linear(&st.x, t, &layer.qkv, Epilogue::Bias(&layer.qkv_b), &mut st.qkv[..t * 3 * h]);
+            attention::attention(
+                &params,
+                &st.qkv[..t * 3 * h],
+                &batch.offsets,
+                &layer.pos_key,
+                &layer.pos_query,
+                &self.relpos,
+                &mut st.ctx[..t * h],
+            );
+            linear(
+                &st.ctx,
+                t,
+                &layer.attn_out,
+                Epilogue::BiasResidual(&layer.attn_out_b, &st.x[..t * h]),
+                &mut st.attn[..t * h],
+            );
+            layer_norm_rows(&mut st.attn[..t * h], h, &layer.attn_ln_w, &layer.attn_ln_b, cfg.layer_norm_eps);
+            linear(
+                &st.attn,
+                t,
+                &layer.inter,
+                Epilogue::BiasGelu(&layer.inter_b),
+                &mut st.ffn[..t * cfg.intermediate_size],
+            );
+            linear(
+                &st.ffn,
+                t,
+                &layer.out,
+                Epilogue::BiasResidual(&layer.out_b, &st.attn[..t * h]),
+                &mut st.x[..t * h],
+            );
+            layer_norm_rows(&mut st.x[..t * h], h, &layer.out_ln_w, &layer.out_ln_b, cfg.layer_norm_eps);
+
+            if li == 0 {
+                if let (Some(conv), Some(cc)) = (&self.conv, &cfg.conv) {
+                    // x = LN(x + act(conv1d(x_emb))) per sequence; ctx is free scratch here.
+                    conv1d_act_into(
+                        &st.x0[..t * h],
+                        &batch.offsets,
+                        h,
+                        cc.kernel_size,
+                        cc.groups,
+                        &conv.weight,
+                        &conv.bias,
+                        cc.act,
+                        &mut st.ctx[..t * h],
+                    );
+                    st.x[..t * h]
+                        .par_iter_mut()
+                        .zip(&st.ctx[..t * h])
+                        .for_each(|(x, c)| *x += c);
+                    layer_norm_rows(&mut st.x[..t * h], h, &conv.ln_w, &conv.ln_b, cfg.layer_norm_eps);
+                }
+            }
+            if let Some(hs) = hidden_states.as_deref_mut() {
+                hs.push(st.x[..t * h].to_vec());
+            }
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! sentence-transformers pooling over a sequence's real tokens, and the Normalize module.
+
+use crate::config::PoolingMode;
+
+/// Width of the pooled vector: one hidden-size block per enabled mode.
+pub fn pooled_dim(modes: &[PoolingMode], hidden: usize) -> usize {
+    modes.len() * hidden
+}
+
+/// Pool one sequence's token states `x` ([n, H], real tokens only) into `out`
+/// ([modes.len() * H]), blocks in the order of `modes`.
+pub fn pool(modes: &[PoolingMode], x: &[f32], hidden: usize, out: &mut [f32]) {
+    let n = x.len() / hidden;
+    debug_assert_eq!(out.len(), modes.len() * hidden);
+    for (block, &mode) in out.chunks_exact_mut(hidden).zip(modes) {
+        block.fill(0.0);
+        if n == 0 {
+            // No tokens: sentence-transformers' masked sums are zero too.
+            continue;
+        }
+        let rows = x.chunks_exact(hidden);
+        match mode {
+            PoolingMode::Cls => block.copy_from_slice(&x[..hidden]),
+            PoolingMode::LastToken => block.copy_from_slice(&x[(n - 1) * hidden..]),
+            PoolingMode::Max => {
+                block.fill(f32::NEG_INFINITY);
+                for r in rows {
+                    for (b, &v) in block.iter_mut().zip(r) {
+                        *b = b.max(v);
+                    }
+                }
+            }
+            PoolingMode::Mean | PoolingMode::MeanSqrtLen => {
+                for r in rows {
+                    for (b, &v) in block.iter_mut().zip(r) {
+                        *b += v;
+                    }
+                }
+                let div = match mode {
+                    PoolingMode::Mean => n as f32,
+                    _ => (n as f32).sqrt(),
+                };
+                block.iter_mut().for_each(|b| *b /= div);
+            }
+            PoolingMode::WeightedMean => {
+                // the k-th real token (1-based) has weight k
+                for (k, r) in rows.enumerate() {
+                    let wk = (k + 1) as f32;
+                    for (b, &v) in block.iter_mut().zip(r) {
+                        *b += wk * v;
+                    }
+                }
+                let total = (n * (n + 1) / 2) as f32;
+                block.iter_mut().for_each(|b| *b /= total);
+            }
+        }
+    }
+}
+
+/// L2-normalize in place as `torch.nn.functional.normalize` (norm clamped at 1e-12).
+pub fn l2_normalize(v: &mut [f32]) {
+    let norm = v.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt();
+    let inv = 1.0 / norm.max(1e-12);
+    v.iter_mut().for_each(|x| *x = (*x as f64 * inv) as f32);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_on_a_small_sequence() {
+        // two tokens, H = 2
+        let x = [1.0, -2.0, 3.0, 4.0];
+        let run = |m: PoolingMode| {
+            let mut o = [0.0; 2];
+            pool(&[m], &x, 2, &mut o);
+            o
+        };
+        assert_eq!(run(PoolingMode::Cls), [1.0, -2.0]);
+        assert_eq!(run(PoolingMode::LastToken), [3.0, 4.0]);
+        assert_eq!(run(PoolingMode::Max), [3.0, 4.0]);
+        assert_eq!(run(PoolingMode::Mean), [2.0, 1.0]);
+        let s = 2f32.sqrt();
+        assert_eq!(run(PoolingMode::MeanSqrtLen), [4.0 / s, 2.0 / s]);
+        assert_eq!(run(PoolingMode::WeightedMean), [7.0 / 3.0, 6.0 / 3.0]);
+        let mut both = [0.0; 4];
+        pool(&[PoolingMode::Cls, PoolingMode::Max], &x, 2, &mut both);
+        assert_eq!(both, [1.0, -2.0, 3.0, 4.0]);
+    }
+
+    #[test]
+    fn normalize_handles_zero() {
+        let mut z = [0.0f32; 3];
+        l2_normalize(&mut z);
+        assert_eq!(z, [0.0; 3]);
+        let mut v = [3.0f32, 4.0];
+        l2_normalize(&mut v);
+        assert!((v[0] - 0.6).abs() < 1e-7 && (v[1] - 0.8).abs() < 1e-7);
+    }
+}
