@@ -1,1 +1,535 @@
-fn main() {}
+//! The `deberta-embed` command line: embed, similarity, info, bench.
+
+use std::io::{BufWriter, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use deberta_embed::{Device, Embedder, EmbedderOptions, Embeddings, Similarity};
+
+#[derive(Parser)]
+#[command(
+    name = "deberta-embed",
+    version,
+    about = "DeBERTa-v2/v3 sentence embeddings, numerically identical to sentence-transformers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Embed sentences from a file (or stdin) and write one embedding per input line.
+    Embed(EmbedArgs),
+    /// Print the similarity matrix of the given sentences.
+    Similarity(SimilarityArgs),
+    /// Print the resolved configuration of a model directory.
+    Info(InfoArgs),
+    /// Time the forward + pooling on fixed-shape inputs (B sequences of exactly L tokens).
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct CommonModel {
+    /// Model directory (sentence-transformers or transformers layout).
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+    /// Device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    /// One JSON array of floats per input line.
+    Jsonl,
+    /// A float32 .npy file of shape [N, dim].
+    Npy,
+}
+
+#[derive(clap::Args)]
+struct EmbedArgs {
+    #[command(flatten)]
+    common: CommonModel,
+    /// Input: .txt (one sentence per line), .jsonl (a JSON string or an object with a "text"
+    /// field per line), or - for text lines on stdin.
+    #[arg(long, value_name = "FILE")]
+    input: PathBuf,
+    /// Output file (default: stdout).
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "jsonl")]
+    format: Format,
+    /// Sentences per forward batch.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// L2-normalize the embeddings even if the model has no Normalize module.
+    #[arg(long)]
+    normalize: bool,
+    /// Hide the progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SimFn {
+    Cosine,
+    Dot,
+    Euclidean,
+    Manhattan,
+}
+
+#[derive(clap::Args)]
+struct SimilarityArgs {
+    #[command(flatten)]
+    common: CommonModel,
+    /// Similarity function (euclidean and manhattan are negative distances, as in
+    /// sentence-transformers).
+    #[arg(long = "fn", value_enum, default_value = "cosine")]
+    func: SimFn,
+    /// The sentences to compare.
+    #[arg(required = true, value_name = "SENTENCE")]
+    sentences: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct InfoArgs {
+    /// Model directory.
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Model directory to time (its tokenizer is not used: inputs are fixed-length id runs).
+    #[arg(long, value_name = "DIR", conflicts_with = "synthetic", required_unless_present = "synthetic")]
+    model: Option<PathBuf>,
+    /// Built-in architecture with deterministic random weights (no download needed).
+    #[arg(long, value_name = "ARCH", value_parser = ["xsmall"])]
+    synthetic: Option<String>,
+    /// Sequences per batch.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Tokens per sequence (special tokens included).
+    #[arg(long, default_value_t = 128)]
+    seq_len: usize,
+    /// Device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Timed iterations (default: as many as fit in about 3 seconds, at least 5).
+    #[arg(long)]
+    iters: Option<usize>,
+    /// Untimed warm-up iterations.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// End with a JSON line of the results.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    // A bug must still end in one line, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        eprintln!("error: internal error (please report): {msg}");
+    }));
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let result = match cli.cmd {
+        Command::Embed(a) => embed(a),
+        Command::Similarity(a) => similarity(a),
+        Command::Info(a) => info(a),
+        Command::Bench(a) => bench(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if is_broken_pipe(&e) {
+                return ExitCode::SUCCESS;
+            }
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("error: {}", chain.join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn parse_device(s: &str) -> Result<Device> {
+    Ok(s.parse::<Device>()?)
+}
+
+fn load(common: &CommonModel, batch_size: usize, normalize: Option<bool>) -> Result<Embedder> {
+    let device = parse_device(&common.device)?;
+    let opts = EmbedderOptions {
+        threads: common.threads,
+        batch_size,
+        normalize,
+    };
+    Ok(Embedder::load_with(&common.model, device, opts)?)
+}
+
+/// Read the input sentences: text lines, or JSONL strings / {"text": ...} objects.
+fn read_inputs(path: &Path) -> Result<Vec<String>> {
+    let (bytes, name) = if path == Path::new("-") {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .lock()
+            .read_to_end(&mut buf)
+            .context("reading stdin")?;
+        (buf, "<stdin>".to_string())
+    } else {
+        let b = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        (b, path.display().to_string())
+    };
+    let is_jsonl = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("jsonl") || e.eq_ignore_ascii_case("ndjson"));
+    let mut out = Vec::new();
+    if bytes.is_empty() {
+        return Ok(out);
+    }
+    // Lines split on \n; a final newline does not start another line; \r\n is accepted.
+    let body = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+    for (i, raw) in body.split(|&b| b == b'\n').enumerate() {
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let line = std::str::from_utf8(raw)
+            .map_err(|e| anyhow!("{name}: line {} is not valid UTF-8 ({e})", i + 1))?;
+        if is_jsonl {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_str(line)
+                .map_err(|e| anyhow!("{name}: line {} is not valid JSON ({e})", i + 1))?;
+            let text = match &v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Object(o) => match o.get("text") {
+                    Some(serde_json::Value::String(s)) => s.clone(),
+                    _ => bail!("{name}: line {} has no string field \"text\"", i + 1),
+                },
+                _ => bail!(
+                    "{name}: line {} must be a JSON string or an object with a \"text\" field",
+                    i + 1
+                ),
+            };
+            out.push(text);
+        } else {
+            out.push(line.to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Sentences embedded per step of the progress bar (and per write).
+const CHUNK: usize = 4096;
+
+fn embed(a: EmbedArgs) -> Result<()> {
+    let inputs = read_inputs(&a.input)?;
+    let embedder = load(&a.common, a.batch_size, a.normalize.then_some(true))?;
+    let dim = embedder.dim();
+    let sink: Box<dyn Write> = match &a.output {
+        Some(p) => Box::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        ),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut w = BufWriter::with_capacity(1 << 20, sink);
+    if let Format::Npy = a.format {
+        write_npy_header(&mut w, inputs.len(), dim)?;
+    }
+    let show = !a.quiet && std::io::stderr().is_terminal() && inputs.len() > CHUNK;
+    let bar = if show {
+        let b = indicatif::ProgressBar::new(inputs.len() as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} sentences  {per_sec}  eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    for chunk in inputs.chunks(CHUNK) {
+        let texts: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        let emb = embedder.encode(&texts)?;
+        match a.format {
+            Format::Jsonl => write_jsonl(&mut w, &emb)?,
+            Format::Npy => {
+                for x in emb.as_slice() {
+                    w.write_all(&x.to_le_bytes())?;
+                }
+            }
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    w.flush().context("writing output")?;
+    Ok(())
+}
+
+fn write_jsonl(w: &mut impl Write, emb: &Embeddings) -> Result<()> {
+    let mut line = String::new();
+    for row in emb.iter() {
+        line.clear();
+        line.push('[');
+        for (j, x) in row.iter().enumerate() {
+            if j > 0 {
+                line.push(',');
+            }
+            // Display of f32 is the shortest string that reads back to the same f32.
+            line.push_str(&x.to_string());
+        }
+        line.push_str("]\n");
+        w.write_all(line.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// .npy version 1.0 header for a C-order little-endian float32 [rows, cols] array.
+fn write_npy_header(w: &mut impl Write, rows: usize, cols: usize) -> Result<()> {
+    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    // magic (6) + version (2) + header length (2) + dict + padding + '\n', multiple of 64
+    let unpadded = 10 + dict.len() + 1;
+    let total = unpadded.div_ceil(64) * 64;
+    let header = format!("{dict}{}\n", " ".repeat(total - unpadded));
+    w.write_all(b"\x93NUMPY\x01\x00")?;
+    w.write_all(&(header.len() as u16).to_le_bytes())?;
+    w.write_all(header.as_bytes())?;
+    Ok(())
+}
+
+fn similarity(a: SimilarityArgs) -> Result<()> {
+    let embedder = load(&a.common, 32, None)?;
+    let texts: Vec<&str> = a.sentences.iter().map(String::as_str).collect();
+    let emb = embedder.encode(&texts)?;
+    let f = match a.func {
+        SimFn::Cosine => Similarity::Cosine,
+        SimFn::Dot => Similarity::Dot,
+        SimFn::Euclidean => Similarity::Euclidean,
+        SimFn::Manhattan => Similarity::Manhattan,
+    };
+    let m = f.matrix(&emb, &emb);
+    let n = texts.len();
+    let mut out = std::io::stdout().lock();
+    for (i, t) in texts.iter().enumerate() {
+        let cells: Vec<String> = m[i * n..(i + 1) * n]
+            .iter()
+            .map(|v| format!("{v:>9.4}"))
+            .collect();
+        writeln!(out, "{}  [{i}] {}", cells.join(" "), t.replace(['\n', '\t'], " "))?;
+    }
+    Ok(())
+}
+
+fn info(a: InfoArgs) -> Result<()> {
+    let e = Embedder::load(&a.model, Device::Cpu)?;
+    let c = e.config();
+    let p = e.pipeline();
+    let pooling: Vec<&str> = p.pooling.iter().map(|m| m.name()).collect();
+    let pos_att: Vec<&str> = [("c2p", c.c2p), ("p2c", c.p2c)]
+        .iter()
+        .filter(|x| x.1)
+        .map(|x| x.0)
+        .collect();
+    let v = serde_json::json!({
+        "model_dir": a.model.display().to_string(),
+        "layout": format!("{:?}", p.layout),
+        "dim": e.dim(),
+        "pooling": pooling,
+        "normalize": e.normalizes(),
+        "max_seq_length": e.max_seq_length(),
+        "do_lower_case": p.do_lower_case,
+        "parameters": e.num_params(),
+        "config": {
+            "vocab_size": c.vocab_size,
+            "hidden_size": c.hidden_size,
+            "embedding_size": c.embedding_size,
+            "num_hidden_layers": c.num_layers,
+            "num_attention_heads": c.num_heads,
+            "attention_head_size": c.head_dim,
+            "intermediate_size": c.intermediate_size,
+            "layer_norm_eps": c.layer_norm_eps,
+            "max_position_embeddings": c.max_position_embeddings,
+            "position_biased_input": c.position_biased_input,
+            "type_vocab_size": c.type_vocab_size,
+            "relative_attention": c.relative_attention,
+            "max_relative_positions": c.max_relative_positions,
+            "position_buckets": c.position_buckets,
+            "att_span": c.att_span,
+            "norm_rel_ebd": if c.norm_rel_ebd { "layer_norm" } else { "none" },
+            "share_att_key": c.share_att_key,
+            "pos_att_type": pos_att,
+            "conv": c.conv.as_ref().map(|cv| serde_json::json!({
+                "kernel_size": cv.kernel_size, "groups": cv.groups, "act": format!("{:?}", cv.act).to_lowercase()
+            })),
+        }
+    });
+    if a.json {
+        println!("{v}");
+        return Ok(());
+    }
+    println!("model            {}", a.model.display());
+    println!("layout           {:?}", p.layout);
+    println!("embedding dim    {}", e.dim());
+    println!("pooling          {}", pooling.join(" + "));
+    println!("normalize        {}", e.normalizes());
+    println!("max_seq_length   {}", e.max_seq_length());
+    println!("parameters       {}", e.num_params());
+    println!("config:");
+    if let Some(obj) = v["config"].as_object() {
+        for (k, val) in obj {
+            println!("  {k:<24} {val}");
+        }
+    }
+    Ok(())
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    let device = parse_device(&a.device)?;
+    if a.batch_size == 0 || a.seq_len < 2 {
+        bail!("--batch-size must be >= 1 and --seq-len >= 2");
+    }
+    let opts = EmbedderOptions {
+        threads: a.threads,
+        batch_size: a.batch_size,
+        normalize: None,
+    };
+    // Inputs: [CLS] random pieces [SEP], exactly seq_len tokens each.
+    let make_ids = |vocab: usize| -> Vec<Vec<u32>> {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        (0..a.batch_size)
+            .map(|_| {
+                let mut s = Vec::with_capacity(a.seq_len);
+                s.push(1);
+                for _ in 1..a.seq_len - 1 {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    s.push(4 + (state % (vocab as u64 - 4)) as u32);
+                }
+                s.push(2);
+                s
+            })
+            .collect()
+    };
+    let (label, run): (String, Box<dyn Fn() -> Result<()>>) = match (&a.model, &a.synthetic) {
+        (Some(dir), _) => {
+            let e = Embedder::load_with(dir, device, opts)?;
+            if a.seq_len > e.max_seq_length() {
+                bail!(
+                    "--seq-len {} exceeds the model's max_seq_length {}",
+                    a.seq_len,
+                    e.max_seq_length()
+                );
+            }
+            let ids = make_ids(e.config().vocab_size);
+            (
+                dir.display().to_string(),
+                Box::new(move || e.encode_ids(&ids).map(|_| ()).map_err(Into::into)),
+            )
+        }
+        (None, Some(_)) => {
+            if device != Device::Cpu {
+                bail!("--synthetic runs on the CPU only in this build");
+            }
+            let e = Embedder::synthetic_xsmall(opts)?;
+            if a.seq_len > e.config().max_position_embeddings {
+                bail!("--seq-len must be <= 512 for xsmall");
+            }
+            let ids = make_ids(e.config().vocab_size);
+            (
+                "synthetic xsmall".to_string(),
+                Box::new(move || e.encode_ids(&ids).map(|_| ()).map_err(Into::into)),
+            )
+        }
+        (None, None) => bail!("give --model DIR or --synthetic xsmall"),
+    };
+    for _ in 0..a.warmup {
+        run()?;
+    }
+    let mut times = Vec::new();
+    let start = Instant::now();
+    loop {
+        let t = Instant::now();
+        run()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        let done = match a.iters {
+            Some(n) => times.len() >= n,
+            None => times.len() >= 5 && start.elapsed().as_secs_f64() > 3.0,
+        };
+        if done {
+            break;
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    let tokens = (a.batch_size * a.seq_len) as f64;
+    let threads = a.threads.unwrap_or_else(rayon::current_num_threads);
+    println!(
+        "{label} on {device} ({threads} threads): batch {} x {} tokens, {} iterations",
+        a.batch_size,
+        a.seq_len,
+        times.len()
+    );
+    println!(
+        "median {median:.3} ms   mean {mean:.3} ms   min {:.3} ms",
+        times[0]
+    );
+    println!(
+        "{:.0} tokens/s   {:.1} sentences/s",
+        tokens / (median / 1e3),
+        a.batch_size as f64 / (median / 1e3)
+    );
+    if a.json {
+        let v = serde_json::json!({
+            "model": label,
+            "device": device.to_string(),
+            "threads": threads,
+            "batch_size": a.batch_size,
+            "seq_len": a.seq_len,
+            "iters": times.len(),
+            "median_ms": median,
+            "mean_ms": mean,
+            "min_ms": times[0],
+            "tokens_per_s": tokens / (median / 1e3),
+            "sentences_per_s": a.batch_size as f64 / (median / 1e3),
+        });
+        println!("{v}");
+    }
+    Ok(())
+}

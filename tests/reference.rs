@@ -1,0 +1,127 @@
+//! The numerics contract (DESIGN.md section 3) against sentence-transformers / transformers
+//! references produced by scripts/make_fixtures.py: token ids equal, embeddings within
+//! max |diff| <= 1e-4 and cosine >= 0.99999, per-layer hidden states close, batch invariance.
+
+mod common;
+
+use common::{cosine, max_abs_diff, model_names, Reference};
+use deberta_embed::relpos::{log_bucket, RelPosTable};
+use deberta_embed::{Device, Embedder, EmbedderOptions};
+
+const MAX_ABS: f32 = 1e-4;
+const MIN_COS: f64 = 0.99999;
+
+fn load(r: &Reference, batch_size: usize) -> Embedder {
+    let opts = EmbedderOptions { batch_size, ..Default::default() };
+    Embedder::load_with(r.model_dir(), Device::Cpu, opts)
+        .unwrap_or_else(|e| panic!("{}: load failed: {e}", r.name))
+}
+
+#[test]
+fn token_ids_match_sentence_transformers() {
+    for name in model_names() {
+        let r = Reference::load(&name);
+        let e = load(&r, 4);
+        let texts: Vec<&str> = r.sentences.iter().map(String::as_str).collect();
+        let ids = e.tokenize(&texts).unwrap();
+        for (i, (got, want)) in ids.iter().zip(&r.token_ids).enumerate() {
+            assert_eq!(got, want, "{name}: sentence {i} {:?}", r.sentences[i]);
+        }
+        assert_eq!(e.max_seq_length(), r.meta["max_seq_length"].as_u64().unwrap() as usize, "{name}");
+    }
+}
+
+#[test]
+fn embeddings_match_sentence_transformers() {
+    for name in model_names() {
+        let r = Reference::load(&name);
+        let want = r.embeddings();
+        for batch_size in [4, 32] {
+            let e = load(&r, batch_size);
+            assert_eq!(e.dim(), r.dim, "{name}");
+            let texts: Vec<&str> = r.sentences.iter().map(String::as_str).collect();
+            let got = e.encode(&texts).unwrap();
+            assert_eq!(got.len(), texts.len());
+            let mut worst = 0.0f32;
+            for i in 0..texts.len() {
+                let w = &want[i * r.dim..(i + 1) * r.dim];
+                let d = max_abs_diff(got.row(i), w);
+                let c = cosine(got.row(i), w);
+                assert!(d <= MAX_ABS, "{name} (batch {batch_size}): sentence {i} max |diff| {d:e}");
+                assert!(c >= MIN_COS, "{name} (batch {batch_size}): sentence {i} cosine {c}");
+                worst = worst.max(d);
+            }
+            eprintln!("{name}: batch {batch_size}: max |diff| {worst:.2e}");
+        }
+    }
+}
+
+#[test]
+fn hidden_states_match_transformers() {
+    for name in model_names() {
+        let r = Reference::load(&name);
+        if r.meta["hidden"].as_bool() != Some(true) {
+            continue;
+        }
+        let e = load(&r, 4);
+        let layers = r.meta["num_layers"].as_u64().unwrap() as usize;
+        let n_sent = r.meta["hidden_sentences"].as_u64().unwrap() as usize;
+        let h = r.meta["hidden_size"].as_u64().unwrap() as usize;
+        for s in 0..n_sent {
+            let got = e.hidden_states(&r.token_ids[s]).unwrap();
+            assert_eq!(got.len(), layers + 1);
+            for (l, g) in got.iter().enumerate() {
+                let (shape, want) = r.tensor(&format!("hidden.{l}.{s}")).expect("hidden state");
+                assert_eq!(shape, vec![r.token_ids[s].len(), h]);
+                let d = max_abs_diff(g, &want);
+                assert!(d <= MAX_ABS, "{name}: layer {l} sentence {s}: max |diff| {d:e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_sentence_alone_equals_it_inside_a_mixed_batch() {
+    for name in model_names() {
+        let r = Reference::load(&name);
+        let e = load(&r, 64);
+        let texts: Vec<&str> = r.sentences.iter().map(String::as_str).collect();
+        let batched = e.encode(&texts).unwrap();
+        for (i, t) in texts.iter().enumerate() {
+            let alone = e.encode(&[t]).unwrap();
+            let d = max_abs_diff(alone.row(0), batched.row(i));
+            assert!(d <= 1e-5, "{name}: sentence {i} alone vs batched: {d:e}");
+        }
+    }
+}
+
+#[test]
+fn relative_position_buckets_match_transformers() {
+    let v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::fixtures().join("relpos.json")).unwrap(),
+    )
+    .unwrap();
+    let cases = v["cases"].as_array().unwrap();
+    assert!(cases.len() >= 8);
+    for c in cases {
+        let l = c["L"].as_u64().unwrap() as usize;
+        let pb = c["position_buckets"].as_i64().unwrap();
+        let mr = c["max_relative_positions"].as_i64().unwrap();
+        let r_min = c["r_min"].as_i64().unwrap();
+        let buckets: Vec<i64> = c["bucket"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+        for (k, &want) in buckets.iter().enumerate() {
+            let r = r_min + k as i64;
+            assert_eq!(log_bucket(r, pb, mr), want, "L={l} buckets={pb} max_rel={mr} r={r}");
+        }
+        // the index table is clamp(bucket + S) for every (i, j)
+        let span = if pb > 0 { pb as usize } else { mr as usize };
+        let t = RelPosTable::new(l, pb, mr as usize, span);
+        for i in 0..l {
+            for j in 0..l {
+                let b = buckets[(i as i64 - j as i64 - r_min) as usize];
+                let want = (b + span as i64).clamp(0, 2 * span as i64 - 1) as usize;
+                assert_eq!(t.index(i, j), want);
+            }
+        }
+    }
+}
