@@ -24,7 +24,7 @@
 //! ```no_run
 //! # use deberta_embed::{Device, Embedder, EmbedderOptions};
 //! # fn main() -> deberta_embed::Result<()> {
-//! let opts = EmbedderOptions { threads: Some(2), batch_size: 64, normalize: Some(true) };
+//! let opts = EmbedderOptions { threads: Some(2), batch_size: 64, ..Default::default() };
 //! let embedder = Embedder::load_with("path/to/model", Device::Cpu, opts)?;
 //! # Ok(())
 //! # }
@@ -91,6 +91,40 @@ impl std::str::FromStr for Device {
     }
 }
 
+/// Arithmetic precision of the forward. The CPU path is fp32; the CUDA path runs fp32 (exact,
+/// for validation) or fp16/bf16 matrix products with fp32 accumulation and fp32 statistics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    #[default]
+    F32,
+    F16,
+    BF16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" | "fp32" | "float32" => Ok(Precision::F32),
+            "f16" | "fp16" | "float16" | "half" => Ok(Precision::F16),
+            "bf16" | "bfloat16" => Ok(Precision::BF16),
+            other => Err(Error::Input(format!(
+                "unknown dtype `{other}` (expected f32, f16 or bf16)"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+            Precision::BF16 => "bf16",
+        })
+    }
+}
+
 /// Load-time options.
 #[derive(Clone, Debug)]
 pub struct EmbedderOptions {
@@ -101,6 +135,8 @@ pub struct EmbedderOptions {
     /// Force L2 normalization on (`Some(true)`) or off (`Some(false)`); `None` follows the
     /// model directory (a `Normalize` module in modules.json).
     pub normalize: Option<bool>,
+    /// Precision of the forward (the CPU supports f32 only).
+    pub precision: Precision,
 }
 
 impl Default for EmbedderOptions {
@@ -109,6 +145,7 @@ impl Default for EmbedderOptions {
             threads: None,
             batch_size: 32,
             normalize: None,
+            precision: Precision::F32,
         }
     }
 }
@@ -161,12 +198,23 @@ impl Embeddings {
     }
 }
 
+/// The backbone on its device.
+enum Engine {
+    Cpu {
+        model: CpuModel,
+        state: Mutex<RunState>,
+    },
+    #[cfg(feature = "cuda")]
+    Cuda(backend::cuda::CudaModel),
+}
+
 /// A loaded model: tokenizer + backbone + pooling, ready to embed.
 pub struct Embedder {
     pipeline: PipelineConfig,
     tokenizer: TextTokenizer,
-    model: CpuModel,
-    state: Mutex<RunState>,
+    cfg: ModelConfig,
+    engine: Engine,
+    device: Device,
     pool: Option<rayon::ThreadPool>,
     opts: EmbedderOptions,
     num_params: usize,
@@ -180,7 +228,7 @@ impl Embedder {
 
     /// Load a model directory.
     pub fn load_with(dir: impl AsRef<Path>, device: Device, opts: EmbedderOptions) -> Result<Self> {
-        check_device(device)?;
+        check_device(device, opts.precision)?;
         let (pipeline, cfg) = PipelineConfig::load(dir.as_ref())?;
         let tokenizer = TextTokenizer::from_file(
             &pipeline.transformer_dir.join("tokenizer.json"),
@@ -191,7 +239,7 @@ impl Embedder {
         let ck = Checkpoint::open_dir(&pipeline.transformer_dir)?;
         let weights = HostWeights::load(&ck, &cfg)?;
         drop(ck);
-        Self::from_parts(pipeline, tokenizer, cfg, weights, opts)
+        Self::from_parts(pipeline, tokenizer, cfg, weights, device, opts)
     }
 
     /// The deberta-v3-xsmall architecture with deterministic random weights and no tokenizer
@@ -216,6 +264,7 @@ impl Embedder {
         tokenizer: TextTokenizer,
         cfg: ModelConfig,
         weights: HostWeights,
+        device: Device,
         opts: EmbedderOptions,
     ) -> Result<Self> {
         if opts.batch_size == 0 {
@@ -232,12 +281,28 @@ impl Embedder {
         }
         let num_params = weights.num_params();
         let pool = build_pool(opts.threads)?;
-        let model = CpuModel::new(cfg, weights, pipeline.max_seq_length);
+        let engine = match device {
+            Device::Cpu => Engine::Cpu {
+                model: CpuModel::new(cfg.clone(), weights, pipeline.max_seq_length),
+                state: Mutex::new(RunState::default()),
+            },
+            #[cfg(feature = "cuda")]
+            Device::Cuda(ordinal) => Engine::Cuda(backend::cuda::CudaModel::new(
+                &cfg,
+                &weights,
+                pipeline.max_seq_length,
+                ordinal,
+                opts.precision,
+            )?),
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(_) => return Err(no_cuda()),
+        };
         Ok(Embedder {
             pipeline,
             tokenizer,
-            model,
-            state: Mutex::new(RunState::default()),
+            cfg,
+            engine,
+            device,
             pool,
             opts,
             num_params,
@@ -246,7 +311,7 @@ impl Embedder {
 
     /// Width of the embeddings.
     pub fn dim(&self) -> usize {
-        pooling::pooled_dim(&self.pipeline.pooling, self.model.config().hidden_size)
+        pooling::pooled_dim(&self.pipeline.pooling, self.cfg.hidden_size)
     }
     /// Inputs are truncated to this many tokens, special tokens included.
     pub fn max_seq_length(&self) -> usize {
@@ -254,7 +319,11 @@ impl Embedder {
     }
     /// The backbone's resolved config.
     pub fn config(&self) -> &ModelConfig {
-        self.model.config()
+        &self.cfg
+    }
+    /// The device the forward runs on.
+    pub fn device(&self) -> Device {
+        self.device
     }
     /// Pooling, normalization and file locations.
     pub fn pipeline(&self) -> &PipelineConfig {
@@ -282,7 +351,7 @@ impl Embedder {
 
     /// Embed pre-tokenized sequences (ids from [`Embedder::tokenize`]).
     pub fn encode_ids(&self, ids: &[Vec<u32>]) -> Result<Embeddings> {
-        let limit = self.model.max_len();
+        let limit = self.pipeline.max_seq_length;
         for (i, s) in ids.iter().enumerate() {
             if s.len() > limit {
                 return Err(Error::Input(format!(
@@ -296,16 +365,14 @@ impl Embedder {
                 )));
             }
         }
-        let out = self.install(|| {
-            run_batches(
-                &self.model,
-                &self.state,
-                &self.pipeline.pooling,
-                self.opts.batch_size,
-                ids,
-            )
-        });
-        let mut out = out;
+        let modes = &self.pipeline.pooling;
+        let mut out = match &self.engine {
+            Engine::Cpu { model, state } => {
+                self.install(|| run_batches(model, state, modes, self.opts.batch_size, ids))
+            }
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(m) => m.encode_batches(ids, self.opts.batch_size, modes)?,
+        };
         if self.normalizes() {
             for row in out.chunks_exact_mut(self.dim()) {
                 pooling::l2_normalize(row);
@@ -318,15 +385,21 @@ impl Embedder {
     /// Every layer's output for one sequence of ids (index 0 = embedding output), [n, H] each:
     /// the per-layer comparison the tests make against transformers.
     pub fn hidden_states(&self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
-        if ids.len() > self.model.max_len() {
+        if ids.len() > self.pipeline.max_seq_length {
             return Err(Error::Input("sequence longer than max_seq_length".into()));
         }
-        let batch = PackedBatch::new(&[ids]);
-        let mut hs = Vec::new();
-        let mut guard = self.state.lock().map_err(|_| poisoned())?;
-        let st: &mut RunState = &mut guard;
-        self.install(|| self.model.forward(&batch, st, Some(&mut hs)));
-        Ok(hs)
+        match &self.engine {
+            Engine::Cpu { model, state } => {
+                let batch = PackedBatch::new(&[ids]);
+                let mut hs = Vec::new();
+                let mut guard = state.lock().map_err(|_| poisoned())?;
+                let st: &mut RunState = &mut guard;
+                self.install(|| model.forward(&batch, st, Some(&mut hs)));
+                Ok(hs)
+            }
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(m) => m.hidden_states(ids),
+        }
     }
 
     fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
@@ -414,13 +487,22 @@ fn poisoned() -> Error {
     Error::Device("internal state poisoned by an earlier panic".into())
 }
 
-fn check_device(device: Device) -> Result<()> {
+fn check_device(device: Device, precision: Precision) -> Result<()> {
     match device {
+        Device::Cpu if precision != Precision::F32 => Err(Error::Input(format!(
+            "dtype {precision} is not available on the CPU (the CPU path is f32)"
+        ))),
         Device::Cpu => Ok(()),
-        Device::Cuda(_) => Err(Error::Device(
-            "CUDA support is not compiled in: rebuild with `--features cuda`".into(),
-        )),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) => Ok(()),
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => Err(no_cuda()),
     }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn no_cuda() -> Error {
+    Error::Device("CUDA support is not compiled in: rebuild with `--features cuda`".into())
 }
 
 fn build_pool(threads: Option<usize>) -> Result<Option<rayon::ThreadPool>> {

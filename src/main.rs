@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use deberta_embed::{Device, Embedder, EmbedderOptions, Embeddings, Similarity};
+use deberta_embed::{Device, Embedder, EmbedderOptions, Embeddings, Precision, Similarity};
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +40,9 @@ struct CommonModel {
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Precision: f32 (CPU and GPU), f16 or bf16 (GPU). Default: f32 on the CPU, f16 on a GPU.
+    #[arg(long)]
+    dtype: Option<String>,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -126,6 +129,9 @@ struct BenchArgs {
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Precision: f32 (CPU and GPU), f16 or bf16 (GPU). Default: f32 on the CPU, f16 on a GPU.
+    #[arg(long)]
+    dtype: Option<String>,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -192,12 +198,22 @@ fn parse_device(s: &str) -> Result<Device> {
     Ok(s.parse::<Device>()?)
 }
 
+/// `--dtype`, defaulting to f32 on the CPU and f16 on a GPU.
+fn parse_precision(dtype: Option<&str>, device: Device) -> Result<Precision> {
+    match dtype {
+        Some(s) => Ok(s.parse::<Precision>()?),
+        None if device == Device::Cpu => Ok(Precision::F32),
+        None => Ok(Precision::F16),
+    }
+}
+
 fn load(common: &CommonModel, batch_size: usize, normalize: Option<bool>) -> Result<Embedder> {
     let device = parse_device(&common.device)?;
     let opts = EmbedderOptions {
         threads: common.threads,
         batch_size,
         normalize,
+        precision: parse_precision(common.dtype.as_deref(), device)?,
     };
     Ok(Embedder::load_with(&common.model, device, opts)?)
 }
@@ -423,10 +439,12 @@ fn bench(a: BenchArgs) -> Result<()> {
     if a.batch_size == 0 || a.seq_len < 2 {
         bail!("--batch-size must be >= 1 and --seq-len >= 2");
     }
+    let precision = parse_precision(a.dtype.as_deref(), device)?;
     let opts = EmbedderOptions {
         threads: a.threads,
         batch_size: a.batch_size,
         normalize: None,
+        precision,
     };
     // Inputs: [CLS] random pieces [SEP], exactly seq_len tokens each.
     let make_ids = |vocab: usize| -> Vec<Vec<u32>> {
@@ -519,6 +537,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         let v = serde_json::json!({
             "model": label,
             "device": device.to_string(),
+            "dtype": precision.to_string(),
             "threads": threads,
             "batch_size": a.batch_size,
             "seq_len": a.seq_len,
