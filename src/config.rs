@@ -257,12 +257,18 @@ impl ModelConfig {
         let norm_rel_ebd = match obj.get("norm_rel_ebd") {
             None | Some(Value::Null) => false,
             Some(Value::String(s)) => {
-                let parts: Vec<String> = s.to_lowercase().split('|').map(|p| p.trim().to_string()).collect();
+                let parts: Vec<String> = s
+                    .to_lowercase()
+                    .split('|')
+                    .map(|p| p.trim().to_string())
+                    .collect();
                 for p in &parts {
                     if p != "layer_norm" && p != "none" && !p.is_empty() {
                         return Err(f.err(
                             "norm_rel_ebd",
-                            format!("has unknown entry \"{p}\" (expected \"none\" or \"layer_norm\")"),
+                            format!(
+                                "has unknown entry \"{p}\" (expected \"none\" or \"layer_norm\")"
+                            ),
                         ));
                     }
                 }
@@ -640,7 +646,10 @@ pub fn parse_pooling(path: &Path) -> Result<Vec<PoolingMode>> {
             Some(other) => {
                 return Err(Error::config(
                     path,
-                    format!("field `{}` must be true or false, found {other}", m.legacy_key()),
+                    format!(
+                        "field `{}` must be true or false, found {other}",
+                        m.legacy_key()
+                    ),
                 ))
             }
         }

@@ -115,7 +115,12 @@ struct InfoArgs {
 #[derive(clap::Args)]
 struct BenchArgs {
     /// Model directory to time (its tokenizer is not used: inputs are fixed-length id runs).
-    #[arg(long, value_name = "DIR", conflicts_with = "synthetic", required_unless_present = "synthetic")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with = "synthetic",
+        required_unless_present = "synthetic"
+    )]
     model: Option<PathBuf>,
     /// Built-in architecture with deterministic random weights (no download needed).
     #[arg(long, value_name = "ARCH", value_parser = ["xsmall"])]
@@ -366,7 +371,12 @@ fn similarity(a: SimilarityArgs) -> Result<()> {
             .iter()
             .map(|v| format!("{v:>9.4}"))
             .collect();
-        writeln!(out, "{}  [{i}] {}", cells.join(" "), t.replace(['\n', '\t'], " "))?;
+        writeln!(
+            out,
+            "{}  [{i}] {}",
+            cells.join(" "),
+            t.replace(['\n', '\t'], " ")
+        )?;
     }
     Ok(())
 }

@@ -31,14 +31,14 @@ pub struct HostLayer {
     pub pos_query: Option<(Vec<f32>, Vec<f32>)>, // [H, H], [H]
     pub attn_out_w: Vec<f32>, // [H, H]
     pub attn_out_b: Vec<f32>, // [H]
-    pub attn_ln_w: Vec<f32>,  // [H]
-    pub attn_ln_b: Vec<f32>,  // [H]
-    pub inter_w: Vec<f32>,    // [I, H]
-    pub inter_b: Vec<f32>,    // [I]
-    pub out_w: Vec<f32>,      // [H, I]
-    pub out_b: Vec<f32>,      // [H]
-    pub out_ln_w: Vec<f32>,   // [H]
-    pub out_ln_b: Vec<f32>,   // [H]
+    pub attn_ln_w: Vec<f32>, // [H]
+    pub attn_ln_b: Vec<f32>, // [H]
+    pub inter_w: Vec<f32>, // [I, H]
+    pub inter_b: Vec<f32>, // [I]
+    pub out_w: Vec<f32>,   // [H, I]
+    pub out_b: Vec<f32>,   // [H]
+    pub out_ln_w: Vec<f32>, // [H]
+    pub out_ln_b: Vec<f32>, // [H]
 }
 
 /// The Conv1d + LayerNorm block applied after layer 0 (conv_kernel_size > 0).
@@ -51,14 +51,14 @@ pub struct HostConv {
 
 /// All weights, fp32, torch layout. Backends build their own layouts from this.
 pub struct HostWeights {
-    pub word_emb: Vec<f32>,               // [V, E]
-    pub pos_emb: Option<Vec<f32>>,        // [P, E]   position_biased_input
-    pub type_emb0: Option<Vec<f32>>,      // [E]      row 0 of token_type_embeddings
-    pub embed_proj: Option<Vec<f32>>,     // [H, E]   embedding_size != hidden_size
-    pub emb_ln_w: Vec<f32>,               // [H]
-    pub emb_ln_b: Vec<f32>,               // [H]
+    pub word_emb: Vec<f32>,           // [V, E]
+    pub pos_emb: Option<Vec<f32>>,    // [P, E]   position_biased_input
+    pub type_emb0: Option<Vec<f32>>,  // [E]      row 0 of token_type_embeddings
+    pub embed_proj: Option<Vec<f32>>, // [H, E]   embedding_size != hidden_size
+    pub emb_ln_w: Vec<f32>,           // [H]
+    pub emb_ln_b: Vec<f32>,           // [H]
     /// LN_enc(rel_embeddings) (or raw when norm_rel_ebd has no layer_norm)
-    pub rel: Option<Vec<f32>>,            // [2S, H]  relative_attention
+    pub rel: Option<Vec<f32>>, // [2S, H]  relative_attention
     pub conv: Option<HostConv>,
     pub layers: Vec<HostLayer>,
 }
@@ -120,7 +120,10 @@ impl HostWeights {
             Some(c) => {
                 let (ln_w, ln_b) = ln("encoder.conv.LayerNorm")?;
                 Some(HostConv {
-                    weight: ck.tensor("encoder.conv.conv.weight", &[h, h / c.groups, c.kernel_size])?,
+                    weight: ck.tensor(
+                        "encoder.conv.conv.weight",
+                        &[h, h / c.groups, c.kernel_size],
+                    )?,
                     bias: ck.tensor("encoder.conv.conv.bias", &[h])?,
                     ln_w,
                     ln_b,
@@ -207,9 +210,15 @@ impl HostWeights {
             .then(|| mat(cfg.max_position_embeddings, e, 0.5));
         let type_emb0 = (cfg.type_vocab_size > 0).then(|| mat(1, e, 0.5));
         let embed_proj = (e != h).then(|| mat(h, e, w_std(e)));
-        let rel = cfg.relative_attention.then(|| mat(2 * cfg.att_span, h, 1.0));
+        let rel = cfg
+            .relative_attention
+            .then(|| mat(2 * cfg.att_span, h, 1.0));
         let conv = cfg.conv.as_ref().map(|c| HostConv {
-            weight: mat(h, h / c.groups * c.kernel_size, w_std(h / c.groups * c.kernel_size)),
+            weight: mat(
+                h,
+                h / c.groups * c.kernel_size,
+                w_std(h / c.groups * c.kernel_size),
+            ),
             bias: mat(1, h, 0.05),
             ln_w: vec![1.0; h],
             ln_b: vec![0.0; h],
@@ -257,7 +266,8 @@ impl HostWeights {
     /// Number of parameters the forward uses.
     pub fn num_params(&self) -> usize {
         let opt = |v: &Option<Vec<f32>>| v.as_ref().map_or(0, Vec::len);
-        let pair = |v: &Option<(Vec<f32>, Vec<f32>)>| v.as_ref().map_or(0, |(a, b)| a.len() + b.len());
+        let pair =
+            |v: &Option<(Vec<f32>, Vec<f32>)>| v.as_ref().map_or(0, |(a, b)| a.len() + b.len());
         let mut n = self.word_emb.len()
             + opt(&self.pos_emb)
             + opt(&self.type_emb0)
@@ -325,12 +335,12 @@ struct CpuLayer {
 /// The model ready to run on the CPU.
 pub struct CpuModel {
     cfg: ModelConfig,
-    word_emb: Vec<f32>,            // [V, E]
-    pos_emb: Option<Vec<f32>>,     // [P, E]
-    type_emb0: Option<Vec<f32>>,   // [E]
+    word_emb: Vec<f32>,               // [V, E]
+    pos_emb: Option<Vec<f32>>,        // [P, E]
+    type_emb0: Option<Vec<f32>>,      // [E]
     embed_proj: Option<PackedWeight>, // [H, E]
-    emb_ln_w: Vec<f32>,            // [H]
-    emb_ln_b: Vec<f32>,            // [H]
+    emb_ln_w: Vec<f32>,               // [H]
+    emb_ln_b: Vec<f32>,               // [H]
     conv: Option<HostConv>,
     layers: Vec<CpuLayer>,
     relpos: RelPosTable,
@@ -376,7 +386,11 @@ impl PackedBatch {
     }
     /// Longest sequence.
     pub fn max_len(&self) -> usize {
-        self.offsets.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0)
+        self.offsets
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -427,7 +441,13 @@ impl CpuModel {
             match rows {
                 Some(r) => {
                     let mut out = vec![0.0; s2 * h];
-                    linear(r, s2, &PackedWeight::new(wt, h, h), Epilogue::Bias(b), &mut out);
+                    linear(
+                        r,
+                        s2,
+                        &PackedWeight::new(wt, h, h),
+                        Epilogue::Bias(b),
+                        &mut out,
+                    );
                     out
                 }
                 None => Vec::new(),
@@ -437,13 +457,24 @@ impl CpuModel {
             .layers
             .into_iter()
             .map(|l| {
-                let (pk_w, pk_b) = l.pos_key.as_ref().map_or((&l.key_w, &l.key_b), |(a, b)| (a, b));
+                let (pk_w, pk_b) = l
+                    .pos_key
+                    .as_ref()
+                    .map_or((&l.key_w, &l.key_b), |(a, b)| (a, b));
                 let (pq_w, pq_b) = l
                     .pos_query
                     .as_ref()
                     .map_or((&l.query_w, &l.query_b), |(a, b)| (a, b));
-                let pos_key = if cfg.uses_c2p() { project(&rel, pk_w, pk_b) } else { Vec::new() };
-                let pos_query = if cfg.uses_p2c() { project(&rel, pq_w, pq_b) } else { Vec::new() };
+                let pos_key = if cfg.uses_c2p() {
+                    project(&rel, pk_w, pk_b)
+                } else {
+                    Vec::new()
+                };
+                let pos_query = if cfg.uses_p2c() {
+                    project(&rel, pq_w, pq_b)
+                } else {
+                    Vec::new()
+                };
                 let qkv_w = [&l.query_w[..], &l.key_w[..], &l.value_w[..]].concat();
                 let qkv_b = [&l.query_b[..], &l.key_b[..], &l.value_b[..]].concat();
                 CpuLayer {
@@ -546,7 +577,13 @@ impl CpuModel {
             }
             None => gather_into(&mut st.x[..t * h]),
         }
-        layer_norm_rows(&mut st.x[..t * h], h, &self.emb_ln_w, &self.emb_ln_b, cfg.layer_norm_eps);
+        layer_norm_rows(
+            &mut st.x[..t * h],
+            h,
+            &self.emb_ln_w,
+            &self.emb_ln_b,
+            cfg.layer_norm_eps,
+        );
         if let Some(hs) = hidden_states.as_deref_mut() {
             hs.clear();
             hs.push(st.x[..t * h].to_vec());
@@ -564,7 +601,13 @@ impl CpuModel {
             p2c: cfg.uses_p2c(),
         };
         for (li, layer) in self.layers.iter().enumerate() {
-            linear(&st.x, t, &layer.qkv, Epilogue::Bias(&layer.qkv_b), &mut st.qkv[..t * 3 * h]);
+            linear(
+                &st.x,
+                t,
+                &layer.qkv,
+                Epilogue::Bias(&layer.qkv_b),
+                &mut st.qkv[..t * 3 * h],
+            );
             attention::attention(
                 &params,
                 &st.qkv[..t * 3 * h],
@@ -581,7 +624,13 @@ impl CpuModel {
                 Epilogue::BiasResidual(&layer.attn_out_b, &st.x[..t * h]),
                 &mut st.attn[..t * h],
             );
-            layer_norm_rows(&mut st.attn[..t * h], h, &layer.attn_ln_w, &layer.attn_ln_b, cfg.layer_norm_eps);
+            layer_norm_rows(
+                &mut st.attn[..t * h],
+                h,
+                &layer.attn_ln_w,
+                &layer.attn_ln_b,
+                cfg.layer_norm_eps,
+            );
             linear(
                 &st.attn,
                 t,
@@ -596,7 +645,13 @@ impl CpuModel {
                 Epilogue::BiasResidual(&layer.out_b, &st.attn[..t * h]),
                 &mut st.x[..t * h],
             );
-            layer_norm_rows(&mut st.x[..t * h], h, &layer.out_ln_w, &layer.out_ln_b, cfg.layer_norm_eps);
+            layer_norm_rows(
+                &mut st.x[..t * h],
+                h,
+                &layer.out_ln_w,
+                &layer.out_ln_b,
+                cfg.layer_norm_eps,
+            );
 
             if li == 0 {
                 if let (Some(conv), Some(cc)) = (&self.conv, &cfg.conv) {
@@ -616,7 +671,13 @@ impl CpuModel {
                         .par_iter_mut()
                         .zip(&st.ctx[..t * h])
                         .for_each(|(x, c)| *x += c);
-                    layer_norm_rows(&mut st.x[..t * h], h, &conv.ln_w, &conv.ln_b, cfg.layer_norm_eps);
+                    layer_norm_rows(
+                        &mut st.x[..t * h],
+                        h,
+                        &conv.ln_w,
+                        &conv.ln_b,
+                        cfg.layer_norm_eps,
+                    );
                 }
             }
             if let Some(hs) = hidden_states.as_deref_mut() {

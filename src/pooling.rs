@@ -59,7 +59,11 @@ pub fn pool(modes: &[PoolingMode], x: &[f32], hidden: usize, out: &mut [f32]) {
 
 /// L2-normalize in place as `torch.nn.functional.normalize` (norm clamped at 1e-12).
 pub fn l2_normalize(v: &mut [f32]) {
-    let norm = v.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt();
+    let norm = v
+        .iter()
+        .map(|&x| (x as f64) * (x as f64))
+        .sum::<f64>()
+        .sqrt();
     let inv = 1.0 / norm.max(1e-12);
     v.iter_mut().for_each(|x| *x = (*x as f64 * inv) as f32);
 }

@@ -13,7 +13,11 @@ pub fn log_bucket(r: i64, bucket_size: i64, max_position: i64) -> i64 {
         return r;
     }
     let mid = bucket_size / 2;
-    let abs_pos = if r < mid && r > -mid { mid - 1 } else { r.abs() };
+    let abs_pos = if r < mid && r > -mid {
+        mid - 1
+    } else {
+        r.abs()
+    };
     if abs_pos <= mid {
         return r;
     }
@@ -36,7 +40,12 @@ pub struct RelPosTable {
 
 impl RelPosTable {
     /// Table for sequences of up to `max_len` tokens.
-    pub fn new(max_len: usize, position_buckets: i64, max_relative_positions: usize, att_span: usize) -> Self {
+    pub fn new(
+        max_len: usize,
+        position_buckets: i64,
+        max_relative_positions: usize,
+        att_span: usize,
+    ) -> Self {
         let max_len = max_len.max(1);
         let span = att_span as i64;
         let idx = (-(max_len as i64 - 1)..=(max_len as i64 - 1))

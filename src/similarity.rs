@@ -30,7 +30,12 @@ impl Similarity {
     /// Similarity of two vectors of equal length.
     pub fn pair(self, a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len(), "vectors must have the same length");
-        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum::<f64>();
+        let dot = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(&x, &y)| x as f64 * y as f64)
+                .sum::<f64>()
+        };
         let v = match self {
             Similarity::Dot => dot(a, b),
             Similarity::Cosine => {

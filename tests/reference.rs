@@ -12,7 +12,10 @@ const MAX_ABS: f32 = 1e-4;
 const MIN_COS: f64 = 0.99999;
 
 fn load(r: &Reference, batch_size: usize) -> Embedder {
-    let opts = EmbedderOptions { batch_size, ..Default::default() };
+    let opts = EmbedderOptions {
+        batch_size,
+        ..Default::default()
+    };
     Embedder::load_with(r.model_dir(), Device::Cpu, opts)
         .unwrap_or_else(|e| panic!("{}: load failed: {e}", r.name))
 }
@@ -27,7 +30,11 @@ fn token_ids_match_sentence_transformers() {
         for (i, (got, want)) in ids.iter().zip(&r.token_ids).enumerate() {
             assert_eq!(got, want, "{name}: sentence {i} {:?}", r.sentences[i]);
         }
-        assert_eq!(e.max_seq_length(), r.meta["max_seq_length"].as_u64().unwrap() as usize, "{name}");
+        assert_eq!(
+            e.max_seq_length(),
+            r.meta["max_seq_length"].as_u64().unwrap() as usize,
+            "{name}"
+        );
     }
 }
 
@@ -47,8 +54,14 @@ fn embeddings_match_sentence_transformers() {
                 let w = &want[i * r.dim..(i + 1) * r.dim];
                 let d = max_abs_diff(got.row(i), w);
                 let c = cosine(got.row(i), w);
-                assert!(d <= MAX_ABS, "{name} (batch {batch_size}): sentence {i} max |diff| {d:e}");
-                assert!(c >= MIN_COS, "{name} (batch {batch_size}): sentence {i} cosine {c}");
+                assert!(
+                    d <= MAX_ABS,
+                    "{name} (batch {batch_size}): sentence {i} max |diff| {d:e}"
+                );
+                assert!(
+                    c >= MIN_COS,
+                    "{name} (batch {batch_size}): sentence {i} cosine {c}"
+                );
                 worst = worst.max(d);
             }
             eprintln!("{name}: batch {batch_size}: max |diff| {worst:.2e}");
@@ -74,7 +87,10 @@ fn hidden_states_match_transformers() {
                 let (shape, want) = r.tensor(&format!("hidden.{l}.{s}")).expect("hidden state");
                 assert_eq!(shape, vec![r.token_ids[s].len(), h]);
                 let d = max_abs_diff(g, &want);
-                assert!(d <= MAX_ABS, "{name}: layer {l} sentence {s}: max |diff| {d:e}");
+                assert!(
+                    d <= MAX_ABS,
+                    "{name}: layer {l} sentence {s}: max |diff| {d:e}"
+                );
             }
         }
     }
@@ -108,10 +124,19 @@ fn relative_position_buckets_match_transformers() {
         let pb = c["position_buckets"].as_i64().unwrap();
         let mr = c["max_relative_positions"].as_i64().unwrap();
         let r_min = c["r_min"].as_i64().unwrap();
-        let buckets: Vec<i64> = c["bucket"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+        let buckets: Vec<i64> = c["bucket"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_i64().unwrap())
+            .collect();
         for (k, &want) in buckets.iter().enumerate() {
             let r = r_min + k as i64;
-            assert_eq!(log_bucket(r, pb, mr), want, "L={l} buckets={pb} max_rel={mr} r={r}");
+            assert_eq!(
+                log_bucket(r, pb, mr),
+                want,
+                "L={l} buckets={pb} max_rel={mr} r={r}"
+            );
         }
         // the index table is clamp(bucket + S) for every (i, j)
         let span = if pb > 0 { pb as usize } else { mr as usize };

@@ -175,7 +175,10 @@ impl Checkpoint {
                     .zip(data_start.checked_add(b))
                     .and_then(|(a, b)| map.get(a..b))
                     .ok_or_else(|| {
-                        Error::checkpoint(&self.path, format!("tensor `{full}` lies outside the file"))
+                        Error::checkpoint(
+                            &self.path,
+                            format!("tensor `{full}` lies outside the file"),
+                        )
                     })?;
                 (dtype, info.shape.clone(), bytes)
             }
@@ -199,7 +202,11 @@ impl Checkpoint {
         if bytes.len() != n * dtype.size() {
             return Err(Error::checkpoint(
                 &self.path,
-                format!("tensor `{full}` holds {} bytes, expected {}", bytes.len(), n * dtype.size()),
+                format!(
+                    "tensor `{full}` holds {} bytes, expected {}",
+                    bytes.len(),
+                    n * dtype.size()
+                ),
             ));
         }
         let out = to_f32(dtype, bytes);

@@ -22,7 +22,10 @@ pub fn model_names() -> Vec<String> {
         })
         .collect();
     names.sort();
-    assert!(names.len() >= 8, "expected the fixture models, found {names:?}");
+    assert!(
+        names.len() >= 8,
+        "expected the fixture models, found {names:?}"
+    );
     names
 }
 
@@ -38,9 +41,10 @@ pub struct Reference {
 impl Reference {
     pub fn load(name: &str) -> Self {
         let dir = fixtures().join("reference");
-        let meta: Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap())
-                .unwrap();
+        let meta: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap(),
+        )
+        .unwrap();
         let sentences = meta["sentences"]
             .as_array()
             .unwrap()
@@ -51,11 +55,24 @@ impl Reference {
             .as_array()
             .unwrap()
             .iter()
-            .map(|r| r.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect())
+            .map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_u64().unwrap() as u32)
+                    .collect()
+            })
             .collect();
         let dim = meta["dim"].as_u64().unwrap() as usize;
         let bytes = std::fs::read(dir.join(format!("{name}.safetensors"))).unwrap();
-        Reference { name: name.to_string(), meta, sentences, token_ids, dim, bytes }
+        Reference {
+            name: name.to_string(),
+            meta,
+            sentences,
+            token_ids,
+            dim,
+            bytes,
+        }
     }
 
     pub fn model_dir(&self) -> PathBuf {
@@ -67,7 +84,11 @@ impl Reference {
         let st = SafeTensors::deserialize(&self.bytes).unwrap();
         let t = st.tensor(key).ok()?;
         assert_eq!(t.dtype(), safetensors::Dtype::F32);
-        let v = t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let v = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         Some((t.shape().to_vec(), v))
     }
 
@@ -80,7 +101,10 @@ impl Reference {
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
