@@ -981,8 +981,21 @@ def tokenizer_edge_cases(dirs: dict[str, Path]) -> None:
         file_ids = [tk.encode(s).ids for s in EDGE_CASES]
         differ = [i for i in range(len(EDGE_CASES)) if hf_ids[i] != file_ids[i]]
         print(f"  edge cases, {label}: transformers vs tokenizer.json differ on {differ}")
+        # what sentence-transformers itself feeds the model (adds its do_lower_case handling and
+        # max_seq_length truncation on top of the transformers tokenizer)
+        st = SentenceTransformer(str(d), device="cpu", model_kwargs={"dtype": torch.float32})
+        st_ids = []
+        for s in EDGE_CASES:
+            feats = st.tokenize([s])
+            st_ids.append([int(x) for x in feats["input_ids"][0][feats["attention_mask"][0].bool()]])
         out["tokenizers"].append(
-            {"model": label, "transformers_ids": hf_ids, "tokenizer_json_ids": file_ids, "differ": differ}
+            {
+                "model": label,
+                "transformers_ids": hf_ids,
+                "tokenizer_json_ids": file_ids,
+                "differ": differ,
+                "sentence_transformers_ids": st_ids,
+            }
         )
     path = REF / "tokenizer_edge_cases.json"
     with open(path, "w", encoding="utf-8") as f:

@@ -230,8 +230,8 @@ impl Embedder {
     pub fn load_with(dir: impl AsRef<Path>, device: Device, opts: EmbedderOptions) -> Result<Self> {
         check_device(device, opts.precision)?;
         let (pipeline, cfg) = PipelineConfig::load(dir.as_ref())?;
-        let tokenizer = TextTokenizer::from_file(
-            &pipeline.transformer_dir.join("tokenizer.json"),
+        let tokenizer = TextTokenizer::from_dir(
+            &pipeline.transformer_dir,
             pipeline.max_seq_length,
             pipeline.do_lower_case,
             cfg.vocab_size,

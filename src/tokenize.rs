@@ -2,10 +2,24 @@
 //! tokenizer: `[CLS] pieces [SEP]` via the file's post-processor, longest-first truncation to
 //! max_seq_length (special tokens included), optional lower-casing, no padding (sequences are
 //! packed back to back by the model).
+//!
+//! DeBERTa-v2/v3 tokenizers get the treatment transformers 5 gives them: `DebertaV2Tokenizer`
+//! keeps the file's vocabulary and post-processor but rebuilds the normalizer (collapse
+//! whitespace runs and `\n\r\t` to one space, NFC, strip on the right) and pre-tokenizer
+//! (Metaspace, optional punctuation split). For files written by transformers 5 this changes
+//! nothing; for older files it makes rare characters (NBSP, full-width forms, ...) tokenize as
+//! sentence-transformers 5+/6 tokenizes them.
 
 use std::path::Path;
 
-use tokenizers::normalizers::{Lowercase, NormalizerWrapper, Sequence};
+use serde_json::Value;
+use tokenizers::normalizers::{Lowercase, Replace, Strip, NFC};
+use tokenizers::normalizers::{NormalizerWrapper, Sequence};
+use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
+use tokenizers::pre_tokenizers::punctuation::Punctuation;
+use tokenizers::pre_tokenizers::sequence::Sequence as PreSequence;
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::{ModelWrapper, SplitDelimiterBehavior};
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use crate::error::{Error, Result};
@@ -17,20 +31,70 @@ pub struct TextTokenizer {
     vocab_size: usize,
 }
 
+/// transformers 5's `DebertaV2Tokenizer.__init__` normalizer and pre-tokenizer.
+fn rebuild_like_transformers(tok: &mut Tokenizer, cfg: &Value) -> Result<()> {
+    let flag = |k: &str, default: bool| cfg.get(k).and_then(Value::as_bool).unwrap_or(default);
+    let mut norm: Vec<NormalizerWrapper> = Vec::new();
+    if flag("do_lower_case", false) {
+        norm.push(Lowercase.into());
+    }
+    let collapse = Replace::new(
+        tokenizers::normalizers::replace::ReplacePattern::Regex(r"\s{2,}|[\n\r\t]".into()),
+        " ",
+    )
+    .map_err(|e| Error::Tokenizer(format!("cannot build normalizer: {e}")))?;
+    norm.push(collapse.into());
+    norm.push(NFC.into());
+    norm.push(Strip::new(false, true).into());
+    tok.with_normalizer(Some(Sequence::new(norm)))
+        .map_err(|e| Error::Tokenizer(format!("cannot set normalizer: {e}")))?;
+
+    let mut pre: Vec<PreTokenizerWrapper> = Vec::new();
+    if flag("split_by_punct", false) {
+        pre.push(Punctuation::new(SplitDelimiterBehavior::Isolated).into());
+    }
+    let scheme = if flag("add_prefix_space", true) {
+        PrependScheme::Always
+    } else {
+        PrependScheme::First
+    };
+    pre.push(Metaspace::new('\u{2581}', scheme, true).into());
+    tok.with_pre_tokenizer(Some(PreSequence::new(pre)));
+    Ok(())
+}
+
 impl TextTokenizer {
-    /// Load `tokenizer.json`, truncating to `max_seq_length` tokens; ids must stay below
-    /// `vocab_size` (the model's embedding rows).
-    pub fn from_file(
-        path: &Path,
+    /// Load `dir/tokenizer.json` (and `dir/tokenizer_config.json` when present), truncating to
+    /// `max_seq_length` tokens; ids must stay below `vocab_size` (the model's embedding rows).
+    /// `do_lower_case` is sentence-transformers' flag (sentence_bert_config.json).
+    pub fn from_dir(
+        dir: &Path,
         max_seq_length: usize,
         do_lower_case: bool,
         vocab_size: usize,
     ) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
         if !path.is_file() {
             return Err(Error::Tokenizer(format!("{} not found", path.display())));
         }
-        let mut inner = Tokenizer::from_file(path)
+        let mut inner = Tokenizer::from_file(&path)
             .map_err(|e| Error::Tokenizer(format!("{}: cannot load: {e}", path.display())))?;
+        let cfg_path = dir.join("tokenizer_config.json");
+        if cfg_path.is_file() {
+            let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+            let cfg: Value = serde_json::from_str(&text).map_err(|e| {
+                Error::Tokenizer(format!("{}: not valid JSON: {e}", cfg_path.display()))
+            })?;
+            let class = cfg
+                .get("tokenizer_class")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if matches!(class, "DebertaV2Tokenizer" | "DebertaV2TokenizerFast")
+                && matches!(inner.get_model(), ModelWrapper::Unigram(_))
+            {
+                rebuild_like_transformers(&mut inner, &cfg)?;
+            }
+        }
         if do_lower_case {
             // sentence-transformers prepends a Lowercase normalizer to the fast tokenizer's own
             // unless one is already there.

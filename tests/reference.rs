@@ -150,3 +150,33 @@ fn relative_position_buckets_match_transformers() {
         }
     }
 }
+
+/// Rare characters where a transformers-4.x `tokenizer.json` and transformers 5 disagree: we
+/// follow transformers 5 as sentence-transformers 6 drives it, for old and new files alike.
+#[test]
+fn tokenizer_edge_cases_follow_transformers() {
+    let v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::fixtures().join("reference/tokenizer_edge_cases.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let sentences: Vec<&str> = v["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    let cases = v["tokenizers"].as_array().unwrap();
+    assert!(!cases.is_empty());
+    for case in cases {
+        let label = case["model"].as_str().unwrap();
+        let name = label.split_whitespace().next().unwrap();
+        let e = Embedder::load(common::fixtures().join("models").join(name), Device::Cpu).unwrap();
+        let got = e.tokenize(&sentences).unwrap();
+        let want: Vec<Vec<u32>> =
+            serde_json::from_value(case["sentence_transformers_ids"].clone()).unwrap();
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g, w, "{label}: sentence {i} {:?}", sentences[i]);
+        }
+    }
+}
