@@ -1,0 +1,869 @@
+//! The GPU: driver probing, context, the module loaded once from the embedded fatbin, device
+//! buffers, and one safe wrapper per kernel (the testbed API used by `tests/gpu.rs` and by
+//! [`super::CudaModel`]).
+//!
+//! Every wrapper checks the sizes of the buffers it is given against the shapes before it
+//! launches, so a kernel never indexes past a buffer; index-bearing inputs (token ids, the
+//! relative-position table, attention tiles) only reach the kernels through [`DeviceBatch`] and
+//! [`DeviceRelPos`], whose constructors validate them on the host.
+//!
+//! NOT YET VALIDATED ON A GPU: this code compiles and its launch arithmetic is unit-tested,
+//! but no kernel has run yet (see docs/CUDA.md).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute, CUresult};
+use cudarc::driver::{
+    result as drv, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
+    DriverError, LaunchConfig, PushKernelArg,
+};
+
+use super::launch::{self, Packed};
+use crate::config::{Activation, PoolingMode};
+use crate::error::{Error, Result};
+use crate::relpos::RelPosTable;
+
+/// The kernels, compiled by build.rs for sm_80 + sm_90 (SASS) and compute_90 (PTX).
+static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kernels.fatbin"));
+
+/// Element type of a device buffer's values / a kernel's compute type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Dtype {
+    F32,
+    F16,
+    BF16,
+}
+
+impl Dtype {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::BF16 => 2,
+        }
+    }
+    /// Kernel-name suffix.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::F16 => "f16",
+            Dtype::BF16 => "bf16",
+        }
+    }
+    /// Values rounded to this type, little-endian bytes.
+    pub fn encode(self, v: &[f32]) -> Vec<u8> {
+        match self {
+            Dtype::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Dtype::F16 => v
+                .iter()
+                .flat_map(|&x| half::f16::from_f32(x).to_bits().to_le_bytes())
+                .collect(),
+            Dtype::BF16 => v
+                .iter()
+                .flat_map(|&x| half::bf16::from_f32(x).to_bits().to_le_bytes())
+                .collect(),
+        }
+    }
+    /// Little-endian bytes of this type back to f32.
+    pub fn decode(self, b: &[u8]) -> Vec<f32> {
+        match self {
+            Dtype::F32 => b
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::F16 => b
+                .chunks_exact(2)
+                .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+                .collect(),
+            Dtype::BF16 => b
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+                .collect(),
+        }
+    }
+    /// `v` rounded through this type (what the device sees after an upload).
+    pub fn round(self, v: &[f32]) -> Vec<f32> {
+        self.decode(&self.encode(v))
+    }
+}
+
+impl From<crate::Precision> for Dtype {
+    fn from(p: crate::Precision) -> Self {
+        match p {
+            crate::Precision::F32 => Dtype::F32,
+            crate::Precision::F16 => Dtype::F16,
+            crate::Precision::BF16 => Dtype::BF16,
+        }
+    }
+}
+
+/// A device allocation of raw bytes. Kernels receive its address; the wrappers check sizes.
+pub struct DevBuf {
+    mem: CudaSlice<u8>,
+    ptr: u64,
+    bytes: usize,
+}
+
+impl DevBuf {
+    /// Size in bytes.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+    /// Device address.
+    pub fn ptr(&self) -> u64 {
+        self.ptr
+    }
+    /// Fail unless the buffer holds `n` elements of `dt`.
+    fn need(&self, what: &str, n: usize, dt: Dtype) -> Result<u64> {
+        let want = n
+            .checked_mul(dt.size())
+            .ok_or_else(|| Error::Device(format!("{what}: size overflow")))?;
+        if self.bytes < want {
+            return Err(Error::Device(format!(
+                "{what}: buffer of {} bytes is too small for {n} {dt:?} values ({want} bytes)",
+                self.bytes
+            )));
+        }
+        Ok(self.ptr)
+    }
+}
+
+fn opt_need(b: Option<&DevBuf>, what: &str, n: usize, dt: Dtype) -> Result<u64> {
+    b.map_or(Ok(0), |b| b.need(what, n, dt))
+}
+
+/// A packed batch on the device, validated: ids below `vocab`, positions and lengths
+/// consistent, tiles inside their sequences.
+pub struct DeviceBatch {
+    pub ids: DevBuf,
+    pub pos: DevBuf,
+    pub len: DevBuf,
+    pub cu_seqlens: DevBuf,
+    pub tiles: DevBuf,
+    pub tokens: usize,
+    pub batch: usize,
+    pub n_tiles: usize,
+    pub max_len: usize,
+    pub vocab: usize,
+}
+
+/// The relative-position index table on the device: `rows` = 2S rows of PK / PQ that its
+/// entries index (all entries checked `< rows`).
+pub struct DeviceRelPos {
+    pub idx: DevBuf,
+    pub max_len: usize,
+    pub rows: usize,
+}
+
+/// Fused epilogue of [`Gpu::gemm`].
+#[derive(Clone, Copy)]
+pub enum Epi<'a> {
+    None,
+    /// `+ bias[n]` (fp32 [N])
+    Bias(&'a DevBuf),
+    /// `gelu(. + bias[n])`
+    BiasGelu(&'a DevBuf),
+    /// `+ bias[n] + residual[m, n]` (fp32 [M, N], not the output buffer)
+    BiasResidual(&'a DevBuf, &'a DevBuf),
+}
+
+/// One kernel argument.
+enum Arg {
+    P(u64),
+    I(i32),
+    U(u32),
+    F(f32),
+}
+
+/// Every kernel entry point of the fatbin (checked at load).
+fn kernel_names() -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    for s in ["f32", "f16", "bf16"] {
+        v.push(format!("embed_gather_{s}"));
+        v.push(format!("embed_gather_ln_{s}"));
+        v.push(format!("layernorm_{s}"));
+        for dpl in [1, 2, 4, 8] {
+            v.push(format!("attention_{s}_dpl{dpl}"));
+        }
+    }
+    for s in ["f16", "bf16"] {
+        for o in [s, "f32"] {
+            v.push(format!("gemm_{s}_{o}"));
+            v.push(format!("gemm_{s}_{o}_k8"));
+        }
+    }
+    for n in ["gemm_simt_f32", "pool", "l2_normalize", "conv1d_act"] {
+        v.push(n.to_string());
+    }
+    v
+}
+
+/// Check that the CUDA driver library can be loaded, before cudarc (which panics when it is
+/// absent) touches it.
+pub fn probe_driver() -> Result<()> {
+    let mut names = cudarc::get_lib_name_candidates("cuda");
+    names.extend(cudarc::get_lib_name_candidates("nvcuda"));
+    let mut last = String::new();
+    for n in &names {
+        // SAFETY: loading libcuda runs its ELF initializers, exactly what cudarc does next
+        // with the same names; the handle is dropped (dlclose) right away, cudarc opens its own.
+        match unsafe { libloading::Library::new(n) } {
+            Ok(_) => return Ok(()),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(Error::Device(format!(
+        "no NVIDIA driver found (libcuda.so.1): tried {} candidate names; last error: {last}",
+        names.len()
+    )))
+}
+
+/// A driver error as this crate's error, with context.
+pub fn dev_err(what: &str, e: DriverError) -> Error {
+    if e.0 == CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+        return Error::Device(format!("out of GPU memory: {what}"));
+    }
+    Error::Device(format!("{what}: {e:?}"))
+}
+
+/// The GPU with our module loaded: context, one stream, every kernel.
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    _module: Arc<CudaModule>,
+    funcs: HashMap<String, CudaFunction>,
+    name: String,
+    cc: (i32, i32),
+    sms: usize,
+    max_smem_optin: usize,
+    /// `DEBERTA_CUDA_SYNC=1`: synchronize and check after every launch (debugging).
+    sync_each: bool,
+}
+
+impl Gpu {
+    /// Open device `ordinal`: probe the driver, create the context, check the compute
+    /// capability (8.0 or newer), load the module. Never panics on a machine without a GPU.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        probe_driver()?;
+        // cudarc panics if a driver symbol it wants is missing (a driver older than CUDA
+        // 13.0): turn that into an error too.
+        match std::panic::catch_unwind(|| Self::open(ordinal)) {
+            Ok(r) => r,
+            Err(p) => {
+                let msg = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                Err(Error::Device(format!(
+                    "the CUDA driver could not be used (needs a CUDA 13.0 driver or newer): {msg}"
+                )))
+            }
+        }
+    }
+
+    fn open(ordinal: usize) -> Result<Self> {
+        let count = CudaContext::device_count()
+            .map_err(|e| dev_err("cannot initialize the CUDA driver (cuInit)", e))?;
+        if count <= 0 {
+            return Err(Error::Device("no CUDA device found".into()));
+        }
+        if ordinal >= count as usize {
+            return Err(Error::Device(format!(
+                "CUDA device {ordinal} does not exist ({count} device{} found)",
+                if count == 1 { "" } else { "s" }
+            )));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| dev_err("cannot create a CUDA context", e))?;
+        let cc = ctx
+            .compute_capability()
+            .map_err(|e| dev_err("cannot read the compute capability", e))?;
+        let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        if cc.0 < 8 {
+            return Err(Error::Device(format!(
+                "{name} has compute capability {}.{}; the CUDA kernels need 8.0 or newer (Ampere+)",
+                cc.0, cc.1
+            )));
+        }
+        let attr = |a: CUdevice_attribute| ctx.attribute(a).map(|v| v.max(0) as usize);
+        let sms = attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| dev_err("device attribute", e))?;
+        let max_smem_optin =
+            attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+                .map_err(|e| dev_err("device attribute", e))?;
+        // SAFETY: one stream only (every launch and copy of this Gpu goes to `stream`), so
+        // cudarc's cross-stream event tracking is not needed; buffers are freed only after the
+        // stream is synchronized (every public entry point synchronizes before returning).
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let module = ctx
+            .load_module(cudarc::nvrtc::Ptx::from_binary(FATBIN.to_vec()))
+            .map_err(|e| dev_err("cannot load the kernel module (fatbin for sm_80/sm_90)", e))?;
+        let mut funcs = HashMap::new();
+        for n in kernel_names() {
+            let f = module
+                .load_function(&n)
+                .map_err(|e| dev_err(&format!("kernel `{n}` missing from the module"), e))?;
+            funcs.insert(n, f);
+        }
+        let sync_each = std::env::var("DEBERTA_CUDA_SYNC").is_ok_and(|v| v == "1");
+        Ok(Gpu { ctx, stream, _module: module, funcs, name, cc, sms, max_smem_optin, sync_each })
+    }
+
+    /// Device name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Compute capability.
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.cc
+    }
+    /// Multiprocessor count.
+    pub fn sm_count(&self) -> usize {
+        self.sms
+    }
+
+    fn bind(&self) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(|e| dev_err("cannot bind the CUDA context", e))
+    }
+
+    /// Wait for all queued work; surfaces asynchronous kernel errors.
+    pub fn sync(&self) -> Result<()> {
+        self.stream.synchronize().map_err(|e| dev_err("CUDA kernel failed", e))
+    }
+
+    /// Allocate `bytes` (at least 16) of uninitialized device memory.
+    pub fn alloc(&self, bytes: usize, what: &str) -> Result<DevBuf> {
+        self.bind()?;
+        let n = bytes.max(16);
+        // SAFETY: the memory is uninitialized; every buffer is written (upload or kernel
+        // output) before any kernel reads it, or poisoned explicitly by tests.
+        let mem = unsafe { self.stream.alloc::<u8>(n) }.map_err(|e| {
+            dev_err(&format!("allocating {:.1} MiB for {what}", n as f64 / 1048576.0), e)
+        })?;
+        let ptr = {
+            let (ptr, _guard) = mem.device_ptr(&self.stream);
+            ptr
+        };
+        Ok(DevBuf { ptr, mem, bytes })
+    }
+
+    /// Copy bytes to a new device buffer.
+    pub fn upload_bytes(&self, b: &[u8], what: &str) -> Result<DevBuf> {
+        let mut buf = self.alloc(b.len(), what)?;
+        if !b.is_empty() {
+            let mut view = buf.mem.slice_mut(..b.len());
+            self.stream
+                .memcpy_htod(b, &mut view)
+                .map_err(|e| dev_err(&format!("uploading {what}"), e))?;
+        }
+        Ok(buf)
+    }
+    /// Upload values as `dt`.
+    pub fn upload(&self, dt: Dtype, v: &[f32], what: &str) -> Result<DevBuf> {
+        self.upload_bytes(&dt.encode(v), what)
+    }
+    /// Upload u32 values.
+    pub fn upload_u32(&self, v: &[u32], what: &str) -> Result<DevBuf> {
+        let b: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.upload_bytes(&b, what)
+    }
+    /// Upload i32 values.
+    pub fn upload_i32(&self, v: &[i32], what: &str) -> Result<DevBuf> {
+        let b: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.upload_bytes(&b, what)
+    }
+    /// Overwrite the start of `buf` with bytes (`b.len() <= buf.bytes()`).
+    pub fn write_bytes(&self, buf: &mut DevBuf, b: &[u8]) -> Result<()> {
+        if b.len() > buf.bytes {
+            return Err(Error::Device("write_bytes: buffer too small".into()));
+        }
+        if b.is_empty() {
+            return Ok(());
+        }
+        self.bind()?;
+        let mut view = buf.mem.slice_mut(..b.len());
+        self.stream.memcpy_htod(b, &mut view).map_err(|e| dev_err("host to device copy", e))
+    }
+    /// Read the first `n` values of type `dt` back (synchronizes).
+    pub fn download(&self, dt: Dtype, buf: &DevBuf, n: usize) -> Result<Vec<f32>> {
+        buf.need("download", n, dt)?;
+        let bytes = n * dt.size();
+        let mut host = vec![0u8; bytes];
+        if bytes > 0 {
+            self.bind()?;
+            let view = buf.mem.slice(..bytes);
+            self.stream
+                .memcpy_dtoh(&view, &mut host)
+                .map_err(|e| dev_err("device to host copy", e))?;
+        }
+        self.sync()?;
+        Ok(dt.decode(&host))
+    }
+    /// Fill the whole buffer with 0xFF bytes: NaN in f32, f16 and bf16 (tests poison outputs
+    /// before a launch to catch unwritten elements).
+    pub fn poison(&self, buf: &DevBuf) -> Result<()> {
+        self.bind()?;
+        // SAFETY: `buf.ptr` is a live allocation of at least `buf.bytes` bytes owned by `buf`,
+        // made on this context; the memset is ordered on our only stream.
+        unsafe { drv::memset_d8_async(buf.ptr, 0xFF, buf.bytes, self.stream.cu_stream()) }
+            .map_err(|e| dev_err("memset", e))
+    }
+    /// Device-to-device copy of `bytes` bytes.
+    pub fn copy(&self, src: &DevBuf, dst: &DevBuf, bytes: usize) -> Result<()> {
+        if src.bytes < bytes || dst.bytes < bytes {
+            return Err(Error::Device("copy: buffer too small".into()));
+        }
+        self.bind()?;
+        // SAFETY: both are live allocations of at least `bytes` bytes (checked above) on this
+        // context; the copy is ordered on our only stream.
+        unsafe { drv::memcpy_dtod_async(dst.ptr, src.ptr, bytes, self.stream.cu_stream()) }
+            .map_err(|e| dev_err("device to device copy", e))
+    }
+
+    /// Upload a packed batch after checking every id against `vocab`.
+    pub fn upload_batch(&self, p: &Packed, vocab: usize) -> Result<DeviceBatch> {
+        if let Some(&bad) = p.ids.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::Input(format!("token id {bad} is outside the vocabulary ({vocab})")));
+        }
+        if p.pos.len() != p.ids.len() || p.len.len() != p.ids.len() || p.cu_seqlens.is_empty() {
+            return Err(Error::Device("inconsistent packed batch".into()));
+        }
+        let tiles: Vec<i32> = p.tiles.iter().flatten().copied().collect();
+        Ok(DeviceBatch {
+            ids: self.upload_u32(&p.ids, "token ids")?,
+            pos: self.upload_i32(&p.pos, "positions")?,
+            len: self.upload_i32(&p.len, "lengths")?,
+            cu_seqlens: self.upload_i32(&p.cu_seqlens, "cu_seqlens")?,
+            tiles: self.upload_i32(&tiles, "attention tiles")?,
+            tokens: p.tokens(),
+            batch: p.batch(),
+            n_tiles: p.tiles.len(),
+            max_len: p.max_len,
+            vocab,
+        })
+    }
+
+    /// Like [`Gpu::upload_batch`], reusing `db`'s buffers when they are large enough.
+    pub fn refill_batch(&self, db: &mut Option<DeviceBatch>, p: &Packed, vocab: usize) -> Result<()> {
+        let fits = db.as_ref().is_some_and(|d| {
+            d.ids.bytes >= p.tokens() * 4
+                && d.cu_seqlens.bytes >= p.cu_seqlens.len() * 4
+                && d.tiles.bytes >= p.tiles.len() * 16
+        });
+        if !fits {
+            *db = Some(self.upload_batch(p, vocab)?);
+            return Ok(());
+        }
+        if let Some(&bad) = p.ids.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::Input(format!("token id {bad} is outside the vocabulary ({vocab})")));
+        }
+        let d = db.as_mut().expect("checked above");
+        let le = |v: &[i32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+        let ids: Vec<u8> = p.ids.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let tiles: Vec<i32> = p.tiles.iter().flatten().copied().collect();
+        self.write_bytes(&mut d.ids, &ids)?;
+        self.write_bytes(&mut d.pos, &le(&p.pos))?;
+        self.write_bytes(&mut d.len, &le(&p.len))?;
+        self.write_bytes(&mut d.cu_seqlens, &le(&p.cu_seqlens))?;
+        self.write_bytes(&mut d.tiles, &le(&tiles))?;
+        d.tokens = p.tokens();
+        d.batch = p.batch();
+        d.n_tiles = p.tiles.len();
+        d.max_len = p.max_len;
+        d.vocab = vocab;
+        Ok(())
+    }
+
+    /// Upload the relative-position index table; `rows` = 2S (rows of PK / PQ).
+    pub fn upload_relpos(&self, t: &RelPosTable, rows: usize) -> Result<DeviceRelPos> {
+        if let Some(&bad) = t.as_slice().iter().find(|&&i| i as usize >= rows) {
+            return Err(Error::Device(format!("relative index {bad} >= {rows} rows")));
+        }
+        Ok(DeviceRelPos {
+            idx: self.upload_u32(t.as_slice(), "relative-position table")?,
+            max_len: t.max_len(),
+            rows,
+        })
+    }
+
+    fn func(&self, name: &str) -> Result<&CudaFunction> {
+        self.funcs
+            .get(name)
+            .ok_or_else(|| Error::Device(format!("kernel `{name}` not loaded")))
+    }
+
+    /// Launch `name` on our stream.
+    ///
+    /// # Safety
+    /// `args` must match the kernel's parameter list exactly (count, order, and types: `P` for
+    /// pointers, `I` int, `U` unsigned, `F` float), every pointer must be null or a live
+    /// allocation large enough for every index the kernel computes from the other arguments,
+    /// and `smem` must cover the kernel's dynamic shared memory.
+    unsafe fn launch(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: usize,
+        args: &[Arg],
+    ) -> Result<()> {
+        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
+            return Ok(()); // nothing to do (empty batch)
+        }
+        self.bind()?;
+        let f = self.func(name)?;
+        if smem > 48 * 1024 {
+            if smem > self.max_smem_optin {
+                return Err(Error::Device(format!(
+                    "{name} needs {smem} bytes of shared memory; {} allows {}",
+                    self.name, self.max_smem_optin
+                )));
+            }
+            f.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )
+            .map_err(|e| dev_err(&format!("{name}: raising the shared-memory limit"), e))?;
+        }
+        let mut b = self.stream.launch_builder(f);
+        for a in args {
+            match a {
+                Arg::P(p) => b.arg(p),
+                Arg::I(i) => b.arg(i),
+                Arg::U(u) => b.arg(u),
+                Arg::F(x) => b.arg(x),
+            };
+        }
+        let cfg = LaunchConfig { grid_dim: grid, block_dim: block, shared_mem_bytes: smem as u32 };
+        // SAFETY: forwarded contract (this function's preconditions).
+        unsafe { b.launch(cfg) }.map_err(|e| dev_err(&format!("launching {name}"), e))?;
+        if self.sync_each {
+            self.stream
+                .synchronize()
+                .map_err(|e| dev_err(&format!("{name} failed"), e))?;
+        }
+        Ok(())
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Kernel wrappers
+    // ----------------------------------------------------------------------------------------
+
+    /// `out[t] = word[ids[t]] (+ pos_emb[pos[t]]) (+ type0)` ([T, n], type `dt`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn embed_gather(
+        &self,
+        dt: Dtype,
+        b: &DeviceBatch,
+        n: usize,
+        word: &DevBuf,
+        pos_emb: Option<(&DevBuf, usize)>,
+        type0: Option<&DevBuf>,
+        out: &DevBuf,
+    ) -> Result<()> {
+        let (pe, pe_rows) = pos_emb.map_or((None, 0), |(b, r)| (Some(b), r));
+        if pe.is_some() && b.max_len > pe_rows {
+            return Err(Error::Input(format!(
+                "sequence of {} tokens exceeds the {pe_rows} position embeddings",
+                b.max_len
+            )));
+        }
+        let args = [
+            Arg::P(b.ids.need("ids", b.tokens, Dtype::F32)?),
+            Arg::P(b.pos.need("pos", b.tokens, Dtype::F32)?),
+            Arg::I(b.tokens as i32),
+            Arg::I(n as i32),
+            Arg::P(word.need("word embeddings", b.vocab * n, dt)?),
+            Arg::P(opt_need(pe, "position embeddings", pe_rows * n, dt)?),
+            Arg::P(opt_need(type0, "token-type row", n, dt)?),
+            Arg::P(out.need("embedding output", b.tokens * n, dt)?),
+        ];
+        let name = format!("embed_gather_{}", dt.suffix());
+        // SAFETY: 8 args = (const uint32_t* ids, const int* pos, int tokens, int n, const T* word,
+        // const T* pos_emb, const T* type0, T* out); ids < vocab (DeviceBatch), pos < pe_rows
+        // (max_len checked), every buffer size checked above; smem n floats.
+        unsafe {
+            self.launch(&name, (b.tokens as u32, 1, 1), (launch::row_threads(n), 1, 1), n * 4, &args)
+        }
+    }
+
+    /// `out32 = LayerNorm(word[ids] (+ pos) (+ type0))`, compute-type copy to `outc`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn embed_gather_ln(
+        &self,
+        dt: Dtype,
+        b: &DeviceBatch,
+        n: usize,
+        word: &DevBuf,
+        pos_emb: Option<(&DevBuf, usize)>,
+        type0: Option<&DevBuf>,
+        ln: (&DevBuf, &DevBuf, f32),
+        out32: &DevBuf,
+        outc: Option<&DevBuf>,
+    ) -> Result<()> {
+        let (pe, pe_rows) = pos_emb.map_or((None, 0), |(b, r)| (Some(b), r));
+        if pe.is_some() && b.max_len > pe_rows {
+            return Err(Error::Input(format!(
+                "sequence of {} tokens exceeds the {pe_rows} position embeddings",
+                b.max_len
+            )));
+        }
+        let args = [
+            Arg::P(b.ids.need("ids", b.tokens, Dtype::F32)?),
+            Arg::P(b.pos.need("pos", b.tokens, Dtype::F32)?),
+            Arg::I(b.tokens as i32),
+            Arg::I(n as i32),
+            Arg::P(word.need("word embeddings", b.vocab * n, dt)?),
+            Arg::P(opt_need(pe, "position embeddings", pe_rows * n, dt)?),
+            Arg::P(opt_need(type0, "token-type row", n, dt)?),
+            Arg::P(ln.0.need("LayerNorm weight", n, Dtype::F32)?),
+            Arg::P(ln.1.need("LayerNorm bias", n, Dtype::F32)?),
+            Arg::F(ln.2),
+            Arg::P(out32.need("embedding output", b.tokens * n, Dtype::F32)?),
+            Arg::P(opt_need(outc, "embedding output copy", b.tokens * n, dt)?),
+        ];
+        let name = format!("embed_gather_ln_{}", dt.suffix());
+        // SAFETY: 12 args = (ids, pos, int tokens, int n, word, pos_emb, type0, const float* w,
+        // const float* b, float eps, float* out32, T* outc), sizes checked above, ids < vocab
+        // and positions < pe_rows; smem n floats.
+        unsafe {
+            self.launch(&name, (b.tokens as u32, 1, 1), (launch::row_threads(n), 1, 1), n * 4, &args)
+        }
+    }
+
+    /// `out32 = LayerNorm(input (+ residual))` per row of `n`; `out32` may be `input`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn layernorm(
+        &self,
+        dt: Dtype,
+        input: &DevBuf,
+        residual: Option<&DevBuf>,
+        rows: usize,
+        n: usize,
+        ln: (&DevBuf, &DevBuf, f32),
+        out32: &DevBuf,
+        outc: Option<&DevBuf>,
+    ) -> Result<()> {
+        let args = [
+            Arg::P(input.need("LayerNorm input", rows * n, Dtype::F32)?),
+            Arg::P(opt_need(residual, "LayerNorm residual", rows * n, Dtype::F32)?),
+            Arg::I(rows as i32),
+            Arg::I(n as i32),
+            Arg::P(ln.0.need("LayerNorm weight", n, Dtype::F32)?),
+            Arg::P(ln.1.need("LayerNorm bias", n, Dtype::F32)?),
+            Arg::F(ln.2),
+            Arg::P(out32.need("LayerNorm output", rows * n, Dtype::F32)?),
+            Arg::P(opt_need(outc, "LayerNorm output copy", rows * n, dt)?),
+        ];
+        let name = format!("layernorm_{}", dt.suffix());
+        // SAFETY: 9 args = (const float* in, const float* residual, int rows, int n, const float* w,
+        // const float* b, float eps, float* out32, T* outc), sizes checked above; smem n floats.
+        unsafe { self.launch(&name, (rows as u32, 1, 1), (launch::row_threads(n), 1, 1), n * 4, &args) }
+    }
+
+    /// `c[M, N] = epi(a[M, K] . w[N, K]^T)`. `dt` is the input type (F32: the SIMT kernel);
+    /// the output is fp32 when `out_f32`, else `dt`. The residual must not be `c`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm(
+        &self,
+        dt: Dtype,
+        out_f32: bool,
+        a: &DevBuf,
+        w: &DevBuf,
+        m: usize,
+        n: usize,
+        k: usize,
+        epi: Epi<'_>,
+        c: &DevBuf,
+    ) -> Result<()> {
+        let out_dt = if out_f32 { Dtype::F32 } else { dt };
+        let (code, bias, res) = match epi {
+            Epi::None => (launch::EPI_NONE, None, None),
+            Epi::Bias(b) => (launch::EPI_BIAS, Some(b), None),
+            Epi::BiasGelu(b) => (launch::EPI_BIAS_GELU, Some(b), None),
+            Epi::BiasResidual(b, r) => (launch::EPI_BIAS_RESIDUAL, Some(b), Some(r)),
+        };
+        if let Some(r) = res {
+            if r.ptr == c.ptr {
+                return Err(Error::Device("gemm: the residual must not be the output".into()));
+            }
+        }
+        let args = [
+            Arg::P(a.need("GEMM A", m * k, dt)?),
+            Arg::P(w.need("GEMM W", n * k, dt)?),
+            Arg::P(opt_need(bias, "GEMM bias", n, Dtype::F32)?),
+            Arg::P(opt_need(res, "GEMM residual", m * n, Dtype::F32)?),
+            Arg::P(c.need("GEMM output", m * n, out_dt)?),
+            Arg::I(m as i32),
+            Arg::I(n as i32),
+            Arg::I(k as i32),
+            Arg::I(code),
+        ];
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let (name, grid, threads) = match dt {
+            Dtype::F32 => (
+                "gemm_simt_f32".to_string(),
+                launch::gemm_grid(m, n, launch::SG_BM, launch::SG_BN)?,
+                launch::SG_THREADS,
+            ),
+            _ => {
+                let k8 = if launch::gemm_k8_ok(k, a.ptr, w.ptr) { "_k8" } else { "" };
+                (
+                    format!("gemm_{}_{}{k8}", dt.suffix(), out_dt.suffix()),
+                    launch::gemm_grid(m, n, launch::TC_BM, launch::TC_BN)?,
+                    launch::TC_THREADS,
+                )
+            }
+        };
+        // SAFETY: 9 args = (const T* A, const T* W, const float* bias, const float* residual,
+        // Tout* C, int M, int N, int K, int epi); sizes checked above (bias / residual non-null
+        // whenever `epi` reads them); the _k8 variant only with K % 8 == 0 and 16-byte aligned
+        // A / W; static shared memory only.
+        unsafe { self.launch(&name, grid, (threads, 1, 1), 0, &args) }
+    }
+
+    /// Disentangled attention: `ctx[T, H] = attention(qkv[T, 3H])` for every sequence of `b`.
+    /// `pk` (c2p) / `pq` (p2c): [2S, H] in `dt`, `None` when the term is off.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(
+        &self,
+        dt: Dtype,
+        b: &DeviceBatch,
+        qkv: &DevBuf,
+        pk: Option<&DevBuf>,
+        pq: Option<&DevBuf>,
+        rel: &DeviceRelPos,
+        heads: usize,
+        d: usize,
+        scale: f32,
+        ctx: &DevBuf,
+    ) -> Result<()> {
+        let h = heads * d;
+        if (pk.is_some() || pq.is_some()) && b.max_len > rel.max_len {
+            return Err(Error::Input(format!(
+                "sequence of {} tokens exceeds the relative-position table ({})",
+                b.max_len, rel.max_len
+            )));
+        }
+        let dpl = launch::attention_dpl(d)?;
+        let smem = launch::attention_smem_bytes(d);
+        let args = [
+            Arg::P(qkv.need("qkv", b.tokens * 3 * h, dt)?),
+            Arg::P(opt_need(pk, "PK", rel.rows * h, dt)?),
+            Arg::P(opt_need(pq, "PQ", rel.rows * h, dt)?),
+            Arg::P(rel.idx.need("relative index", 2 * rel.max_len - 1, Dtype::F32)?),
+            Arg::I(rel.max_len as i32),
+            Arg::P(b.tiles.need("tiles", b.n_tiles * 4, Dtype::F32)?),
+            Arg::I(heads as i32),
+            Arg::I(d as i32),
+            Arg::F(scale),
+            Arg::I(pk.is_some() as i32),
+            Arg::I(pq.is_some() as i32),
+            Arg::P(ctx.need("attention output", b.tokens * h, dt)?),
+        ];
+        if heads > 65_535 {
+            return Err(Error::Device(format!("{heads} heads: at most 65535")));
+        }
+        let name = format!("attention_{}_dpl{dpl}", dt.suffix());
+        // SAFETY: 12 args = (const T* qkv, const T* pk, const T* pq, const uint32_t* relidx,
+        // int max_len, const int4* tiles, int heads, int d, float scale, int c2p, int p2c,
+        // T* ctx); tiles stay inside their sequences (DeviceBatch), every relidx entry is
+        // < rel.rows (DeviceRelPos) and the kernel clamps offsets to the table, pk / pq are
+        // read only when their flag is 1; sizes checked above; d <= 32 * DPL; smem as
+        // attention_smem_bytes(d) (raised above 48 KB in `launch`).
+        unsafe {
+            self.launch(
+                &name,
+                (b.n_tiles as u32, heads as u32, 1),
+                (launch::ATT_THREADS, 1, 1),
+                smem,
+                &args,
+            )
+        }
+    }
+
+    /// Pool each sequence of `b` from `x` (fp32 [T, h]) into `out` (fp32 [B, modes * h]).
+    pub fn pool(
+        &self,
+        b: &DeviceBatch,
+        x: &DevBuf,
+        h: usize,
+        modes: &[PoolingMode],
+        out: &DevBuf,
+    ) -> Result<()> {
+        let (code, nm) = launch::pool_modes_code(modes)?;
+        let args = [
+            Arg::P(x.need("pool input", b.tokens * h, Dtype::F32)?),
+            Arg::P(b.cu_seqlens.need("cu_seqlens", b.batch + 1, Dtype::F32)?),
+            Arg::I(b.batch as i32),
+            Arg::I(h as i32),
+            Arg::U(code),
+            Arg::I(nm),
+            Arg::P(out.need("pool output", b.batch * nm as usize * h, Dtype::F32)?),
+        ];
+        let grid = (b.batch as u32, h.div_ceil(launch::COL_THREADS as usize) as u32, 1);
+        // SAFETY: 7 args = (const float* x, const int* cu_seqlens, int batch, int H,
+        // unsigned modes, int nmodes, float* out); cu_seqlens is monotone and ends at T
+        // (Packed), sizes checked above.
+        unsafe { self.launch("pool", grid, (launch::COL_THREADS, 1, 1), 0, &args) }
+    }
+
+    /// L2-normalize each row of `x` (fp32 [rows, dim]) in place.
+    pub fn l2_normalize(&self, x: &DevBuf, rows: usize, dim: usize) -> Result<()> {
+        let args = [
+            Arg::P(x.need("normalize", rows * dim, Dtype::F32)?),
+            Arg::I(rows as i32),
+            Arg::I(dim as i32),
+        ];
+        // SAFETY: 3 args = (float* x, int rows, int dim), size checked above.
+        unsafe { self.launch("l2_normalize", (rows as u32, 1, 1), (launch::row_threads(dim), 1, 1), 0, &args) }
+    }
+
+    /// Conv block: `out = act(conv1d(x) + bias)` per sequence of `b` (fp32 [T, h]);
+    /// `weight`: fp32 [h, h / groups, k].
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv1d_act(
+        &self,
+        b: &DeviceBatch,
+        x: &DevBuf,
+        h: usize,
+        k: usize,
+        groups: usize,
+        weight: &DevBuf,
+        bias: &DevBuf,
+        act: Activation,
+        out: &DevBuf,
+    ) -> Result<()> {
+        if groups == 0 || h % groups != 0 || k == 0 {
+            return Err(Error::Device(format!("conv: bad groups {groups} / kernel {k} for {h} channels")));
+        }
+        let act_code = match act {
+            Activation::Gelu => 0,
+            Activation::Tanh => 1,
+            Activation::Relu => 2,
+        };
+        let args = [
+            Arg::P(x.need("conv input", b.tokens * h, Dtype::F32)?),
+            Arg::P(b.pos.need("pos", b.tokens, Dtype::F32)?),
+            Arg::P(b.len.need("len", b.tokens, Dtype::F32)?),
+            Arg::I(b.tokens as i32),
+            Arg::I(h as i32),
+            Arg::I(k as i32),
+            Arg::I(groups as i32),
+            Arg::P(weight.need("conv weight", h * (h / groups) * k, Dtype::F32)?),
+            Arg::P(bias.need("conv bias", h, Dtype::F32)?),
+            Arg::I(act_code),
+            Arg::P(out.need("conv output", b.tokens * h, Dtype::F32)?),
+        ];
+        let grid = (b.tokens as u32, h.div_ceil(launch::COL_THREADS as usize) as u32, 1);
+        // SAFETY: 11 args = (const float* x, const int* pos, const int* len, int tokens, int H,
+        // int k, int groups, const float* weight, const float* bias, int act, float* out);
+        // pos / len describe the packed sequences (Packed), so every source row stays inside
+        // the token's own sequence; sizes checked above.
+        unsafe { self.launch("conv1d_act", grid, (launch::COL_THREADS, 1, 1), 0, &args) }
+    }
+}
