@@ -275,7 +275,8 @@ impl Gpu {
                 if count == 1 { "" } else { "s" }
             )));
         }
-        let ctx = CudaContext::new(ordinal).map_err(|e| dev_err("cannot create a CUDA context", e))?;
+        let ctx =
+            CudaContext::new(ordinal).map_err(|e| dev_err("cannot create a CUDA context", e))?;
         let cc = ctx
             .compute_capability()
             .map_err(|e| dev_err("cannot read the compute capability", e))?;
@@ -308,7 +309,17 @@ impl Gpu {
             funcs.insert(n, f);
         }
         let sync_each = std::env::var("DEBERTA_CUDA_SYNC").is_ok_and(|v| v == "1");
-        Ok(Gpu { ctx, stream, _module: module, funcs, name, cc, sms, max_smem_optin, sync_each })
+        Ok(Gpu {
+            ctx,
+            stream,
+            _module: module,
+            funcs,
+            name,
+            cc,
+            sms,
+            max_smem_optin,
+            sync_each,
+        })
     }
 
     /// Device name.
@@ -325,12 +336,16 @@ impl Gpu {
     }
 
     fn bind(&self) -> Result<()> {
-        self.ctx.bind_to_thread().map_err(|e| dev_err("cannot bind the CUDA context", e))
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| dev_err("cannot bind the CUDA context", e))
     }
 
     /// Wait for all queued work; surfaces asynchronous kernel errors.
     pub fn sync(&self) -> Result<()> {
-        self.stream.synchronize().map_err(|e| dev_err("CUDA kernel failed", e))
+        self.stream
+            .synchronize()
+            .map_err(|e| dev_err("CUDA kernel failed", e))
     }
 
     /// Allocate `bytes` (at least 16) of uninitialized device memory.
@@ -340,7 +355,10 @@ impl Gpu {
         // SAFETY: the memory is uninitialized; every buffer is written (upload or kernel
         // output) before any kernel reads it, or poisoned explicitly by tests.
         let mem = unsafe { self.stream.alloc::<u8>(n) }.map_err(|e| {
-            dev_err(&format!("allocating {:.1} MiB for {what}", n as f64 / 1048576.0), e)
+            dev_err(
+                &format!("allocating {:.1} MiB for {what}", n as f64 / 1048576.0),
+                e,
+            )
         })?;
         let ptr = {
             let (ptr, _guard) = mem.device_ptr(&self.stream);
@@ -384,7 +402,9 @@ impl Gpu {
         }
         self.bind()?;
         let mut view = buf.mem.slice_mut(..b.len());
-        self.stream.memcpy_htod(b, &mut view).map_err(|e| dev_err("host to device copy", e))
+        self.stream
+            .memcpy_htod(b, &mut view)
+            .map_err(|e| dev_err("host to device copy", e))
     }
     /// Read the first `n` values of type `dt` back (synchronizes).
     pub fn download(&self, dt: Dtype, buf: &DevBuf, n: usize) -> Result<Vec<f32>> {
@@ -425,7 +445,9 @@ impl Gpu {
     /// Upload a packed batch after checking every id against `vocab`.
     pub fn upload_batch(&self, p: &Packed, vocab: usize) -> Result<DeviceBatch> {
         if let Some(&bad) = p.ids.iter().find(|&&t| t as usize >= vocab) {
-            return Err(Error::Input(format!("token id {bad} is outside the vocabulary ({vocab})")));
+            return Err(Error::Input(format!(
+                "token id {bad} is outside the vocabulary ({vocab})"
+            )));
         }
         if p.pos.len() != p.ids.len() || p.len.len() != p.ids.len() || p.cu_seqlens.is_empty() {
             return Err(Error::Device("inconsistent packed batch".into()));
@@ -446,7 +468,12 @@ impl Gpu {
     }
 
     /// Like [`Gpu::upload_batch`], reusing `db`'s buffers when they are large enough.
-    pub fn refill_batch(&self, db: &mut Option<DeviceBatch>, p: &Packed, vocab: usize) -> Result<()> {
+    pub fn refill_batch(
+        &self,
+        db: &mut Option<DeviceBatch>,
+        p: &Packed,
+        vocab: usize,
+    ) -> Result<()> {
         let fits = db.as_ref().is_some_and(|d| {
             d.ids.bytes >= p.tokens() * 4
                 && d.cu_seqlens.bytes >= p.cu_seqlens.len() * 4
@@ -457,7 +484,9 @@ impl Gpu {
             return Ok(());
         }
         if let Some(&bad) = p.ids.iter().find(|&&t| t as usize >= vocab) {
-            return Err(Error::Input(format!("token id {bad} is outside the vocabulary ({vocab})")));
+            return Err(Error::Input(format!(
+                "token id {bad} is outside the vocabulary ({vocab})"
+            )));
         }
         let d = db.as_mut().expect("checked above");
         let le = |v: &[i32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
@@ -479,7 +508,9 @@ impl Gpu {
     /// Upload the relative-position index table; `rows` = 2S (rows of PK / PQ).
     pub fn upload_relpos(&self, t: &RelPosTable, rows: usize) -> Result<DeviceRelPos> {
         if let Some(&bad) = t.as_slice().iter().find(|&&i| i as usize >= rows) {
-            return Err(Error::Device(format!("relative index {bad} >= {rows} rows")));
+            return Err(Error::Device(format!(
+                "relative index {bad} >= {rows} rows"
+            )));
         }
         Ok(DeviceRelPos {
             idx: self.upload_u32(t.as_slice(), "relative-position table")?,
@@ -536,7 +567,11 @@ impl Gpu {
                 Arg::F(x) => b.arg(x),
             };
         }
-        let cfg = LaunchConfig { grid_dim: grid, block_dim: block, shared_mem_bytes: smem as u32 };
+        let cfg = LaunchConfig {
+            grid_dim: grid,
+            block_dim: block,
+            shared_mem_bytes: smem as u32,
+        };
         // SAFETY: forwarded contract (this function's preconditions).
         unsafe { b.launch(cfg) }.map_err(|e| dev_err(&format!("launching {name}"), e))?;
         if self.sync_each {
@@ -585,7 +620,13 @@ impl Gpu {
         // const T* pos_emb, const T* type0, T* out); ids < vocab (DeviceBatch), pos < pe_rows
         // (max_len checked), every buffer size checked above; smem n floats.
         unsafe {
-            self.launch(&name, (b.tokens as u32, 1, 1), (launch::row_threads(n), 1, 1), n * 4, &args)
+            self.launch(
+                &name,
+                (b.tokens as u32, 1, 1),
+                (launch::row_threads(n), 1, 1),
+                n * 4,
+                &args,
+            )
         }
     }
 
@@ -629,7 +670,13 @@ impl Gpu {
         // const float* b, float eps, float* out32, T* outc), sizes checked above, ids < vocab
         // and positions < pe_rows; smem n floats.
         unsafe {
-            self.launch(&name, (b.tokens as u32, 1, 1), (launch::row_threads(n), 1, 1), n * 4, &args)
+            self.launch(
+                &name,
+                (b.tokens as u32, 1, 1),
+                (launch::row_threads(n), 1, 1),
+                n * 4,
+                &args,
+            )
         }
     }
 
@@ -648,7 +695,12 @@ impl Gpu {
     ) -> Result<()> {
         let args = [
             Arg::P(input.need("LayerNorm input", rows * n, Dtype::F32)?),
-            Arg::P(opt_need(residual, "LayerNorm residual", rows * n, Dtype::F32)?),
+            Arg::P(opt_need(
+                residual,
+                "LayerNorm residual",
+                rows * n,
+                Dtype::F32,
+            )?),
             Arg::I(rows as i32),
             Arg::I(n as i32),
             Arg::P(ln.0.need("LayerNorm weight", n, Dtype::F32)?),
@@ -660,7 +712,15 @@ impl Gpu {
         let name = format!("layernorm_{}", dt.suffix());
         // SAFETY: 9 args = (const float* in, const float* residual, int rows, int n, const float* w,
         // const float* b, float eps, float* out32, T* outc), sizes checked above; smem n floats.
-        unsafe { self.launch(&name, (rows as u32, 1, 1), (launch::row_threads(n), 1, 1), n * 4, &args) }
+        unsafe {
+            self.launch(
+                &name,
+                (rows as u32, 1, 1),
+                (launch::row_threads(n), 1, 1),
+                n * 4,
+                &args,
+            )
+        }
     }
 
     /// `c[M, N] = epi(a[M, K] . w[N, K]^T)`. `dt` is the input type (F32: the SIMT kernel);
@@ -687,7 +747,9 @@ impl Gpu {
         };
         if let Some(r) = res {
             if r.ptr == c.ptr {
-                return Err(Error::Device("gemm: the residual must not be the output".into()));
+                return Err(Error::Device(
+                    "gemm: the residual must not be the output".into(),
+                ));
             }
         }
         let args = [
@@ -711,7 +773,11 @@ impl Gpu {
                 launch::SG_THREADS,
             ),
             _ => {
-                let k8 = if launch::gemm_k8_ok(k, a.ptr, w.ptr) { "_k8" } else { "" };
+                let k8 = if launch::gemm_k8_ok(k, a.ptr, w.ptr) {
+                    "_k8"
+                } else {
+                    ""
+                };
                 (
                     format!("gemm_{}_{}{k8}", dt.suffix(), out_dt.suffix()),
                     launch::gemm_grid(m, n, launch::TC_BM, launch::TC_BN)?,
@@ -755,7 +821,10 @@ impl Gpu {
             Arg::P(qkv.need("qkv", b.tokens * 3 * h, dt)?),
             Arg::P(opt_need(pk, "PK", rel.rows * h, dt)?),
             Arg::P(opt_need(pq, "PQ", rel.rows * h, dt)?),
-            Arg::P(rel.idx.need("relative index", 2 * rel.max_len - 1, Dtype::F32)?),
+            Arg::P(
+                rel.idx
+                    .need("relative index", 2 * rel.max_len - 1, Dtype::F32)?,
+            ),
             Arg::I(rel.max_len as i32),
             Arg::P(b.tiles.need("tiles", b.n_tiles * 4, Dtype::F32)?),
             Arg::I(heads as i32),
@@ -805,7 +874,11 @@ impl Gpu {
             Arg::I(nm),
             Arg::P(out.need("pool output", b.batch * nm as usize * h, Dtype::F32)?),
         ];
-        let grid = (b.batch as u32, h.div_ceil(launch::COL_THREADS as usize) as u32, 1);
+        let grid = (
+            b.batch as u32,
+            h.div_ceil(launch::COL_THREADS as usize) as u32,
+            1,
+        );
         // SAFETY: 7 args = (const float* x, const int* cu_seqlens, int batch, int H,
         // unsigned modes, int nmodes, float* out); cu_seqlens is monotone and ends at T
         // (Packed), sizes checked above.
@@ -820,7 +893,15 @@ impl Gpu {
             Arg::I(dim as i32),
         ];
         // SAFETY: 3 args = (float* x, int rows, int dim), size checked above.
-        unsafe { self.launch("l2_normalize", (rows as u32, 1, 1), (launch::row_threads(dim), 1, 1), 0, &args) }
+        unsafe {
+            self.launch(
+                "l2_normalize",
+                (rows as u32, 1, 1),
+                (launch::row_threads(dim), 1, 1),
+                0,
+                &args,
+            )
+        }
     }
 
     /// Conv block: `out = act(conv1d(x) + bias)` per sequence of `b` (fp32 [T, h]);
@@ -839,7 +920,9 @@ impl Gpu {
         out: &DevBuf,
     ) -> Result<()> {
         if groups == 0 || h % groups != 0 || k == 0 {
-            return Err(Error::Device(format!("conv: bad groups {groups} / kernel {k} for {h} channels")));
+            return Err(Error::Device(format!(
+                "conv: bad groups {groups} / kernel {k} for {h} channels"
+            )));
         }
         let act_code = match act {
             Activation::Gelu => 0,
@@ -859,7 +942,11 @@ impl Gpu {
             Arg::I(act_code),
             Arg::P(out.need("conv output", b.tokens * h, Dtype::F32)?),
         ];
-        let grid = (b.tokens as u32, h.div_ceil(launch::COL_THREADS as usize) as u32, 1);
+        let grid = (
+            b.tokens as u32,
+            h.div_ceil(launch::COL_THREADS as usize) as u32,
+            1,
+        );
         // SAFETY: 11 args = (const float* x, const int* pos, const int* len, int tokens, int H,
         // int k, int groups, const float* weight, const float* bias, int act, float* out);
         // pos / len describe the packed sequences (Packed), so every source row stays inside

@@ -121,7 +121,9 @@ impl Packed {
     pub fn new<S: AsRef<[u32]>>(seqs: &[S]) -> Result<Self> {
         let total: usize = seqs.iter().map(|s| s.as_ref().len()).sum();
         if total >= i32::MAX as usize {
-            return Err(Error::Input(format!("batch of {total} tokens is too large")));
+            return Err(Error::Input(format!(
+                "batch of {total} tokens is too large"
+            )));
         }
         let mut p = Packed {
             ids: Vec::with_capacity(total),
@@ -160,7 +162,10 @@ impl Packed {
 pub fn batches_by_length(lens: &[usize], batch_size: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..lens.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(lens[i]));
-    order.chunks(batch_size.max(1)).map(<[usize]>::to_vec).collect()
+    order
+        .chunks(batch_size.max(1))
+        .map(<[usize]>::to_vec)
+        .collect()
 }
 
 /// Pooling modes packed for the `pool` kernel: 4 bits per mode, first mode lowest, plus the
@@ -214,7 +219,10 @@ impl Workspace {
         has_conv: bool,
     ) -> Result<Self> {
         let widest = (3 * hidden).max(intermediate).max(embedding);
-        if tokens.checked_mul(widest).is_none_or(|n| n >= i32::MAX as usize) {
+        if tokens
+            .checked_mul(widest)
+            .is_none_or(|n| n >= i32::MAX as usize)
+        {
             return Err(Error::Input(format!(
                 "a batch of {tokens} tokens is too large for the CUDA kernels (tokens x {widest} must stay below 2^31)"
             )));
@@ -241,7 +249,14 @@ mod tests {
 
     #[test]
     fn gemm_grid_covers_every_output() {
-        for (m, n) in [(1, 1), (7, 384), (64, 64), (65, 1152), (8192, 1536), (33, 36)] {
+        for (m, n) in [
+            (1, 1),
+            (7, 384),
+            (64, 64),
+            (65, 1152),
+            (8192, 1536),
+            (33, 36),
+        ] {
             let (gx, gy, gz) = gemm_grid(m, n, TC_BM, TC_BN).unwrap();
             assert_eq!(gz, 1);
             assert!(gx as usize * TC_BN >= n && (gx as usize - 1) * TC_BN < n.max(1));
@@ -272,7 +287,10 @@ mod tests {
     fn attention_dpl_covers_head_dim() {
         for d in 1..=256 {
             let dpl = attention_dpl(d).unwrap() as usize;
-            assert!(32 * dpl >= d && (dpl == 1 || 16 * dpl < d), "d {d} -> {dpl}");
+            assert!(
+                32 * dpl >= d && (dpl == 1 || 16 * dpl < d),
+                "d {d} -> {dpl}"
+            );
         }
         assert!(attention_dpl(0).is_err() && attention_dpl(257).is_err());
         // the xsmall head dim fits the default 48 KB of shared memory

@@ -76,20 +76,21 @@ struct RunBuffers {
 
 /// Take a buffer that `ensure` allocated.
 fn buf(b: &Option<DevBuf>) -> Result<&DevBuf> {
-    b.as_ref().ok_or_else(|| Error::Device("internal: activation buffer missing".into()))
+    b.as_ref()
+        .ok_or_else(|| Error::Device("internal: activation buffer missing".into()))
 }
 
-/// The model resident on one GPU.
-pub struct CudaModel {
+/// The model's device state (boxed inside [`CudaModel`], which stays pointer-sized).
+struct Resident {
     gpu: Gpu,
     cfg: ModelConfig,
     dt: Dtype,
-    word_emb: DevBuf,                   // [V, E]
-    pos_emb: Option<DevBuf>,            // [P, E]
-    type_emb0: Option<DevBuf>,          // [E]
-    embed_proj: Option<DevBuf>,         // [H, E]
-    emb_ln_w: DevBuf,                   // [H]
-    emb_ln_b: DevBuf,                   // [H]
+    word_emb: DevBuf,           // [V, E]
+    pos_emb: Option<DevBuf>,    // [P, E]
+    type_emb0: Option<DevBuf>,  // [E]
+    embed_proj: Option<DevBuf>, // [H, E]
+    emb_ln_w: DevBuf,           // [H]
+    emb_ln_b: DevBuf,           // [H]
     conv: Option<DevConv>,
     layers: Vec<DevLayer>,
     relpos: DeviceRelPos,
@@ -97,10 +98,10 @@ pub struct CudaModel {
     state: Mutex<RunBuffers>,
 }
 
-impl CudaModel {
+impl Resident {
     /// Upload weights (fp16/bf16 copies plus fp32 where needed), compute PK/PQ and the index
     /// table, allocate persistent buffers for up to `max_len` tokens per sequence.
-    pub fn new(
+    fn new(
         cfg: &ModelConfig,
         w: &HostWeights,
         max_len: usize,
@@ -119,7 +120,13 @@ impl CudaModel {
         // PK / PQ on the host with the CPU GEMM (once per load), then rounded to the compute type.
         let project = |r: &[f32], wt: &[f32], b: &[f32]| -> Vec<f32> {
             let mut out = vec![0.0; s2 * h];
-            linear(r, s2, &PackedWeight::new(wt, h, h), Epilogue::Bias(b), &mut out);
+            linear(
+                r,
+                s2,
+                &PackedWeight::new(wt, h, h),
+                Epilogue::Bias(b),
+                &mut out,
+            );
             out
         };
         let mut layers = Vec::with_capacity(w.layers.len());
@@ -127,10 +134,24 @@ impl CudaModel {
             let name = |s: &str| format!("layer {li} {s}");
             let (pk, pq) = match &w.rel {
                 Some(r) => {
-                    let (kw, kb) = l.pos_key.as_ref().map_or((&l.key_w, &l.key_b), |(a, b)| (a, b));
-                    let (qw, qb) = l.pos_query.as_ref().map_or((&l.query_w, &l.query_b), |(a, b)| (a, b));
-                    let pk = if cfg.uses_c2p() { Some(up(&project(r, kw, kb), &name("PK"))?) } else { None };
-                    let pq = if cfg.uses_p2c() { Some(up(&project(r, qw, qb), &name("PQ"))?) } else { None };
+                    let (kw, kb) = l
+                        .pos_key
+                        .as_ref()
+                        .map_or((&l.key_w, &l.key_b), |(a, b)| (a, b));
+                    let (qw, qb) = l
+                        .pos_query
+                        .as_ref()
+                        .map_or((&l.query_w, &l.query_b), |(a, b)| (a, b));
+                    let pk = if cfg.uses_c2p() {
+                        Some(up(&project(r, kw, kb), &name("PK"))?)
+                    } else {
+                        None
+                    };
+                    let pq = if cfg.uses_p2c() {
+                        Some(up(&project(r, qw, qb), &name("PQ"))?)
+                    } else {
+                        None
+                    };
                     (pk, pq)
                 }
                 None => (None, None),
@@ -164,16 +185,33 @@ impl CudaModel {
             }),
             None => None,
         };
-        let table = RelPosTable::new(max_len, cfg.position_buckets, cfg.max_relative_positions, cfg.att_span);
+        let table = RelPosTable::new(
+            max_len,
+            cfg.position_buckets,
+            cfg.max_relative_positions,
+            cfg.att_span,
+        );
         let relpos = gpu.upload_relpos(&table, s2.max(1))?;
         let word_emb = up(&w.word_emb, "word embeddings")?;
-        let pos_emb = w.pos_emb.as_ref().map(|p| up(p, "position embeddings")).transpose()?;
-        let type_emb0 = w.type_emb0.as_ref().map(|t| up(t, "token-type embedding")).transpose()?;
-        let embed_proj = w.embed_proj.as_ref().map(|p| up(p, "embed_proj")).transpose()?;
+        let pos_emb = w
+            .pos_emb
+            .as_ref()
+            .map(|p| up(p, "position embeddings"))
+            .transpose()?;
+        let type_emb0 = w
+            .type_emb0
+            .as_ref()
+            .map(|t| up(t, "token-type embedding"))
+            .transpose()?;
+        let embed_proj = w
+            .embed_proj
+            .as_ref()
+            .map(|p| up(p, "embed_proj"))
+            .transpose()?;
         let emb_ln_w = up32(&w.emb_ln_w, "embedding LayerNorm")?;
         let emb_ln_b = up32(&w.emb_ln_b, "embedding LayerNorm")?;
         gpu.sync()?;
-        Ok(CudaModel {
+        Ok(Resident {
             gpu,
             cfg: cfg.clone(),
             dt,
@@ -191,13 +229,8 @@ impl CudaModel {
         })
     }
 
-    /// The GPU this model lives on.
-    pub fn gpu(&self) -> &Gpu {
-        &self.gpu
-    }
-
     /// Pooled (not normalized) embeddings of `ids`, rows in input order.
-    pub fn encode_batches(
+    fn encode_batches(
         &self,
         ids: &[Vec<u32>],
         batch_size: usize,
@@ -218,7 +251,10 @@ impl CudaModel {
             }
             self.forward(&mut st, &packed, None)?;
             let pooled = buf(&st.pooled)?;
-            let db = st.batch.as_ref().ok_or_else(|| Error::Device("internal: no batch".into()))?;
+            let db = st
+                .batch
+                .as_ref()
+                .ok_or_else(|| Error::Device("internal: no batch".into()))?;
             self.gpu.pool(db, buf(&st.x32)?, h, modes, pooled)?;
             let rows = self.gpu.download(Dtype::F32, pooled, chunk.len() * dim)?;
             for (b, &i) in chunk.iter().enumerate() {
@@ -229,7 +265,7 @@ impl CudaModel {
     }
 
     /// Every layer's output for one sequence (index 0 = embedding output), [n, H] each.
-    pub fn hidden_states(&self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
+    fn hidden_states(&self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
         self.check_inputs(std::iter::once(ids))?;
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let mut hs = Vec::new();
@@ -251,7 +287,9 @@ impl CudaModel {
                 )));
             }
             if let Some(&bad) = s.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
-                return Err(Error::Input(format!("sequence {i}: token id {bad} is outside the vocabulary")));
+                return Err(Error::Input(format!(
+                    "sequence {i}: token id {bad} is outside the vocabulary"
+                )));
             }
         }
         Ok(())
@@ -275,17 +313,38 @@ impl CudaModel {
         let (c, f) = (self.dt.size(), 4);
         let sixteen = self.dt != Dtype::F32;
         // free first, so that growing does not need old + new at once
-        *st = RunBuffers { pooled: st.pooled.take(), cap_batch: st.cap_batch, batch: st.batch.take(), ..Default::default() };
+        *st = RunBuffers {
+            pooled: st.pooled.take(),
+            cap_batch: st.cap_batch,
+            batch: st.batch.take(),
+            ..Default::default()
+        };
         let a = |n: usize, what: &str| self.gpu.alloc(n, what).map(Some);
         st.x32 = a(ws.hidden * f, "hidden state")?;
-        st.xc = if sixteen { a(ws.hidden * c, "hidden state copy")? } else { None };
-        st.x0 = if ws.conv_in > 0 { a(ws.conv_in * f, "conv input")? } else { None };
-        st.emb = if ws.emb > 0 { a(ws.emb * c, "embeddings")? } else { None };
+        st.xc = if sixteen {
+            a(ws.hidden * c, "hidden state copy")?
+        } else {
+            None
+        };
+        st.x0 = if ws.conv_in > 0 {
+            a(ws.conv_in * f, "conv input")?
+        } else {
+            None
+        };
+        st.emb = if ws.emb > 0 {
+            a(ws.emb * c, "embeddings")?
+        } else {
+            None
+        };
         st.qkv = a(ws.qkv * c, "qkv")?;
         st.ctx = a(ws.hidden * c, "attention context")?;
         st.tmp32 = a(ws.hidden * f, "fp32 scratch")?;
         st.attn32 = a(ws.hidden * f, "attention output")?;
-        st.attnc = if sixteen { a(ws.hidden * c, "attention output copy")? } else { None };
+        st.attnc = if sixteen {
+            a(ws.hidden * c, "attention output copy")?
+        } else {
+            None
+        };
         st.ffn = a(ws.ffn * c, "intermediate")?;
         st.cap = cap;
         Ok(())
@@ -293,7 +352,12 @@ impl CudaModel {
 
     /// The encoder over one packed batch; leaves the last hidden state in `st.x32` and the
     /// batch in `st.batch`. With `hidden`, every layer's output is downloaded.
-    fn forward(&self, st: &mut RunBuffers, p: &Packed, mut hidden: Option<&mut Vec<Vec<f32>>>) -> Result<()> {
+    fn forward(
+        &self,
+        st: &mut RunBuffers,
+        p: &Packed,
+        mut hidden: Option<&mut Vec<Vec<f32>>>,
+    ) -> Result<()> {
         let cfg = &self.cfg;
         let (h, e, inter) = (cfg.hidden_size, cfg.embedding_size, cfg.intermediate_size);
         let t = p.tokens();
@@ -301,30 +365,58 @@ impl CudaModel {
         self.ensure(st, t, p.batch())?;
         self.gpu.refill_batch(&mut st.batch, p, cfg.vocab_size)?;
         let g = &self.gpu;
-        let db = st.batch.as_ref().ok_or_else(|| Error::Device("internal: no batch".into()))?;
+        let db = st
+            .batch
+            .as_ref()
+            .ok_or_else(|| Error::Device("internal: no batch".into()))?;
         let x32 = buf(&st.x32)?;
         let tmp32 = buf(&st.tmp32)?;
         let attn32 = buf(&st.attn32)?;
         // GEMM inputs: the compute-type copies, or the fp32 buffers themselves in F32.
-        let (xin, attn_in) = if dt == Dtype::F32 { (x32, attn32) } else { (buf(&st.xc)?, buf(&st.attnc)?) };
+        let (xin, attn_in) = if dt == Dtype::F32 {
+            (x32, attn32)
+        } else {
+            (buf(&st.xc)?, buf(&st.attnc)?)
+        };
         let xc = (dt != Dtype::F32).then_some(xin);
         let attnc = (dt != Dtype::F32).then_some(attn_in);
         let qkv = buf(&st.qkv)?;
         let ctx = buf(&st.ctx)?;
         let ffn = buf(&st.ffn)?;
         let eps = cfg.layer_norm_eps;
-        let pos_emb = self.pos_emb.as_ref().map(|b| (b, cfg.max_position_embeddings));
+        let pos_emb = self
+            .pos_emb
+            .as_ref()
+            .map(|b| (b, cfg.max_position_embeddings));
         let emb_ln = (&self.emb_ln_w, &self.emb_ln_b, eps);
 
         // --- embeddings
         match &self.embed_proj {
             Some(proj) => {
                 let emb = buf(&st.emb)?;
-                g.embed_gather(dt, db, e, &self.word_emb, pos_emb, self.type_emb0.as_ref(), emb)?;
+                g.embed_gather(
+                    dt,
+                    db,
+                    e,
+                    &self.word_emb,
+                    pos_emb,
+                    self.type_emb0.as_ref(),
+                    emb,
+                )?;
                 g.gemm(dt, true, emb, proj, t, h, e, Epi::None, tmp32)?;
                 g.layernorm(dt, tmp32, None, t, h, emb_ln, x32, xc)?;
             }
-            None => g.embed_gather_ln(dt, db, h, &self.word_emb, pos_emb, self.type_emb0.as_ref(), emb_ln, x32, xc)?,
+            None => g.embed_gather_ln(
+                dt,
+                db,
+                h,
+                &self.word_emb,
+                pos_emb,
+                self.type_emb0.as_ref(),
+                emb_ln,
+                x32,
+                xc,
+            )?,
         }
         if let Some(hs) = hidden.as_deref_mut() {
             hs.clear();
@@ -337,18 +429,106 @@ impl CudaModel {
         // --- encoder layers (post-LayerNorm)
         let scale = 1.0 / ((cfg.head_dim * cfg.scale_factor()) as f32).sqrt();
         for (li, l) in self.layers.iter().enumerate() {
-            g.gemm(dt, false, xin, &l.qkv_w, t, 3 * h, h, Epi::Bias(&l.qkv_b), qkv)?;
-            g.attention(dt, db, qkv, l.pk.as_ref(), l.pq.as_ref(), &self.relpos, cfg.num_heads, cfg.head_dim, scale, ctx)?;
-            g.gemm(dt, true, ctx, &l.attn_out_w, t, h, h, Epi::BiasResidual(&l.attn_out_b, x32), tmp32)?;
-            g.layernorm(dt, tmp32, None, t, h, (&l.attn_ln_w, &l.attn_ln_b, eps), attn32, attnc)?;
-            g.gemm(dt, false, attn_in, &l.inter_w, t, inter, h, Epi::BiasGelu(&l.inter_b), ffn)?;
-            g.gemm(dt, true, ffn, &l.out_w, t, h, inter, Epi::BiasResidual(&l.out_b, attn32), tmp32)?;
-            g.layernorm(dt, tmp32, None, t, h, (&l.out_ln_w, &l.out_ln_b, eps), x32, xc)?;
+            g.gemm(
+                dt,
+                false,
+                xin,
+                &l.qkv_w,
+                t,
+                3 * h,
+                h,
+                Epi::Bias(&l.qkv_b),
+                qkv,
+            )?;
+            g.attention(
+                dt,
+                db,
+                qkv,
+                l.pk.as_ref(),
+                l.pq.as_ref(),
+                &self.relpos,
+                cfg.num_heads,
+                cfg.head_dim,
+                scale,
+                ctx,
+            )?;
+            g.gemm(
+                dt,
+                true,
+                ctx,
+                &l.attn_out_w,
+                t,
+                h,
+                h,
+                Epi::BiasResidual(&l.attn_out_b, x32),
+                tmp32,
+            )?;
+            g.layernorm(
+                dt,
+                tmp32,
+                None,
+                t,
+                h,
+                (&l.attn_ln_w, &l.attn_ln_b, eps),
+                attn32,
+                attnc,
+            )?;
+            g.gemm(
+                dt,
+                false,
+                attn_in,
+                &l.inter_w,
+                t,
+                inter,
+                h,
+                Epi::BiasGelu(&l.inter_b),
+                ffn,
+            )?;
+            g.gemm(
+                dt,
+                true,
+                ffn,
+                &l.out_w,
+                t,
+                h,
+                inter,
+                Epi::BiasResidual(&l.out_b, attn32),
+                tmp32,
+            )?;
+            g.layernorm(
+                dt,
+                tmp32,
+                None,
+                t,
+                h,
+                (&l.out_ln_w, &l.out_ln_b, eps),
+                x32,
+                xc,
+            )?;
             if li == 0 {
                 if let (Some(conv), Some(cc)) = (&self.conv, &cfg.conv) {
                     // x = LN(x + act(conv1d(x_emb))); tmp32 is free here
-                    g.conv1d_act(db, buf(&st.x0)?, h, cc.kernel_size, cc.groups, &conv.weight, &conv.bias, cc.act, tmp32)?;
-                    g.layernorm(dt, x32, Some(tmp32), t, h, (&conv.ln_w, &conv.ln_b, eps), x32, xc)?;
+                    g.conv1d_act(
+                        db,
+                        buf(&st.x0)?,
+                        h,
+                        cc.kernel_size,
+                        cc.groups,
+                        &conv.weight,
+                        &conv.bias,
+                        cc.act,
+                        tmp32,
+                    )?;
+                    g.layernorm(
+                        dt,
+                        x32,
+                        Some(tmp32),
+                        t,
+                        h,
+                        (&conv.ln_w, &conv.ln_b, eps),
+                        x32,
+                        xc,
+                    )?;
                 }
             }
             if let Some(hs) = hidden.as_deref_mut() {
@@ -356,6 +536,48 @@ impl CudaModel {
             }
         }
         g.sync()
+    }
+}
+
+/// The model resident on one GPU.
+pub struct CudaModel(Box<Resident>);
+
+impl CudaModel {
+    /// Upload weights (fp16/bf16 copies plus fp32 where needed), compute PK/PQ and the index
+    /// table, allocate persistent buffers for up to `max_len` tokens per sequence.
+    pub fn new(
+        cfg: &ModelConfig,
+        w: &HostWeights,
+        max_len: usize,
+        ordinal: usize,
+        precision: Precision,
+    ) -> Result<Self> {
+        Resident::new(cfg, w, max_len, ordinal, precision).map(|r| CudaModel(Box::new(r)))
+    }
+
+    /// Pooled (not normalized) embeddings of `ids`, rows in input order.
+    pub fn encode_batches(
+        &self,
+        ids: &[Vec<u32>],
+        batch_size: usize,
+        modes: &[PoolingMode],
+    ) -> Result<Vec<f32>> {
+        self.0.encode_batches(ids, batch_size, modes)
+    }
+
+    /// Every layer's output for one sequence (index 0 = embedding output), [n, H] each.
+    pub fn hidden_states(&self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
+        self.0.hidden_states(ids)
+    }
+
+    /// The GPU this model lives on.
+    pub fn gpu(&self) -> &Gpu {
+        &self.0.gpu
+    }
+
+    /// The architecture.
+    pub fn config(&self) -> &ModelConfig {
+        &self.0.cfg
     }
 }
 
@@ -394,7 +616,11 @@ mod tests {
     fn no_gpu_is_an_error_not_a_panic() {
         // On a machine with a GPU this opens it; without one it must fail cleanly.
         match Gpu::new(0) {
-            Ok(g) => eprintln!("GPU present: {} (cc {:?})", g.name(), g.compute_capability()),
+            Ok(g) => eprintln!(
+                "GPU present: {} (cc {:?})",
+                g.name(),
+                g.compute_capability()
+            ),
             Err(e) => {
                 let msg = e.to_string();
                 assert!(msg.contains("device"), "{msg}");
