@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use crate::backend::cpu::attention::{self, AttentionParams};
+use crate::backend::cpu::attention::{self, AttentionParams, PosTable};
 use crate::backend::cpu::gemm::{linear, Epilogue, PackedWeight};
 use crate::backend::cpu::ops::{conv1d_act_into, layer_norm_rows};
 use crate::checkpoint::Checkpoint;
@@ -326,10 +326,10 @@ struct CpuLayer {
     out_b: Vec<f32>,        // [H]
     out_ln_w: Vec<f32>,     // [H]
     out_ln_b: Vec<f32>,     // [H]
-    /// PK = R Wk^T + bk (c2p), heads side by side
-    pos_key: Vec<f32>, // [2S, H] (empty without c2p)
-    /// PQ = R Wq^T + bq (p2c)
-    pos_query: Vec<f32>, // [2S, H] (empty without p2c)
+    /// PK = R Wk^T + bk (c2p), per head transposed
+    pos_key: PosTable, // [nH, d, 2S] (empty without c2p)
+    /// PQ = R Wq^T + bq (p2c), per head transposed
+    pos_query: PosTable, // [nH, d, 2S] (empty without p2c)
 }
 
 /// The model ready to run on the CPU.
@@ -437,7 +437,7 @@ impl CpuModel {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         let s2 = 2 * cfg.att_span;
         let rel = w.rel;
-        let project = |rows: &Option<Vec<f32>>, wt: &[f32], b: &[f32]| -> Vec<f32> {
+        let project = |rows: &Option<Vec<f32>>, wt: &[f32], b: &[f32]| -> PosTable {
             match rows {
                 Some(r) => {
                     let mut out = vec![0.0; s2 * h];
@@ -448,9 +448,9 @@ impl CpuModel {
                         Epilogue::Bias(b),
                         &mut out,
                     );
-                    out
+                    PosTable::from_rows(&out, s2, cfg.num_heads, cfg.head_dim)
                 }
-                None => Vec::new(),
+                None => PosTable::default(),
             }
         };
         let layers = w
@@ -468,12 +468,12 @@ impl CpuModel {
                 let pos_key = if cfg.uses_c2p() {
                     project(&rel, pk_w, pk_b)
                 } else {
-                    Vec::new()
+                    PosTable::default()
                 };
                 let pos_query = if cfg.uses_p2c() {
                     project(&rel, pq_w, pq_b)
                 } else {
-                    Vec::new()
+                    PosTable::default()
                 };
                 let qkv_w = [&l.query_w[..], &l.key_w[..], &l.value_w[..]].concat();
                 let qkv_b = [&l.query_b[..], &l.key_b[..], &l.value_b[..]].concat();
