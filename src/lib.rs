@@ -137,6 +137,9 @@ pub struct EmbedderOptions {
     pub normalize: Option<bool>,
     /// Precision of the forward (the CPU supports f32 only).
     pub precision: Precision,
+    /// Token budget of one forward batch (a single longer sequence still runs alone). Bounds
+    /// activation memory; sequences are packed without padding, so it costs no extra work.
+    pub max_batch_tokens: usize,
 }
 
 impl Default for EmbedderOptions {
@@ -146,6 +149,7 @@ impl Default for EmbedderOptions {
             batch_size: 32,
             normalize: None,
             precision: Precision::F32,
+            max_batch_tokens: 16384,
         }
     }
 }
@@ -367,9 +371,9 @@ impl Embedder {
         }
         let modes = &self.pipeline.pooling;
         let mut out = match &self.engine {
-            Engine::Cpu { model, state } => {
-                self.install(|| run_batches(model, state, modes, self.opts.batch_size, ids))
-            }
+            Engine::Cpu { model, state } => self.install(|| {
+                run_batches(model, state, modes, self.opts.batch_size, self.opts.max_batch_tokens, ids)
+            }),
             #[cfg(feature = "cuda")]
             Engine::Cuda(m) => m.encode_batches(ids, self.opts.batch_size, modes)?,
         };
@@ -429,7 +433,7 @@ impl SyntheticEmbedder {
                 return Err(Error::Input("synthetic input out of range".into()));
             }
         }
-        let run = || run_batches(&self.model, &self.state, &self.pooling, ids.len().max(1), ids);
+        let run = || run_batches(&self.model, &self.state, &self.pooling, ids.len().max(1), usize::MAX, ids);
         let out = match &self.pool {
             Some(p) => p.install(run),
             None => run(),
@@ -446,12 +450,14 @@ impl SyntheticEmbedder {
     }
 }
 
-/// Sort by length, run batches of `batch_size`, pool each sequence, return rows in input order.
+/// Sort by length (longest first), cut into batches of at most `batch_size` sequences and
+/// `max_tokens` tokens, pool each sequence, return rows in input order.
 fn run_batches(
     model: &CpuModel,
     state: &Mutex<RunState>,
     modes: &[PoolingMode],
     batch_size: usize,
+    max_tokens: usize,
     ids: &[Vec<u32>],
 ) -> Vec<f32> {
     let h = model.config().hidden_size;
@@ -462,7 +468,7 @@ fn run_batches(
     // A poisoned lock only means an earlier forward panicked; the buffers are rewritten anyway.
     let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
     let mut batch = PackedBatch::default();
-    for chunk in order.chunks(batch_size) {
+    for chunk in token_batches(&order, |i| ids[i].len(), batch_size, max_tokens) {
         batch.fill(chunk.iter().map(|&i| ids[i].as_slice()));
         model.forward(&batch, &mut st, None);
         let hidden = st.hidden();
@@ -472,6 +478,35 @@ fn run_batches(
         }
     }
     out
+}
+
+/// Consecutive groups of `order` with at most `batch_size` items and at most `max_tokens`
+/// tokens (an item longer than the budget forms a group of its own).
+fn token_batches<'a>(
+    order: &'a [usize],
+    len: impl Fn(usize) -> usize + 'a,
+    batch_size: usize,
+    max_tokens: usize,
+) -> impl Iterator<Item = &'a [usize]> + 'a {
+    let mut rest = order;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut tokens = 0usize;
+        let mut n = 0;
+        while n < rest.len() && n < batch_size.max(1) {
+            let l = len(rest[n]);
+            if n > 0 && tokens + l > max_tokens {
+                break;
+            }
+            tokens += l;
+            n += 1;
+        }
+        let (head, tail) = rest.split_at(n);
+        rest = tail;
+        Some(head)
+    })
 }
 
 fn check_finite(v: &[f32]) -> Result<()> {
@@ -497,6 +532,23 @@ fn check_device(device: Device, precision: Precision) -> Result<()> {
         Device::Cuda(_) => Ok(()),
         #[cfg(not(feature = "cuda"))]
         Device::Cuda(_) => Err(no_cuda()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_batches;
+
+    #[test]
+    fn batches_respect_count_and_token_budget() {
+        let lens = [10, 8, 8, 5, 3, 3, 1];
+        let order: Vec<usize> = (0..lens.len()).collect();
+        let groups: Vec<Vec<usize>> = token_batches(&order, |i| lens[i], 3, 16)
+            .map(<[usize]>::to_vec)
+            .collect();
+        assert_eq!(groups, vec![vec![0], vec![1, 2], vec![3, 4, 5], vec![6]]);
+        let all: Vec<usize> = token_batches(&order, |i| lens[i], 100, 1).flatten().copied().collect();
+        assert_eq!(all, order, "every item exactly once, oversize items alone");
     }
 }
 

@@ -125,6 +125,10 @@ struct BenchArgs {
     /// Built-in architecture with deterministic random weights (no download needed).
     #[arg(long, value_name = "ARCH", value_parser = ["xsmall"])]
     synthetic: Option<String>,
+    /// End to end instead of fixed shapes: embed every line of FILE (.txt or .jsonl), raw text
+    /// in, tokenization included, and report sentences/s (needs --model).
+    #[arg(long, value_name = "FILE", requires = "model")]
+    corpus: Option<PathBuf>,
     /// Sequences per batch.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
@@ -219,6 +223,7 @@ fn load(common: &CommonModel, batch_size: usize, normalize: Option<bool>) -> Res
         batch_size,
         normalize,
         precision: parse_precision(common.dtype.as_deref(), device)?,
+        ..Default::default()
     };
     Ok(Embedder::load_with(&common.model, device, opts)?)
 }
@@ -444,6 +449,82 @@ fn info(a: InfoArgs) -> Result<()> {
     Ok(())
 }
 
+/// Sort the timings; return (median, mean, min).
+fn summarize(times: &mut [f64]) -> (f64, f64, f64) {
+    times.sort_by(f64::total_cmp);
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    (times[times.len() / 2], mean, times[0])
+}
+
+/// `bench --corpus`: raw text in, embeddings out, tokenization included.
+fn bench_corpus(
+    a: &BenchArgs,
+    corpus: &Path,
+    dir: &Path,
+    device: Device,
+    opts: EmbedderOptions,
+) -> Result<()> {
+    let inputs = read_inputs(corpus)?;
+    if inputs.is_empty() {
+        bail!("{}: no sentences", corpus.display());
+    }
+    let t0 = Instant::now();
+    let e = Embedder::load_with(dir, device, opts)?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let texts: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    let t1 = Instant::now();
+    e.encode(&texts[..1])?;
+    let first_ms = t1.elapsed().as_secs_f64() * 1e3;
+    let tokens: usize = e.tokenize(&texts)?.iter().map(Vec::len).sum();
+    for _ in 0..a.warmup.min(1) {
+        e.encode(&texts)?;
+    }
+    let iters = a.iters.unwrap_or(3).max(1);
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let t = Instant::now();
+        e.encode(&texts)?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let (median, mean, min) = summarize(&mut times);
+    let threads = a.threads.unwrap_or_else(rayon::current_num_threads);
+    let n = texts.len() as f64;
+    println!(
+        "{} on {device} ({threads} threads): {} sentences, {tokens} tokens, {} iterations",
+        corpus.display(),
+        texts.len(),
+        times.len()
+    );
+    println!("load {load_ms:.1} ms, first embedding {first_ms:.1} ms");
+    println!("median {median:.1} ms   mean {mean:.1} ms   min {min:.1} ms");
+    println!(
+        "{:.1} sentences/s   {:.0} tokens/s",
+        n / (median / 1e3),
+        tokens as f64 / (median / 1e3)
+    );
+    if a.json {
+        let v = serde_json::json!({
+            "model": dir.display().to_string(),
+            "corpus": corpus.display().to_string(),
+            "device": device.to_string(),
+            "threads": threads,
+            "batch_size": a.batch_size,
+            "sentences": texts.len(),
+            "tokens": tokens,
+            "iters": times.len(),
+            "load_ms": load_ms,
+            "first_embedding_ms": first_ms,
+            "median_ms": median,
+            "mean_ms": mean,
+            "min_ms": min,
+            "sentences_per_s": n / (median / 1e3),
+            "tokens_per_s": tokens as f64 / (median / 1e3),
+        });
+        println!("{v}");
+    }
+    Ok(())
+}
+
 fn bench(a: BenchArgs) -> Result<()> {
     let device = parse_device(&a.device)?;
     if a.batch_size == 0 || a.seq_len < 2 {
@@ -455,7 +536,12 @@ fn bench(a: BenchArgs) -> Result<()> {
         batch_size: a.batch_size,
         normalize: None,
         precision,
+        // one forward over the whole B x L batch, as the peers run it
+        max_batch_tokens: a.batch_size.saturating_mul(a.seq_len),
     };
+    if let (Some(corpus), Some(dir)) = (&a.corpus, &a.model) {
+        return bench_corpus(&a, corpus, dir, device, opts);
+    }
     // Inputs: [CLS] random pieces [SEP], exactly seq_len tokens each.
     let make_ids = |vocab: usize| -> Vec<Vec<u32>> {
         let mut state = 0x2545_F491_4F6C_DD1Du64;
@@ -523,9 +609,7 @@ fn bench(a: BenchArgs) -> Result<()> {
             break;
         }
     }
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
-    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    let (median, mean, min) = summarize(&mut times);
     let tokens = (a.batch_size * a.seq_len) as f64;
     let threads = a.threads.unwrap_or_else(rayon::current_num_threads);
     println!(
@@ -534,10 +618,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         a.seq_len,
         times.len()
     );
-    println!(
-        "median {median:.3} ms   mean {mean:.3} ms   min {:.3} ms",
-        times[0]
-    );
+    println!("median {median:.3} ms   mean {mean:.3} ms   min {min:.3} ms");
     println!(
         "{:.0} tokens/s   {:.1} sentences/s",
         tokens / (median / 1e3),
@@ -554,7 +635,7 @@ fn bench(a: BenchArgs) -> Result<()> {
             "iters": times.len(),
             "median_ms": median,
             "mean_ms": mean,
-            "min_ms": times[0],
+            "min_ms": min,
             "tokens_per_s": tokens / (median / 1e3),
             "sentences_per_s": a.batch_size as f64 / (median / 1e3),
         });
