@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Build, on a development machine (no GPU needed), everything scripts/gpu-check.sh runs on the
+# GPU machine (which has no Rust), and put it in the git-ignored folder .carry/:
+#   .carry/deberta-embed        the CLI, release, with --features cuda
+#   .carry/gpu-tests            the tests/gpu.rs test binary, release
+#   .carry/manifest_dir.txt     the repo path compiled into the test binary (fixture lookup)
+#   .carry/cuda-resource-report.txt   ptxas' registers / shared memory / spills per kernel
+# Then, with a GPU:  run(command="bash scripts/gpu-check.sh", carry=[".carry"])
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+scripts/install-cuda-toolchain.sh >/dev/null
+export NVCC="${NVCC:-$ROOT/.cuda-toolchain/site/nvidia/cu13/bin/nvcc}"
+
+cargo build --release --features cuda --bin deberta-embed
+# the test executable's path comes from cargo's JSON messages
+TEST_BIN="$(cargo test --release --features cuda --test gpu --no-run --message-format=json 2>/dev/null \
+  | python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "gpu" and m.get("executable"):
+        print(m["executable"])' | tail -n 1)"
+[[ -x "$TEST_BIN" ]] || { echo "error: gpu test binary not found" >&2; exit 1; }
+
+rm -rf .carry
+mkdir -p .carry
+cp target/release/deberta-embed .carry/deberta-embed
+cp "$TEST_BIN" .carry/gpu-tests
+echo "$ROOT" > .carry/manifest_dir.txt
+cp target/cuda-resource-report.txt .carry/ 2>/dev/null || true
+git rev-parse HEAD > .carry/commit.txt 2>/dev/null || true
+du -sh .carry/*
+echo "carry ready: run scripts/gpu-check.sh on the GPU machine with carry=[\".carry\"]"

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# The CUDA validation run, ON THE GPU MACHINE, from the repository root, with the binaries that
+# scripts/build-gpu-carry.sh put in .carry/ (that machine has no Rust). About 6-8 minutes:
+#   1. tests/gpu.rs: every kernel vs its CPU reference, fixtures in f32/f16/bf16, batch
+#      invariance, synthetic xsmall vs the CPU;
+#   2. compute-sanitizer memcheck and racecheck over the kernel tests (GPU_TEST_QUICK=1);
+#   3. the CLI: `embed --device cuda --dtype f32|f16|bf16` on every fixture model vs the
+#      sentence-transformers reference embeddings (python3 + numpy + safetensors there);
+#   4. `bench --synthetic xsmall --device cuda` at the DESIGN.md section 6 shapes.
+# Logs go to $OUT (or ./gpu-check-out); $OUT/summary.txt is the short table, printed last.
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+OUT="${OUT:-$ROOT/gpu-check-out}"
+mkdir -p "$OUT"
+S="$OUT/summary.txt"
+: > "$S"
+say() { echo "$*" >> "$S"; }
+C=.carry
+[[ -x $C/gpu-tests && -x $C/deberta-embed ]] || { say "FAIL: .carry/ missing: run scripts/build-gpu-carry.sh first"; exit 1; }
+
+say "== gpu-check $(date -u +%FT%TZ) commit $(cat $C/commit.txt 2>/dev/null)"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | sed 's/^/gpu: /' >> "$S"
+
+# The test binary finds tests/fixtures through the repo path it was built in.
+WANT="$(cat $C/manifest_dir.txt)"
+if [[ ! -d "$WANT/tests/fixtures" ]]; then
+  mkdir -p "$(dirname "$WANT")" && ln -sfn "$ROOT" "$WANT" && say "linked $WANT -> $ROOT (fixture path)"
+fi
+
+# 1. the GPU test suite
+t0=$SECONDS
+timeout 240 $C/gpu-tests --test-threads=1 --nocapture > "$OUT/gpu-tests.log" 2>&1
+rc=$?
+say "-- gpu tests: rc=$rc ($((SECONDS - t0)) s)"
+grep -E "^test |test result|SKIPPED|GPU_TEST_SEED|max \|diff\||panicked" "$OUT/gpu-tests.log" >> "$S"
+
+# 2. compute-sanitizer
+CS="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer /opt/nvidia/*/compute-sanitizer/compute-sanitizer 2>/dev/null | head -n 1)"
+if [[ -n "$CS" && -x "$CS" ]]; then
+  KERNEL_TESTS="gemm_matches_cpu layernorm_matches_cpu embeddings_match_cpu attention_matches_cpu pooling_and_normalize conv_matches_cpu"
+  for tool in memcheck racecheck; do
+    t0=$SECONDS
+    lim=$([[ $tool == memcheck ]] && echo 150 || echo 120)
+    # shellcheck disable=SC2086
+    GPU_TEST_QUICK=1 timeout $lim "$CS" --tool $tool --error-exitcode 99 --print-limit 20 \
+      $C/gpu-tests --test-threads=1 $KERNEL_TESTS > "$OUT/sanitizer-$tool.log" 2>&1
+    rc=$?
+    say "-- compute-sanitizer $tool: rc=$rc ($((SECONDS - t0)) s; 99 = errors found, 124 = timeout)"
+    grep -E "ERROR SUMMARY|RACECHECK SUMMARY|test result|Invalid|Race reported" "$OUT/sanitizer-$tool.log" | head -n 8 >> "$S"
+  done
+else
+  say "-- compute-sanitizer: not found, skipped"
+fi
+
+# 3. CLI vs the fixtures
+python3 - "$OUT" <<'PY' >> "$S" 2>&1
+import json, os, subprocess, sys
+import numpy as np
+from safetensors.numpy import load_file
+out = sys.argv[1]
+ref_dir = "tests/fixtures/reference"
+names = sorted(f[:-5] for f in os.listdir(ref_dir) if f.endswith(".json") and os.path.exists(os.path.join(ref_dir, f[:-5] + ".safetensors")))
+sents = json.load(open("tests/fixtures/sentences.json"))
+inp = os.path.join(out, "sentences.jsonl")
+with open(inp, "w") as f:
+    for s in sents:
+        f.write(json.dumps(s) + "\n")
+print("-- CLI embed --device cuda vs sentence-transformers fixtures")
+print(f"{'model':<32} {'dtype':<5} {'max|diff|':>10} {'min cos':>9}  verdict")
+for dtype, max_abs, min_cos in [("f32", 1e-4, 0.99999), ("f16", None, 0.999), ("bf16", None, 0.999)]:
+    for n in names:
+        meta = json.load(open(os.path.join(ref_dir, n + ".json")))
+        ref = load_file(os.path.join(ref_dir, n + ".safetensors"))["embeddings"]
+        dst = os.path.join(out, f"{n}.{dtype}.npy")
+        r = subprocess.run([".carry/deberta-embed", "embed", "--model", f"tests/fixtures/models/{n}", "--device", "cuda",
+                            "--dtype", dtype, "--input", inp, "--format", "npy", "--output", dst, "--quiet"],
+                           capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            print(f"{n:<32} {dtype:<5} {'-':>10} {'-':>9}  FAIL: {r.stderr.strip()[:200]}")
+            continue
+        got = np.load(dst)
+        d = float(np.abs(got - ref).max())
+        cos = float(min(np.dot(a, b) / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30) for a, b in zip(got.astype(np.float64), ref.astype(np.float64))))
+        ok = np.isfinite(got).all() and cos >= min_cos and (max_abs is None or d <= max_abs)
+        print(f"{n:<32} {dtype:<5} {d:>10.2e} {cos:>9.6f}  {'ok' if ok else 'FAIL'}")
+PY
+
+# 4. bench (the DESIGN.md section 6 shapes)
+say "-- bench --synthetic xsmall --device cuda (median ms, tokens/s)"
+for dt in f16 bf16 f32; do
+  for shape in "1 16" "1 512" "256 32" "64 128" "16 512" "1024 32"; do
+    set -- $shape
+    [[ $dt == f32 && $1 -ge 256 ]] && continue
+    line="$(timeout 60 $C/deberta-embed bench --synthetic xsmall --device cuda --dtype $dt \
+      --batch-size $1 --seq-len $2 --warmup 3 --iters 20 --json 2>&1 | tail -n 1)"
+    python3 - "$dt" "$1" "$2" "$line" <<'PY' >> "$S"
+import json, sys
+dt, b, l, line = sys.argv[1:]
+try:
+    v = json.loads(line)
+    print(f"{dt:<5} {b:>5} x {l:<4} {v['median_ms']:9.3f} ms {v['tokens_per_s']:>12,.0f} tok/s")
+except Exception:
+    print(f"{dt:<5} {b:>5} x {l:<4} FAIL: {line[:160]}")
+PY
+  done
+done
+say "== done; logs in $OUT"
+cat "$S"
