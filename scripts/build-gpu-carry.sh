@@ -26,8 +26,12 @@ rm -rf .carry
 mkdir -p .carry
 cp target/release/deberta-embed .carry/deberta-embed
 cp "$TEST_BIN" .carry/gpu-tests
+# debug info would triple the size (the device tool carries 64 MiB at most); symbols stay
+strip --strip-debug .carry/deberta-embed .carry/gpu-tests
 echo "$ROOT" > .carry/manifest_dir.txt
 cp target/cuda-resource-report.txt .carry/ 2>/dev/null || true
 git rev-parse HEAD > .carry/commit.txt 2>/dev/null || true
 du -sh .carry/*
+total=$(du -sk .carry | cut -f1)
+(( total < 60000 )) || { echo "error: .carry is ${total} KiB, over the 64 MiB the device tool carries" >&2; exit 1; }
 echo "carry ready: run scripts/gpu-check.sh on the GPU machine with carry=[\".carry\"]"
