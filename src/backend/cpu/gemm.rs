@@ -1,9 +1,149 @@
 //! fp32 GEMM for `nn.Linear` layers: `out[m, n] = x[m, k] . W[n, k]^T` plus a fused epilogue.
 //!
-//! PLACEHOLDER: a plain rayon loop; to be replaced by the packed, register-tiled SIMD kernel.
-//! The public interface below is what the model uses and must stay.
+//! # Design
+//!
+//! A packed, cache-blocked GEMM in the BLIS/GotoBLAS style, with a register-tiled micro-kernel
+//! chosen at run time (`is_x86_feature_detected!`):
+//!
+//! | level      | micro-tile (rows x cols)        | registers                             |
+//! |------------|---------------------------------|---------------------------------------|
+//! | `Avx512`   | up to 14 x 32                   | 28 zmm accumulators + 2 W loads       |
+//! | `Avx2`     | up to 6 x 16 (two per W panel)  | 12 ymm accumulators + 2 W loads       |
+//! | `Portable` | up to 4 x 16 (two per W panel)  | plain Rust, auto-vectorised; always compiled |
+//!
+//! * **W** is packed once, in [`PackedWeight::new`], into column panels of [`NR`] = 32 output
+//!   features: panel `q` holds, for every `p` in `0..k`, the 32 values `W[32q .. 32q+32, p]`
+//!   contiguously (the last panel zero-padded), 64-byte aligned. All levels share this layout,
+//!   so one packed weight runs on any level.
+//! * **x** is packed per (task, k-block) into row panels of `mr <= MR` rows, `mr` values per
+//!   `p`, so the micro-kernel reads both operands as unit-stride streams.
+//! * **Blocking**: k is split into blocks of `KC` (k itself when k <= 512, else even blocks of
+//!   about 384; 1536 -> 4 x 384), so one x panel (14 x 384 x 4 B = 21 KB) stays in the 32 KB L1
+//!   while the micro-kernel streams W panels (`NC x KC`, at most 256 x 384 x 4 B = 384 KB) from
+//!   the ~1 MB L2. The packed x block (`MC x KC`, MC <= 8 panels = 112 rows) is L2 resident too.
+//! * **Parallelism**: rayon over (m-block, n-block) tiles; n-blocks are narrowed (down to one
+//!   32-wide panel) until there are about four tiles per thread, so even m = 16 (one 16-token
+//!   sentence) keeps every core busy. Each tile owns a disjoint rectangle of `out`.
+//! * **Epilogue**: applied to each micro-tile right after its last k-block is written, while the
+//!   tile is still in L1 (bias; bias + exact GELU via [`super::ops::gelu`]; bias + residual).
+//!
+//! Numerics: fp32 multiply-add with fp32 accumulators; only the summation order differs from the
+//! naive loop ([`reference_linear`]).
+
+use std::cell::RefCell;
+use std::sync::OnceLock;
 
 use rayon::prelude::*;
+
+mod portable;
+#[cfg(test)]
+mod tests;
+// AVX-512 intrinsics need Rust 1.89, which the dependencies already require (see x86.rs).
+#[clippy::msrv = "1.89"]
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+/// Width (output features) of one packed W panel, shared by every kernel level.
+pub const NR: usize = 32;
+
+/// Environment variable that forces a dispatch level (`portable`, `avx2`, `avx512`); read once.
+/// A level this CPU cannot run is ignored (the detected level is used instead).
+pub const SIMD_ENV: &str = "DEBERTA_GEMM_SIMD";
+
+/// Which micro-kernel runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SimdLevel {
+    /// Plain Rust, auto-vectorised by the compiler for the baseline target. Always available.
+    Portable,
+    /// x86-64 AVX2 + FMA.
+    Avx2,
+    /// x86-64 AVX-512F.
+    Avx512,
+}
+
+impl SimdLevel {
+    /// All levels, slowest first.
+    pub const ALL: [SimdLevel; 3] = [SimdLevel::Portable, SimdLevel::Avx2, SimdLevel::Avx512];
+
+    /// Whether this CPU can run the level.
+    pub fn is_available(self) -> bool {
+        match self {
+            SimdLevel::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx512 => is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            SimdLevel::Avx2 | SimdLevel::Avx512 => false,
+        }
+    }
+
+    /// The levels this CPU can run, slowest first.
+    pub fn available() -> Vec<SimdLevel> {
+        Self::ALL.into_iter().filter(|l| l.is_available()).collect()
+    }
+
+    /// The fastest level this CPU can run.
+    pub fn detect() -> SimdLevel {
+        *Self::available().last().unwrap_or(&SimdLevel::Portable)
+    }
+
+    /// Parse a level name as accepted in [`SIMD_ENV`] (case-insensitive; `scalar` means portable).
+    pub fn parse(s: &str) -> Option<SimdLevel> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "portable" | "scalar" | "generic" => Some(SimdLevel::Portable),
+            "avx2" => Some(SimdLevel::Avx2),
+            "avx512" | "avx512f" | "avx-512" => Some(SimdLevel::Avx512),
+            _ => None,
+        }
+    }
+
+    /// Short name.
+    pub fn name(self) -> &'static str {
+        match self {
+            SimdLevel::Portable => "portable",
+            SimdLevel::Avx2 => "avx2",
+            SimdLevel::Avx512 => "avx512",
+        }
+    }
+
+    /// Most rows of x one micro-kernel call handles.
+    fn mr(self) -> usize {
+        match self {
+            SimdLevel::Portable => portable::MR,
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx2 => x86::AVX2_MR,
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx512 => x86::AVX512_MR,
+            #[cfg(not(target_arch = "x86_64"))]
+            SimdLevel::Avx2 | SimdLevel::Avx512 => portable::MR,
+        }
+    }
+}
+
+impl std::fmt::Display for SimdLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The level [`linear`] dispatches to: the fastest this CPU runs, unless [`SIMD_ENV`] names
+/// another available one. Decided once per process.
+pub fn simd_level() -> SimdLevel {
+    static LEVEL: OnceLock<SimdLevel> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        std::env::var(SIMD_ENV)
+            .ok()
+            .and_then(|s| SimdLevel::parse(&s))
+            .filter(|l| l.is_available())
+            .unwrap_or_else(SimdLevel::detect)
+    })
+}
+
+/// 64 floats' worth of storage aligned to a cache line, so packed panels start on a line.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([f32; 16]);
 
 /// A Linear weight, stored once at load time in whatever layout the kernel wants.
 pub struct PackedWeight {
@@ -11,19 +151,29 @@ pub struct PackedWeight {
     n: usize,
     /// in features
     k: usize,
-    /// [n, k] row-major, as torch stores it
-    w: Vec<f32>,
+    /// `ceil(n / NR)` panels, each `[k][NR]` (panel `q`, row `p` = `W[NR*q .. NR*q+NR, p]`),
+    /// columns past `n` zero. Lines of 16 floats so the data is 64-byte aligned.
+    panels: Vec<Line>,
 }
 
 impl PackedWeight {
     /// Pack a torch-layout weight `w: [n, k]` (row-major).
     pub fn new(w: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k, "weight length must be n * k");
-        PackedWeight {
-            n,
-            k,
-            w: w.to_vec(),
+        let n_panels = n.div_ceil(NR);
+        let floats = n_panels * k * NR;
+        let mut panels = vec![Line([0.0; 16]); floats / 16];
+        let data = lines_as_mut_slice(&mut panels);
+        for (q, panel) in data.chunks_exact_mut((k * NR).max(1)).enumerate() {
+            let cols = NR.min(n - q * NR);
+            for c in 0..cols {
+                let row = &w[(q * NR + c) * k..][..k];
+                for (p, &v) in row.iter().enumerate() {
+                    panel[p * NR + c] = v;
+                }
+            }
         }
+        PackedWeight { n, k, panels }
     }
     /// Out features.
     pub fn n(&self) -> usize {
@@ -33,6 +183,21 @@ impl PackedWeight {
     pub fn k(&self) -> usize {
         self.k
     }
+    /// The packed panels as floats.
+    fn data(&self) -> &[f32] {
+        // SAFETY: `Line` is `repr(C)` around `[f32; 16]` with size 64 = 16 * 4 and alignment 64,
+        // so the vector's buffer is `16 * len` contiguous, initialised f32 with no padding; the
+        // returned slice borrows `self`, so the buffer outlives it.
+        unsafe {
+            std::slice::from_raw_parts(self.panels.as_ptr().cast::<f32>(), self.panels.len() * 16)
+        }
+    }
+}
+
+fn lines_as_mut_slice(lines: &mut [Line]) -> &mut [f32] {
+    // SAFETY: as in `PackedWeight::data`: `Line` is 16 f32 with no padding; the exclusive borrow
+    // of `lines` is carried over to the returned slice.
+    unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast::<f32>(), lines.len() * 16) }
 }
 
 /// What is fused after the matrix product.
@@ -51,25 +216,448 @@ pub enum Epilogue<'a> {
 /// `out[m, n] = epilogue(x[m, k] . W^T)`. Panics if slice lengths disagree with the shapes
 /// (internal invariant: the model sizes every buffer).
 pub fn linear(x: &[f32], m: usize, w: &PackedWeight, ep: Epilogue<'_>, out: &mut [f32]) {
+    linear_with(simd_level(), x, m, w, ep, out)
+}
+
+/// [`linear`] on a chosen kernel level (tests and benchmarks). Panics if this CPU cannot run
+/// `level`, or on the same length mismatches as [`linear`].
+pub fn linear_with(
+    level: SimdLevel,
+    x: &[f32],
+    m: usize,
+    w: &PackedWeight,
+    ep: Epilogue<'_>,
+    out: &mut [f32],
+) {
     let (n, k) = (w.n, w.k);
-    assert!(x.len() >= m * k && out.len() >= m * n);
-    out[..m * n]
-        .par_chunks_mut(n)
-        .enumerate()
-        .for_each(|(i, row)| {
-            let xi = &x[i * k..(i + 1) * k];
-            for (j, o) in row.iter_mut().enumerate() {
-                let wj = &w.w[j * k..(j + 1) * k];
-                let mut acc = 0.0f32;
-                for t in 0..k {
-                    acc += xi[t] * wj[t];
+    assert!(
+        level.is_available(),
+        "GEMM level {level} is not supported by this CPU"
+    );
+    assert!(x.len() >= m * k, "x shorter than m * k");
+    assert!(out.len() >= m * n, "out shorter than m * n");
+    match ep {
+        Epilogue::None => {}
+        Epilogue::Bias(b) | Epilogue::BiasGelu(b) => assert!(b.len() >= n, "bias shorter than n"),
+        Epilogue::BiasResidual(b, r) => {
+            assert!(b.len() >= n, "bias shorter than n");
+            assert!(r.len() >= m * n, "residual shorter than m * n");
+        }
+    }
+    if m == 0 || n == 0 {
+        return;
+    }
+    let out = &mut out[..m * n];
+    if k == 0 {
+        out.fill(0.0);
+        for (i, row) in out.chunks_exact_mut(n).enumerate() {
+            apply_epilogue_row(ep, row, i, 0, n);
+        }
+        return;
+    }
+
+    let plan = Plan::new(level, m, n, k, rayon::current_num_threads());
+    let tiles = plan.m_blocks * plan.n_groups;
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let run = |xp: Option<&[f32]>| {
+        let ctx = TaskCtx {
+            level,
+            plan: &plan,
+            x,
+            xp,
+            m,
+            n,
+            k,
+            w: w.data(),
+            ep,
+            out: out_ptr,
+        };
+        if tiles == 1 {
+            ctx.run(0, 0);
+        } else {
+            (0..tiles)
+                .into_par_iter()
+                .with_max_len(1)
+                .for_each(|t| ctx.run(t / plan.n_groups, t % plan.n_groups));
+        }
+    };
+    if plan.n_groups == 1 {
+        // Each tile packs its own rows of x, one k-block at a time (cache-friendly).
+        run(None);
+    } else {
+        // Several tiles share each m-block: pack x once for all of them.
+        X_SHARED.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut buf) => run(Some(plan.pack_all(x, m, k, &mut buf))),
+            // Re-entered on this thread (a nested `linear` inside a rayon job this thread
+            // stole while waiting): use a private buffer.
+            Err(_) => run(Some(plan.pack_all(x, m, k, &mut Vec::new()))),
+        });
+    }
+}
+
+/// Naive triple loop (fp32, k summed in order), the numerical reference for tests and benches.
+/// `w` is the torch-layout `[n, k]` weight.
+pub fn reference_linear(
+    x: &[f32],
+    m: usize,
+    w: &[f32],
+    n: usize,
+    k: usize,
+    ep: Epilogue<'_>,
+    out: &mut [f32],
+) {
+    assert!(x.len() >= m * k && w.len() >= n * k && out.len() >= m * n);
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc = 0.0f32;
+            for p in 0..k {
+                acc += x[i * k + p] * w[j * k + p];
+            }
+            out[i * n + j] = acc;
+        }
+        apply_epilogue_row(ep, &mut out[i * n..(i + 1) * n], i, 0, n);
+    }
+}
+
+/// Apply the epilogue to `row` = columns `j0 .. j0 + row.len()` of output row `i` (`n` columns).
+#[inline]
+fn apply_epilogue_row(ep: Epilogue<'_>, row: &mut [f32], i: usize, j0: usize, n: usize) {
+    let len = row.len();
+    match ep {
+        Epilogue::None => {}
+        Epilogue::Bias(b) => {
+            for (o, &bj) in row.iter_mut().zip(&b[j0..j0 + len]) {
+                *o += bj;
+            }
+        }
+        Epilogue::BiasGelu(b) => {
+            for (o, &bj) in row.iter_mut().zip(&b[j0..j0 + len]) {
+                *o = super::ops::gelu(*o + bj);
+            }
+        }
+        Epilogue::BiasResidual(b, r) => {
+            let r = &r[i * n + j0..][..len];
+            for ((o, &bj), &rj) in row.iter_mut().zip(&b[j0..j0 + len]).zip(r) {
+                *o = *o + bj + rj;
+            }
+        }
+    }
+}
+
+/// Largest k handled as a single block; longer k is split into blocks of about `KC_TARGET`.
+const KC_SINGLE_MAX: usize = 512;
+const KC_TARGET: usize = 384;
+/// Most x panels (of `mr` rows) per m-block.
+const MC_PANELS: usize = 8;
+/// Most W panels (of `NR` columns) per inner n-block: 8 x 32 = 256 columns, so the W block a
+/// tile streams (`NC x KC` <= 256 x 512 x 4 B = 512 KB) stays in L2.
+const NC_PANELS: usize = 8;
+/// Fewest x panels per m-block when m is split for parallelism.
+const MIN_BLOCK_PANELS: usize = 2;
+/// Below this many x elements a shared pre-pack runs on the calling thread.
+const PARALLEL_PACK_MIN: usize = 1 << 16;
+/// Below this many flops the whole product runs on the calling thread.
+const PARALLEL_MIN_FLOPS: usize = 1 << 21;
+/// Tiles wanted per thread, for load balance.
+const TILES_PER_THREAD: usize = 4;
+
+/// How one product is cut into blocks and parallel tiles. A tile is (m-block, n-group): it packs
+/// its rows of x once per k-block and sweeps its n-group in n-blocks of at most `NC_PANELS`.
+#[derive(Debug)]
+struct Plan {
+    /// k-block length (the last block may be shorter).
+    kc: usize,
+    /// Rows per m-block (the last block may be shorter).
+    mc: usize,
+    m_blocks: usize,
+    /// W panels per n-group (the last group may have fewer).
+    ng_panels: usize,
+    n_groups: usize,
+    /// Most rows per micro-kernel call.
+    mr: usize,
+}
+
+impl Plan {
+    fn new(level: SimdLevel, m: usize, n: usize, k: usize, threads: usize) -> Plan {
+        let mr = level.mr();
+        let kc = if k <= KC_SINGLE_MAX {
+            k
+        } else {
+            k.div_ceil(k.div_ceil(KC_TARGET))
+        };
+        let n_panels = n.div_ceil(NR);
+        let parallel = threads > 1 && 2 * m * n * k >= PARALLEL_MIN_FLOPS;
+        let want = if parallel {
+            TILES_PER_THREAD * threads
+        } else {
+            1
+        };
+        // m-blocks of at most MC_PANELS full panels; for parallelism, more blocks as long as
+        // each keeps MIN_BLOCK_PANELS panels (W is re-read from L3 once per m-block).
+        let m_blocks = m
+            .div_ceil(MC_PANELS * mr)
+            .max(want.min(m / (MIN_BLOCK_PANELS * mr)))
+            .max(1);
+        // Still too few tiles (small m): split the columns into groups as well.
+        let n_groups = n_panels.min(want.div_ceil(m_blocks));
+        let mc = m.div_ceil(m_blocks);
+        let m_blocks = m.div_ceil(mc);
+        let ng_panels = n_panels.div_ceil(n_groups);
+        let n_groups = n_panels.div_ceil(ng_panels);
+        Plan {
+            kc,
+            mc,
+            m_blocks,
+            ng_panels,
+            n_groups,
+            mr,
+        }
+    }
+
+    /// Rows in m-block `mb`.
+    fn block_rows(&self, m: usize, mb: usize) -> usize {
+        self.mc.min(m - mb * self.mc)
+    }
+
+    /// Pack all of x, block by block, into `buf`: m-block `mb`, k-block at `pc` sits at
+    /// `mb * mc * k + rows(mb) * pc` (see `pack_x_block` for the layout inside).
+    fn pack_all<'b>(&self, x: &[f32], m: usize, k: usize, buf: &'b mut Vec<f32>) -> &'b [f32] {
+        buf.clear();
+        buf.resize(m * k, 0.0);
+        let k_blocks = k.div_ceil(self.kc);
+        let pack = |mb: usize, kb: usize, dst: &mut [f32]| {
+            let rows = self.block_rows(m, mb);
+            let pc = kb * self.kc;
+            let kc = self.kc.min(k - pc);
+            pack_x_block(
+                x,
+                k,
+                mb * self.mc,
+                rows,
+                pc,
+                kc,
+                self.mr,
+                &mut dst[rows * pc..],
+            );
+        };
+        if m * k < PARALLEL_PACK_MIN {
+            for (mb, dst) in buf.chunks_mut(self.mc * k).enumerate() {
+                for kb in 0..k_blocks {
+                    pack(mb, kb, dst);
                 }
-                *o = match ep {
-                    Epilogue::None => acc,
-                    Epilogue::Bias(b) => acc + b[j],
-                    Epilogue::BiasGelu(b) => super::ops::gelu(acc + b[j]),
-                    Epilogue::BiasResidual(b, r) => acc + b[j] + r[i * n + j],
-                };
+            }
+        } else {
+            buf.par_chunks_mut(self.mc * k)
+                .enumerate()
+                .for_each(|(mb, dst)| (0..k_blocks).for_each(|kb| pack(mb, kb, dst)));
+        }
+        buf
+    }
+}
+
+/// How the `rows` of one m-block are cut into micro-kernel panels: `count` panels of `base` or
+/// `base + 1` rows (the first `extra` get one more), each at most `mr` rows.
+#[derive(Clone, Copy)]
+struct Panels {
+    count: usize,
+    base: usize,
+    extra: usize,
+}
+
+impl Panels {
+    fn new(rows: usize, mr: usize) -> Panels {
+        let count = rows.div_ceil(mr).max(1);
+        Panels {
+            count,
+            base: rows / count,
+            extra: rows % count,
+        }
+    }
+    /// Rows of panel `t`.
+    fn rows(self, t: usize) -> usize {
+        self.base + usize::from(t < self.extra)
+    }
+    /// First row of panel `t`, relative to the block.
+    fn start(self, t: usize) -> usize {
+        t * self.base + t.min(self.extra)
+    }
+}
+
+/// Pack `x[i0 .. i0 + rows, pc .. pc + kc]` (x row-major with `k` columns) into `dst` panel by
+/// panel (`Panels::new(rows, mr)`): panel `t` starts at `start(t) * kc` and holds, for each
+/// `p < kc`, its `rows(t)` values of column `pc + p` contiguously, so the micro-kernel reads it
+/// as one unit-stride stream.
+#[allow(clippy::too_many_arguments)]
+fn pack_x_block(
+    x: &[f32],
+    k: usize,
+    i0: usize,
+    rows: usize,
+    pc: usize,
+    kc: usize,
+    mr: usize,
+    dst: &mut [f32],
+) {
+    const MAX_MR: usize = 16;
+    debug_assert!(mr <= MAX_MR);
+    let panels = Panels::new(rows, mr);
+    for t in 0..panels.count {
+        let (r0, pr) = (panels.start(t), panels.rows(t));
+        let d = &mut dst[r0 * kc..(r0 + pr) * kc];
+        let src: [&[f32]; MAX_MR] = std::array::from_fn(|r| {
+            if r < pr {
+                &x[(i0 + r0 + r) * k + pc..][..kc]
+            } else {
+                &[]
             }
         });
+        for (p, col) in d.chunks_exact_mut(pr).enumerate() {
+            for (r, v) in col.iter_mut().enumerate() {
+                *v = src[r][p];
+            }
+        }
+    }
+}
+
+/// The output pointer shared by the parallel tiles.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: the pointer is only dereferenced inside `TaskCtx::run_with`, and distinct (m-block,
+// n-group) tiles write disjoint rectangles of `out`, which `linear_with` borrows mutably for
+// the whole parallel section; so sharing the pointer between threads cannot race.
+unsafe impl Send for OutPtr {}
+// SAFETY: see `Send` above.
+unsafe impl Sync for OutPtr {}
+
+/// Everything one tile needs.
+struct TaskCtx<'a> {
+    level: SimdLevel,
+    plan: &'a Plan,
+    x: &'a [f32],
+    /// x pre-packed by `Plan::pack_all`, when tiles share m-blocks
+    xp: Option<&'a [f32]>,
+    m: usize,
+    n: usize,
+    k: usize,
+    /// packed W panels
+    w: &'a [f32],
+    ep: Epilogue<'a>,
+    /// `out[..m * n]`, row-major with row stride `n`
+    out: OutPtr,
+}
+
+thread_local! {
+    /// Per-thread buffer for the x block a tile packs, reused across calls.
+    static X_PACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Per-thread buffer for all of x packed by the calling thread (`Plan::pack_all`).
+    static X_SHARED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+impl TaskCtx<'_> {
+    /// Compute tile (`mb`, `ng`): the rows of m-block `mb`, the columns of n-group `ng`.
+    fn run(&self, mb: usize, ng: usize) {
+        X_PACK.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut buf) => self.run_with(mb, ng, &mut buf),
+            // Re-entered on this thread (cannot happen today: the tile body never yields to
+            // rayon); use a private buffer rather than panic.
+            Err(_) => self.run_with(mb, ng, &mut Vec::new()),
+        })
+    }
+
+    fn run_with(&self, mb: usize, ng: usize, buf: &mut Vec<f32>) {
+        let p = self.plan;
+        let (n, k) = (self.n, self.k);
+        let i0 = mb * p.mc;
+        let rows = p.block_rows(self.m, mb);
+        let g0 = ng * p.ng_panels;
+        let g1 = (g0 + p.ng_panels).min(n.div_ceil(NR));
+        let panels = Panels::new(rows, p.mr);
+
+        let mut pc = 0;
+        while pc < k {
+            let kc = p.kc.min(k - pc);
+            let first = pc == 0;
+            let last = pc + kc == k;
+            let xb: &[f32] = match self.xp {
+                Some(xp) => &xp[i0 * k + rows * pc..][..rows * kc],
+                None => {
+                    buf.clear();
+                    buf.resize(rows * kc, 0.0);
+                    pack_x_block(self.x, k, i0, rows, pc, kc, p.mr, buf);
+                    buf
+                }
+            };
+            // Per n-block (its W block stays in L2): each x panel (L1) against every W panel.
+            let mut q_blk = g0;
+            while q_blk < g1 {
+                let q_end = (q_blk + NC_PANELS).min(g1);
+                for t in 0..panels.count {
+                    let (r0, mr) = (panels.start(t), panels.rows(t));
+                    let a = &xb[r0 * kc..(r0 + mr) * kc];
+                    let row = i0 + r0;
+                    for q in q_blk..q_end {
+                        let j0 = q * NR;
+                        let nr = NR.min(n - j0);
+                        let b = &self.w[(q * k + pc) * NR..][..kc * NR];
+                        // SAFETY: `row + mr <= m` and `j0 + nr <= n`, so the tile rows
+                        // `row .. row + mr`, columns `j0 .. j0 + nr` with stride `n` lie inside
+                        // `out[..m * n]`; this rectangle belongs to this tile only (tiles are
+                        // disjoint, see `OutPtr`), and `out` is exclusively borrowed by
+                        // `linear_with` for the duration. `a` holds `mr * kc` and `b` `kc * NR`
+                        // floats, and `mr <= level.mr()`, as `micro_kernel` requires. When
+                        // `!first` the tile was fully written by the previous k-block.
+                        unsafe {
+                            let c = self.out.0.add(row * n + j0);
+                            micro_kernel(self.level, mr, kc, a, b, c, n, nr, !first);
+                            if last && !matches!(self.ep, Epilogue::None) {
+                                for r in 0..mr {
+                                    let tile_row = std::slice::from_raw_parts_mut(c.add(r * n), nr);
+                                    apply_epilogue_row(self.ep, tile_row, row + r, j0, n);
+                                }
+                            }
+                        }
+                    }
+                }
+                q_blk = q_end;
+            }
+            pc += kc;
+        }
+    }
+}
+
+/// Run one micro-kernel: `C[r, j] (+)= sum_{p < kc} a[p * mr + r] * b[p * NR + j]` for
+/// `r < mr`, `j < nr`, where `C[r, j]` is `*c.add(r * ldc + j)`; `accumulate` adds to C
+/// instead of overwriting it.
+///
+/// # Safety
+/// `level` must be available on this CPU; `1 <= mr <= level.mr()`, `1 <= nr <= NR`,
+/// `a.len() >= mr * kc`, `b.len() >= kc * NR`; `c` must be valid for reads (when `accumulate`)
+/// and writes of every `C[r, j]` above, and no other reference may access them meanwhile.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn micro_kernel(
+    level: SimdLevel,
+    mr: usize,
+    kc: usize,
+    a: &[f32],
+    b: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    nr: usize,
+    accumulate: bool,
+) {
+    debug_assert!((1..=level.mr()).contains(&mr) && (1..=NR).contains(&nr));
+    debug_assert!(a.len() >= mr * kc && b.len() >= kc * NR);
+    match level {
+        // SAFETY: forwarded contract (this function's preconditions).
+        SimdLevel::Portable => unsafe { portable::kernel(mr, kc, a, b, c, ldc, nr, accumulate) },
+        // SAFETY: forwarded contract; `level` is available, i.e. AVX2 and FMA were detected.
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 => unsafe { x86::avx2_kernel(mr, kc, a, b, c, ldc, nr, accumulate) },
+        // SAFETY: forwarded contract; `level` is available, i.e. AVX-512F was detected.
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => unsafe { x86::avx512_kernel(mr, kc, a, b, c, ldc, nr, accumulate) },
+        #[cfg(not(target_arch = "x86_64"))]
+        SimdLevel::Avx2 | SimdLevel::Avx512 => unreachable!("x86 level on a non-x86 CPU"),
+    }
 }

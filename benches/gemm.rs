@@ -1,0 +1,223 @@
+//! Linear-layer GEMM throughput at the DeBERTa-v3-xsmall shapes (`m x k x n`, m = B * L tokens):
+//! k = 384 -> n = 1152 (fused QKV), 384 (attention out), 1536 (FFN up); k = 1536 -> n = 384
+//! (FFN down), for m in {16, 512, 4096}; 4096 x 384 x 1536 is the headline case.
+//!
+//! `cargo bench --bench gemm` first prints a quick summary (median GFLOP/s per shape, for every
+//! kernel level this CPU runs, or the levels in `GEMM_LEVELS=avx512,avx2,portable`), then runs
+//! the criterion benchmarks on the dispatched level. `GEMM_QUICK=1` prints the summary only.
+//! Each shape is first checked against the naive reference on a few rows (check, then time).
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use deberta_embed::backend::cpu::gemm::{
+    linear_with, reference_linear, simd_level, Epilogue, PackedWeight, SimdLevel,
+};
+
+const MS: [usize; 3] = [16, 512, 4096];
+/// (k, n) pairs of the model's Linear layers.
+const KN: [(usize, usize); 4] = [(384, 1152), (384, 384), (384, 1536), (1536, 384)];
+
+/// Deterministic inputs in [-1, 1).
+fn fill(len: usize, mut seed: u64) -> Vec<f32> {
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+struct Case {
+    m: usize,
+    k: usize,
+    n: usize,
+    x: Vec<f32>,
+    w: PackedWeight,
+    bias: Vec<f32>,
+    out: Vec<f32>,
+}
+
+impl Case {
+    fn new(m: usize, k: usize, n: usize) -> Case {
+        let x = fill(m * k, 1 + m as u64);
+        let w_torch = fill(n * k, 2 + n as u64 * 7 + k as u64);
+        let bias = fill(n, 3);
+        let w = PackedWeight::new(&w_torch, n, k);
+        let case = Case {
+            m,
+            k,
+            n,
+            x,
+            w,
+            bias,
+            out: vec![0.0; m * n],
+        };
+        case.check(&w_torch);
+        case
+    }
+
+    /// Check every level on the first rows against the naive loop before timing anything.
+    fn check(&self, w_torch: &[f32]) {
+        let (k, n) = (self.k, self.n);
+        let rows = self.m.min(4);
+        let mut want = vec![0.0; rows * n];
+        let ep = Epilogue::Bias(&self.bias);
+        reference_linear(&self.x, rows, w_torch, n, k, ep, &mut want);
+        for level in SimdLevel::available() {
+            let mut got = vec![0.0; self.m * n];
+            linear_with(level, &self.x, self.m, &self.w, ep, &mut got);
+            for (g, e) in got.iter().zip(&want) {
+                assert!(
+                    (g - e).abs() <= 1e-4 * (1.0 + e.abs()),
+                    "{level}: {g} vs {e}"
+                );
+            }
+        }
+    }
+
+    fn flops(&self) -> u64 {
+        2 * (self.m * self.n * self.k) as u64
+    }
+
+    fn run(&mut self, level: SimdLevel) {
+        self.run_ep(level, false);
+    }
+
+    /// One product with the bias epilogue, or bias + GELU.
+    fn run_ep(&mut self, level: SimdLevel, gelu: bool) {
+        let ep = if gelu {
+            Epilogue::BiasGelu(&self.bias)
+        } else {
+            Epilogue::Bias(&self.bias)
+        };
+        linear_with(
+            level,
+            black_box(&self.x),
+            self.m,
+            &self.w,
+            ep,
+            &mut self.out,
+        );
+        black_box(&mut self.out);
+    }
+}
+
+/// Median seconds per call over `samples` samples of at least `min_sample` each.
+fn median_secs(
+    case: &mut Case,
+    level: SimdLevel,
+    gelu: bool,
+    samples: usize,
+    min_sample: Duration,
+) -> f64 {
+    case.run_ep(level, gelu);
+    let t = Instant::now();
+    case.run_ep(level, gelu);
+    let once = t.elapsed().max(Duration::from_nanos(100));
+    let iters = (min_sample.as_secs_f64() / once.as_secs_f64())
+        .ceil()
+        .max(1.0) as u32;
+    let mut per_call: Vec<f64> = (0..samples)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..iters {
+                case.run_ep(level, gelu);
+            }
+            t.elapsed().as_secs_f64() / f64::from(iters)
+        })
+        .collect();
+    per_call.sort_by(f64::total_cmp);
+    per_call[per_call.len() / 2]
+}
+
+fn summary() {
+    let levels: Vec<SimdLevel> = match std::env::var("GEMM_LEVELS") {
+        Ok(s) => s
+            .split(',')
+            .filter_map(SimdLevel::parse)
+            .filter(|l| l.is_available())
+            .collect(),
+        Err(_) => SimdLevel::available().into_iter().rev().collect(),
+    };
+    println!(
+        "gemm summary: {} rayon threads, dispatched level {}",
+        rayon::current_num_threads(),
+        simd_level()
+    );
+    for m in MS {
+        for (k, n) in KN {
+            let mut case = Case::new(m, k, n);
+            for &level in &levels {
+                let secs = median_secs(&mut case, level, false, 9, Duration::from_millis(40));
+                println!(
+                    "gemm {m:>5} x {k:>4} x {n:>4} [{level:>8}]: {:>9.1} us  {:>6.1} GFLOP/s{}",
+                    secs * 1e6,
+                    case.flops() as f64 / secs * 1e-9,
+                    if (m, k, n) == (4096, 384, 1536) {
+                        "  <- target >= 150"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+    }
+    // The FFN-up epilogue: bias + exact erf GELU per element.
+    let level = simd_level();
+    let mut case = Case::new(4096, 384, 1536);
+    let secs = median_secs(&mut case, level, true, 9, Duration::from_millis(40));
+    println!(
+        "gemm  4096 x  384 x 1536 [{level:>8}] bias+gelu: {:>9.1} us  {:>6.1} GFLOP/s (GEMM flops only)",
+        secs * 1e6,
+        case.flops() as f64 / secs * 1e-9
+    );
+}
+
+fn criterion_benches(c: &mut Criterion) {
+    let level = simd_level();
+    let mut group = c.benchmark_group(format!("gemm_{level}"));
+    for m in MS {
+        for (k, n) in KN {
+            let mut case = Case::new(m, k, n);
+            // "Elements" here are FLOPs (2 m n k), so criterion's elem/s reads as FLOP/s.
+            group.throughput(Throughput::Elements(case.flops()));
+            if m >= 4096 {
+                group.sample_size(10);
+            } else {
+                group.sample_size(30);
+            }
+            group.bench_function(BenchmarkId::new(format!("{m}x{k}x{n}"), "bias"), |b| {
+                b.iter(|| case.run(level))
+            });
+        }
+    }
+    // The headline shape with the GELU epilogue (FFN up), to show what the erf GELU costs.
+    let mut case = Case::new(4096, 384, 1536);
+    group.throughput(Throughput::Elements(case.flops()));
+    group.sample_size(10);
+    group.bench_function(BenchmarkId::new("4096x384x1536", "bias_gelu"), |b| {
+        b.iter(|| case.run_ep(level, true))
+    });
+    group.finish();
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = std::env::var_os("GEMM_QUICK").is_some();
+    // `cargo bench` passes --bench; `cargo test --benches` does not (criterion's test mode).
+    if quick || args.iter().any(|a| a == "--bench") {
+        summary();
+    }
+    if quick {
+        return;
+    }
+    let mut c = Criterion::default()
+        .measurement_time(Duration::from_secs(3))
+        .configure_from_args();
+    criterion_benches(&mut c);
+    c.final_summary();
+}

@@ -1,0 +1,232 @@
+//! GEMM against the plain triple loop, for every kernel level this CPU runs, every epilogue and
+//! shapes that are not multiples of any tile size.
+
+use super::*;
+
+/// Tiny deterministic xorshift RNG (no dependency).
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// Uniform in [-1, 1).
+    fn f32(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, len: usize) -> Vec<f32> {
+        (0..len).map(|_| self.f32()).collect()
+    }
+}
+
+/// Run every available level and epilogue on one shape and compare with the reference.
+fn check_shape(m: usize, n: usize, k: usize) {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((m * 1_000_003 + n * 1009 + k) as u64));
+    let x = rng.vec(m * k);
+    let w = rng.vec(n * k);
+    let bias = rng.vec(n);
+    let res = rng.vec(m * n);
+    let packed = PackedWeight::new(&w, n, k);
+    assert_eq!((packed.n(), packed.k()), (n, k));
+
+    // Plain product (in order) and the scale of each dot product, sum |x_ip * w_jp|.
+    let mut plain = vec![0.0f32; m * n];
+    reference_linear(&x, m, &w, n, k, Epilogue::None, &mut plain);
+    let mut scale = vec![0.0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            scale[i * n + j] = (0..k).map(|p| (x[i * k + p] * w[j * k + p]).abs()).sum();
+        }
+    }
+
+    let eps: [(&str, Epilogue<'_>); 4] = [
+        ("none", Epilogue::None),
+        ("bias", Epilogue::Bias(&bias)),
+        ("bias_gelu", Epilogue::BiasGelu(&bias)),
+        ("bias_residual", Epilogue::BiasResidual(&bias, &res)),
+    ];
+    for level in SimdLevel::available() {
+        for &(name, ep) in &eps {
+            // Expected: the epilogue applied to the plain product (the reference's own path).
+            let mut want = plain.clone();
+            for (i, row) in want.chunks_exact_mut(n).enumerate() {
+                apply_epilogue_row(ep, row, i, 0, n);
+            }
+            for (threads, pool) in pools() {
+                // One spare element past m * n, which must stay untouched.
+                let mut got = vec![f32::NAN; m * n + 1];
+                got[m * n] = 7.0;
+                pool.install(|| linear_with(level, &x, m, &packed, ep, &mut got));
+                assert_eq!(got[m * n], 7.0, "{level} {name} wrote past m*n");
+                for idx in 0..m * n {
+                    // Reordering a sum of k products changes it by at most ~k * eps * sum |terms|;
+                    // the epilogue adds one rounding of |bias| + |residual| and GELU is 1.13-Lipschitz.
+                    let tol = 1e-5 * (scale[idx] + 2.0) + 1e-6;
+                    let (g, e) = (got[idx], want[idx]);
+                    assert!(
+                    (g - e).abs() <= tol,
+                    "{level} {name} {threads} threads m={m} n={n} k={k} at ({}, {}): got {g}, want {e}",
+                    idx / n,
+                    idx % n
+                );
+                }
+            }
+        }
+    }
+}
+
+/// Rayon pools the checks run in: one thread (everything on one tile sequence) and three
+/// (parallel plans, an odd split), whatever this machine's core count.
+fn pools() -> [(usize, &'static rayon::ThreadPool); 2] {
+    use std::sync::OnceLock;
+    static POOLS: OnceLock<[rayon::ThreadPool; 2]> = OnceLock::new();
+    let p = POOLS.get_or_init(|| {
+        [1, 3].map(|t| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build()
+                .expect("pool")
+        })
+    });
+    [(1, &p[0]), (3, &p[1])]
+}
+
+const MS: [usize; 6] = [1, 2, 7, 16, 33, 129];
+const NS: [usize; 7] = [1, 5, 32, 384, 1152, 1536, 383];
+const KS: [usize; 6] = [1, 3, 64, 384, 1536, 385];
+
+fn check_m(m: usize) {
+    for n in NS {
+        for k in KS {
+            check_shape(m, n, k);
+        }
+    }
+}
+
+#[test]
+fn gemm_m1() {
+    check_m(MS[0]);
+}
+#[test]
+fn gemm_m2() {
+    check_m(MS[1]);
+}
+#[test]
+fn gemm_m7() {
+    check_m(MS[2]);
+}
+#[test]
+fn gemm_m16() {
+    check_m(MS[3]);
+}
+#[test]
+fn gemm_m33() {
+    check_m(MS[4]);
+}
+#[test]
+fn gemm_m129() {
+    check_m(MS[5]);
+}
+
+#[test]
+fn gemm_odd_shapes() {
+    // Edge panels of every height for each level, n-edges of every width, k = 0 and long k.
+    for m in [3, 5, 13, 14, 15, 28, 29, 113, 250] {
+        for n in [17, 31, 33, 63, 65] {
+            for k in [0, 2, 511, 512, 513, 769] {
+                check_shape(m, n, k);
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_large_m_parallel() {
+    // Several m-blocks and n-blocks at once, as in a real batch.
+    check_shape(1000, 384, 384);
+    check_shape(300, 1536, 1536);
+    // Shared pre-pack of x (several n-groups per m-block), packed in parallel.
+    check_shape(200, 384, 1536);
+    check_shape(60, 1152, 1536);
+}
+
+#[test]
+fn gemm_empty() {
+    let packed = PackedWeight::new(&[], 0, 4);
+    let mut out = [5.0f32; 3];
+    linear(&[1.0; 8], 2, &packed, Epilogue::None, &mut out);
+    assert_eq!(out, [5.0; 3]);
+    let packed = PackedWeight::new(&[1.0; 8], 2, 4);
+    linear(&[], 0, &packed, Epilogue::None, &mut out);
+    assert_eq!(out, [5.0; 3]);
+}
+
+#[test]
+fn gemm_default_level_matches_forced() {
+    let mut rng = Rng(42);
+    let (m, n, k) = (16, 96, 384);
+    let (x, w) = (rng.vec(m * k), rng.vec(n * k));
+    let packed = PackedWeight::new(&w, n, k);
+    let mut a = vec![0.0; m * n];
+    let mut b = vec![0.0; m * n];
+    linear(&x, m, &packed, Epilogue::None, &mut a);
+    linear_with(simd_level(), &x, m, &packed, Epilogue::None, &mut b);
+    assert_eq!(a, b);
+    assert!(simd_level().is_available());
+}
+
+#[test]
+fn gemm_level_names() {
+    for l in SimdLevel::ALL {
+        assert_eq!(SimdLevel::parse(l.name()), Some(l));
+    }
+    assert_eq!(SimdLevel::parse(" Scalar "), Some(SimdLevel::Portable));
+    assert_eq!(SimdLevel::parse("sse9"), None);
+    assert!(SimdLevel::Portable.is_available());
+    assert_eq!(SimdLevel::detect(), *SimdLevel::available().last().unwrap());
+}
+
+#[test]
+fn gemm_plans_split_small_m() {
+    // One 16-token sentence on 2 threads: several tiles, all the columns covered once.
+    for level in SimdLevel::ALL {
+        for (m, n, k) in [
+            (16, 384, 384),
+            (16, 1536, 384),
+            (16, 384, 1536),
+            (4096, 1536, 384),
+        ] {
+            let p = Plan::new(level, m, n, k, 2);
+            assert!(p.m_blocks * p.n_groups >= 2, "{level} {m}x{n}x{k}: {p:?}");
+            assert!(p.ng_panels * p.n_groups >= n.div_ceil(NR));
+            assert!(p.ng_panels * (p.n_groups - 1) < n.div_ceil(NR));
+            assert!(p.mc * p.m_blocks >= m && p.mc * (p.m_blocks - 1) < m);
+            assert!(p.kc <= KC_SINGLE_MAX && p.kc >= 1);
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "bias shorter than n")]
+fn gemm_rejects_short_bias() {
+    let packed = PackedWeight::new(&[1.0; 8], 2, 4);
+    let mut out = [0.0f32; 2];
+    linear(&[1.0; 4], 1, &packed, Epilogue::Bias(&[1.0]), &mut out);
+}
+
+#[test]
+#[should_panic(expected = "residual shorter than m * n")]
+fn gemm_rejects_short_residual() {
+    let packed = PackedWeight::new(&[1.0; 8], 2, 4);
+    let mut out = [0.0f32; 4];
+    linear(
+        &[1.0; 8],
+        2,
+        &packed,
+        Epilogue::BiasResidual(&[1.0; 2], &[0.0; 3]),
+        &mut out,
+    );
+}

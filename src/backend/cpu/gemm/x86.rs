@@ -1,0 +1,248 @@
+//! x86-64 micro-kernels: AVX-512F (up to 14 x 32) and AVX2 + FMA (up to 6 x 16, twice per
+//! 32-wide W panel). Both are compiled into every x86-64 build and only called after run-time
+//! feature detection (`SimdLevel::is_available`).
+//!
+//! The `_mm512_*` intrinsics (and the `avx512f` target feature) are stable since Rust 1.89.
+//! The crate already needs 1.89 through its dependencies (zip 9.8 declares `rust-version =
+//! "1.89"`), so the module tells clippy its MSRV is 1.89 (see `mod x86` in `gemm.rs`) instead
+//! of the stale `rust-version = "1.85"` of Cargo.toml.
+
+use std::arch::x86_64::*;
+
+use super::NR;
+
+/// Most rows per AVX-512 micro-kernel call: 14 rows x 2 zmm = 28 accumulators, plus the two W
+/// vectors (the x value is an embedded-broadcast memory operand of the FMA).
+pub(super) const AVX512_MR: usize = 14;
+/// Most rows per AVX2 micro-kernel call: 6 rows x 2 ymm = 12 accumulators + 2 W + 1 broadcast.
+pub(super) const AVX2_MR: usize = 6;
+
+/// How far ahead (in floats of the W panel, i.e. 8 k-steps = 1 KB) the kernels prefetch W.
+const PF_AHEAD: usize = 8 * NR;
+
+/// Dispatch an `mr` known at run time to a const-generic kernel `$f::<MR>`.
+macro_rules! by_mr {
+    ($mr:expr, $f:ident, $args:tt, [$($n:literal),*]) => {
+        match $mr {
+            $($n => $f::<$n> $args,)*
+            _ => unreachable!("mr out of range"),
+        }
+    };
+}
+
+/// AVX-512 micro-kernel, see `super::micro_kernel` for the contract.
+///
+/// # Safety
+/// AVX-512F must be available; `1 <= mr <= AVX512_MR`, `1 <= nr <= NR`, `a.len() >= mr * kc`,
+/// `b.len() >= kc * NR`; `c` valid for reads (if `accumulate`) and writes of the `mr x nr` tile
+/// with row stride `ldc`, and not accessed through any other reference meanwhile.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn avx512_kernel(
+    mr: usize,
+    kc: usize,
+    a: &[f32],
+    b: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    nr: usize,
+    accumulate: bool,
+) {
+    assert!(mr * kc <= a.len() && kc * NR <= b.len() && (1..=NR).contains(&nr));
+    let (a, b) = (a.as_ptr(), b.as_ptr());
+    // SAFETY: the operand lengths were just checked; the rest is this function's contract.
+    unsafe {
+        by_mr!(
+            mr,
+            avx512_tile,
+            (kc, a, b, c, ldc, nr, accumulate),
+            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+        )
+    }
+}
+
+/// # Safety
+/// As `avx512_kernel`, with `MR == mr`, `a` valid for `MR * kc` and `b` for `kc * NR` reads.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn avx512_tile<const MR: usize>(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    nr: usize,
+    accumulate: bool,
+) {
+    let mut lo = [_mm512_setzero_ps(); MR];
+    let mut hi = [_mm512_setzero_ps(); MR];
+    // SAFETY: for p < kc, `b + p * NR .. + NR` and `a + p * MR .. + MR` are inside the operands
+    // (caller: `b` has kc * NR floats, `a` MR * kc); unaligned loads have no alignment need.
+    // The prefetch address may lie past the operand: it is formed with `wrapping_add` (no
+    // out-of-bounds pointer arithmetic) and a prefetch never faults or reads into the program.
+    unsafe {
+        for p in 0..kc {
+            let bp = b.add(p * NR);
+            let ap = a.add(p * MR);
+            // W streams from L2: ask for it a few k-steps before it is needed.
+            _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PF_AHEAD).cast());
+            _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PF_AHEAD + 16).cast());
+            let b0 = _mm512_loadu_ps(bp);
+            let b1 = _mm512_loadu_ps(bp.add(16));
+            for r in 0..MR {
+                let av = _mm512_set1_ps(*ap.add(r));
+                lo[r] = _mm512_fmadd_ps(av, b0, lo[r]);
+                hi[r] = _mm512_fmadd_ps(av, b1, hi[r]);
+            }
+        }
+    }
+    if nr == NR {
+        for r in 0..MR {
+            // SAFETY: row r < mr of the tile: `c + r * ldc .. + NR` is inside it (caller
+            // contract with nr == NR) and exclusively ours.
+            unsafe {
+                let cr = c.add(r * ldc);
+                let (mut v0, mut v1) = (lo[r], hi[r]);
+                if accumulate {
+                    v0 = _mm512_add_ps(v0, _mm512_loadu_ps(cr));
+                    v1 = _mm512_add_ps(v1, _mm512_loadu_ps(cr.add(16)));
+                }
+                _mm512_storeu_ps(cr, v0);
+                _mm512_storeu_ps(cr.add(16), v1);
+            }
+        }
+    } else {
+        // Partial panel: masked loads/stores touch only columns < nr (masked-off lanes are
+        // neither read nor written, and cannot fault).
+        let m0 = (((1u32 << nr.min(16)) - 1) & 0xffff) as __mmask16;
+        let m1 = (((1u32 << nr.saturating_sub(16)) - 1) & 0xffff) as __mmask16;
+        for r in 0..MR {
+            // SAFETY: row r < mr of the tile, columns < nr only (masks); `cr.add(16)` is formed
+            // only when nr > 16, so it stays inside the row.
+            unsafe {
+                let cr = c.add(r * ldc);
+                let mut v0 = lo[r];
+                if accumulate {
+                    v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, cr));
+                }
+                _mm512_mask_storeu_ps(cr, m0, v0);
+                if m1 != 0 {
+                    let mut v1 = hi[r];
+                    if accumulate {
+                        v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, cr.add(16)));
+                    }
+                    _mm512_mask_storeu_ps(cr.add(16), m1, v1);
+                }
+            }
+        }
+    }
+}
+
+/// AVX2 + FMA micro-kernel, see `super::micro_kernel` for the contract. Runs a 16-column
+/// kernel on each half of the 32-wide W panel.
+///
+/// # Safety
+/// AVX2 and FMA must be available; `1 <= mr <= AVX2_MR`, `1 <= nr <= NR`,
+/// `a.len() >= mr * kc`, `b.len() >= kc * NR`; `c` valid for reads (if `accumulate`) and
+/// writes of the `mr x nr` tile with row stride `ldc`, not accessed otherwise meanwhile.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn avx2_kernel(
+    mr: usize,
+    kc: usize,
+    a: &[f32],
+    b: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    nr: usize,
+    accumulate: bool,
+) {
+    assert!(mr * kc <= a.len() && kc * NR <= b.len() && (1..=NR).contains(&nr));
+    let a = a.as_ptr();
+    for half in 0..2 {
+        let j0 = half * 16;
+        if j0 >= nr {
+            break;
+        }
+        let cols = (nr - j0).min(16);
+        // SAFETY: lengths checked above; `b[j0..]` still has kc rows of stride NR with 16
+        // columns each (j0 + 16 <= NR); `c + j0` stays inside row 0 of the tile (j0 < nr), and
+        // the half-tile is `mr x cols` with `j0 + cols <= nr`.
+        unsafe {
+            let bh = b.as_ptr().add(j0);
+            let ch = c.add(j0);
+            by_mr!(
+                mr,
+                avx2_tile,
+                (kc, a, bh, ch, ldc, cols, accumulate),
+                [1, 2, 3, 4, 5, 6]
+            )
+        }
+    }
+}
+
+/// `MR x 16` AVX2 tile over one half of a W panel (row stride `NR`).
+///
+/// # Safety
+/// AVX2 + FMA available; `a` valid for `MR * kc` reads, `b + p * NR .. + 16` valid for p < kc;
+/// `c` valid for the `MR x cols` tile (row stride `ldc`, `1 <= cols <= 16`), exclusively ours.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn avx2_tile<const MR: usize>(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    accumulate: bool,
+) {
+    let mut lo = [_mm256_setzero_ps(); MR];
+    let mut hi = [_mm256_setzero_ps(); MR];
+    // SAFETY: for p < kc the reads are inside the operands (contract); unaligned loads. The
+    // prefetch address is formed with `wrapping_add` and a prefetch never faults.
+    unsafe {
+        for p in 0..kc {
+            let bp = b.add(p * NR);
+            let ap = a.add(p * MR);
+            _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PF_AHEAD).cast());
+            let b0 = _mm256_loadu_ps(bp);
+            let b1 = _mm256_loadu_ps(bp.add(8));
+            for r in 0..MR {
+                let av = _mm256_broadcast_ss(&*ap.add(r));
+                lo[r] = _mm256_fmadd_ps(av, b0, lo[r]);
+                hi[r] = _mm256_fmadd_ps(av, b1, hi[r]);
+            }
+        }
+    }
+    for r in 0..MR {
+        if cols == 16 {
+            // SAFETY: row r of the tile, 16 columns, inside it (contract).
+            unsafe {
+                let cr = c.add(r * ldc);
+                let (mut v0, mut v1) = (lo[r], hi[r]);
+                if accumulate {
+                    v0 = _mm256_add_ps(v0, _mm256_loadu_ps(cr));
+                    v1 = _mm256_add_ps(v1, _mm256_loadu_ps(cr.add(8)));
+                }
+                _mm256_storeu_ps(cr, v0);
+                _mm256_storeu_ps(cr.add(8), v1);
+            }
+        } else {
+            // Partial: go through a stack buffer and copy the `cols` valid columns.
+            let mut tmp = [0.0f32; 16];
+            // SAFETY: `tmp` has 16 floats.
+            unsafe {
+                _mm256_storeu_ps(tmp.as_mut_ptr(), lo[r]);
+                _mm256_storeu_ps(tmp.as_mut_ptr().add(8), hi[r]);
+            }
+            // SAFETY: row r of the tile, columns < cols: inside it and exclusively ours.
+            let row = unsafe { std::slice::from_raw_parts_mut(c.add(r * ldc), cols) };
+            for (o, &v) in row.iter_mut().zip(&tmp) {
+                *o = if accumulate { *o + v } else { v };
+            }
+        }
+    }
+}
