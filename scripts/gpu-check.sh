@@ -105,5 +105,9 @@ except Exception:
 PY
   done
 done
+say "-- kernel profile, f16 16 x 512 (DEBERTA_CUDA_PROFILE=1: device time per kernel)"
+DEBERTA_CUDA_PROFILE=1 timeout 60 $C/deberta-embed bench --synthetic xsmall --device cuda --dtype f16 \
+  --batch-size 16 --seq-len 512 --warmup 1 --iters 5 > "$OUT/profile.log" 2>&1
+grep -A24 "CUDA kernel profile" "$OUT/profile.log" >> "$S" || tail -n 3 "$OUT/profile.log" >> "$S"
 say "== done; logs in $OUT"
 cat "$S"

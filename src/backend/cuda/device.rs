@@ -10,13 +10,13 @@
 //! NOT YET VALIDATED ON A GPU: this code compiles and its launch arithmetic is unit-tested,
 //! but no kernel has run yet (see docs/CUDA.md).
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
-use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute, CUresult};
+use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUfunction_attribute, CUresult};
 use cudarc::driver::{
-    result as drv, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
-    DriverError, LaunchConfig, PushKernelArg,
+    result as drv, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream,
+    DevicePtr, DriverError, LaunchConfig, PushKernelArg,
 };
 
 use super::launch::{self, Packed};
@@ -227,6 +227,44 @@ pub fn dev_err(what: &str, e: DriverError) -> Error {
     Error::Device(format!("{what}: {e:?}"))
 }
 
+/// Per-kernel device time (`DEBERTA_CUDA_PROFILE=1`): an event pair around every launch,
+/// folded into totals every few thousand launches and printed when the [`Gpu`] is dropped.
+#[derive(Default)]
+struct Profile {
+    pending: Vec<(String, CudaEvent, CudaEvent)>,
+    /// kernel -> (total ms, launches)
+    totals: BTreeMap<String, (f64, u64)>,
+}
+
+impl Profile {
+    fn fold(&mut self) {
+        for (name, start, end) in self.pending.drain(..) {
+            let ms = start.elapsed_ms(&end).unwrap_or(f32::NAN) as f64;
+            let e = self.totals.entry(name).or_insert((0.0, 0));
+            e.0 += ms;
+            e.1 += 1;
+        }
+    }
+    fn report(&mut self) -> String {
+        self.fold();
+        let all: f64 = self.totals.values().map(|v| v.0).sum();
+        let mut rows: Vec<_> = self.totals.iter().collect();
+        rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+        let mut out = format!(
+            "CUDA kernel profile (device time, event pairs):\n{:<28} {:>8} {:>11} {:>10} {:>6}\n",
+            "kernel", "launches", "total ms", "mean us", "share"
+        );
+        for (name, (ms, n)) in rows {
+            out.push_str(&format!(
+                "{name:<28} {n:>8} {ms:>11.3} {:>10.1} {:>5.1}%\n",
+                ms * 1e3 / *n as f64,
+                100.0 * ms / all.max(1e-12)
+            ));
+        }
+        out
+    }
+}
+
 /// The GPU with our module loaded: context, one stream, every kernel.
 pub struct Gpu {
     ctx: Arc<CudaContext>,
@@ -239,6 +277,19 @@ pub struct Gpu {
     max_smem_optin: usize,
     /// `DEBERTA_CUDA_SYNC=1`: synchronize and check after every launch (debugging).
     sync_each: bool,
+    /// `DEBERTA_CUDA_PROFILE=1`: time every launch with events.
+    profile: Option<Mutex<Profile>>,
+}
+
+impl Drop for Gpu {
+    fn drop(&mut self) {
+        if let Some(p) = &self.profile {
+            let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+            if !p.pending.is_empty() || !p.totals.is_empty() {
+                eprint!("{}", p.report());
+            }
+        }
+    }
 }
 
 impl Gpu {
@@ -308,7 +359,9 @@ impl Gpu {
                 .map_err(|e| dev_err(&format!("kernel `{n}` missing from the module"), e))?;
             funcs.insert(n, f);
         }
-        let sync_each = std::env::var("DEBERTA_CUDA_SYNC").is_ok_and(|v| v == "1");
+        let flag = |v: &str| std::env::var(v).is_ok_and(|v| v == "1");
+        let sync_each = flag("DEBERTA_CUDA_SYNC");
+        let profile = flag("DEBERTA_CUDA_PROFILE").then(|| Mutex::new(Profile::default()));
         Ok(Gpu {
             ctx,
             stream,
@@ -319,6 +372,7 @@ impl Gpu {
             sms,
             max_smem_optin,
             sync_each,
+            profile,
         })
     }
 
@@ -572,8 +626,32 @@ impl Gpu {
             block_dim: block,
             shared_mem_bytes: smem as u32,
         };
+        let timing = match &self.profile {
+            Some(_) => {
+                let ev = || {
+                    self.ctx
+                        .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                        .map_err(|e| dev_err("creating a timing event", e))
+                };
+                let (start, end) = (ev()?, ev()?);
+                start
+                    .record(&self.stream)
+                    .map_err(|e| dev_err("recording an event", e))?;
+                Some((start, end))
+            }
+            None => None,
+        };
         // SAFETY: forwarded contract (this function's preconditions).
         unsafe { b.launch(cfg) }.map_err(|e| dev_err(&format!("launching {name}"), e))?;
+        if let (Some(p), Some((start, end))) = (&self.profile, timing) {
+            end.record(&self.stream)
+                .map_err(|e| dev_err("recording an event", e))?;
+            let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+            p.pending.push((name.to_string(), start, end));
+            if p.pending.len() >= 4096 {
+                p.fold();
+            }
+        }
         if self.sync_each {
             self.stream
                 .synchronize()
