@@ -37,7 +37,7 @@ else
   echo "installing ${PKGS[*]} into $SITE"
   rm -rf "$SITE"
   mkdir -p "$SITE"
-  python3 -m pip install --quiet --disable-pip-version-check --no-deps --no-compile \
+  PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --no-deps --no-compile \
     --target "$SITE" "${PKGS[@]}"
   printf '%s\n' "${PKGS[@]}" > "$STAMP"
 fi
