@@ -62,20 +62,22 @@ impl PosTable {
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
     }
-    /// Row `t` of head `hd`: component `t` of every projected position, [2S].
-    #[inline]
-    fn comp(&self, hd: usize, t: usize) -> &[f32] {
-        &self.data[(hd * self.head_dim + t) * self.rows..][..self.rows]
+    /// Head `hd` as a [d, 2S] operand (row t: component t of every projected position).
+    fn head(&self, hd: usize) -> Mat<'_> {
+        Mat::new(
+            &self.data[hd * self.head_dim * self.rows..(hd + 1) * self.head_dim * self.rows],
+            self.rows,
+            self.rows,
+        )
     }
 }
 
 /// Per-thread scratch, grown on demand and reused across calls.
 #[derive(Default)]
 struct Scratch {
-    kt: Vec<f32>,   // [d, n]   this head's keys, transposed
-    s: Vec<f32>,    // [bq, n]  scores
-    c: Vec<f32>,    // [bq, n + bq] c2p products over the block's range of positions
-    pbuf: Vec<f32>, // [bq]     p2c products of one key
+    kt: Vec<f32>, // [d, n]   this head's keys, transposed
+    s: Vec<f32>,  // [bq, n]  scores
+    c: Vec<f32>,  // [bq, n + bq] c2p products, or [n, bq + 3] p2c products
 }
 
 thread_local! {
@@ -98,9 +100,22 @@ pub fn attention(
     relpos: &RelPosTable,
     ctx: &mut [f32],
 ) {
+    attention_at(simd(), p, qkv, offsets, pos_key, pos_query, relpos, ctx)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attention_at(
+    level: Level,
+    p: &AttentionParams,
+    qkv: &[f32],
+    offsets: &[usize],
+    pos_key: &PosTable,
+    pos_query: &PosTable,
+    relpos: &RelPosTable,
+    ctx: &mut [f32],
+) {
     let h = p.heads * p.head_dim;
     let tasks = split_tasks(offsets, h, ctx);
-    let level = simd();
     tasks.into_par_iter().for_each(|(start, n, q0, out)| {
         SCRATCH.with(|cell| {
             let mut sc = cell.borrow_mut();
@@ -121,7 +136,7 @@ pub fn attention(
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: avx2 and fma were detected at run time by `simd()`.
                 Level::Avx2 => unsafe { block_avx2(&job, &mut sc, out) },
-                Level::Portable => block::<Plain>(&job, &mut sc, out),
+                Level::Portable => block(&job, &mut sc, out, Level::Portable),
             }
         })
     });
@@ -146,7 +161,7 @@ fn split_tasks<'a>(
     tasks
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Level {
     #[cfg(target_arch = "x86_64")]
     Avx512,
@@ -178,85 +193,220 @@ fn detect() -> Level {
     Level::Portable
 }
 
+// The whole block is compiled per instruction set so that the softmax and gather loops
+// around the tiles vectorize for it too.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn block_avx512(job: &Job<'_>, sc: &mut Scratch, out: &mut [f32]) {
-    block::<Fused>(job, sc, out)
+    block(job, sc, out, Level::Avx512)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn block_avx2(job: &Job<'_>, sc: &mut Scratch, out: &mut [f32]) {
-    block::<Fused>(job, sc, out)
+    block(job, sc, out, Level::Avx2)
 }
 
-/// Multiply-add flavour: fused where the CPU has FMA (compiled inside a target_feature
-/// function), plain elsewhere (a libm `fmaf` call would be slow).
-trait Madd {
-    fn madd(a: f32, b: f32, c: f32) -> f32;
+/// A strided row-major operand: row `r` is `data[r * ld..r * ld + len]`.
+#[derive(Clone, Copy)]
+struct Mat<'a> {
+    data: &'a [f32],
+    ld: usize,
+    len: usize,
 }
-struct Fused;
-struct Plain;
-impl Madd for Fused {
-    #[inline(always)]
-    fn madd(a: f32, b: f32, c: f32) -> f32 {
-        a.mul_add(b, c)
+
+impl<'a> Mat<'a> {
+    fn new(data: &'a [f32], ld: usize, len: usize) -> Self {
+        Mat { data, ld, len }
     }
-}
-impl Madd for Plain {
-    #[inline(always)]
-    fn madd(a: f32, b: f32, c: f32) -> f32 {
-        a * b + c
+    /// Whether rows `0..rows` lie inside `data`.
+    fn covers(&self, rows: usize) -> bool {
+        rows == 0 || (rows - 1) * self.ld + self.len <= self.data.len()
     }
 }
 
-/// `y[..] += a * x[..]`
+/// `out[i * ldo + c] = sum_{t < d} a[i][t] * b[t][off(g) + c]` for `i < nrows`, `c < w`, where
+/// `g` is the first row of i's group of 4 (so p2c can slide its window with the keys). Columns
+/// at or past `b.len` read as zero. Register tile: 4 rows x 32 columns (AVX-512), 4 x 16
+/// (AVX2), scalar otherwise.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn axpy<M: Madd>(a: f32, x: &[f32], y: &mut [f32]) {
-    for (yv, &xv) in y.iter_mut().zip(x) {
-        *yv = M::madd(a, xv, *yv);
-    }
-}
-
-/// `out[i, c] = sum_t rows[i][t] * cols(t)[c]` for 4 rows at a time (register tile 4 x 16).
-/// `row(i)` gives a row of length d; `col(t)` a slice of at least `w` values.
-#[inline(always)]
-fn rows_by_cols<'a, M: Madd>(
+fn tile_gemm(
+    level: Level,
     nrows: usize,
     d: usize,
+    a: Mat<'_>,
+    b: Mat<'_>,
+    off: &dyn Fn(usize) -> usize,
     w: usize,
-    row: impl Fn(usize) -> &'a [f32],
-    col: impl Fn(usize) -> &'a [f32],
     out: &mut [f32],
-    ld: usize,
+    ldo: usize,
 ) {
-    const R: usize = 4;
-    const C: usize = 16;
-    let mut i = 0;
-    while i < nrows {
-        let rn = R.min(nrows - i);
-        let rows: [&[f32]; R] = std::array::from_fn(|k| row(i + k.min(rn - 1)));
-        let mut c0 = 0;
-        while c0 < w {
-            let cn = C.min(w - c0);
-            let mut acc = [[0.0f32; C]; R];
-            for t in 0..d {
-                let cv = &col(t)[c0..];
-                let mut x = [0.0f32; C];
-                x[..cn].copy_from_slice(&cv[..cn]);
-                for k in 0..R {
-                    let a = rows[k][t];
-                    for l in 0..C {
-                        acc[k][l] = M::madd(a, x[l], acc[k][l]);
+    if nrows == 0 || w == 0 {
+        return;
+    }
+    // Everything the SIMD kernels touch is checked here, in safe code.
+    assert!(
+        a.len >= d && a.covers(nrows) && b.covers(d),
+        "attention tile operands"
+    );
+    assert!((nrows - 1) * ldo + w <= out.len(), "attention tile output");
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: avx512f was detected (Level::Avx512 comes from `simd()`); operand extents were
+        // checked above and the kernel masks every column past `b.len` and `w`.
+        Level::Avx512 => unsafe { x86::tile_avx512(nrows, d, a, b, off, w, out, ldo) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: avx2+fma were detected; same extents and masking as above.
+        Level::Avx2 => unsafe { x86::tile_avx2(nrows, d, a, b, off, w, out, ldo) },
+        Level::Portable => {
+            for i in 0..nrows {
+                let o = off(i / 4 * 4);
+                let arow = &a.data[i * a.ld..i * a.ld + d];
+                let orow = &mut out[i * ldo..i * ldo + w];
+                orow.fill(0.0);
+                for (t, &av) in arow.iter().enumerate() {
+                    let brow = &b.data[t * b.ld..t * b.ld + b.len];
+                    for (c, ov) in orow.iter_mut().enumerate() {
+                        if let Some(&bv) = brow.get(o + c) {
+                            *ov += av * bv;
+                        }
                     }
                 }
             }
-            for k in 0..rn {
-                out[(i + k) * ld + c0..][..cn].copy_from_slice(&acc[k][..cn]);
-            }
-            c0 += C;
         }
-        i += R;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::Mat;
+    use std::arch::x86_64::*;
+
+    /// Lanes `l < valid` of a 16-lane mask.
+    #[inline(always)]
+    fn mask16(valid: isize) -> u16 {
+        if valid >= 16 {
+            0xFFFF
+        } else if valid <= 0 {
+            0
+        } else {
+            (1u16 << valid) - 1
+        }
+    }
+
+    /// See `tile_gemm`. SAFETY (caller): avx512f available; `a` covers `nrows` rows of at least
+    /// `d` values, `b` covers `d` rows, `out` holds `(nrows - 1) * ldo + w` values.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tile_avx512(
+        nrows: usize,
+        d: usize,
+        a: Mat<'_>,
+        b: Mat<'_>,
+        off: &dyn Fn(usize) -> usize,
+        w: usize,
+        out: &mut [f32],
+        ldo: usize,
+    ) {
+        let ap = a.data.as_ptr();
+        let bp = b.data.as_ptr();
+        let op = out.as_mut_ptr();
+        let mut i = 0;
+        while i < nrows {
+            let rn = (nrows - i).min(4);
+            let o = off(i);
+            // rows past the end repeat the last real row (computed, never stored)
+            let ar: [*const f32; 4] = std::array::from_fn(|k| ap.add((i + k.min(rn - 1)) * a.ld));
+            let mut c0 = 0;
+            while c0 < w {
+                // columns valid in b (past b.len read as 0) and wanted in out
+                let vb = b.len as isize - (o + c0) as isize;
+                let vw = (w - c0) as isize;
+                let lm0 = mask16(vb.min(vw));
+                let lm1 = mask16(vb.min(vw) - 16);
+                let mut acc = [_mm512_setzero_ps(); 8];
+                let base = bp.add(o + c0);
+                for t in 0..d {
+                    let bt = base.add(t * b.ld);
+                    let b0 = _mm512_maskz_loadu_ps(lm0, bt);
+                    let b1 = _mm512_maskz_loadu_ps(lm1, bt.add(16));
+                    for k in 0..4 {
+                        let av = _mm512_set1_ps(*ar[k].add(t));
+                        acc[2 * k] = _mm512_fmadd_ps(av, b0, acc[2 * k]);
+                        acc[2 * k + 1] = _mm512_fmadd_ps(av, b1, acc[2 * k + 1]);
+                    }
+                }
+                let sm0 = mask16(vw);
+                let sm1 = mask16(vw - 16);
+                for k in 0..rn {
+                    let dst = op.add((i + k) * ldo + c0);
+                    _mm512_mask_storeu_ps(dst, sm0, acc[2 * k]);
+                    _mm512_mask_storeu_ps(dst.add(16), sm1, acc[2 * k + 1]);
+                }
+                c0 += 32;
+            }
+            i += 4;
+        }
+    }
+
+    /// Lanes `l < valid` of an 8-lane AVX2 mask.
+    #[inline(always)]
+    unsafe fn mask8(valid: isize) -> __m256i {
+        let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(valid.clamp(0, 8) as i32), idx)
+    }
+
+    /// See `tile_gemm`. SAFETY (caller): avx2 and fma available; extents as for `tile_avx512`.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tile_avx2(
+        nrows: usize,
+        d: usize,
+        a: Mat<'_>,
+        b: Mat<'_>,
+        off: &dyn Fn(usize) -> usize,
+        w: usize,
+        out: &mut [f32],
+        ldo: usize,
+    ) {
+        let ap = a.data.as_ptr();
+        let bp = b.data.as_ptr();
+        let op = out.as_mut_ptr();
+        let mut i = 0;
+        while i < nrows {
+            let rn = (nrows - i).min(4);
+            let o = off(i);
+            let ar: [*const f32; 4] = std::array::from_fn(|k| ap.add((i + k.min(rn - 1)) * a.ld));
+            let mut c0 = 0;
+            while c0 < w {
+                let vb = b.len as isize - (o + c0) as isize;
+                let vw = (w - c0) as isize;
+                let lm0 = mask8(vb.min(vw));
+                let lm1 = mask8(vb.min(vw) - 8);
+                let mut acc = [_mm256_setzero_ps(); 8];
+                let base = bp.add(o + c0);
+                for t in 0..d {
+                    let bt = base.add(t * b.ld);
+                    let b0 = _mm256_maskload_ps(bt, lm0);
+                    let b1 = _mm256_maskload_ps(bt.add(8), lm1);
+                    for k in 0..4 {
+                        let av = _mm256_set1_ps(*ar[k].add(t));
+                        acc[2 * k] = _mm256_fmadd_ps(av, b0, acc[2 * k]);
+                        acc[2 * k + 1] = _mm256_fmadd_ps(av, b1, acc[2 * k + 1]);
+                    }
+                }
+                let sm0 = mask8(vw);
+                let sm1 = mask8(vw - 8);
+                for k in 0..rn {
+                    let dst = op.add((i + k) * ldo + c0);
+                    _mm256_maskstore_ps(dst, sm0, acc[2 * k]);
+                    _mm256_maskstore_ps(dst.add(8), sm1, acc[2 * k + 1]);
+                }
+                c0 += 16;
+            }
+            i += 4;
+        }
     }
 }
 
@@ -272,8 +422,44 @@ struct Job<'a> {
     relpos: &'a RelPosTable,
 }
 
+/// In-place softmax of `x * scale`, with vectorizable reductions (16 partial lanes; the
+/// fixed-width chunks let the compiler keep each pass in vector registers).
 #[inline(always)]
-fn block<M: Madd>(job: &Job<'_>, sc: &mut Scratch, out: &mut [f32]) {
+fn softmax_scaled(x: &mut [f32], scale: f32) {
+    const L: usize = 16;
+    let split = x.len() / L * L;
+    let mut mx = [f32::NEG_INFINITY; L];
+    for ch in x[..split].chunks_exact_mut(L) {
+        for k in 0..L {
+            ch[k] *= scale;
+            mx[k] = mx[k].max(ch[k]);
+        }
+    }
+    let mut max = mx.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for v in x[split..].iter_mut() {
+        *v *= scale;
+        max = max.max(*v);
+    }
+    let mut sm = [0.0f32; L];
+    for ch in x[..split].chunks_exact_mut(L) {
+        for k in 0..L {
+            ch[k] = super::ops::exp(ch[k] - max);
+            sm[k] += ch[k];
+        }
+    }
+    let mut sum = sm.iter().sum::<f32>();
+    for v in x[split..].iter_mut() {
+        *v = super::ops::exp(*v - max);
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+#[inline(always)]
+fn block(job: &Job<'_>, sc: &mut Scratch, out: &mut [f32], level: Level) {
     let p = job.p;
     let (d, nh) = (p.head_dim, p.heads);
     let h = nh * d;
@@ -287,11 +473,11 @@ fn block<M: Madd>(job: &Job<'_>, sc: &mut Scratch, out: &mut [f32]) {
     let idx = |i: usize, j: usize| tbl[i + off - j] as usize;
 
     let cw = n + bq - 1; // c2p positions a block can touch
+    let pw = bq + 3; // p2c positions a group of 4 keys can touch
     grow(&mut sc.kt, d * n);
     grow(&mut sc.s, bq * n);
-    grow(&mut sc.c, bq * cw);
-    grow(&mut sc.pbuf, bq);
-    let Scratch { kt, s, c, pbuf } = sc;
+    grow(&mut sc.c, (bq * cw).max(n.div_ceil(4) * 4 * pw));
+    let Scratch { kt, s, c } = sc;
 
     for hd in 0..nh {
         let hs = hd * d;
@@ -302,17 +488,21 @@ fn block<M: Madd>(job: &Job<'_>, sc: &mut Scratch, out: &mut [f32]) {
                 kt[t * n + j] = v;
             }
         }
-        let q = |i: usize| &row(q0 + i)[hs..hs + d];
+        let base = job.start * 3 * h;
+        let q = Mat::new(&job.qkv[base + q0 * 3 * h + hs..], 3 * h, d);
+        let k = Mat::new(&job.qkv[base + h + hs..], 3 * h, d);
+        let v = Mat::new(&job.qkv[base + 2 * h + hs..], 3 * h, d);
+        let zero = |_: usize| 0usize;
 
         // content scores s[i, j] = q_i . k_j
-        rows_by_cols::<M>(bq, d, n, q, |t| &kt[t * n..(t + 1) * n], s, n);
+        tile_gemm(level, bq, d, q, Mat::new(kt, n, n), &zero, n, s, n);
 
-        // c2p: c[i, r - lo] = q_i . PK[r] over the block's position range, then gathered
+        // c2p: c[i, r - lo] = q_i . PK[r] over the block's position range, gathered into s
         if p.c2p {
             let lo = idx(q0, n - 1);
-            let hi = idx(q0 + bq - 1, 0);
-            let w = hi - lo + 1;
-            rows_by_cols::<M>(bq, d, w, q, |t| &job.pos_key.comp(hd, t)[lo..], c, cw);
+            let w = idx(q0 + bq - 1, 0) - lo + 1;
+            let pk = job.pos_key.head(hd);
+            tile_gemm(level, bq, d, q, pk, &|_| lo, w, c, cw);
             for i in 0..bq {
                 let (srow, crow) = (&mut s[i * n..(i + 1) * n], &c[i * cw..]);
                 for (j, sv) in srow.iter_mut().enumerate() {
@@ -321,42 +511,27 @@ fn block<M: Madd>(job: &Job<'_>, sc: &mut Scratch, out: &mut [f32]) {
             }
         }
 
-        // p2c: per key j, pbuf[r - lo_j] = k_j . PQ[r] over the rows this block needs
+        // p2c: c[j, r - lo(g)] = k_j . PQ[r], the window sliding with each group of 4 keys
+        // (g = first key of the group, whose window [idx(q0, g+3), ..] covers all 4)
         if p.p2c {
+            let pq = job.pos_query.head(hd);
+            let glo = |g: usize| idx(q0, (g + 3).min(n - 1));
+            tile_gemm(level, n, d, k, pq, &glo, pw, c, pw);
             for j in 0..n {
-                let lo = idx(q0, j);
-                let w = idx(q0 + bq - 1, j) - lo + 1;
-                let pb = &mut pbuf[..w];
-                pb.fill(0.0);
-                for t in 0..d {
-                    axpy::<M>(kt[t * n + j], &job.pos_query.comp(hd, t)[lo..lo + w], pb);
-                }
+                let lo = glo(j / 4 * 4);
+                let crow = &c[j * pw..(j + 1) * pw];
                 for i in 0..bq {
-                    s[i * n + j] += pb[idx(q0 + i, j) - lo];
+                    s[i * n + j] += crow[idx(q0 + i, j) - lo];
                 }
             }
         }
 
-        // softmax rows, then out_i = sum_j p_ij v_j
+        // softmax rows, then out[i, :] = sum_j p_ij v_j
         for i in 0..bq {
-            let srow = &mut s[i * n..(i + 1) * n];
-            let mut max = f32::NEG_INFINITY;
-            for v in srow.iter_mut() {
-                *v *= p.scale;
-                max = max.max(*v);
-            }
-            let mut sum = 0.0f32;
-            for v in srow.iter_mut() {
-                *v = (*v - max).exp();
-                sum += *v;
-            }
-            let inv = 1.0 / sum;
-            let o = &mut out[i * h + hs..i * h + hs + d];
-            o.fill(0.0);
-            for (j, &pv) in srow.iter().enumerate() {
-                axpy::<M>(pv * inv, &row(j)[2 * h + hs..2 * h + hs + d], o);
-            }
+            softmax_scaled(&mut s[i * n..(i + 1) * n], p.scale);
         }
+        let p_rows = Mat::new(s, n, n);
+        tile_gemm(level, bq, n, p_rows, v, &zero, d, &mut out[hs..], h);
     }
 }
 
@@ -456,20 +631,37 @@ mod tests {
         attention_reference(&p, &qkv, &offsets, &pk, &pq, &relpos, &mut want);
         let pkt = PosTable::from_rows(&pk, 2 * span, heads, d);
         let pqt = PosTable::from_rows(&pq, 2 * span, heads, d);
-        let mut got = vec![f32::NAN; t * h];
-        attention(&p, &qkv, &offsets, &pkt, &pqt, &relpos, &mut got);
-        let err = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(
-                0.0f32,
-                |m, e| if e.is_nan() { f32::INFINITY } else { m.max(e) },
+        for level in levels() {
+            let mut got = vec![f32::NAN; t * h]; // poisoned: every element must be written
+            attention_at(level, &p, &qkv, &offsets, &pkt, &pqt, &relpos, &mut got);
+            let err = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(
+                    0.0f32,
+                    |m, e| if e.is_nan() { f32::INFINITY } else { m.max(e) },
+                );
+            assert!(
+                err < 2e-5,
+                "{level:?}: lens {lens:?} d {d} buckets {buckets}: max err {err}"
             );
-        assert!(
-            err < 2e-5,
-            "lens {lens:?} d {d} buckets {buckets}: max err {err}"
-        );
+        }
+    }
+
+    /// Every instruction-set level this machine can run.
+    fn levels() -> Vec<Level> {
+        let mut v = vec![Level::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                v.push(Level::Avx2);
+            }
+            if is_x86_feature_detected!("avx512f") {
+                v.push(Level::Avx512);
+            }
+        }
+        v
     }
 
     #[test]
@@ -480,5 +672,8 @@ mod tests {
         check(&[64, 17], 2, 64, 8, 32, false, true);
         check(&[130], 1, 64, 256, 512, true, true);
         check(&[70, 3, 31], 6, 64, 32, 128, false, false);
+        check(&[257, 9], 2, 32, 256, 512, true, true);
+        check(&[45], 1, 128, 16, 64, true, true);
+        check(&[20], 2, 100, -1, 24, true, true);
     }
 }
