@@ -203,6 +203,7 @@ impl Embeddings {
 }
 
 /// The backbone on its device.
+#[allow(clippy::large_enum_variant)] // one per Embedder; the CPU variant is the big one
 enum Engine {
     Cpu {
         model: CpuModel,

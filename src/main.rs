@@ -576,6 +576,26 @@ fn bench(a: BenchArgs) -> Result<()> {
                 Box::new(move || e.encode_ids(&ids).map(|_| ()).map_err(Into::into)),
             )
         }
+        #[cfg(feature = "cuda")]
+        (None, Some(_)) if matches!(device, Device::Cuda(_)) => {
+            let Device::Cuda(ordinal) = device else {
+                unreachable!()
+            };
+            let m = deberta_embed::backend::cuda::synthetic_xsmall(ordinal, precision)?;
+            if a.seq_len > m.config().max_position_embeddings {
+                bail!("--seq-len must be <= 512 for xsmall");
+            }
+            let ids = make_ids(m.config().vocab_size);
+            let modes = [deberta_embed::PoolingMode::Mean];
+            (
+                "synthetic xsmall".to_string(),
+                Box::new(move || {
+                    m.encode_batches(&ids, ids.len().max(1), &modes)
+                        .map(|_| ())
+                        .map_err(Into::into)
+                }),
+            )
+        }
         (None, Some(_)) => {
             if device != Device::Cpu {
                 bail!("--synthetic runs on the CPU only in this build");
