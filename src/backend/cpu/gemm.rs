@@ -31,9 +31,8 @@
 //! naive loop ([`reference_linear`]).
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::OnceLock;
-
-use rayon::prelude::*;
 
 mod portable;
 #[cfg(test)]
@@ -258,40 +257,128 @@ pub fn linear_with(
 
     let plan = Plan::new(level, m, n, k, rayon::current_num_threads());
     let tiles = plan.m_blocks * plan.n_groups;
-    let out_ptr = OutPtr(out.as_mut_ptr());
-    let run = |xp: Option<&[f32]>| {
-        let ctx = TaskCtx {
-            level,
-            plan: &plan,
-            x,
-            xp,
-            m,
-            n,
-            k,
-            w: w.data(),
-            ep,
-            out: out_ptr,
-        };
-        if tiles == 1 {
-            ctx.run(0, 0);
-        } else {
-            (0..tiles)
-                .into_par_iter()
-                .with_max_len(1)
-                .for_each(|t| ctx.run(t / plan.n_groups, t % plan.n_groups));
-        }
+    let ctx = TaskCtx {
+        level,
+        plan: &plan,
+        x,
+        xp: None,
+        m,
+        n,
+        k,
+        w: w.data(),
+        ep,
+        out: SharedPtr(out.as_mut_ptr()),
     };
+    let tile = |t: usize| ctx.run(t / plan.n_groups, t % plan.n_groups);
     if plan.n_groups == 1 {
         // Each tile packs its own rows of x, one k-block at a time (cache-friendly).
-        run(None);
+        run_jobs(plan.threads, 0, &|_| {}, tiles, &tile);
     } else {
-        // Several tiles share each m-block: pack x once for all of them.
-        X_SHARED.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut buf) => run(Some(plan.pack_all(x, m, k, &mut buf))),
-            // Re-entered on this thread (a nested `linear` inside a rayon job this thread
-            // stole while waiting): use a private buffer.
-            Err(_) => run(Some(plan.pack_all(x, m, k, &mut Vec::new()))),
+        // Several tiles share each m-block: pack x once, in parallel units of one
+        // (m-block, k-block), before any tile runs.
+        X_SHARED.with(|cell| {
+            let mut private = Vec::new();
+            let mut borrowed = cell.try_borrow_mut();
+            let buf: &mut Vec<f32> = match borrowed {
+                Ok(ref mut b) => b,
+                // Re-entered on this thread (a nested `linear` inside a rayon job this thread
+                // ran while waiting): use a private buffer.
+                Err(_) => &mut private,
+            };
+            buf.clear();
+            buf.resize(m * k, 0.0);
+            let ctx = TaskCtx {
+                xp: Some(SharedPtr(buf.as_mut_ptr())),
+                ..ctx
+            };
+            let k_blocks = k.div_ceil(plan.kc);
+            let pack = |u: usize| ctx.pack_unit(u / k_blocks, u % k_blocks);
+            let tile = |t: usize| ctx.run(t / plan.n_groups, t % plan.n_groups);
+            run_jobs(plan.threads, plan.m_blocks * k_blocks, &pack, tiles, &tile);
         });
+    }
+}
+
+/// Run the jobs `unit(0 .. units)`, then, once every one of them has finished, the jobs
+/// `tile(0 .. tiles)`, on the calling thread plus up to `threads - 1` rayon helpers. Every
+/// participant claims the next job from a shared counter, so the caller starts at once and a
+/// helper that wakes up late simply finds less left to do; the caller spins (rather than
+/// sleeps) for jobs still running on helpers, which matters for GEMMs of a few microseconds.
+fn run_jobs(
+    threads: usize,
+    units: usize,
+    unit: &(dyn Fn(usize) + Sync),
+    tiles: usize,
+    tile: &(dyn Fn(usize) + Sync),
+) {
+    let helpers = threads.min(tiles).saturating_sub(1);
+    if helpers == 0 {
+        (0..units).for_each(unit);
+        (0..tiles).for_each(tile);
+        return;
+    }
+    let (next_unit, units_done) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let (next_tile, tiles_done) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    // Set when a participant panics, so the others stop waiting for its jobs (the panic is
+    // then re-raised by the scope).
+    let failed = AtomicBool::new(false);
+    let work = || {
+        let _flag = PanicFlag(&failed);
+        loop {
+            let u = next_unit.fetch_add(1, Ordering::Relaxed);
+            if u >= units {
+                break;
+            }
+            unit(u);
+            units_done.fetch_add(1, Ordering::Release);
+        }
+        // Barrier: the tiles read what the units wrote (Release above, Acquire here).
+        if !spin_until(|| units_done.load(Ordering::Acquire) >= units, &failed) {
+            return;
+        }
+        loop {
+            let t = next_tile.fetch_add(1, Ordering::Relaxed);
+            if t >= tiles {
+                break;
+            }
+            tile(t);
+            tiles_done.fetch_add(1, Ordering::Release);
+        }
+    };
+    rayon::in_place_scope(|s| {
+        for _ in 0..helpers {
+            s.spawn(|_| work());
+        }
+        work();
+        spin_until(|| tiles_done.load(Ordering::Acquire) >= tiles, &failed);
+    });
+}
+
+/// Spin (yielding now and then) until `done()`; false if `failed` was raised first.
+fn spin_until(done: impl Fn() -> bool, failed: &AtomicBool) -> bool {
+    let mut spins = 0u32;
+    while !done() {
+        if failed.load(Ordering::Relaxed) {
+            return false;
+        }
+        spins = spins.wrapping_add(1);
+        if spins & 63 == 0 {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+    true
+}
+
+/// Raises the flag if dropped during a panic.
+struct PanicFlag<'a>(&'a AtomicBool);
+
+impl Drop for PanicFlag<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::Relaxed);
+        }
     }
 }
 
@@ -354,8 +441,6 @@ const MC_PANELS: usize = 8;
 const NC_PANELS: usize = 8;
 /// Fewest x panels per m-block when m is split for parallelism.
 const MIN_BLOCK_PANELS: usize = 2;
-/// Below this many x elements a shared pre-pack runs on the calling thread.
-const PARALLEL_PACK_MIN: usize = 1 << 16;
 /// Below this many flops the whole product runs on the calling thread.
 const PARALLEL_MIN_FLOPS: usize = 1 << 21;
 /// Tiles wanted per thread, for load balance.
@@ -375,6 +460,8 @@ struct Plan {
     n_groups: usize,
     /// Most rows per micro-kernel call.
     mr: usize,
+    /// Threads to run the tiles on (1: all on the calling thread).
+    threads: usize,
 }
 
 impl Plan {
@@ -411,47 +498,13 @@ impl Plan {
             ng_panels,
             n_groups,
             mr,
+            threads: if parallel { threads } else { 1 },
         }
     }
 
     /// Rows in m-block `mb`.
     fn block_rows(&self, m: usize, mb: usize) -> usize {
         self.mc.min(m - mb * self.mc)
-    }
-
-    /// Pack all of x, block by block, into `buf`: m-block `mb`, k-block at `pc` sits at
-    /// `mb * mc * k + rows(mb) * pc` (see `pack_x_block` for the layout inside).
-    fn pack_all<'b>(&self, x: &[f32], m: usize, k: usize, buf: &'b mut Vec<f32>) -> &'b [f32] {
-        buf.clear();
-        buf.resize(m * k, 0.0);
-        let k_blocks = k.div_ceil(self.kc);
-        let pack = |mb: usize, kb: usize, dst: &mut [f32]| {
-            let rows = self.block_rows(m, mb);
-            let pc = kb * self.kc;
-            let kc = self.kc.min(k - pc);
-            pack_x_block(
-                x,
-                k,
-                mb * self.mc,
-                rows,
-                pc,
-                kc,
-                self.mr,
-                &mut dst[rows * pc..],
-            );
-        };
-        if m * k < PARALLEL_PACK_MIN {
-            for (mb, dst) in buf.chunks_mut(self.mc * k).enumerate() {
-                for kb in 0..k_blocks {
-                    pack(mb, kb, dst);
-                }
-            }
-        } else {
-            buf.par_chunks_mut(self.mc * k)
-                .enumerate()
-                .for_each(|(mb, dst)| (0..k_blocks).for_each(|kb| pack(mb, kb, dst)));
-        }
-        buf
     }
 }
 
@@ -519,23 +572,25 @@ fn pack_x_block(
     }
 }
 
-/// The output pointer shared by the parallel tiles.
+/// A buffer pointer shared by the parallel jobs: `out`, or the shared packed x.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: the pointer is only dereferenced inside `TaskCtx::run_with`, and distinct (m-block,
-// n-group) tiles write disjoint rectangles of `out`, which `linear_with` borrows mutably for
-// the whole parallel section; so sharing the pointer between threads cannot race.
-unsafe impl Send for OutPtr {}
+struct SharedPtr(*mut f32);
+// SAFETY: the pointers are only dereferenced in `TaskCtx::run_with` and `TaskCtx::pack_unit`.
+// Distinct tiles write disjoint rectangles of `out`; distinct pack units write disjoint
+// ranges of the packed x, and tiles only read it after the barrier in `run_jobs`; both
+// buffers are exclusively borrowed by `linear_with` for the whole parallel section. So
+// sharing the pointers between threads cannot race.
+unsafe impl Send for SharedPtr {}
 // SAFETY: see `Send` above.
-unsafe impl Sync for OutPtr {}
+unsafe impl Sync for SharedPtr {}
 
 /// Everything one tile needs.
 struct TaskCtx<'a> {
     level: SimdLevel,
     plan: &'a Plan,
     x: &'a [f32],
-    /// x pre-packed by `Plan::pack_all`, when tiles share m-blocks
-    xp: Option<&'a [f32]>,
+    /// x pre-packed by `pack_unit` (m * k floats), when several tiles share an m-block
+    xp: Option<SharedPtr>,
     m: usize,
     n: usize,
     k: usize,
@@ -543,17 +598,34 @@ struct TaskCtx<'a> {
     w: &'a [f32],
     ep: Epilogue<'a>,
     /// `out[..m * n]`, row-major with row stride `n`
-    out: OutPtr,
+    out: SharedPtr,
 }
 
 thread_local! {
     /// Per-thread buffer for the x block a tile packs, reused across calls.
     static X_PACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// Per-thread buffer for all of x packed by the calling thread (`Plan::pack_all`).
+    /// Per-thread buffer for all of x packed up front (`TaskCtx::pack_unit`), owned by the
+    /// thread that called `linear`.
     static X_SHARED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 impl TaskCtx<'_> {
+    /// Pack unit (`mb`, `kb`) of the shared packed x: the rows of m-block `mb`, k-block `kb`,
+    /// at offset `mb * mc * k + rows * pc` (see `pack_x_block` for the layout inside).
+    fn pack_unit(&self, mb: usize, kb: usize) {
+        let (p, k) = (self.plan, self.k);
+        let xp = self.xp.expect("shared x buffer");
+        let rows = p.block_rows(self.m, mb);
+        let pc = kb * p.kc;
+        let kc = p.kc.min(k - pc);
+        let off = mb * p.mc * k + rows * pc;
+        // SAFETY: `off + rows * kc <= (mb * mc + rows) * k <= m * k`, the buffer's length, so
+        // the range is inside it; units write disjoint ranges, and no tile reads the buffer
+        // before every unit has finished (`run_jobs` barrier), so this is the only access.
+        let dst = unsafe { std::slice::from_raw_parts_mut(xp.0.add(off), rows * kc) };
+        pack_x_block(self.x, k, mb * p.mc, rows, pc, kc, p.mr, dst);
+    }
+
     /// Compute tile (`mb`, `ng`): the rows of m-block `mb`, the columns of n-group `ng`.
     fn run(&self, mb: usize, ng: usize) {
         X_PACK.with(|cell| match cell.try_borrow_mut() {
@@ -579,7 +651,12 @@ impl TaskCtx<'_> {
             let first = pc == 0;
             let last = pc + kc == k;
             let xb: &[f32] = match self.xp {
-                Some(xp) => &xp[i0 * k + rows * pc..][..rows * kc],
+                // SAFETY: the range is the one `pack_unit(mb, pc / kc)` wrote (inside the
+                // m * k buffer, see there); all units finished before any tile started
+                // (`run_jobs` barrier, Release/Acquire), and nothing writes it any more.
+                Some(xp) => unsafe {
+                    std::slice::from_raw_parts(xp.0.add(i0 * k + rows * pc), rows * kc)
+                },
                 None => {
                     buf.clear();
                     buf.resize(rows * kc, 0.0);
@@ -602,7 +679,7 @@ impl TaskCtx<'_> {
                         // SAFETY: `row + mr <= m` and `j0 + nr <= n`, so the tile rows
                         // `row .. row + mr`, columns `j0 .. j0 + nr` with stride `n` lie inside
                         // `out[..m * n]`; this rectangle belongs to this tile only (tiles are
-                        // disjoint, see `OutPtr`), and `out` is exclusively borrowed by
+                        // disjoint, see `SharedPtr`), and `out` is exclusively borrowed by
                         // `linear_with` for the duration. `a` holds `mr * kc` and `b` `kc * NR`
                         // floats, and `mr <= level.mr()`, as `micro_kernel` requires. When
                         // `!first` the tile was fully written by the previous k-block.

@@ -230,3 +230,59 @@ fn gemm_rejects_short_residual() {
         &mut out,
     );
 }
+
+#[test]
+fn run_jobs_runs_units_before_tiles_once_each() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    for (threads, pool) in pools() {
+        for (units, tiles) in [(0, 1), (0, 9), (1, 1), (3, 2), (7, 40)] {
+            let unit_runs: Vec<AtomicUsize> = (0..units).map(|_| AtomicUsize::new(0)).collect();
+            let tile_runs: Vec<AtomicUsize> = (0..tiles).map(|_| AtomicUsize::new(0)).collect();
+            let units_seen = AtomicUsize::new(0);
+            pool.install(|| {
+                run_jobs(
+                    threads,
+                    units,
+                    &|u| {
+                        unit_runs[u].fetch_add(1, Ordering::SeqCst);
+                        units_seen.fetch_add(1, Ordering::SeqCst);
+                    },
+                    tiles,
+                    &|t| {
+                        assert_eq!(
+                            units_seen.load(Ordering::SeqCst),
+                            units,
+                            "tile before units"
+                        );
+                        tile_runs[t].fetch_add(1, Ordering::SeqCst);
+                    },
+                )
+            });
+            assert!(unit_runs.iter().all(|c| c.load(Ordering::SeqCst) == 1));
+            assert!(tile_runs.iter().all(|c| c.load(Ordering::SeqCst) == 1));
+        }
+    }
+}
+
+#[test]
+fn run_jobs_propagates_panics_without_hanging() {
+    for (threads, pool) in pools() {
+        for in_unit in [true, false] {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pool.install(|| {
+                    run_jobs(
+                        threads,
+                        4,
+                        &|u| assert!(!(in_unit && u == 2), "unit 2 fails"),
+                        6,
+                        &|t| assert!(in_unit || t != 3, "tile 3 fails"),
+                    )
+                })
+            }));
+            assert!(
+                r.is_err(),
+                "{threads} threads, in_unit {in_unit}: panic lost"
+            );
+        }
+    }
+}
