@@ -164,7 +164,7 @@ pub struct Embeddings {
 impl Embeddings {
     /// Wrap row-major data of width `dim`.
     pub fn from_vec(data: Vec<f32>, dim: usize) -> Result<Self> {
-        if dim == 0 || data.len() % dim != 0 {
+        if dim == 0 || !data.len().is_multiple_of(dim) {
             return Err(Error::Input(format!(
                 "{} values do not form rows of width {dim}",
                 data.len()
@@ -536,22 +536,6 @@ fn check_device(device: Device, precision: Precision) -> Result<()> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::token_batches;
-
-    #[test]
-    fn batches_respect_count_and_token_budget() {
-        let lens = [10, 8, 8, 5, 3, 3, 1];
-        let order: Vec<usize> = (0..lens.len()).collect();
-        let groups: Vec<Vec<usize>> = token_batches(&order, |i| lens[i], 3, 16)
-            .map(<[usize]>::to_vec)
-            .collect();
-        assert_eq!(groups, vec![vec![0], vec![1, 2], vec![3, 4, 5], vec![6]]);
-        let all: Vec<usize> = token_batches(&order, |i| lens[i], 100, 1).flatten().copied().collect();
-        assert_eq!(all, order, "every item exactly once, oversize items alone");
-    }
-}
 
 #[cfg(not(feature = "cuda"))]
 fn no_cuda() -> Error {
@@ -567,5 +551,22 @@ fn build_pool(threads: Option<usize>) -> Result<Option<rayon::ThreadPool>> {
             .build()
             .map(Some)
             .map_err(|e| Error::Device(format!("cannot start {n} threads: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_batches;
+
+    #[test]
+    fn batches_respect_count_and_token_budget() {
+        let lens = [10, 8, 8, 5, 3, 3, 1];
+        let order: Vec<usize> = (0..lens.len()).collect();
+        let groups: Vec<Vec<usize>> = token_batches(&order, |i| lens[i], 3, 16)
+            .map(<[usize]>::to_vec)
+            .collect();
+        assert_eq!(groups, vec![vec![0], vec![1, 2], vec![3, 4, 5], vec![6]]);
+        let all: Vec<usize> = token_batches(&order, |i| lens[i], 100, 1).flatten().copied().collect();
+        assert_eq!(all, order, "every item exactly once, oversize items alone");
     }
 }

@@ -893,7 +893,7 @@ impl<'a> Unpickler<'a> {
     }
 
     fn pairs(&self, items: Vec<Id>) -> PResult<Vec<(Id, Id)>> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(format!(
                 "odd number of items for a dict at byte {}",
                 self.op_pos

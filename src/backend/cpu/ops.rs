@@ -16,7 +16,7 @@ pub fn gelu(x: f32) -> f32 {
                 + t * (0.096_784_18
                     + t * (-0.186_288_06
                         + t * (0.278_868_07
-                            + t * (-1.135_203_9
+                            + t * (-1.135_204
                                 + t * (1.488_515_9 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
     let erfc = t * exp(poly - z * z);
     let one_plus_erf = if x >= 0.0 { 2.0 - erfc } else { erfc };
@@ -55,7 +55,7 @@ const ROWS_PER_TASK: usize = 32;
 
 /// In-place LayerNorm over each row of `x` ([rows, n]), statistics in f64.
 pub fn layer_norm_rows(x: &mut [f32], n: usize, w: &[f32], b: &[f32], eps: f32) {
-    assert!(w.len() == n && b.len() == n && x.len() % n == 0);
+    assert!(w.len() == n && b.len() == n && x.len().is_multiple_of(n));
     x.par_chunks_mut(n * ROWS_PER_TASK).for_each(|chunk| {
         for row in chunk.chunks_exact_mut(n) {
             layer_norm(row, w, b, eps);
