@@ -34,6 +34,7 @@ pub mod backend;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod eval;
 pub mod model;
 pub mod pooling;
 pub mod relpos;

@@ -1,4 +1,4 @@
-//! The `deberta-embed` command line: embed, similarity, info, bench.
+//! The `deberta-embed` command line: embed, similarity, info, bench, eval.
 
 use std::io::{BufWriter, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -8,6 +8,8 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use deberta_embed::{Device, Embedder, EmbedderOptions, Embeddings, Precision, Similarity};
+
+mod cli_eval;
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +32,8 @@ enum Command {
     Info(InfoArgs),
     /// Time the forward + pooling on fixed-shape inputs (B sequences of exactly L tokens).
     Bench(BenchArgs),
+    /// Evaluate a model on labelled sentence pairs, as sentence-transformers' evaluators do.
+    Eval(cli_eval::EvalArgs),
 }
 
 #[derive(clap::Args)]
@@ -182,6 +186,7 @@ fn main() -> ExitCode {
         Command::Similarity(a) => similarity(a),
         Command::Info(a) => info(a),
         Command::Bench(a) => bench(a),
+        Command::Eval(a) => cli_eval::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
