@@ -3,27 +3,34 @@
 //! # Design
 //!
 //! A packed, cache-blocked GEMM in the BLIS/GotoBLAS style, with a register-tiled micro-kernel
-//! chosen at run time (`is_x86_feature_detected!`):
+//! chosen at run time (`is_x86_feature_detected!`; [`simd_level`], [`SIMD_ENV`] to force one):
 //!
-//! | level      | micro-tile (rows x cols)        | registers                             |
-//! |------------|---------------------------------|---------------------------------------|
-//! | `Avx512`   | up to 14 x 32                   | 28 zmm accumulators + 2 W loads       |
-//! | `Avx2`     | up to 6 x 16 (two per W panel)  | 12 ymm accumulators + 2 W loads       |
-//! | `Portable` | up to 4 x 16 (two per W panel)  | plain Rust, auto-vectorised; always compiled |
+//! | level      | micro-tile (rows x cols)       | registers                                  |
+//! |------------|--------------------------------|--------------------------------------------|
+//! | `Avx512`   | up to 14 x 32                  | 28 zmm accumulators + 2 W + 1 broadcast    |
+//! | `Avx2`     | up to 6 x 16, twice per panel  | 12 ymm accumulators + 2 W + 1 broadcast    |
+//! | `Neon`     | up to 6 x 16, twice per panel  | 24 q accumulators + 4 W (aarch64)          |
+//! | `Portable` | up to 4 x 16, twice per panel  | plain Rust, auto-vectorised; always built  |
 //!
 //! * **W** is packed once, in [`PackedWeight::new`], into column panels of [`NR`] = 32 output
 //!   features: panel `q` holds, for every `p` in `0..k`, the 32 values `W[32q .. 32q+32, p]`
 //!   contiguously (the last panel zero-padded), 64-byte aligned. All levels share this layout,
 //!   so one packed weight runs on any level.
-//! * **x** is packed per (task, k-block) into row panels of `mr <= MR` rows, `mr` values per
-//!   `p`, so the micro-kernel reads both operands as unit-stride streams.
+//! * **x** is packed per (m-block, k-block) into row panels of `mr` rows (the block's rows
+//!   split evenly, so m = 16 gives two 8-row panels, not 14 + 2), `mr` values per `p`: the
+//!   micro-kernel reads both operands as unit-stride streams. Edge rows run a kernel compiled
+//!   for exactly that many rows; edge columns use masked (AVX-512) or buffered stores.
 //! * **Blocking**: k is split into blocks of `KC` (k itself when k <= 512, else even blocks of
-//!   about 384; 1536 -> 4 x 384), so one x panel (14 x 384 x 4 B = 21 KB) stays in the 32 KB L1
-//!   while the micro-kernel streams W panels (`NC x KC`, at most 256 x 384 x 4 B = 384 KB) from
-//!   the ~1 MB L2. The packed x block (`MC x KC`, MC <= 8 panels = 112 rows) is L2 resident too.
-//! * **Parallelism**: rayon over (m-block, n-block) tiles; n-blocks are narrowed (down to one
-//!   32-wide panel) until there are about four tiles per thread, so even m = 16 (one 16-token
-//!   sentence) keeps every core busy. Each tile owns a disjoint rectangle of `out`.
+//!   about 384: 1536 -> 4 x 384), so one x panel (14 x 384 x 4 B = 21 KB) fits the 32 KB L1
+//!   while the micro-kernel streams the W panels of an n-block (`NC x KC` <= 256 x 512 x 4 B)
+//!   from the 1 MB L2, prefetching W 8 k-steps ahead; the packed x block (m-block of at most
+//!   8 panels = 112 rows) is L2-resident too. Later k-blocks add into `out`.
+//! * **Parallelism**: tiles are (m-block, n-group) pairs. m is split first (blocks of >= 2
+//!   panels, about four tiles per thread); when m is too small for that (m = 16: one sentence)
+//!   the columns are split into n-groups too, and x is packed once up front for all of them.
+//!   The calling thread and `threads - 1` rayon helpers claim pack units, then tiles, from
+//!   atomic counters (see `run_jobs`), so a small GEMM does not wait for workers to wake up.
+//!   Each tile owns a disjoint rectangle of `out`.
 //! * **Epilogue**: applied to each micro-tile right after its last k-block is written, while the
 //!   tile is still in L1 (bias; bias + exact GELU via [`super::ops::gelu`]; bias + residual).
 //!
@@ -34,6 +41,18 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
+/// Dispatch an `mr` known at run time to a const-generic kernel `$f::<MR>`.
+macro_rules! by_mr {
+    ($mr:expr, $f:ident, $args:tt, [$($n:literal),*]) => {
+        match $mr {
+            $($n => $f::<$n> $args,)*
+            _ => unreachable!("mr out of range"),
+        }
+    };
+}
+
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod portable;
 #[cfg(test)]
 mod tests;
@@ -45,7 +64,8 @@ mod x86;
 /// Width (output features) of one packed W panel, shared by every kernel level.
 pub const NR: usize = 32;
 
-/// Environment variable that forces a dispatch level (`portable`, `avx2`, `avx512`); read once.
+/// Environment variable that forces a dispatch level (`portable`, `avx2`, `avx512`, `neon`);
+/// read once.
 /// A level this CPU cannot run is ignored (the detected level is used instead).
 pub const SIMD_ENV: &str = "DEBERTA_GEMM_SIMD";
 
@@ -58,11 +78,18 @@ pub enum SimdLevel {
     Avx2,
     /// x86-64 AVX-512F.
     Avx512,
+    /// aarch64 Advanced SIMD (NEON).
+    Neon,
 }
 
 impl SimdLevel {
     /// All levels, slowest first.
-    pub const ALL: [SimdLevel; 3] = [SimdLevel::Portable, SimdLevel::Avx2, SimdLevel::Avx512];
+    pub const ALL: [SimdLevel; 4] = [
+        SimdLevel::Portable,
+        SimdLevel::Avx2,
+        SimdLevel::Avx512,
+        SimdLevel::Neon,
+    ];
 
     /// Whether this CPU can run the level.
     pub fn is_available(self) -> bool {
@@ -74,6 +101,10 @@ impl SimdLevel {
             SimdLevel::Avx512 => is_x86_feature_detected!("avx512f"),
             #[cfg(not(target_arch = "x86_64"))]
             SimdLevel::Avx2 | SimdLevel::Avx512 => false,
+            #[cfg(target_arch = "aarch64")]
+            SimdLevel::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[cfg(not(target_arch = "aarch64"))]
+            SimdLevel::Neon => false,
         }
     }
 
@@ -93,6 +124,7 @@ impl SimdLevel {
             "portable" | "scalar" | "generic" => Some(SimdLevel::Portable),
             "avx2" => Some(SimdLevel::Avx2),
             "avx512" | "avx512f" | "avx-512" => Some(SimdLevel::Avx512),
+            "neon" => Some(SimdLevel::Neon),
             _ => None,
         }
     }
@@ -103,6 +135,7 @@ impl SimdLevel {
             SimdLevel::Portable => "portable",
             SimdLevel::Avx2 => "avx2",
             SimdLevel::Avx512 => "avx512",
+            SimdLevel::Neon => "neon",
         }
     }
 
@@ -116,6 +149,10 @@ impl SimdLevel {
             SimdLevel::Avx512 => x86::AVX512_MR,
             #[cfg(not(target_arch = "x86_64"))]
             SimdLevel::Avx2 | SimdLevel::Avx512 => portable::MR,
+            #[cfg(target_arch = "aarch64")]
+            SimdLevel::Neon => neon::NEON_MR,
+            #[cfg(not(target_arch = "aarch64"))]
+            SimdLevel::Neon => portable::MR,
         }
     }
 }
@@ -139,7 +176,7 @@ pub fn simd_level() -> SimdLevel {
     })
 }
 
-/// 64 floats' worth of storage aligned to a cache line, so packed panels start on a line.
+/// 16 floats (one 64-byte cache line), line-aligned, so packed panels start on a line.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 struct Line([f32; 16]);
@@ -406,8 +443,60 @@ pub fn reference_linear(
     }
 }
 
-/// Apply the epilogue to `row` = columns `j0 .. j0 + row.len()` of output row `i` (`n` columns).
+/// Apply the epilogue to the `mr x nr` tile at `c` = `out[row0, j0]` (row stride `n`), in a
+/// function compiled for `level`'s vector ISA so the bias / GELU / residual loops vectorize.
+///
+/// # Safety
+/// `level` must be available; the tile (rows `row0 .. row0 + mr`, columns `j0 .. j0 + nr` of
+/// the `[m, n]` output) must be valid for reads and writes and not accessed otherwise meanwhile.
+#[allow(clippy::too_many_arguments)]
 #[inline]
+unsafe fn epilogue_tile(
+    level: SimdLevel,
+    ep: Epilogue<'_>,
+    c: *mut f32,
+    mr: usize,
+    nr: usize,
+    row0: usize,
+    j0: usize,
+    n: usize,
+) {
+    match level {
+        // SAFETY: forwarded contract; AVX-512F was detected (`level` is available).
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => unsafe { x86::epilogue_avx512(ep, c, mr, nr, row0, j0, n) },
+        // SAFETY: forwarded contract; AVX2 and FMA were detected (`level` is available).
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 => unsafe { x86::epilogue_avx2(ep, c, mr, nr, row0, j0, n) },
+        // SAFETY: forwarded contract.
+        _ => unsafe { epilogue_tile_generic(ep, c, mr, nr, row0, j0, n) },
+    }
+}
+
+/// The body of [`epilogue_tile`], inlined into each ISA-specific wrapper.
+///
+/// # Safety
+/// As [`epilogue_tile`].
+#[inline(always)]
+unsafe fn epilogue_tile_generic(
+    ep: Epilogue<'_>,
+    c: *mut f32,
+    mr: usize,
+    nr: usize,
+    row0: usize,
+    j0: usize,
+    n: usize,
+) {
+    for r in 0..mr {
+        // SAFETY: row r of the tile, columns j0 .. j0 + nr: valid and exclusively ours
+        // (contract).
+        let tile_row = unsafe { std::slice::from_raw_parts_mut(c.add(r * n), nr) };
+        apply_epilogue_row(ep, tile_row, row0 + r, j0, n);
+    }
+}
+
+/// Apply the epilogue to `row` = columns `j0 .. j0 + row.len()` of output row `i` (`n` columns).
+#[inline(always)]
 fn apply_epilogue_row(ep: Epilogue<'_>, row: &mut [f32], i: usize, j0: usize, n: usize) {
     let len = row.len();
     match ep {
@@ -687,10 +776,7 @@ impl TaskCtx<'_> {
                             let c = self.out.0.add(row * n + j0);
                             micro_kernel(self.level, mr, kc, a, b, c, n, nr, !first);
                             if last && !matches!(self.ep, Epilogue::None) {
-                                for r in 0..mr {
-                                    let tile_row = std::slice::from_raw_parts_mut(c.add(r * n), nr);
-                                    apply_epilogue_row(self.ep, tile_row, row + r, j0, n);
-                                }
+                                epilogue_tile(self.level, self.ep, c, mr, nr, row, j0, n);
                             }
                         }
                     }
@@ -736,5 +822,10 @@ unsafe fn micro_kernel(
         SimdLevel::Avx512 => unsafe { x86::avx512_kernel(mr, kc, a, b, c, ldc, nr, accumulate) },
         #[cfg(not(target_arch = "x86_64"))]
         SimdLevel::Avx2 | SimdLevel::Avx512 => unreachable!("x86 level on a non-x86 CPU"),
+        // SAFETY: forwarded contract; `level` is available, i.e. NEON was detected.
+        #[cfg(target_arch = "aarch64")]
+        SimdLevel::Neon => unsafe { neon::neon_kernel(mr, kc, a, b, c, ldc, nr, accumulate) },
+        #[cfg(not(target_arch = "aarch64"))]
+        SimdLevel::Neon => unreachable!("NEON level on a non-aarch64 CPU"),
     }
 }

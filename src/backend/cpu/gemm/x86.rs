@@ -9,7 +9,7 @@
 
 use std::arch::x86_64::*;
 
-use super::NR;
+use super::{Epilogue, NR};
 
 /// Most rows per AVX-512 micro-kernel call: 14 rows x 2 zmm = 28 accumulators, plus the two W
 /// vectors (the x value is an embedded-broadcast memory operand of the FMA).
@@ -19,16 +19,6 @@ pub(super) const AVX2_MR: usize = 6;
 
 /// How far ahead (in floats of the W panel, i.e. 8 k-steps = 1 KB) the kernels prefetch W.
 const PF_AHEAD: usize = 8 * NR;
-
-/// Dispatch an `mr` known at run time to a const-generic kernel `$f::<MR>`.
-macro_rules! by_mr {
-    ($mr:expr, $f:ident, $args:tt, [$($n:literal),*]) => {
-        match $mr {
-            $($n => $f::<$n> $args,)*
-            _ => unreachable!("mr out of range"),
-        }
-    };
-}
 
 /// AVX-512 micro-kernel, see `super::micro_kernel` for the contract.
 ///
@@ -245,4 +235,40 @@ unsafe fn avx2_tile<const MR: usize>(
             }
         }
     }
+}
+
+/// `super::epilogue_tile` compiled for AVX-512 (the bias, GELU and residual loops vectorize).
+///
+/// # Safety
+/// AVX-512F available, and the contract of `super::epilogue_tile`.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn epilogue_avx512(
+    ep: Epilogue<'_>,
+    c: *mut f32,
+    mr: usize,
+    nr: usize,
+    row0: usize,
+    j0: usize,
+    n: usize,
+) {
+    // SAFETY: forwarded contract.
+    unsafe { super::epilogue_tile_generic(ep, c, mr, nr, row0, j0, n) }
+}
+
+/// `super::epilogue_tile` compiled for AVX2 + FMA.
+///
+/// # Safety
+/// AVX2 and FMA available, and the contract of `super::epilogue_tile`.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn epilogue_avx2(
+    ep: Epilogue<'_>,
+    c: *mut f32,
+    mr: usize,
+    nr: usize,
+    row0: usize,
+    j0: usize,
+    n: usize,
+) {
+    // SAFETY: forwarded contract.
+    unsafe { super::epilogue_tile_generic(ep, c, mr, nr, row0, j0, n) }
 }
