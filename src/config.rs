@@ -664,6 +664,9 @@ pub fn parse_pooling(path: &Path) -> Result<Vec<PoolingMode>> {
     Ok(ordered)
 }
 
+/// Longest max_seq_length accepted (sizes a table at load time; DeBERTa models use <= 8k).
+pub const MAX_SEQ_LIMIT: usize = 1 << 16;
+
 /// `max_seq_length` as sentence-transformers resolves it: sentence_bert_config.json, else
 /// `min(max_position_embeddings, tokenizer_config.json model_max_length)`.
 pub fn resolve_max_seq_length(
@@ -680,12 +683,17 @@ pub fn resolve_max_seq_length(
         match v.get("max_seq_length") {
             None | Some(Value::Null) => {}
             Some(x) => {
-                let n = x.as_u64().filter(|&n| n >= 2).ok_or_else(|| {
-                    Error::config(
-                        &sbert,
-                        format!("field `max_seq_length` must be an integer >= 2, found {x}"),
-                    )
-                })?;
+                let n = x
+                    .as_u64()
+                    .filter(|&n| (2..=MAX_SEQ_LIMIT as u64).contains(&n))
+                    .ok_or_else(|| {
+                        Error::config(
+                            &sbert,
+                            format!(
+                                "field `max_seq_length` must be an integer in 2..={MAX_SEQ_LIMIT}, found {x}"
+                            ),
+                        )
+                    })?;
                 return Ok((n as usize, do_lower_case));
             }
         }
@@ -700,10 +708,12 @@ pub fn resolve_max_seq_length(
             }
         }
     }
-    if max_len < 2 {
+    if !(2..=MAX_SEQ_LIMIT).contains(&max_len) {
         return Err(Error::config(
             transformer_dir.join("config.json"),
-            "no usable max_seq_length: set max_position_embeddings or sentence_bert_config.json",
+            format!(
+                "max_seq_length resolves to {max_len}: set max_position_embeddings (2..={MAX_SEQ_LIMIT}) or sentence_bert_config.json"
+            ),
         ));
     }
     Ok((max_len, do_lower_case))
