@@ -78,10 +78,13 @@ def parse_args(argv=None):
     ap.add_argument("--onnx", type=Path, help="cached export path (default: <model dir>.backbone.onnx)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random token ids")
     ap.add_argument("--skip", default="", help="comma-separated runtimes to leave out: pytorch,ort,deberta-embed")
+    ap.add_argument("--quiet-threshold", type=float, default=0.10,
+                    help="a measurement is 'quiet' when other processes took at most this share of the CPUs (default 0.10)")
+    ap.add_argument("--report", type=Path, help="re-print the tables of a saved --json-out file and exit")
     # internal: export the backbone in a clean child process
     ap.add_argument("--_export", nargs=2, metavar=("MODEL", "OUT"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
-    if a._export is None and a.model is None:
+    if a._export is None and a.report is None and a.model is None:
         ap.error("--model is required")
     return a
 
@@ -227,6 +230,37 @@ def timed(fn, n: int) -> list[float]:
     return out
 
 
+class CpuShare:
+    """Share of the machine's CPU time that went to OTHER processes during a window (0 = quiet).
+
+    (busy jiffies of all CPUs from /proc/stat - CPU time of this process and its waited-for
+    children) / (wall time x CPUs); hypervisor steal counts as busy.
+    """
+
+    def __enter__(self):
+        self.t, self.busy, self.own = time.perf_counter(), self._busy(), self._own()
+        return self
+
+    def __exit__(self, *exc):
+        wall = time.perf_counter() - self.t
+        other = (self._busy() - self.busy) - (self._own() - self.own)
+        self.other = max(0.0, other / (wall * (os.cpu_count() or 1))) if wall > 0 else 0.0
+
+    @staticmethod
+    def _busy() -> float:
+        try:
+            f = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+        except OSError:
+            return 0.0
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (f + [0] * 8)[:8]
+        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _own() -> float:
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+
 def iters_for(ms: float) -> int:
     return int(min(ARGS.max_iters, max(ARGS.min_iters, round(ARGS.budget_s * 1e3 / max(ms, 1e-3)))))
 
@@ -328,6 +362,12 @@ def check_embed_vs_st(model_dir: Path) -> dict:
 
 
 def main() -> None:
+    if ARGS.report:
+        result = json.loads(ARGS.report.read_text(encoding="utf-8"))
+        for sr in result["shapes"].values():
+            summarize(sr)
+        print_table(result)
+        return
     ARGS.model = model_dir = ARGS.model.resolve()
     shapes = []
     for s in ARGS.shapes.split(","):
@@ -409,7 +449,7 @@ def main() -> None:
         tokens = b * l
         ids = make_ids(b, l, ARGS.seed)
         sr = {"batch_size": b, "seq_len": l, "tokens": tokens, "iters": {}, "rounds": {r: [] for r in active},
-              "loadavg": {r: [] for r in active}}
+              "loadavg": {r: [] for r in active}, "cpu_to_others": {r: [] for r in active}}
         result["shapes"][key] = sr
         log(f"\n== {key} ({tokens} tokens)")
 
@@ -452,37 +492,25 @@ def main() -> None:
             order = present[rnd % len(present):] + present[: rnd % len(present)]
             for rt in order:
                 n = sr["iters"][rt]
-                if rt == "deberta-embed":
-                    try:
-                        j = rust_bench(b, l, n, 2)
-                    except Exception as e:
-                        log(f"round {rnd + 1} {rt}: {e}")
-                        sr["rounds"][rt].append(None)
-                        continue
-                    ms = j["median_ms"]
-                else:
-                    ms = statistics.median(timed(runners[rt].run, n))
+                with CpuShare() as share:
+                    if rt == "deberta-embed":
+                        try:
+                            ms = rust_bench(b, l, n, 2)["median_ms"]
+                        except Exception as e:
+                            log(f"round {rnd + 1} {rt}: {e}")
+                            ms = None
+                    else:
+                        ms = statistics.median(timed(runners[rt].run, n))
                 sr["rounds"][rt].append(ms)
+                sr["cpu_to_others"][rt].append(share.other)
+                if ms is None:
+                    continue
                 load = os.getloadavg()[0]
                 sr["loadavg"][rt].append(load)
                 log(f"round {rnd + 1}/{ARGS.rounds} {rt:13s}: {ms:9.2f} ms  ({tokens / ms * 1e3:8.0f} tok/s, "
-                    f"{n} iters, load avg {load:.2f})")
+                    f"{n} iters, load avg {load:.2f}, CPU to other processes {share.other:4.0%})")
 
-        # --- summary -----------------------------------------------------------------------------
-        sr["median_ms"], sr["tokens_per_s"], sr["ratio"] = {}, {}, {}
-        for rt, v in sr["rounds"].items():
-            v = [x for x in v if x is not None]
-            if v:
-                sr["median_ms"][rt] = statistics.median(v)
-                sr["tokens_per_s"][rt] = tokens / sr["median_ms"][rt] * 1e3
-        ours = sr["rounds"].get("deberta-embed")
-        for other in ("ort", "pytorch"):
-            theirs = sr["rounds"].get(other)
-            if ours and theirs:
-                # tokens/s ours / theirs = ms theirs / ms ours, per round
-                per = [t / o for o, t in zip(ours, theirs) if o and t]
-                if per:
-                    sr["ratio"][f"vs_{other}"] = {"median": statistics.median(per), "per_round": per}
+        summarize(sr)
 
     result["elapsed_s"] = time.time() - t_start
     result["loadavg_end"] = os.getloadavg()
@@ -492,17 +520,50 @@ def main() -> None:
         log(f"\nwrote {ARGS.json_out}")
 
 
-def print_table(result: dict) -> None:
-    def cell(sr, rt):
-        if rt not in sr.get("median_ms", {}):
-            return "—"
-        return f"{sr['median_ms'][rt]:.2f} ms, {sr['tokens_per_s'][rt]:,.0f} tok/s"
+def summarize(sr: dict) -> None:
+    """Medians over rounds and same-round ratios; also over the quiet rounds only."""
+    tokens = sr["tokens"]
+    shares = sr.get("cpu_to_others", {})
+    q = ARGS.quiet_threshold
 
-    def ratio(sr, k):
-        r = sr.get("ratio", {}).get(k)
+    def quiet(rt, i):
+        v = shares.get(rt)
+        return v is not None and i < len(v) and v[i] is not None and v[i] <= q
+
+    for tag, keep in (("", lambda rt, i: True), ("quiet_", quiet)):
+        if tag and not shares:
+            continue
+        med, tps, ratio = {}, {}, {}
+        for rt, v in sr["rounds"].items():
+            v = [x for i, x in enumerate(v) if x is not None and keep(rt, i)]
+            if v:
+                med[rt] = statistics.median(v)
+                tps[rt] = tokens / med[rt] * 1e3
+        ours = sr["rounds"].get("deberta-embed")
+        for other in ("ort", "pytorch"):
+            theirs = sr["rounds"].get(other)
+            if ours and theirs:
+                # tokens/s ours / theirs = ms theirs / ms ours, per round
+                per = [t / o for i, (o, t) in enumerate(zip(ours, theirs))
+                       if o and t and keep("deberta-embed", i) and keep(other, i)]
+                if per:
+                    ratio[f"vs_{other}"] = {"median": statistics.median(per), "per_round": per}
+        sr[tag + "median_ms"], sr[tag + "tokens_per_s"], sr[tag + "ratio"] = med, tps, ratio
+
+
+def print_table(result: dict) -> None:
+    def cell(sr, rt, tag=""):
+        if rt not in sr.get(tag + "median_ms", {}):
+            return "—"
+        return f"{sr[tag + 'median_ms'][rt]:.2f} ms, {sr[tag + 'tokens_per_s'][rt]:,.0f} tok/s"
+
+    def ratio(sr, k, tag=""):
+        r = sr.get(tag + "ratio", {}).get(k)
         if not r:
             return "—"
-        return f"{r['median']:.2f}x ({min(r['per_round']):.2f}-{max(r['per_round']):.2f})"
+        k = len(r["per_round"])
+        n = f", {k} round{'s' if k != 1 else ''}" if tag else ""
+        return f"{r['median']:.2f}x ({min(r['per_round']):.2f}-{max(r['per_round']):.2f}{n})"
 
     m, v = result["machine"], result["versions"]
     log("\n## CPU comparison (fp32, backbone + mean pooling; medians over rounds)\n")
@@ -520,6 +581,20 @@ def print_table(result: dict) -> None:
         log(f"| {key} | {cell(sr, 'pytorch')} | {cell(sr, 'ort')} | {cell(sr, 'deberta-embed')} | "
             f"{ratio(sr, 'vs_ort')} | {ratio(sr, 'vs_pytorch')} |")
     log("\nratios: median of same-round ratios (range over rounds in parentheses); > 1 means deberta-embed is faster")
+    shares = [x for sr in result["shapes"].values() for v in sr.get("cpu_to_others", {}).values() for x in v if x is not None]
+    if shares:
+        log(f"CPU time taken by other processes during the measurements: mean {statistics.mean(shares):.0%}, "
+            f"max {max(shares):.0%} of the machine")
+    if shares and max(shares) > ARGS.quiet_threshold:
+        log(f"\nquiet measurements only (other processes took <= {ARGS.quiet_threshold:.0%} of the CPUs; "
+            f"ratios over rounds where both sides were quiet):\n")
+        log("| B x L | PyTorch | ONNX Runtime | deberta-embed | ours / ORT (tok/s) | ours / PyTorch (tok/s) |")
+        log("|---|---|---|---|---|---|")
+        for key, sr in result["shapes"].items():
+            log(f"| {key} | {cell(sr, 'pytorch', 'quiet_')} | {cell(sr, 'ort', 'quiet_')} | "
+                f"{cell(sr, 'deberta-embed', 'quiet_')} | {ratio(sr, 'vs_ort', 'quiet_')} | "
+                f"{ratio(sr, 'vs_pytorch', 'quiet_')} |")
+        log("")
     c = result.get("check_embed_vs_sentence_transformers")
     if c:
         if "error" in c:
