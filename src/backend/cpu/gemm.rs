@@ -775,9 +775,19 @@ impl TaskCtx<'_> {
                         unsafe {
                             let c = self.out.0.add(row * n + j0);
                             micro_kernel(self.level, mr, kc, a, b, c, n, nr, !first);
-                            if last && !matches!(self.ep, Epilogue::None) {
-                                epilogue_tile(self.level, self.ep, c, mr, nr, row, j0, n);
-                            }
+                        }
+                    }
+                    if last && !matches!(self.ep, Epilogue::None) {
+                        // The panel's rows across the whole n-block (at most 256 columns,
+                        // still in L1/L2): long rows keep the epilogue loops vectorized.
+                        let j0 = q_blk * NR;
+                        let cols = (q_end * NR).min(n) - j0;
+                        // SAFETY: rows `row .. row + mr`, columns `j0 .. j0 + cols` (inside
+                        // `out[..m * n]` as above) belong to this tile only and were just
+                        // written; `self.level` is available (checked by `linear_with`).
+                        unsafe {
+                            let c = self.out.0.add(row * n + j0);
+                            epilogue_tile(self.level, self.ep, c, mr, cols, row, j0, n);
                         }
                     }
                 }
