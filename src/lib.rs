@@ -374,7 +374,14 @@ impl Embedder {
         let modes = &self.pipeline.pooling;
         let mut out = match &self.engine {
             Engine::Cpu { model, state } => self.install(|| {
-                run_batches(model, state, modes, self.opts.batch_size, self.opts.max_batch_tokens, ids)
+                run_batches(
+                    model,
+                    state,
+                    modes,
+                    self.opts.batch_size,
+                    self.opts.max_batch_tokens,
+                    ids,
+                )
             }),
             #[cfg(feature = "cuda")]
             Engine::Cuda(m) => m.encode_batches(ids, self.opts.batch_size, modes)?,
@@ -431,11 +438,23 @@ impl SyntheticEmbedder {
     pub fn encode_ids(&self, ids: &[Vec<u32>]) -> Result<Embeddings> {
         let dim = self.model.config().hidden_size;
         for s in ids {
-            if s.len() > self.model.max_len() || s.iter().any(|&t| t as usize >= self.model.config().vocab_size) {
+            if s.len() > self.model.max_len()
+                || s.iter()
+                    .any(|&t| t as usize >= self.model.config().vocab_size)
+            {
                 return Err(Error::Input("synthetic input out of range".into()));
             }
         }
-        let run = || run_batches(&self.model, &self.state, &self.pooling, ids.len().max(1), usize::MAX, ids);
+        let run = || {
+            run_batches(
+                &self.model,
+                &self.state,
+                &self.pooling,
+                ids.len().max(1),
+                usize::MAX,
+                ids,
+            )
+        };
         let out = match &self.pool {
             Some(p) => p.install(run),
             None => run(),
@@ -476,7 +495,12 @@ fn run_batches(
         let hidden = st.hidden();
         for (b, &i) in chunk.iter().enumerate() {
             let (s, e) = (batch.offsets[b], batch.offsets[b + 1]);
-            pooling::pool(modes, &hidden[s * h..e * h], h, &mut out[i * dim..(i + 1) * dim]);
+            pooling::pool(
+                modes,
+                &hidden[s * h..e * h],
+                h,
+                &mut out[i * dim..(i + 1) * dim],
+            );
         }
     }
     out
@@ -537,13 +561,20 @@ fn check_device(device: Device, precision: Precision) -> Result<()> {
     }
 }
 
-
 #[cfg(not(feature = "cuda"))]
 fn no_cuda() -> Error {
     Error::Device("CUDA support is not compiled in: rebuild with `--features cuda`".into())
 }
 
+/// The embedder's own worker pool (default: one thread per core). The forward always runs
+/// inside it, so the calling thread is a worker that takes part in the GEMM jobs instead of
+/// sleeping until a global-pool worker finishes (which costs as much as a small GEMM).
 fn build_pool(threads: Option<usize>) -> Result<Option<rayon::ThreadPool>> {
+    let threads = threads.or_else(|| {
+        std::thread::available_parallelism()
+            .ok()
+            .map(std::num::NonZeroUsize::get)
+    });
     match threads {
         None => Ok(None),
         Some(0) => Err(Error::Input("threads must be at least 1".into())),
@@ -567,7 +598,10 @@ mod tests {
             .map(<[usize]>::to_vec)
             .collect();
         assert_eq!(groups, vec![vec![0], vec![1, 2], vec![3, 4, 5], vec![6]]);
-        let all: Vec<usize> = token_batches(&order, |i| lens[i], 100, 1).flatten().copied().collect();
+        let all: Vec<usize> = token_batches(&order, |i| lens[i], 100, 1)
+            .flatten()
+            .copied()
+            .collect();
         assert_eq!(all, order, "every item exactly once, oversize items alone");
     }
 }
