@@ -244,6 +244,7 @@ impl Embedder {
         )?;
         let ck = Checkpoint::open_dir(&pipeline.transformer_dir)?;
         let weights = HostWeights::load(&ck, &cfg)?;
+        ck.release_resident_pages();
         drop(ck);
         Self::from_parts(pipeline, tokenizer, cfg, weights, device, opts)
     }

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use crate::backend::cpu::attention::{self, AttentionParams, PosTable};
 use crate::backend::cpu::gemm::{linear, Epilogue, PackedWeight};
 use crate::backend::cpu::ops::{conv1d_act_into, layer_norm_rows};
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, F32Tensor};
 use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::relpos::RelPosTable;
@@ -51,7 +51,8 @@ pub struct HostConv {
 
 /// All weights, fp32, torch layout. Backends build their own layouts from this.
 pub struct HostWeights {
-    pub word_emb: Vec<f32>,           // [V, E]
+    /// in place in the safetensors map when stored as f32 (it is most of the file)
+    pub word_emb: F32Tensor, // [V, E]
     pub pos_emb: Option<Vec<f32>>,    // [P, E]   position_biased_input
     pub type_emb0: Option<Vec<f32>>,  // [E]      row 0 of token_type_embeddings
     pub embed_proj: Option<Vec<f32>>, // [H, E]   embedding_size != hidden_size
@@ -80,7 +81,7 @@ impl HostWeights {
             ))
         };
 
-        let word_emb = ck.tensor("embeddings.word_embeddings.weight", &[cfg.vocab_size, e])?;
+        let word_emb = ck.tensor_f32("embeddings.word_embeddings.weight", &[cfg.vocab_size, e])?;
         let pos_emb = if cfg.position_biased_input {
             Some(ck.tensor(
                 "embeddings.position_embeddings.weight",
@@ -204,7 +205,7 @@ impl HostWeights {
                 (0..n).map(|_| 0.05 * r.normal()).collect(),
             )
         };
-        let word_emb = mat(cfg.vocab_size, e, 0.5);
+        let word_emb = mat(cfg.vocab_size, e, 0.5).into();
         let pos_emb = cfg
             .position_biased_input
             .then(|| mat(cfg.max_position_embeddings, e, 0.5));
@@ -335,7 +336,7 @@ struct CpuLayer {
 /// The model ready to run on the CPU.
 pub struct CpuModel {
     cfg: ModelConfig,
-    word_emb: Vec<f32>,               // [V, E]
+    word_emb: F32Tensor,              // [V, E] (possibly memory-mapped)
     pos_emb: Option<Vec<f32>>,        // [P, E]
     type_emb0: Option<Vec<f32>>,      // [E]
     embed_proj: Option<PackedWeight>, // [H, E]

@@ -33,6 +33,7 @@ pub struct OwnedTensor {
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::Mmap;
 use safetensors::tensor::{Metadata, SafeTensors};
@@ -43,7 +44,7 @@ use crate::error::{Error, Result};
 enum Store {
     /// `model.safetensors`, memory-mapped; tensors are sliced out of the map on request.
     Safetensors {
-        map: Mmap,
+        map: Arc<Mmap>,
         /// byte offset of the data section
         data_start: usize,
         meta: Metadata,
@@ -100,7 +101,7 @@ impl Checkpoint {
             path: path.to_path_buf(),
             store: Store::Safetensors {
                 data_start: 8 + header_len,
-                map,
+                map: Arc::new(map),
                 meta,
             },
             prefix: "",
@@ -143,6 +144,62 @@ impl Checkpoint {
     /// Whether the backbone tensor `name` (without prefix) exists.
     pub fn contains(&self, name: &str) -> bool {
         self.has_raw(&format!("{}{name}", self.prefix))
+    }
+
+    /// Backbone tensor `name` as f32, used in place in the memory map when the file stores it
+    /// as aligned f32 (no copy: the pages are shared with the page cache), else copied.
+    pub fn tensor_f32(&self, name: &str, shape: &[usize]) -> Result<F32Tensor> {
+        if let Store::Safetensors {
+            map,
+            data_start,
+            meta,
+        } = &self.store
+        {
+            let full = format!("{}{name}", self.prefix);
+            if let Some(info) = meta.info(&full) {
+                let (a, b) = info.data_offsets;
+                let n: usize = shape.iter().product();
+                let start = data_start + a;
+                let aligned =
+                    (map.as_ptr() as usize + start).is_multiple_of(std::mem::align_of::<f32>());
+                if cfg!(target_endian = "little")
+                    && info.dtype == safetensors::Dtype::F32
+                    && info.shape == shape
+                    && b - a == n * 4
+                    && start + n * 4 <= map.len()
+                    && aligned
+                {
+                    let t = F32Tensor::Mapped {
+                        map: Arc::clone(map),
+                        start,
+                        len: n,
+                    };
+                    if let Some(pos) = t.iter().position(|x| !x.is_finite()) {
+                        return Err(Error::checkpoint(
+                            &self.path,
+                            format!("tensor `{full}` holds a non-finite value at element {pos}"),
+                        ));
+                    }
+                    return Ok(t);
+                }
+            }
+        }
+        self.tensor(name, shape).map(F32Tensor::Owned)
+    }
+
+    /// After loading: drop the map's pages from this process's resident set. Tensors read in
+    /// place stay valid (a read-only file mapping re-reads a dropped page from the page cache on
+    /// the next touch), so only the embedding rows actually looked up come back. Best effort.
+    pub fn release_resident_pages(&self) {
+        #[cfg(unix)]
+        if let Store::Safetensors { map, .. } = &self.store {
+            // SAFETY: MADV_DONTNEED on a read-only, file-backed shared mapping does not change
+            // its contents: later reads fault the same bytes back in from the file. Slices into
+            // the map (F32Tensor::Mapped) therefore keep seeing identical data.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, 0, map.len())
+            };
+        }
     }
 
     /// Backbone tensor `name` as f32, checked against `shape`.
@@ -220,6 +277,41 @@ impl Checkpoint {
     }
 }
 
+/// An f32 tensor either owned or read in place from a memory-mapped safetensors file.
+pub enum F32Tensor {
+    Owned(Vec<f32>),
+    Mapped {
+        map: Arc<Mmap>,
+        /// byte offset of the first element (4-byte aligned in memory)
+        start: usize,
+        /// elements
+        len: usize,
+    },
+}
+
+impl std::ops::Deref for F32Tensor {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match self {
+            F32Tensor::Owned(v) => v,
+            // SAFETY: `tensor_f32` only builds `Mapped` after checking that bytes
+            // start..start + 4 * len lie inside the map, that their address is 4-byte aligned,
+            // and that the target is little-endian (safetensors stores little-endian f32); every
+            // bit pattern is a valid f32, the map is read-only and lives as long as `self`
+            // (the Arc), so the slice is valid for the returned lifetime.
+            F32Tensor::Mapped { map, start, len } => unsafe {
+                std::slice::from_raw_parts(map.as_ptr().add(*start).cast::<f32>(), *len)
+            },
+        }
+    }
+}
+
+impl From<Vec<f32>> for F32Tensor {
+    fn from(v: Vec<f32>) -> Self {
+        F32Tensor::Owned(v)
+    }
+}
+
 /// Decode little-endian elements to f32.
 pub fn to_f32(dtype: DType, bytes: &[u8]) -> Vec<f32> {
     match dtype {
@@ -235,5 +327,33 @@ pub fn to_f32(dtype: DType, bytes: &[u8]) -> Vec<f32> {
             .chunks_exact(2)
             .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f32_safetensors_tensor_is_used_in_place_and_equals_the_copy() {
+        let dir =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/st6_proj_cls_norm");
+        let ck = Checkpoint::open_dir(&dir).unwrap();
+        let name = "embeddings.word_embeddings.weight";
+        let shape = [640, 24];
+        let mapped = ck.tensor_f32(name, &shape).unwrap();
+        assert!(
+            matches!(mapped, F32Tensor::Mapped { .. }),
+            "expected a zero-copy view"
+        );
+        let copied = ck.tensor(name, &shape).unwrap();
+        ck.release_resident_pages();
+        assert_eq!(&mapped[..], &copied[..]);
+        // a wrong shape is still an error naming both shapes
+        let err = ck.tensor_f32(name, &[641, 24]).err().unwrap().to_string();
+        assert!(
+            err.contains("[640, 24]") && err.contains("[641, 24]"),
+            "{err}"
+        );
     }
 }
