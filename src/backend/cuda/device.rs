@@ -997,7 +997,7 @@ impl Gpu {
         act: Activation,
         out: &DevBuf,
     ) -> Result<()> {
-        if groups == 0 || h % groups != 0 || k == 0 {
+        if groups == 0 || !h.is_multiple_of(groups) || k == 0 {
             return Err(Error::Device(format!(
                 "conv: bad groups {groups} / kernel {k} for {h} channels"
             )));

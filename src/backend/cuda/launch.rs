@@ -54,7 +54,7 @@ pub fn gemm_grid(m: usize, n: usize, bm: usize, bn: usize) -> Result<(u32, u32, 
 /// Whether the `_k8` tensor-core variant (16-byte cp.async copies) may run: K a multiple of 8
 /// and both operand base addresses 16-byte aligned.
 pub fn gemm_k8_ok(k: usize, a_ptr: u64, w_ptr: u64) -> bool {
-    k % 8 == 0 && a_ptr % 16 == 0 && w_ptr % 16 == 0
+    k.is_multiple_of(8) && a_ptr.is_multiple_of(16) && w_ptr.is_multiple_of(16)
 }
 
 /// Threads per block for the row-wise kernels (LayerNorm, embeddings, L2 normalize): about
@@ -277,7 +277,10 @@ mod tests {
     fn row_threads_is_a_warp_multiple() {
         for n in [1, 8, 24, 32, 36, 384, 1536, 4096] {
             let t = row_threads(n);
-            assert!(t % 32 == 0 && (32..=256).contains(&t), "{n} -> {t}");
+            assert!(
+                t.is_multiple_of(32) && (32..=256).contains(&t),
+                "{n} -> {t}"
+            );
         }
         assert_eq!(row_threads(384), 128);
         assert_eq!(row_threads(32), 32);
