@@ -541,6 +541,17 @@ enum Cell {
     Bool(bool),
 }
 
+impl Cell {
+    /// The cell as shown in an error message (long text shortened).
+    fn shown(&self) -> String {
+        match self {
+            Cell::Text(s) => shorten(s),
+            Cell::Number(x) => x.to_string(),
+            Cell::Bool(b) => b.to_string(),
+        }
+    }
+}
+
 /// A data row: its line number (1-based, where the record starts) and the requested columns.
 struct Record {
     line: usize,
@@ -824,11 +835,7 @@ pub fn read_sts(path: impl AsRef<Path>) -> Result<Vec<ScoredPair>> {
             }
             .filter(|x| x.is_finite())
             .ok_or_else(|| {
-                let shown = match &r.cells[2] {
-                    Cell::Text(s) => shorten(s),
-                    Cell::Number(x) => x.to_string(),
-                    Cell::Bool(b) => b.to_string(),
-                };
+                let shown = r.cells[2].shown();
                 Error::Input(format!(
                     "{name}: line {}: score `{shown}` is not a finite number",
                     r.line
@@ -865,11 +872,7 @@ pub fn read_pairs(path: impl AsRef<Path>) -> Result<Vec<LabeledPair>> {
                     .map(|x| x == 1.0),
             }
             .ok_or_else(|| {
-                let shown = match &r.cells[2] {
-                    Cell::Text(s) => shorten(s),
-                    Cell::Number(x) => x.to_string(),
-                    Cell::Bool(b) => b.to_string(),
-                };
+                let shown = r.cells[2].shown();
                 Error::Input(format!(
                     "{name}: line {}: label `{shown}` is not 0 or 1",
                     r.line
