@@ -399,13 +399,14 @@ impl PackedBatch {
 #[derive(Default)]
 pub struct RunState {
     cap: usize,
-    emb: Vec<f32>,  // [T, E]  pre-projection embeddings (embed_proj models)
-    x: Vec<f32>,    // [T, H]  hidden state; holds the last layer's output after a forward
-    x0: Vec<f32>,   // [T, H]  embedding output, input of the conv block (conv models)
-    qkv: Vec<f32>,  // [T, 3H]
-    ctx: Vec<f32>,  // [T, H]  attention context, heads side by side
-    attn: Vec<f32>, // [T, H]  post-attention LayerNorm output
-    ffn: Vec<f32>,  // [T, I]
+    emb: Vec<f32>,    // [T, E]  pre-projection embeddings (embed_proj models)
+    x: Vec<f32>,      // [T, H]  hidden state; holds the last layer's output after a forward
+    x0: Vec<f32>,     // [T, H]  embedding output, input of the conv block (conv models)
+    qkv: Vec<f32>,    // [T, 3H]
+    ctx: Vec<f32>,    // [T, H]  attention context, heads side by side
+    keys_t: Vec<f32>, // [nH, d, >= T] keys transposed per head (attention scratch)
+    attn: Vec<f32>,   // [T, H]  post-attention LayerNorm output
+    ffn: Vec<f32>,    // [T, I]
 }
 
 impl RunState {
@@ -420,6 +421,7 @@ impl RunState {
         self.x0 = vec![0.0; if cfg.conv.is_some() { cap * h } else { 0 }];
         self.qkv = vec![0.0; cap * 3 * h];
         self.ctx = vec![0.0; cap * h];
+        self.keys_t = vec![0.0; attention::keys_t_len(cap, cfg.num_heads, cfg.head_dim)];
         self.attn = vec![0.0; cap * h];
         self.ffn = vec![0.0; cap * i];
         self.cap = cap;
@@ -616,6 +618,7 @@ impl CpuModel {
                 &layer.pos_key,
                 &layer.pos_query,
                 &self.relpos,
+                &mut st.keys_t,
                 &mut st.ctx[..t * h],
             );
             linear(

@@ -1,6 +1,8 @@
 //! Disentangled self-attention over packed sequences.
 //!
-//! One rayon task per (sequence, block of query rows), all heads: content scores `Q K^T`, the
+//! Keys are transposed once per call into a caller-provided [nH, d, T] buffer (every query block
+//! of a sequence reads them). Then one rayon task per (sequence, block of query rows), all
+//! heads: content scores `Q K^T`, the
 //! c2p term `Q_i . PK[idx(i,j)]` and the p2c term `K_j . PQ[idx(i,j)]` (PK/PQ precomputed at load
 //! time, stored per head transposed as [d, 2S] so the inner loops are broadcast-FMAs over
 //! contiguous memory), scale, softmax, and `P V`. Only a [block, L] score tile and a
@@ -35,6 +37,8 @@ pub struct AttentionParams {
 pub struct PosTable {
     /// 2S
     rows: usize,
+    /// row stride of the per-head [d, 2S] operands (see [`conflict_free_stride`])
+    ld: usize,
     head_dim: usize,
     data: Vec<f32>,
 }
@@ -44,10 +48,11 @@ impl PosTable {
     pub fn from_rows(proj: &[f32], rows: usize, heads: usize, head_dim: usize) -> Self {
         let h = heads * head_dim;
         assert_eq!(proj.len(), rows * h);
-        let mut data = vec![0.0; proj.len()];
+        let ld = conflict_free_stride(rows);
+        let mut data = vec![0.0; heads * head_dim * ld];
         for hd in 0..heads {
             for t in 0..head_dim {
-                let dst = &mut data[(hd * head_dim + t) * rows..][..rows];
+                let dst = &mut data[(hd * head_dim + t) * ld..][..rows];
                 for (r, v) in dst.iter_mut().enumerate() {
                     *v = proj[r * h + hd * head_dim + t];
                 }
@@ -55,6 +60,7 @@ impl PosTable {
         }
         PosTable {
             rows,
+            ld,
             head_dim,
             data,
         }
@@ -65,18 +71,25 @@ impl PosTable {
     }
     /// Head `hd` as a [d, 2S] operand (row t: component t of every projected position).
     fn head(&self, hd: usize) -> Mat<'_> {
-        Mat::new(
-            &self.data[hd * self.head_dim * self.rows..(hd + 1) * self.head_dim * self.rows],
-            self.rows,
-            self.rows,
-        )
+        let size = self.head_dim * self.ld;
+        Mat::new(&self.data[hd * size..(hd + 1) * size], self.ld, self.rows)
     }
+}
+
+/// Row stride (in floats) for a transposed operand of `len` columns whose rows the tile kernels
+/// walk one after another: at least `len`, a whole number of 64-byte lines, and an odd number of
+/// them, so consecutive rows fall into different L1 sets. (A power-of-two stride such as
+/// 2S = 512 floats would put all 64 rows of a head into 2 of the 64 sets and evict them from
+/// L1 between uses.)
+pub fn conflict_free_stride(len: usize) -> usize {
+    let lines = len.div_ceil(16).max(1);
+    16 * (lines | 1)
 }
 
 /// Per-thread scratch, grown on demand and reused across calls.
 #[derive(Default)]
 struct Scratch {
-    kt: Vec<f32>, // [d, n]   this head's keys, transposed
+    kt: Vec<f32>, // [d, n]   this head's keys, transposed (sequences of a single block)
     s: Vec<f32>,  // [bq, n]  scores
     c: Vec<f32>,  // [bq, n + bq] c2p products, or [n, bq + 3] p2c products
 }
@@ -91,7 +104,10 @@ fn grow(v: &mut Vec<f32>, n: usize) {
     }
 }
 
-/// `ctx[T, H] = attention(qkv[T, 3H])` for every packed sequence (fast path).
+/// `ctx[T, H] = attention(qkv[T, 3H])` for every packed sequence (fast path). `keys_t` is
+/// scratch of at least [`keys_t_len`] floats (the keys, transposed per head: [nH, d, T], rows
+/// padded to a conflict-free stride).
+#[allow(clippy::too_many_arguments)]
 pub fn attention(
     p: &AttentionParams,
     qkv: &[f32],
@@ -99,9 +115,43 @@ pub fn attention(
     pos_key: &PosTable,
     pos_query: &PosTable,
     relpos: &RelPosTable,
+    keys_t: &mut [f32],
     ctx: &mut [f32],
 ) {
-    attention_at(simd(), p, qkv, offsets, pos_key, pos_query, relpos, ctx)
+    attention_at(
+        simd(),
+        p,
+        qkv,
+        offsets,
+        pos_key,
+        pos_query,
+        relpos,
+        keys_t,
+        ctx,
+    )
+}
+
+/// `keys_t[hd, t, i] = k_i[hd * d + t]`: each head's keys as a [d, T] operand whose rows are
+/// contiguous over tokens (the `K^T` of the content scores), one rayon task per head.
+fn transpose_keys(qkv: &[f32], tokens: usize, heads: usize, d: usize, keys_t: &mut [f32]) {
+    let h = heads * d;
+    let ld = conflict_free_stride(tokens);
+    keys_t[..heads * d * ld]
+        .par_chunks_mut(d * ld)
+        .enumerate()
+        .for_each(|(hd, kt)| {
+            for (i, row) in qkv.chunks_exact(3 * h).take(tokens).enumerate() {
+                let k = &row[h + hd * d..h + (hd + 1) * d];
+                for (t, &v) in k.iter().enumerate() {
+                    kt[t * ld + i] = v;
+                }
+            }
+        });
+}
+
+/// Floats of the `keys_t` scratch [`attention`] needs for `tokens` packed tokens.
+pub fn keys_t_len(tokens: usize, heads: usize, head_dim: usize) -> usize {
+    heads * head_dim * conflict_free_stride(tokens)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -113,10 +163,20 @@ fn attention_at(
     pos_key: &PosTable,
     pos_query: &PosTable,
     relpos: &RelPosTable,
+    keys_t: &mut [f32],
     ctx: &mut [f32],
 ) {
     let h = p.heads * p.head_dim;
-    let tasks = split_tasks(offsets, h, ctx);
+    let tokens = offsets.last().copied().unwrap_or(0);
+    assert!(qkv.len() >= tokens * 3 * h && ctx.len() >= tokens * h);
+    assert!(keys_t.len() >= keys_t_len(tokens, p.heads, p.head_dim));
+    // Sequences longer than one query block share one transposition of their keys; a sequence
+    // of a single block transposes its own keys in its task (cheaper than an extra pass).
+    if offsets.windows(2).any(|w| w[1] - w[0] > QUERY_BLOCK) {
+        transpose_keys(qkv, tokens, p.heads, p.head_dim, keys_t);
+    }
+    let keys_t: &[f32] = keys_t;
+    let tasks = split_tasks(offsets, h, &mut ctx[..tokens * h]);
     tasks.into_par_iter().for_each(|(start, n, q0, out)| {
         SCRATCH.with(|cell| {
             let mut sc = cell.borrow_mut();
@@ -126,6 +186,8 @@ fn attention_at(
                 start,
                 n,
                 q0,
+                keys_t,
+                keys_ld: conflict_free_stride(tokens),
                 pos_key,
                 pos_query,
                 relpos,
@@ -226,10 +288,30 @@ impl<'a> Mat<'a> {
     }
 }
 
-/// `out[i * ldo + c] = sum_{t < d} a[i][t] * b[t][off(g) + c]` for `i < nrows`, `c < w`, where
-/// `g` is the first row of i's group of 4 (so p2c can slide its window with the keys). Columns
-/// at or past `b.len` read as zero. Register tile: 4 rows x 32 columns (AVX-512), 4 x 16
-/// (AVX2), scalar otherwise.
+/// Which columns of `b` a row of a tile product reads.
+#[derive(Clone, Copy)]
+enum Cols<'a> {
+    /// Every row: columns `o .. o + w`.
+    At(usize),
+    /// Row i: columns `f(g) .. f(g) + w`, `g` the first row of i's group of 4 (so p2c can
+    /// slide its window with the keys).
+    SlidingPer4(&'a dyn Fn(usize) -> usize),
+}
+
+impl Cols<'_> {
+    /// First column for the row group starting at row `i` (a multiple of the group size).
+    #[inline(always)]
+    fn first(&self, i: usize) -> usize {
+        match *self {
+            Cols::At(o) => o,
+            Cols::SlidingPer4(f) => f(i / 4 * 4),
+        }
+    }
+}
+
+/// `out[i * ldo + c] = sum_{t < d} a[i][t] * b[t][first(i) + c]` for `i < nrows`, `c < w`
+/// (see [`Cols`]). Columns at or past `b.len` read as zero. Register tile: 8 rows x 32 columns
+/// (AVX-512, 4 x 32 for sliding windows), 4 x 16 (AVX2), scalar otherwise.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn tile_gemm(
@@ -238,7 +320,7 @@ fn tile_gemm(
     d: usize,
     a: Mat<'_>,
     b: Mat<'_>,
-    off: &dyn Fn(usize) -> usize,
+    cols: Cols<'_>,
     w: usize,
     out: &mut [f32],
     ldo: usize,
@@ -256,13 +338,18 @@ fn tile_gemm(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: avx512f was detected (Level::Avx512 comes from `simd()`); operand extents were
         // checked above and the kernel masks every column past `b.len` and `w`.
-        Level::Avx512 => unsafe { x86::tile_avx512(nrows, d, a, b, off, w, out, ldo) },
+        Level::Avx512 => unsafe {
+            match cols {
+                Cols::At(_) => x86::tile_avx512::<8>(nrows, d, a, b, cols, w, out, ldo),
+                Cols::SlidingPer4(_) => x86::tile_avx512::<4>(nrows, d, a, b, cols, w, out, ldo),
+            }
+        },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: avx2+fma were detected; same extents and masking as above.
-        Level::Avx2 => unsafe { x86::tile_avx2(nrows, d, a, b, off, w, out, ldo) },
+        Level::Avx2 => unsafe { x86::tile_avx2(nrows, d, a, b, cols, w, out, ldo) },
         Level::Portable => {
             for i in 0..nrows {
-                let o = off(i / 4 * 4);
+                let o = cols.first(i);
                 let arow = &a.data[i * a.ld..i * a.ld + d];
                 let orow = &mut out[i * ldo..i * ldo + w];
                 orow.fill(0.0);
@@ -281,7 +368,7 @@ fn tile_gemm(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::Mat;
+    use super::{Cols, Mat};
     use std::arch::x86_64::*;
 
     /// Lanes `l < valid` of a 16-lane mask.
@@ -296,29 +383,35 @@ mod x86 {
         }
     }
 
-    /// See `tile_gemm`. SAFETY (caller): avx512f available; `a` covers `nrows` rows of at least
-    /// `d` values, `b` covers `d` rows, `out` holds `(nrows - 1) * ldo + w` values.
+    /// See `tile_gemm`; `R` rows per register tile (4 or 8; 4 for `Cols::SlidingPer4`).
+    /// SAFETY (caller): avx512f available; `a` covers `nrows` rows of at least `d` values, `b`
+    /// covers `d` rows, `out` holds `(nrows - 1) * ldo + w` values.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn tile_avx512(
+    pub(super) unsafe fn tile_avx512<const R: usize>(
         nrows: usize,
         d: usize,
         a: Mat<'_>,
         b: Mat<'_>,
-        off: &dyn Fn(usize) -> usize,
+        cols: Cols<'_>,
         w: usize,
         out: &mut [f32],
         ldo: usize,
     ) {
+        debug_assert!(R == 8 || R == 4, "row groups of 4 or 8");
+        debug_assert!(
+            R == 4 || matches!(cols, Cols::At(_)),
+            "sliding windows move per 4 rows"
+        );
         let ap = a.data.as_ptr();
         let bp = b.data.as_ptr();
         let op = out.as_mut_ptr();
         let mut i = 0;
         while i < nrows {
-            let rn = (nrows - i).min(4);
-            let o = off(i);
+            let rn = (nrows - i).min(R);
+            let o = cols.first(i);
             // rows past the end repeat the last real row (computed, never stored)
-            let ar: [*const f32; 4] = std::array::from_fn(|k| ap.add((i + k.min(rn - 1)) * a.ld));
+            let ar: [*const f32; R] = std::array::from_fn(|k| ap.add((i + k.min(rn - 1)) * a.ld));
             let mut c0 = 0;
             while c0 < w {
                 // columns valid in b (past b.len read as 0) and wanted in out
@@ -326,28 +419,29 @@ mod x86 {
                 let vw = (w - c0) as isize;
                 let lm0 = mask16(vb.min(vw));
                 let lm1 = mask16(vb.min(vw) - 16);
-                let mut acc = [_mm512_setzero_ps(); 8];
+                let mut lo = [_mm512_setzero_ps(); R];
+                let mut hi = [_mm512_setzero_ps(); R];
                 let base = bp.add(o + c0);
                 for t in 0..d {
                     let bt = base.add(t * b.ld);
                     let b0 = _mm512_maskz_loadu_ps(lm0, bt);
                     let b1 = _mm512_maskz_loadu_ps(lm1, bt.add(16));
-                    for k in 0..4 {
+                    for k in 0..R {
                         let av = _mm512_set1_ps(*ar[k].add(t));
-                        acc[2 * k] = _mm512_fmadd_ps(av, b0, acc[2 * k]);
-                        acc[2 * k + 1] = _mm512_fmadd_ps(av, b1, acc[2 * k + 1]);
+                        lo[k] = _mm512_fmadd_ps(av, b0, lo[k]);
+                        hi[k] = _mm512_fmadd_ps(av, b1, hi[k]);
                     }
                 }
                 let sm0 = mask16(vw);
                 let sm1 = mask16(vw - 16);
                 for k in 0..rn {
                     let dst = op.add((i + k) * ldo + c0);
-                    _mm512_mask_storeu_ps(dst, sm0, acc[2 * k]);
-                    _mm512_mask_storeu_ps(dst.add(16), sm1, acc[2 * k + 1]);
+                    _mm512_mask_storeu_ps(dst, sm0, lo[k]);
+                    _mm512_mask_storeu_ps(dst.add(16), sm1, hi[k]);
                 }
                 c0 += 32;
             }
-            i += 4;
+            i += R;
         }
     }
 
@@ -366,7 +460,7 @@ mod x86 {
         d: usize,
         a: Mat<'_>,
         b: Mat<'_>,
-        off: &dyn Fn(usize) -> usize,
+        cols: Cols<'_>,
         w: usize,
         out: &mut [f32],
         ldo: usize,
@@ -377,7 +471,7 @@ mod x86 {
         let mut i = 0;
         while i < nrows {
             let rn = (nrows - i).min(4);
-            let o = off(i);
+            let o = cols.first(i);
             let ar: [*const f32; 4] = std::array::from_fn(|k| ap.add((i + k.min(rn - 1)) * a.ld));
             let mut c0 = 0;
             while c0 < w {
@@ -418,6 +512,9 @@ struct Job<'a> {
     start: usize,
     n: usize,
     q0: usize,
+    /// all keys transposed per head, [nH, d, tokens]
+    keys_t: &'a [f32],
+    keys_ld: usize,
     pos_key: &'a PosTable,
     pos_query: &'a PosTable,
     relpos: &'a RelPosTable,
@@ -467,47 +564,65 @@ fn block(job: &Job<'_>, sc: &mut Scratch, out: &mut [f32], level: Level) {
     let n = job.n;
     let bq = out.len() / h;
     let q0 = job.q0;
-    let row = |t: usize| &job.qkv[(job.start + t) * 3 * h..(job.start + t + 1) * 3 * h];
     // index table entry for offset r = i - j
     let tbl = job.relpos.as_slice();
     let off = job.relpos.max_len() - 1;
     let idx = |i: usize, j: usize| tbl[i + off - j] as usize;
+    // Whether every offset this sequence has (|i - j| < n) maps to its own row, consecutively
+    // (`idx(i, j) = i - j + idx(0, 0)`: no log bucket reached), so the c2p / p2c gathers become
+    // contiguous copies.
+    let linear = tbl[off + 1 - n..off + n]
+        .windows(2)
+        .all(|w| w[1] == w[0] + 1);
 
     let cw = n + bq - 1; // c2p positions a block can touch
     let pw = bq + 3; // p2c positions a group of 4 keys can touch
-    grow(&mut sc.kt, d * n);
     grow(&mut sc.s, bq * n);
     grow(&mut sc.c, (bq * cw).max(n.div_ceil(4) * 4 * pw));
-    let Scratch { kt, s, c } = sc;
+    if n <= QUERY_BLOCK {
+        grow(&mut sc.kt, d * n);
+    }
+    let Scratch { kt: kt_local, s, c } = sc;
 
     for hd in 0..nh {
         let hs = hd * d;
-        // K^T of this head: kt[t, j]
-        for j in 0..n {
-            let k = &row(j)[h + hs..h + hs + d];
-            for (t, &v) in k.iter().enumerate() {
-                kt[t * n + j] = v;
+        // K^T of this head and sequence: row t = component t of keys start .. start + n
+        let kt = if n <= QUERY_BLOCK {
+            for j in 0..n {
+                let k = &job.qkv[(job.start + j) * 3 * h + h + hs..][..d];
+                for (t, &v) in k.iter().enumerate() {
+                    kt_local[t * n + j] = v;
+                }
             }
-        }
+            Mat::new(kt_local, n, n)
+        } else {
+            Mat::new(&job.keys_t[hs * job.keys_ld + job.start..], job.keys_ld, n)
+        };
         let base = job.start * 3 * h;
         let q = Mat::new(&job.qkv[base + q0 * 3 * h + hs..], 3 * h, d);
         let k = Mat::new(&job.qkv[base + h + hs..], 3 * h, d);
         let v = Mat::new(&job.qkv[base + 2 * h + hs..], 3 * h, d);
-        let zero = |_: usize| 0usize;
 
         // content scores s[i, j] = q_i . k_j
-        tile_gemm(level, bq, d, q, Mat::new(kt, n, n), &zero, n, s, n);
+        tile_gemm(level, bq, d, q, kt, Cols::At(0), n, s, n);
 
         // c2p: c[i, r - lo] = q_i . PK[r] over the block's position range, gathered into s
         if p.c2p {
             let lo = idx(q0, n - 1);
             let w = idx(q0 + bq - 1, 0) - lo + 1;
             let pk = job.pos_key.head(hd);
-            tile_gemm(level, bq, d, q, pk, &|_| lo, w, c, cw);
+            tile_gemm(level, bq, d, q, pk, Cols::At(lo), w, c, cw);
             for i in 0..bq {
                 let (srow, crow) = (&mut s[i * n..(i + 1) * n], &c[i * cw..]);
-                for (j, sv) in srow.iter_mut().enumerate() {
-                    *sv += crow[idx(q0 + i, j) - lo];
+                if linear {
+                    // idx(q0 + i, j) - lo = i + (n - 1 - j): row i's window, read backwards
+                    for (sv, &cv) in srow.iter_mut().zip(crow[i..i + n].iter().rev()) {
+                        *sv += cv;
+                    }
+                } else {
+                    for (j, sv) in srow.iter_mut().enumerate() {
+                        *sv += crow[idx(q0 + i, j) - lo];
+                    }
                 }
             }
         }
@@ -517,12 +632,20 @@ fn block(job: &Job<'_>, sc: &mut Scratch, out: &mut [f32], level: Level) {
         if p.p2c {
             let pq = job.pos_query.head(hd);
             let glo = |g: usize| idx(q0, (g + 3).min(n - 1));
-            tile_gemm(level, n, d, k, pq, &glo, pw, c, pw);
+            tile_gemm(level, n, d, k, pq, Cols::SlidingPer4(&glo), pw, c, pw);
             for j in 0..n {
-                let lo = glo(j / 4 * 4);
                 let crow = &c[j * pw..(j + 1) * pw];
-                for i in 0..bq {
-                    s[i * n + j] += crow[idx(q0 + i, j) - lo];
+                if linear {
+                    // idx(q0 + i, j) - glo(g) = i + min(g + 3, n - 1) - j
+                    let shift = (j / 4 * 4 + 3).min(n - 1) - j;
+                    for (i, &cv) in crow[shift..shift + bq].iter().enumerate() {
+                        s[i * n + j] += cv;
+                    }
+                } else {
+                    let lo = glo(j / 4 * 4);
+                    for i in 0..bq {
+                        s[i * n + j] += crow[idx(q0 + i, j) - lo];
+                    }
                 }
             }
         }
@@ -532,7 +655,7 @@ fn block(job: &Job<'_>, sc: &mut Scratch, out: &mut [f32], level: Level) {
             softmax_scaled(&mut s[i * n..(i + 1) * n], p.scale);
         }
         let p_rows = Mat::new(s, n, n);
-        tile_gemm(level, bq, n, p_rows, v, &zero, d, &mut out[hs..], h);
+        tile_gemm(level, bq, n, p_rows, v, Cols::At(0), d, &mut out[hs..], h);
     }
 }
 
@@ -634,7 +757,18 @@ mod tests {
         let pqt = PosTable::from_rows(&pq, 2 * span, heads, d);
         for level in levels() {
             let mut got = vec![f32::NAN; t * h]; // poisoned: every element must be written
-            attention_at(level, &p, &qkv, &offsets, &pkt, &pqt, &relpos, &mut got);
+            let mut keys_t = vec![f32::NAN; keys_t_len(t, heads, d)];
+            attention_at(
+                level,
+                &p,
+                &qkv,
+                &offsets,
+                &pkt,
+                &pqt,
+                &relpos,
+                &mut keys_t,
+                &mut got,
+            );
             let err = got
                 .iter()
                 .zip(&want)
