@@ -92,8 +92,9 @@ impl std::str::FromStr for Device {
     }
 }
 
-/// Arithmetic precision of the forward. The CPU path is fp32; the CUDA path runs fp32 (exact,
-/// for validation) or fp16/bf16 matrix products with fp32 accumulation and fp32 statistics.
+/// Arithmetic precision of the forward. The CPU path is fp32, optionally with bf16-stored GEMM
+/// weights (`BF16`: widened to fp32 in the products); the CUDA path runs fp32 (exact, for
+/// validation) or fp16/bf16 matrix products with fp32 accumulation and fp32 statistics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Precision {
     #[default]
@@ -136,7 +137,8 @@ pub struct EmbedderOptions {
     /// Force L2 normalization on (`Some(true)`) or off (`Some(false)`); `None` follows the
     /// model directory (a `Normalize` module in modules.json).
     pub normalize: Option<bool>,
-    /// Precision of the forward (the CPU supports f32 only).
+    /// Precision of the forward. On the CPU: f32 (default, the numerics contract) or bf16
+    /// (opt-in: GEMM weights stored as bf16, fp32 arithmetic; cosine >= 0.999 to f32).
     pub precision: Precision,
     /// Token budget of one forward batch (a single longer sequence still runs alone). Bounds
     /// activation memory; sequences are packed without padding, so it costs no extra work.
@@ -258,7 +260,7 @@ impl Embedder {
         let max_len = cfg.max_position_embeddings;
         let pool = build_pool(opts.threads)?;
         Ok(SyntheticEmbedder {
-            model: CpuModel::new(cfg, weights, max_len),
+            model: CpuModel::new(cfg, weights, max_len, opts.precision == Precision::BF16),
             state: Mutex::new(RunState::default()),
             pool,
             pooling: vec![PoolingMode::Mean],
@@ -290,7 +292,12 @@ impl Embedder {
         let pool = build_pool(opts.threads)?;
         let engine = match device {
             Device::Cpu => Engine::Cpu {
-                model: CpuModel::new(cfg.clone(), weights, pipeline.max_seq_length),
+                model: CpuModel::new(
+                    cfg.clone(),
+                    weights,
+                    pipeline.max_seq_length,
+                    opts.precision == Precision::BF16,
+                ),
                 state: Mutex::new(RunState::default()),
             },
             #[cfg(feature = "cuda")]
@@ -551,8 +558,8 @@ fn poisoned() -> Error {
 
 fn check_device(device: Device, precision: Precision) -> Result<()> {
     match device {
-        Device::Cpu if precision != Precision::F32 => Err(Error::Input(format!(
-            "dtype {precision} is not available on the CPU (the CPU path is f32)"
+        Device::Cpu if precision == Precision::F16 => Err(Error::Input(format!(
+            "dtype {precision} is not available on the CPU (use f32, or bf16 for bf16 weights)"
         ))),
         Device::Cpu => Ok(()),
         #[cfg(feature = "cuda")]

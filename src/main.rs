@@ -44,7 +44,7 @@ struct CommonModel {
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Precision: f32 (CPU and GPU), f16 or bf16 (GPU). Default: f32 on the CPU, f16 on a GPU.
+    /// Precision: f32 (CPU and GPU), f16 (GPU) or bf16 (GPU; on the CPU: bf16-stored weights, fp32 math). Default: f32 on the CPU, f16 on a GPU.
     #[arg(long)]
     dtype: Option<String>,
     /// Worker threads (default: all cores).
@@ -142,7 +142,7 @@ struct BenchArgs {
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Precision: f32 (CPU and GPU), f16 or bf16 (GPU). Default: f32 on the CPU, f16 on a GPU.
+    /// Precision: f32 (CPU and GPU), f16 (GPU) or bf16 (GPU; on the CPU: bf16-stored weights, fp32 math). Default: f32 on the CPU, f16 on a GPU.
     #[arg(long)]
     dtype: Option<String>,
     /// Worker threads (default: all cores).

@@ -435,9 +435,19 @@ impl RunState {
 
 impl CpuModel {
     /// Build the CPU layout: fused QKV, packed GEMM weights, PK/PQ precomputed per layer.
-    /// `max_len` bounds the sequence length (sizes the relative-position table).
-    pub fn new(cfg: ModelConfig, w: HostWeights, max_len: usize) -> Self {
+    /// `max_len` bounds the sequence length (sizes the relative-position table). With
+    /// `bf16_weights` the GEMM weights are stored as bf16 (opt-in: half the weight traffic,
+    /// fp32 arithmetic; embeddings, LayerNorms, biases and PK/PQ stay f32).
+    pub fn new(cfg: ModelConfig, w: HostWeights, max_len: usize, bf16_weights: bool) -> Self {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let pack = |w: &[f32], n: usize, k: usize| {
+            let p = PackedWeight::new(w, n, k);
+            if bf16_weights {
+                p.with_bf16_storage()
+            } else {
+                p
+            }
+        };
         let s2 = 2 * cfg.att_span;
         let rel = w.rel;
         let project = |rows: &Option<Vec<f32>>, wt: &[f32], b: &[f32]| -> PosTable {
@@ -481,15 +491,15 @@ impl CpuModel {
                 let qkv_w = [&l.query_w[..], &l.key_w[..], &l.value_w[..]].concat();
                 let qkv_b = [&l.query_b[..], &l.key_b[..], &l.value_b[..]].concat();
                 CpuLayer {
-                    qkv: PackedWeight::new(&qkv_w, 3 * h, h),
+                    qkv: pack(&qkv_w, 3 * h, h),
                     qkv_b,
-                    attn_out: PackedWeight::new(&l.attn_out_w, h, h),
+                    attn_out: pack(&l.attn_out_w, h, h),
                     attn_out_b: l.attn_out_b,
                     attn_ln_w: l.attn_ln_w,
                     attn_ln_b: l.attn_ln_b,
-                    inter: PackedWeight::new(&l.inter_w, i, h),
+                    inter: pack(&l.inter_w, i, h),
                     inter_b: l.inter_b,
-                    out: PackedWeight::new(&l.out_w, h, i),
+                    out: pack(&l.out_w, h, i),
                     out_b: l.out_b,
                     out_ln_w: l.out_ln_w,
                     out_ln_b: l.out_ln_b,
@@ -508,7 +518,7 @@ impl CpuModel {
             embed_proj: w
                 .embed_proj
                 .as_ref()
-                .map(|p| PackedWeight::new(p, h, cfg.embedding_size)),
+                .map(|p| pack(p, h, cfg.embedding_size)),
             word_emb: w.word_emb,
             pos_emb: w.pos_emb,
             type_emb0: w.type_emb0,

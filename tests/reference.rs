@@ -6,7 +6,7 @@ mod common;
 
 use common::{cosine, max_abs_diff, model_names, Reference};
 use deberta_embed::relpos::{log_bucket, RelPosTable};
-use deberta_embed::{Device, Embedder, EmbedderOptions};
+use deberta_embed::{Device, Embedder, EmbedderOptions, Precision};
 
 const MAX_ABS: f32 = 1e-4;
 const MIN_COS: f64 = 0.99999;
@@ -66,6 +66,31 @@ fn embeddings_match_sentence_transformers() {
             }
             eprintln!("{name}: batch {batch_size}: max |diff| {worst:.2e}");
         }
+    }
+}
+
+/// The opt-in bf16 weight storage (`--dtype bf16` on the CPU): cosine >= 0.999 to the fp32
+/// sentence-transformers embeddings on every fixture model.
+#[test]
+fn bf16_weights_stay_within_cosine_0_999() {
+    for name in model_names() {
+        let r = Reference::load(&name);
+        let want = r.embeddings();
+        let opts = EmbedderOptions {
+            precision: Precision::BF16,
+            ..Default::default()
+        };
+        let e = Embedder::load_with(r.model_dir(), Device::Cpu, opts)
+            .unwrap_or_else(|e| panic!("{name}: load failed: {e}"));
+        let texts: Vec<&str> = r.sentences.iter().map(String::as_str).collect();
+        let got = e.encode(&texts).unwrap();
+        let mut worst = 1.0f64;
+        for i in 0..texts.len() {
+            let c = cosine(got.row(i), &want[i * r.dim..(i + 1) * r.dim]);
+            assert!(c >= 0.999, "{name}: sentence {i} bf16 cosine {c}");
+            worst = worst.min(c);
+        }
+        eprintln!("{name}: bf16 weights: min cosine {worst:.6}");
     }
 }
 

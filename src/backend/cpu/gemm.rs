@@ -190,6 +190,16 @@ pub struct PackedWeight {
     /// `ceil(n / NR)` panels, each `[k][NR]` (panel `q`, row `p` = `W[NR*q .. NR*q+NR, p]`),
     /// columns past `n` zero. Lines of 16 floats so the data is 64-byte aligned.
     panels: Vec<Line>,
+    /// The same panels rounded to bf16 (`with_bf16_storage`); then `panels` is empty.
+    bf16: Vec<u16>,
+}
+
+/// The packed panels as the tiles read them.
+#[derive(Clone, Copy)]
+enum WPanels<'a> {
+    F32(&'a [f32]),
+    /// bf16 bits, widened to f32 one n-block at a time before the micro-kernels run
+    Bf16(&'a [u16]),
 }
 
 impl PackedWeight {
@@ -209,7 +219,38 @@ impl PackedWeight {
                 }
             }
         }
-        PackedWeight { n, k, panels }
+        PackedWeight {
+            n,
+            k,
+            panels,
+            bf16: Vec::new(),
+        }
+    }
+
+    /// Keep the weight as bf16 (round to nearest even): half the memory and half the bytes a
+    /// product streams, fp32 arithmetic on the widened values. Not bit-compatible with the
+    /// fp32 path: relative error up to 2^-9 per weight.
+    pub fn with_bf16_storage(mut self) -> Self {
+        self.bf16 = self
+            .data()
+            .iter()
+            .map(|&v| half::bf16::from_f32(v).to_bits())
+            .collect();
+        self.panels = Vec::new();
+        self
+    }
+
+    /// Whether the weight is stored as bf16.
+    pub fn is_bf16(&self) -> bool {
+        !self.bf16.is_empty()
+    }
+
+    fn panels(&self) -> WPanels<'_> {
+        if self.is_bf16() {
+            WPanels::Bf16(&self.bf16)
+        } else {
+            WPanels::F32(self.data())
+        }
     }
     /// Out features.
     pub fn n(&self) -> usize {
@@ -302,7 +343,7 @@ pub fn linear_with(
         m,
         n,
         k,
-        w: w.data(),
+        w: w.panels(),
         ep,
         out: SharedPtr(out.as_mut_ptr()),
     };
@@ -520,6 +561,25 @@ fn apply_epilogue_row(ep: Epilogue<'_>, row: &mut [f32], i: usize, j0: usize, n:
     }
 }
 
+/// Append `src` (bf16 bits) to `dst` as f32 (exact: a bf16 is the top half of an f32), in a
+/// function compiled for `level`'s vector ISA.
+fn widen_bf16(level: SimdLevel, src: &[u16], dst: &mut Vec<f32>) {
+    match level {
+        // SAFETY: AVX-512F was detected (`level` is available).
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => unsafe { x86::widen_bf16_avx512(src, dst) },
+        // SAFETY: AVX2 was detected (`level` is available).
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 => unsafe { x86::widen_bf16_avx2(src, dst) },
+        _ => widen_bf16_generic(src, dst),
+    }
+}
+
+#[inline(always)]
+fn widen_bf16_generic(src: &[u16], dst: &mut Vec<f32>) {
+    dst.extend(src.iter().map(|&b| f32::from_bits(u32::from(b) << 16)));
+}
+
 /// Largest k handled as a single block; longer k is split into blocks of about `KC_TARGET`.
 const KC_SINGLE_MAX: usize = 512;
 const KC_TARGET: usize = 384;
@@ -684,7 +744,7 @@ struct TaskCtx<'a> {
     n: usize,
     k: usize,
     /// packed W panels
-    w: &'a [f32],
+    w: WPanels<'a>,
     ep: Epilogue<'a>,
     /// `out[..m * n]`, row-major with row stride `n`
     out: SharedPtr,
@@ -696,6 +756,8 @@ thread_local! {
     /// Per-thread buffer for all of x packed up front (`TaskCtx::pack_unit`), owned by the
     /// thread that called `linear`.
     static X_SHARED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Per-thread buffer for one n-block of bf16 W panels widened to f32 (one k-block).
+    static W_WIDE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 impl TaskCtx<'_> {
@@ -717,15 +779,17 @@ impl TaskCtx<'_> {
 
     /// Compute tile (`mb`, `ng`): the rows of m-block `mb`, the columns of n-group `ng`.
     fn run(&self, mb: usize, ng: usize) {
-        X_PACK.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut buf) => self.run_with(mb, ng, &mut buf),
-            // Re-entered on this thread (cannot happen today: the tile body never yields to
-            // rayon); use a private buffer rather than panic.
-            Err(_) => self.run_with(mb, ng, &mut Vec::new()),
+        // Re-entered on this thread (cannot happen today: the tile body never yields to
+        // rayon): use private buffers rather than panic.
+        X_PACK.with(|xc| {
+            W_WIDE.with(|wc| match (xc.try_borrow_mut(), wc.try_borrow_mut()) {
+                (Ok(mut xbuf), Ok(mut wbuf)) => self.run_with(mb, ng, &mut xbuf, &mut wbuf),
+                _ => self.run_with(mb, ng, &mut Vec::new(), &mut Vec::new()),
+            })
         })
     }
 
-    fn run_with(&self, mb: usize, ng: usize, buf: &mut Vec<f32>) {
+    fn run_with(&self, mb: usize, ng: usize, buf: &mut Vec<f32>, wide: &mut Vec<f32>) {
         let p = self.plan;
         let (n, k) = (self.n, self.k);
         let i0 = mb * p.mc;
@@ -757,6 +821,23 @@ impl TaskCtx<'_> {
             let mut q_blk = g0;
             while q_blk < g1 {
                 let q_end = (q_blk + NC_PANELS).min(g1);
+                // This k-block of panels q_blk .. q_end as f32: in place, or widened from bf16
+                // once for all the x panels below.
+                let (wb, stride, q_base): (&[f32], usize, usize) = match self.w {
+                    WPanels::F32(w) => (w, k * NR, 0),
+                    WPanels::Bf16(w) => {
+                        wide.clear();
+                        for q in q_blk..q_end {
+                            widen_bf16(self.level, &w[(q * k + pc) * NR..][..kc * NR], wide);
+                        }
+                        (&wide[..], kc * NR, q_blk)
+                    }
+                };
+                let pc_in = if matches!(self.w, WPanels::F32(_)) {
+                    pc
+                } else {
+                    0
+                };
                 for t in 0..panels.count {
                     let (r0, mr) = (panels.start(t), panels.rows(t));
                     let a = &xb[r0 * kc..(r0 + mr) * kc];
@@ -764,7 +845,7 @@ impl TaskCtx<'_> {
                     for q in q_blk..q_end {
                         let j0 = q * NR;
                         let nr = NR.min(n - j0);
-                        let b = &self.w[(q * k + pc) * NR..][..kc * NR];
+                        let b = &wb[(q - q_base) * stride + pc_in * NR..][..kc * NR];
                         // SAFETY: `row + mr <= m` and `j0 + nr <= n`, so the tile rows
                         // `row .. row + mr`, columns `j0 .. j0 + nr` with stride `n` lie inside
                         // `out[..m * n]`; this rectangle belongs to this tile only (tiles are

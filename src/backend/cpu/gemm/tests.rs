@@ -24,12 +24,25 @@ impl Rng {
 
 /// Run every available level and epilogue on one shape and compare with the reference.
 fn check_shape(m: usize, n: usize, k: usize) {
+    check_shape_with(m, n, k, false)
+}
+
+/// As `check_shape`; with `bf16` the packed weight is stored as bf16 and the reference gets the
+/// same bf16-rounded weights (widening is exact, so the fp32 tolerance still applies).
+fn check_shape_with(m: usize, n: usize, k: usize, bf16: bool) {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((m * 1_000_003 + n * 1009 + k) as u64));
     let x = rng.vec(m * k);
-    let w = rng.vec(n * k);
+    let mut w = rng.vec(n * k);
     let bias = rng.vec(n);
     let res = rng.vec(m * n);
-    let packed = PackedWeight::new(&w, n, k);
+    let mut packed = PackedWeight::new(&w, n, k);
+    if bf16 {
+        packed = packed.with_bf16_storage();
+        assert!(packed.is_bf16() || n * k == 0);
+        for v in w.iter_mut() {
+            *v = half::bf16::from_f32(*v).to_f32();
+        }
+    }
     assert_eq!((packed.n(), packed.k()), (n, k));
 
     // Plain product (in order) and the scale of each dot product, sum |x_ip * w_jp|.
@@ -129,6 +142,17 @@ fn gemm_m33() {
 #[test]
 fn gemm_m129() {
     check_m(MS[5]);
+}
+
+#[test]
+fn gemm_bf16_storage() {
+    for m in [1, 16, 33] {
+        for n in [5, 383, 384] {
+            for k in [3, 384, 385, 1536] {
+                check_shape_with(m, n, k, true);
+            }
+        }
+    }
 }
 
 #[test]

@@ -272,3 +272,21 @@ pub(super) unsafe fn epilogue_avx2(
     // SAFETY: forwarded contract.
     unsafe { super::epilogue_tile_generic(ep, c, mr, nr, row0, j0, n) }
 }
+
+/// `super::widen_bf16` compiled for AVX-512F (the loop vectorizes to 16 lanes).
+///
+/// # Safety
+/// AVX-512F must be available.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn widen_bf16_avx512(src: &[u16], dst: &mut Vec<f32>) {
+    super::widen_bf16_generic(src, dst)
+}
+
+/// `super::widen_bf16` compiled for AVX2.
+///
+/// # Safety
+/// AVX2 must be available.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn widen_bf16_avx2(src: &[u16], dst: &mut Vec<f32>) {
+    super::widen_bf16_generic(src, dst)
+}
