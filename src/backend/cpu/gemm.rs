@@ -49,6 +49,12 @@ macro_rules! by_mr {
             _ => unreachable!("mr out of range"),
         }
     };
+    ($mr:expr, $f:ident::<_, $t:ty>, $args:tt, [$($n:literal),*]) => {
+        match $mr {
+            $($n => $f::<$n, $t> $args,)*
+            _ => unreachable!("mr out of range"),
+        }
+    };
 }
 
 #[cfg(target_arch = "aarch64")]
@@ -192,6 +198,18 @@ pub struct PackedWeight {
     panels: Vec<Line>,
     /// The same panels rounded to bf16 (`with_bf16_storage`); then `panels` is empty.
     bf16: Vec<u16>,
+}
+
+/// Where a tile reads one k-block of W panels from.
+#[derive(Clone, Copy)]
+enum BlockSrc<'a> {
+    /// f32 panels in place (`(q * k + pc) * NR`)
+    Packed(&'a [f32]),
+    /// the n-block's panels widened to f32 (`(q - q_blk) * kc * NR`)
+    Wide(&'a [f32]),
+    /// bf16 panels in place, widened by the AVX-512 kernel
+    #[cfg(target_arch = "x86_64")]
+    Bf16(&'a [u16]),
 }
 
 /// The packed panels as the tiles read them.
@@ -821,22 +839,24 @@ impl TaskCtx<'_> {
             let mut q_blk = g0;
             while q_blk < g1 {
                 let q_end = (q_blk + NC_PANELS).min(g1);
-                // This k-block of panels q_blk .. q_end as f32: in place, or widened from bf16
-                // once for all the x panels below.
-                let (wb, stride, q_base): (&[f32], usize, usize) = match self.w {
-                    WPanels::F32(w) => (w, k * NR, 0),
+                // Where this k-block of panels q_blk .. q_end is read from.
+                let src = match self.w {
+                    WPanels::F32(w) => BlockSrc::Packed(w),
+                    // With one or two x panels there is nothing to amortize a widening pass
+                    // over: the AVX-512 kernel reads the bf16 panels itself (widening in
+                    // registers overlaps with the DRAM stream such small products wait on).
+                    #[cfg(target_arch = "x86_64")]
+                    WPanels::Bf16(w) if self.level == SimdLevel::Avx512 && panels.count <= 2 => {
+                        BlockSrc::Bf16(w)
+                    }
+                    // Otherwise widen the block to f32 once for all the x panels below.
                     WPanels::Bf16(w) => {
                         wide.clear();
                         for q in q_blk..q_end {
                             widen_bf16(self.level, &w[(q * k + pc) * NR..][..kc * NR], wide);
                         }
-                        (&wide[..], kc * NR, q_blk)
+                        BlockSrc::Wide(wide)
                     }
-                };
-                let pc_in = if matches!(self.w, WPanels::F32(_)) {
-                    pc
-                } else {
-                    0
                 };
                 for t in 0..panels.count {
                     let (r0, mr) = (panels.start(t), panels.rows(t));
@@ -845,17 +865,31 @@ impl TaskCtx<'_> {
                     for q in q_blk..q_end {
                         let j0 = q * NR;
                         let nr = NR.min(n - j0);
-                        let b = &wb[(q - q_base) * stride + pc_in * NR..][..kc * NR];
                         // SAFETY: `row + mr <= m` and `j0 + nr <= n`, so the tile rows
                         // `row .. row + mr`, columns `j0 .. j0 + nr` with stride `n` lie inside
                         // `out[..m * n]`; this rectangle belongs to this tile only (tiles are
                         // disjoint, see `SharedPtr`), and `out` is exclusively borrowed by
-                        // `linear_with` for the duration. `a` holds `mr * kc` and `b` `kc * NR`
-                        // floats, and `mr <= level.mr()`, as `micro_kernel` requires. When
-                        // `!first` the tile was fully written by the previous k-block.
+                        // `linear_with` for the duration. `a` holds `mr * kc` and every `b`
+                        // below `kc * NR` elements, and `mr <= level.mr()`, as the kernels
+                        // require; `BlockSrc::Bf16` exists only when AVX-512F was detected.
+                        // When `!first` the tile was fully written by the previous k-block.
                         unsafe {
                             let c = self.out.0.add(row * n + j0);
-                            micro_kernel(self.level, mr, kc, a, b, c, n, nr, !first);
+                            match src {
+                                BlockSrc::Packed(w) => {
+                                    let b = &w[(q * k + pc) * NR..][..kc * NR];
+                                    micro_kernel(self.level, mr, kc, a, b, c, n, nr, !first);
+                                }
+                                BlockSrc::Wide(w) => {
+                                    let b = &w[(q - q_blk) * kc * NR..][..kc * NR];
+                                    micro_kernel(self.level, mr, kc, a, b, c, n, nr, !first);
+                                }
+                                #[cfg(target_arch = "x86_64")]
+                                BlockSrc::Bf16(w) => {
+                                    let b = &w[(q * k + pc) * NR..][..kc * NR];
+                                    x86::avx512_kernel(mr, kc, a, b, c, n, nr, !first);
+                                }
+                            }
                         }
                     }
                     if last && !matches!(self.ep, Epilogue::None) {

@@ -17,8 +17,58 @@ pub(super) const AVX512_MR: usize = 14;
 /// Most rows per AVX2 micro-kernel call: 6 rows x 2 ymm = 12 accumulators + 2 W + 1 broadcast.
 pub(super) const AVX2_MR: usize = 6;
 
-/// How far ahead (in floats of the W panel, i.e. 8 k-steps = 1 KB) the kernels prefetch W.
-const PF_AHEAD: usize = 8 * NR;
+/// How far ahead (in elements of the W panel: 8 k-steps) the kernels prefetch W.
+const PF_AHEAD: usize = 24 * NR;
+
+/// An element type of packed W panels the AVX-512 kernel reads: f32, or bf16 bits (`u16`)
+/// widened in registers (exact: a bf16 is the top half of an f32).
+pub(super) trait PanelElem: Copy {
+    /// The 32 values of one panel row at `p`, as two f32 vectors.
+    ///
+    /// # Safety
+    /// AVX-512F available; `p .. p + NR` readable.
+    unsafe fn load_row(p: *const Self) -> (__m512, __m512);
+    /// Prefetch the panel row at `p` (any address: a prefetch never faults).
+    ///
+    /// # Safety
+    /// AVX-512F available (SSE prefetch; no memory is accessed).
+    unsafe fn prefetch(p: *const Self);
+}
+
+impl PanelElem for f32 {
+    #[inline(always)]
+    unsafe fn load_row(p: *const f32) -> (__m512, __m512) {
+        // SAFETY: caller contract, `p .. p + 32` readable; unaligned loads.
+        unsafe { (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16))) }
+    }
+    #[inline(always)]
+    unsafe fn prefetch(p: *const f32) {
+        // SAFETY: a prefetch is a hint and never faults; both lines of the 128-byte row.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(p.cast());
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(16).cast());
+        }
+    }
+}
+
+impl PanelElem for u16 {
+    #[inline(always)]
+    unsafe fn load_row(p: *const u16) -> (__m512, __m512) {
+        // SAFETY: caller contract, `p .. p + 32` (64 bytes) readable; unaligned loads. Zero-
+        // extending each u16 to 32 bits and shifting it into the top half gives the f32.
+        unsafe {
+            let lo = _mm256_loadu_si256(p.cast());
+            let hi = _mm256_loadu_si256(p.add(16).cast());
+            let widen = |v| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(v)));
+            (widen(lo), widen(hi))
+        }
+    }
+    #[inline(always)]
+    unsafe fn prefetch(p: *const u16) {
+        // SAFETY: a prefetch is a hint and never faults; the 64-byte row is one line.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
+    }
+}
 
 /// AVX-512 micro-kernel, see `super::micro_kernel` for the contract.
 ///
@@ -28,11 +78,11 @@ const PF_AHEAD: usize = 8 * NR;
 /// with row stride `ldc`, and not accessed through any other reference meanwhile.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn avx512_kernel(
+pub(super) unsafe fn avx512_kernel<T: PanelElem>(
     mr: usize,
     kc: usize,
     a: &[f32],
-    b: &[f32],
+    b: &[T],
     c: *mut f32,
     ldc: usize,
     nr: usize,
@@ -44,7 +94,7 @@ pub(super) unsafe fn avx512_kernel(
     unsafe {
         by_mr!(
             mr,
-            avx512_tile,
+            avx512_tile::<_, T>,
             (kc, a, b, c, ldc, nr, accumulate),
             [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
         )
@@ -56,10 +106,10 @@ pub(super) unsafe fn avx512_kernel(
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn avx512_tile<const MR: usize>(
+unsafe fn avx512_tile<const MR: usize, T: PanelElem>(
     kc: usize,
     a: *const f32,
-    b: *const f32,
+    b: *const T,
     c: *mut f32,
     ldc: usize,
     nr: usize,
@@ -75,11 +125,9 @@ unsafe fn avx512_tile<const MR: usize>(
         for p in 0..kc {
             let bp = b.add(p * NR);
             let ap = a.add(p * MR);
-            // W streams from L2: ask for it a few k-steps before it is needed.
-            _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PF_AHEAD).cast());
-            _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PF_AHEAD + 16).cast());
-            let b0 = _mm512_loadu_ps(bp);
-            let b1 = _mm512_loadu_ps(bp.add(16));
+            // W streams from L2 (or DRAM): ask for it a few k-steps before it is needed.
+            T::prefetch(bp.wrapping_add(PF_AHEAD));
+            let (b0, b1) = T::load_row(bp);
             for r in 0..MR {
                 let av = _mm512_set1_ps(*ap.add(r));
                 lo[r] = _mm512_fmadd_ps(av, b0, lo[r]);
