@@ -59,6 +59,8 @@ Runners (--device cuda):
                        * Triton kernels in the input dtype (fp16 / bf16; fp32 accumulators); tile
                          sizes from FLASHDEBERTA_FWD_* or defaults measured on an RTX 5060 Ti,
                          shrunk at launch when shared memory is short. CUDA only.
+                       * needs einops at import (flashdeberta/padding.py), besides torch,
+                         transformers and triton.
                      Timed in fp16.
   deberta-embed      `BIN bench --model DIR --device cuda --dtype f16 --batch-size B --seq-len L
                      --json --iters N --warmup W` as a subprocess (its own median; model load and
@@ -117,6 +119,7 @@ REPO = Path(__file__).resolve().parent.parent
 CUDA_SHAPES = "1x16,1x512,256x32,64x128,16x512,1024x32"
 CPU_SHAPES = "1x16"
 COS_MIN = 0.99
+RUNNERS = ("hf-fp16", "hf-bf16", "hf-fp32", "disentangled-flash", "flashdeberta", "deberta-embed")
 SENTENCES = [
     "A man is eating food.",
     "The quick brown fox jumps over the lazy dog, and then it runs away into the forest.",
@@ -146,8 +149,7 @@ def parse_args(argv=None):
     ap.add_argument("--max-iters", type=int, default=50)
     ap.add_argument("--deadline-s", type=float, default=0.0,
                     help="start no new shape or round after this many seconds since start (0 = none)")
-    ap.add_argument("--skip", default="", help="comma-separated runners to leave out: " + ",".join(
-        ["hf-fp16", "hf-bf16", "hf-fp32", "disentangled-flash", "flashdeberta", "deberta-embed"]))
+    ap.add_argument("--skip", default="", help="comma-separated runners to leave out: " + ",".join(RUNNERS))
     ap.add_argument("--threads", type=int, help="CPU threads in --device cpu mode (default: all)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
@@ -170,6 +172,8 @@ def parse_args(argv=None):
         ap.error(f"--wheels: no .whl in {a.wheels}")
     a.model = a.model.resolve()
     a.skip_set = {s.strip() for s in a.skip.split(",") if s.strip()}
+    if a.skip_set - set(RUNNERS):
+        ap.error(f"--skip: unknown runner(s) {sorted(a.skip_set - set(RUNNERS))}; known: {', '.join(RUNNERS)}")
     return a
 
 
@@ -310,7 +314,24 @@ class DisentangledFlashRunner(TorchRunner):
         if enc.backend != self.backend:
             raise RuntimeError(f"optimize_deberta resolved backend {enc.backend!r}, wanted {self.backend!r}")
         self.info = f"disentangled-flash {df.__version__}, backend {enc.backend}, tuning mode {enc.tuning.mode}"
+        if enc.backend == "triton":
+            self.info += f" ({self._profile_match(enc)})"
         return m
+
+    @staticmethod
+    def _profile_match(enc) -> str:
+        """Does a tuning profile apply (exact GPU + compiler match), or do its heuristic configs run?"""
+        try:
+            from disentangled_flash.tuning import CompilerSpec, HardwareSpec, ProfileRegistry
+
+            reg = ProfileRegistry.from_options(enc.tuning)
+            hw, cc = HardwareSpec.current(DEV), CompilerSpec.current()
+            kinds = [p.compatibility(hw, cc) for p in reg.profiles]
+            if "exact" in kinds:
+                return "an exactly matching tuning profile"
+            return f"heuristic configs: {len(kinds)} profile(s), none exact ({', '.join(kinds) or 'none'})"
+        except Exception as e:  # internal API: informative only
+            return f"profile match unknown: {short(e, 80)}"
 
     def prepare(self, ids, mask):
         super().prepare(ids, mask)
@@ -436,8 +457,7 @@ class Binary:
     def bench(self, b: int, l: int, iters: int, warmup: int) -> dict:
         cmd = [str(self.path), "bench", "--model", str(ARGS.model), *self.dev_args(), "--batch-size", str(b),
                "--seq-len", str(l), "--json", "--iters", str(iters), "--warmup", str(warmup)]
-        if self.poller is not None:
-            torch.cuda.empty_cache()
+        # our own process allocates nothing meanwhile: the rise of device memory is the child's
         with (self.poller or _Null()) as mem:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         lines = [x for x in p.stdout.splitlines() if x.strip()]
@@ -550,10 +570,12 @@ def render(res: dict) -> str:
     for c, info in res.get("runner_info", {}).items():
         if info:
             L.append(f"- {label.get(c, c)}: {info}")
-    for key, sr in res["shapes"].items():
-        for c, chk in sr.get("checks", {}).items():
-            L.append(f"- check {key} {label.get(c, c)} vs HF fp32: min cosine {chk['min_cosine']:.6f}, "
-                     f"max |diff| {chk['max_abs_diff']:.2e}")
+    for c in cols:  # the worst shape per runner
+        chk = [(sr["checks"][c], key) for key, sr in res["shapes"].items() if c in sr.get("checks", {})]
+        if chk:
+            worst, at = min(chk, key=lambda x: x[0]["min_cosine"])
+            L.append(f"- check {label[c]} vs HF fp32, pooled, {len(chk)} shape(s): min cosine {worst['min_cosine']:.6f} "
+                     f"(at {at}), max |diff| {max(x[0]['max_abs_diff'] for x in chk):.2e}")
     for n in res["notes"]:
         L.append(f"- note: {n}")
     L.append(f"- elapsed: {res.get('elapsed_s', time.time() - T_START):.0f} s")

@@ -11,8 +11,8 @@
 # transformers 5.17, triton 3.6 — the torch wheel brings triton — einops):
 #   disentangled-flash: torch>=2.7 (Triton optional at import, needed for its CUDA path);
 #                       transformers>=4.57 only for the [hf] extra (compare_gpu.py has it anyway)
-#   flashdeberta:       torch>=2.1, transformers>=4.30, triton>=3.0, einops>=0.7 (declared; 0.0.8
-#                       does not import einops)
+#   flashdeberta:       torch>=2.1, transformers>=4.30, triton>=3.0, einops>=0.7 (imported by its
+#                       padding.py at import time: without einops the import fails)
 # compare_gpu.py installs them with `pip install --no-deps --no-index --target <tmp>`, so nothing on
 # the GPU machine is modified. Re-running re-uses wheels already there (hash-checked).
 #   PYTHON=python3 (default) picks the interpreter whose pip downloads.
