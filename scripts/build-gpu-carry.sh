@@ -5,6 +5,8 @@
 #   .carry/gpu-tests            the tests/gpu.rs test binary, release
 #   .carry/manifest_dir.txt     the repo path compiled into the test binary (fixture lookup)
 #   .carry/cuda-resource-report.txt   ptxas' registers / shared memory / spills per kernel
+#   .carry/peers/*.whl          the GPU peers for scripts/compare_gpu.py (scripts/fetch-gpu-peers.sh,
+#                               ~160 KiB; kept across rebuilds, fetched when missing, optional)
 # Then, with a GPU:  run(command="bash scripts/gpu-check.sh", carry=[".carry"])
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,8 +24,9 @@ for l in sys.stdin:
         print(m["executable"])' | tail -n 1)"
 [[ -x "$TEST_BIN" ]] || { echo "error: gpu test binary not found" >&2; exit 1; }
 
-rm -rf .carry
+# everything but the peer wheels (pinned and hash-checked: no reason to fetch them again)
 mkdir -p .carry
+find .carry -mindepth 1 -maxdepth 1 ! -name peers -exec rm -rf {} +
 cp target/release/deberta-embed .carry/deberta-embed
 cp "$TEST_BIN" .carry/gpu-tests
 # debug info would triple the size (the device tool carries 64 MiB at most); symbols stay
@@ -31,6 +34,10 @@ strip --strip-debug .carry/deberta-embed .carry/gpu-tests
 echo "$ROOT" > .carry/manifest_dir.txt
 cp target/cuda-resource-report.txt .carry/ 2>/dev/null || true
 git rev-parse HEAD > .carry/commit.txt 2>/dev/null || true
+if ! compgen -G ".carry/peers/*.whl" > /dev/null; then
+  # optional: without them gpu-check.sh skips its peer comparison (step 6)
+  scripts/fetch-gpu-peers.sh || echo "warning: peer wheels not fetched (no PyPI?): gpu-check.sh will skip compare_gpu" >&2
+fi
 du -sh .carry/*
 total=$(du -sk .carry | cut -f1)
 (( total < 60000 )) || { echo "error: .carry is ${total} KiB, over the 64 MiB the device tool carries" >&2; exit 1; }

@@ -6,8 +6,15 @@
 #   2. compute-sanitizer memcheck and racecheck over the kernel tests (GPU_TEST_QUICK=1);
 #   3. the CLI: `embed --device cuda --dtype f32|f16|bf16` on every fixture model vs the
 #      sentence-transformers reference embeddings (python3 + numpy + safetensors there);
-#   4. `bench --synthetic xsmall --device cuda` at the DESIGN.md section 6 shapes.
-# Logs go to $OUT (or ./gpu-check-out); $OUT/summary.txt is the short table, printed last.
+#   4. `bench --synthetic xsmall --device cuda` at the DESIGN.md section 6 shapes;
+#   5. one profiled bench (device time per kernel);
+#   6. only when .carry/peers/ holds the peer wheels (scripts/fetch-gpu-peers.sh): the peer
+#      comparison, scripts/compare_gpu.py (HF eager fp16/bf16, DisentangledFlash, FlashDeBERTa vs
+#      `deberta-embed bench`) on a random-weight xsmall checkpoint made there, bounded to
+#      COMPARE_GPU_BUDGET_S seconds (default 240) -> $OUT/compare_gpu.{md,json,log}.
+#      GPU_CHECK_COMPARE=0 skips it; GPU_CHECK_ONLY=compare runs it alone (steps 1-5 skipped).
+# Logs go to $OUT (or ./gpu-check-out); $OUT/summary.txt is the short table, printed last. The
+# device tool brings back 8 files of $OUT at most: scratch files go to a temporary folder.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -18,6 +25,8 @@ S="$OUT/summary.txt"
 say() { echo "$*" >> "$S"; }
 C=.carry
 [[ -x $C/gpu-tests && -x $C/deberta-embed ]] || { say "FAIL: .carry/ missing: run scripts/build-gpu-carry.sh first"; exit 1; }
+ONLY="${GPU_CHECK_ONLY:-}"
+SCRATCH="$(mktemp -d)"
 
 say "== gpu-check $(date -u +%FT%TZ) commit $(cat $C/commit.txt 2>/dev/null)"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | sed 's/^/gpu: /' >> "$S"
@@ -28,6 +37,7 @@ if [[ ! -d "$WANT/tests/fixtures" ]]; then
   mkdir -p "$(dirname "$WANT")" && ln -sfn "$ROOT" "$WANT" && say "linked $WANT -> $ROOT (fixture path)"
 fi
 
+if [[ $ONLY != compare ]]; then  # steps 1-5 (not indented; they end at the matching `fi` below)
 # 1. the GPU test suite
 t0=$SECONDS
 timeout 240 $C/gpu-tests --test-threads=1 --nocapture > "$OUT/gpu-tests.log" 2>&1
@@ -54,7 +64,7 @@ else
 fi
 
 # 3. CLI vs the fixtures
-python3 - "$OUT" <<'PY' >> "$S" 2>&1
+python3 - "$SCRATCH" <<'PY' >> "$S" 2>&1
 import json, os, subprocess, sys
 import numpy as np
 from safetensors.numpy import load_file
@@ -109,5 +119,38 @@ say "-- kernel profile, f16 16 x 512 (DEBERTA_CUDA_PROFILE=1: device time per ke
 DEBERTA_CUDA_PROFILE=1 timeout 60 $C/deberta-embed bench --synthetic xsmall --device cuda --dtype f16 \
   --batch-size 16 --seq-len 512 --warmup 1 --iters 5 > "$OUT/profile.log" 2>&1
 grep -A24 "CUDA kernel profile" "$OUT/profile.log" >> "$S" || tail -n 3 "$OUT/profile.log" >> "$S"
+fi  # steps 1-5
+
+# 6. the peer comparison (only with the wheels of scripts/fetch-gpu-peers.sh in .carry/peers/)
+if [[ ${GPU_CHECK_COMPARE:-1} == 0 ]]; then
+  say "-- compare_gpu: skipped (GPU_CHECK_COMPARE=0)"
+elif ! compgen -G "$C/peers/*.whl" > /dev/null; then
+  say "-- compare_gpu: skipped (no .carry/peers/*.whl: run scripts/fetch-gpu-peers.sh before carrying)"
+else
+  # The whole step (checkpoint included) stays within BUDGET seconds: the device session is 15
+  # minutes in all. compare_gpu.py starts no new shape / round after --deadline-s and rewrites its
+  # .md after every shape, so the outer timeout only ever cuts a shape in flight.
+  BUDGET="${COMPARE_GPU_BUDGET_S:-240}"
+  t0=$SECONDS
+  CK="$SCRATCH/xsmall"  # random weights, the exact xsmall shape (280 MB: made here, not carried)
+  timeout 90 python3 scripts/make_xsmall_checkpoint.py "$CK" --layout hf > "$OUT/compare_gpu.log" 2>&1
+  rc=$?
+  left=$((BUDGET - (SECONDS - t0)))
+  deadline=$((left - 40 > 10 ? left - 40 : 10))
+  if [[ $rc != 0 ]]; then
+    say "-- compare_gpu: FAIL: make_xsmall_checkpoint.py rc=$rc"; tail -n 5 "$OUT/compare_gpu.log" >> "$S"
+  else
+    # iterations: ~0.25 s per measurement, 3 rounds, 6 shapes, 5 runners ~ 2-3 minutes with the
+    # Triton compiles; --deadline-s leaves 40 s for the shape in flight
+    PYTHONUNBUFFERED=1 timeout -k 10 "$left" python3 scripts/compare_gpu.py --model "$CK" \
+      --binary $C/deberta-embed --wheels $C/peers --rounds 3 --budget-s 0.25 --min-iters 5 --max-iters 40 \
+      --deadline-s $deadline --out "$OUT/compare_gpu.md" --json-out "$OUT/compare_gpu.json" \
+      >> "$OUT/compare_gpu.log" 2>&1
+    rc=$?
+    say "-- compare_gpu (peers): rc=$rc ($((SECONDS - t0)) s of $BUDGET; 124 = cut by the timeout) -> compare_gpu.md"
+    if [[ -s $OUT/compare_gpu.md ]]; then cat "$OUT/compare_gpu.md" >> "$S"; else tail -n 20 "$OUT/compare_gpu.log" >> "$S"; fi
+  fi
+fi
+rm -rf "$SCRATCH"
 say "== done; logs in $OUT"
 cat "$S"
