@@ -29,6 +29,9 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! [`server`] serves a loaded model over HTTP (OpenAI- and text-embeddings-inference-compatible
+//! routes, with dynamic batching), as `deberta-embed serve` does.
 
 pub mod backend;
 pub mod checkpoint;
@@ -38,6 +41,7 @@ pub mod eval;
 pub mod model;
 pub mod pooling;
 pub mod relpos;
+pub mod server;
 pub mod similarity;
 pub mod tokenize;
 
