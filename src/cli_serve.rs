@@ -84,7 +84,15 @@ pub fn run(a: ServeArgs) -> Result<()> {
         );
         let shutdown = async {
             server::shutdown_signal().await;
-            eprintln!("deberta-embed: shutting down after the requests in flight");
+            eprintln!(
+                "deberta-embed: shutting down after the requests in flight (signal again to stop at once)"
+            );
+            // A client that never finishes its request would hold the shutdown up forever.
+            tokio::spawn(async {
+                server::shutdown_signal().await;
+                eprintln!("error: stopped before the requests in flight were answered");
+                std::process::exit(1);
+            });
         };
         server::serve(listener, server, shutdown)
             .await

@@ -849,27 +849,7 @@ fn server_options_must_be_positive() {
 #[test]
 fn binary_serves_and_exits_cleanly_on_sigterm() {
     let name = "st6_proj_cls_norm";
-    let mut child = Command::new(env!("CARGO_BIN_EXE_deberta-embed"))
-        .args(["serve", "--model"])
-        .arg(model_dir(name))
-        .args(["--port", "0", "--threads", "2"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn deberta-embed serve");
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let addr: SocketAddr = loop {
-        line.clear();
-        if stderr.read_line(&mut line).unwrap() == 0 {
-            let _ = child.kill();
-            panic!("serve exited before listening");
-        }
-        if let Some(rest) = line.split("http://").nth(1) {
-            break rest.trim().parse().expect("address");
-        }
-    };
+    let (mut child, mut stderr, addr) = spawn_binary(name);
     assert!(addr.ip().is_loopback(), "binds loopback by default: {addr}");
     assert_eq!(http::get(addr, "/health").status, 200);
     let want = load(name, None).encode(&["hello there"]).unwrap();
@@ -881,22 +861,8 @@ fn binary_serves_and_exits_cleanly_on_sigterm() {
         "binary",
     );
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let exit = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "serve did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    signal(&child, "-TERM");
+    let exit = wait_exit(&mut child, 30).expect("serve exits after SIGTERM");
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
     assert!(exit.success(), "exit {exit:?}; stderr: {rest}");
@@ -905,6 +871,97 @@ fn binary_serves_and_exits_cleanly_on_sigterm() {
         !rest.contains("panicked") && !rest.contains("error"),
         "{rest}"
     );
+}
+
+/// A child process that is killed if a test fails before it exits.
+#[cfg(unix)]
+struct Running(std::process::Child);
+
+#[cfg(unix)]
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Start `serve --port 0` on a fixture model; return the child, its stderr and its address.
+#[cfg(unix)]
+fn spawn_binary(name: &str) -> (Running, BufReader<std::process::ChildStderr>, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_deberta-embed"))
+        .args(["serve", "--model"])
+        .arg(model_dir(name))
+        .args(["--port", "0", "--threads", "2"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn deberta-embed serve");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let child = Running(child);
+    let mut line = String::new();
+    let addr: SocketAddr = loop {
+        line.clear();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            panic!("serve exited before listening");
+        }
+        if let Some(rest) = line.split("http://").nth(1) {
+            break rest.trim().parse().expect("address");
+        }
+    };
+    (child, stderr, addr)
+}
+
+#[cfg(unix)]
+fn signal(child: &Running, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &child.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+/// Wait up to `secs` for the child to exit.
+#[cfg(unix)]
+fn wait_exit(child: &mut Running, secs: u64) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            return Some(s);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A client that never finishes its request holds the graceful shutdown up; a second signal
+/// ends the process at once, with exit code 1 and one error line.
+#[cfg(unix)]
+#[test]
+fn binary_second_signal_stops_at_once() {
+    let (mut child, mut stderr, addr) = spawn_binary("st2_v3like");
+    let mut conn = http::Conn::connect(addr).unwrap();
+    conn.write_raw(
+        b"POST /embed HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{\"inputs\": ",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&child, "-INT");
+    assert!(
+        wait_exit(&mut child, 1).is_none(),
+        "the unfinished request holds the shutdown up"
+    );
+    signal(&child, "-INT");
+    let exit = wait_exit(&mut child, 30).expect("exits after the second signal");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert_eq!(exit.code(), Some(1), "{rest}");
+    assert!(rest.contains("error: stopped before"), "{rest}");
+    assert!(!rest.contains("panicked"), "{rest}");
 }
 
 #[test]
