@@ -1,7 +1,9 @@
 //! Loopback load benchmark of the embedding server: starts `deberta_embed::server` in-process on
 //! 127.0.0.1:<free port>, then for each concurrency level runs that many clients (threads with
 //! a kept-alive connection each) sending `POST /v1/embeddings` requests of 1 to 4 corpus
-//! sentences, and prints requests/s, sentences/s, p50/p99 latency and requests per batch.
+//! sentences, and prints requests/s, sentences/s, p50/p99 latency and requests per batch. The
+//! first row, `direct`, is the baseline without HTTP: the same requests one after another
+//! through `Embedder::encode` in the same process.
 //! Bounded: at most `--requests` requests and about `--max-seconds` per level.
 //!
 //! ```text
@@ -111,18 +113,6 @@ fn main() -> Result<()> {
             ..Default::default()
         },
     )?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let addr = listener.local_addr()?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server_thread = std::thread::spawn(move || {
-        rt.block_on(serve(listener, server, async {
-            let _ = stopped.await;
-        }))
-    });
-
     // Requests: 1 to 4 sentences drawn with a fixed xorshift sequence.
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     let mut next = || {
@@ -131,27 +121,25 @@ fn main() -> Result<()> {
         state ^= state << 17;
         state
     };
+    let requests: Vec<Vec<&str>> = (0..a.requests)
+        .map(|_| {
+            let n = 1 + (next() % 4) as usize;
+            (0..n)
+                .map(|_| corpus[(next() % corpus.len() as u64) as usize].as_str())
+                .collect()
+        })
+        .collect();
     let bodies: Arc<Vec<(String, usize)>> = Arc::new(
-        (0..a.requests)
-            .map(|_| {
-                let n = 1 + (next() % 4) as usize;
-                let texts: Vec<&str> = (0..n)
-                    .map(|_| corpus[(next() % corpus.len() as u64) as usize].as_str())
-                    .collect();
-                (serde_json::json!({ "input": texts }).to_string(), n)
+        requests
+            .iter()
+            .map(|texts| {
+                (
+                    serde_json::json!({ "input": texts }).to_string(),
+                    texts.len(),
+                )
             })
             .collect(),
     );
-
-    // warm-up: a few sequential requests
-    let mut conn = http::Conn::connect(addr)?;
-    for (body, _) in bodies.iter().take(8) {
-        let r = conn.request("POST", "/v1/embeddings", body.as_bytes())?;
-        if r.status != 200 {
-            bail!("warm-up request failed: {} {}", r.status, r.text());
-        }
-    }
-    drop(conn);
 
     println!(
         "{:>11} {:>9} {:>8} {:>9} {:>12} {:>8} {:>8} {:>14}",
@@ -164,25 +152,50 @@ fn main() -> Result<()> {
         "p99 ms",
         "requests/batch"
     );
+    // Baseline without HTTP: the same requests one after another through Embedder::encode.
+    server.embedder().encode(&requests[0])?; // warm-up
+    let mut direct = Level::default();
+    let start = Instant::now();
+    for texts in &requests {
+        if start.elapsed().as_secs_f64() > a.max_seconds {
+            break;
+        }
+        let t = Instant::now();
+        server.embedder().encode(texts)?;
+        direct.latencies_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        direct.sentences += texts.len();
+    }
+    direct.seconds = start.elapsed().as_secs_f64();
+    print_row("direct", direct, None);
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server_thread = std::thread::spawn(move || {
+        rt.block_on(serve(listener, server, async {
+            let _ = stopped.await;
+        }))
+    });
+
+    // warm-up: a few sequential requests
+    let mut conn = http::Conn::connect(addr)?;
+    for (body, _) in bodies.iter().take(4) {
+        let r = conn.request("POST", "/v1/embeddings", body.as_bytes())?;
+        if r.status != 200 {
+            bail!("warm-up request failed: {} {}", r.status, r.text());
+        }
+    }
+    drop(conn);
+
     for &c in &a.concurrency {
         let before = batch_counts(addr)?;
         let level = run_level(addr, &bodies, c, a.max_seconds)?;
         let after = batch_counts(addr)?;
         let per_batch = (after.0 - before.0) / (after.1 - before.1).max(1.0);
-        let mut lat = level.latencies_ms;
-        lat.sort_by(f64::total_cmp);
-        let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
-        println!(
-            "{:>11} {:>9} {:>8.2} {:>9.1} {:>12.1} {:>8.1} {:>8.1} {:>14.2}",
-            c,
-            lat.len(),
-            level.seconds,
-            lat.len() as f64 / level.seconds,
-            level.sentences as f64 / level.seconds,
-            pct(0.50),
-            pct(0.99),
-            per_batch
-        );
+        print_row(&c.to_string(), level, Some(per_batch));
     }
     let _ = stop.send(());
     match server_thread.join() {
@@ -192,6 +205,25 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// One line of the table.
+fn print_row(label: &str, mut level: Level, per_batch: Option<f64>) {
+    let lat = &mut level.latencies_ms;
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
+    println!(
+        "{:>11} {:>9} {:>8.2} {:>9.1} {:>12.1} {:>8.1} {:>8.1} {:>14}",
+        label,
+        lat.len(),
+        level.seconds,
+        lat.len() as f64 / level.seconds,
+        level.sentences as f64 / level.seconds,
+        pct(0.50),
+        pct(0.99),
+        per_batch.map_or("-".to_string(), |b| format!("{b:.2}"))
+    );
+}
+
+#[derive(Default)]
 struct Level {
     latencies_ms: Vec<f64>,
     sentences: usize,
@@ -236,11 +268,7 @@ fn run_level(
         .collect();
     barrier.wait();
     let start = Instant::now();
-    let mut level = Level {
-        latencies_ms: Vec::new(),
-        sentences: 0,
-        seconds: 0.0,
-    };
+    let mut level = Level::default();
     for h in handles {
         let (lat, n) = h
             .join()
