@@ -141,6 +141,15 @@ fn main() -> Result<()> {
             .collect(),
     );
 
+    let (sentences, tokens) = requests.iter().try_fold((0, 0), |(s, t), texts| {
+        let ids = server.embedder().tokenize(texts)?;
+        anyhow::Ok((s + ids.len(), t + ids.iter().map(Vec::len).sum::<usize>()))
+    })?;
+    println!(
+        "{} requests: {sentences} sentences, {tokens} tokens ({:.1} per sentence, special tokens included)",
+        requests.len(),
+        tokens as f64 / sentences as f64
+    );
     println!(
         "{:>11} {:>9} {:>8} {:>9} {:>12} {:>8} {:>8} {:>14}",
         "concurrency",
