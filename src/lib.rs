@@ -29,6 +29,9 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! [`server`] serves a loaded model over HTTP (OpenAI- and text-embeddings-inference-compatible
+//! routes, with dynamic batching), as `deberta-embed serve` does.
 
 pub mod backend;
 pub mod checkpoint;
@@ -38,6 +41,7 @@ pub mod eval;
 pub mod model;
 pub mod pooling;
 pub mod relpos;
+pub mod server;
 pub mod similarity;
 pub mod tokenize;
 
@@ -47,6 +51,7 @@ use std::sync::Mutex;
 pub use config::{ModelConfig, PipelineConfig, PoolingMode};
 pub use error::{Error, Result};
 pub use similarity::Similarity;
+pub use tokenize::Tokenized;
 
 use checkpoint::Checkpoint;
 use model::{CpuModel, HostWeights, PackedBatch, RunState};
@@ -357,6 +362,12 @@ impl Embedder {
         self.tokenizer.encode_batch(texts)
     }
 
+    /// Token ids as [`Embedder::tokenize`] gives them, each with whether truncation to
+    /// max_seq_length cut the text.
+    pub fn tokenize_detailed(&self, texts: &[&str]) -> Result<Vec<Tokenized>> {
+        self.tokenizer.encode_batch_detailed(texts)
+    }
+
     /// Embed texts; rows come back in input order.
     pub fn encode(&self, texts: &[&str]) -> Result<Embeddings> {
         let ids = self.install(|| self.tokenizer.encode_batch(texts))?;
@@ -365,6 +376,17 @@ impl Embedder {
 
     /// Embed pre-tokenized sequences (ids from [`Embedder::tokenize`]).
     pub fn encode_ids(&self, ids: &[Vec<u32>]) -> Result<Embeddings> {
+        self.encode_ids_with(ids, self.normalizes())
+    }
+
+    /// [`Embedder::encode_ids`] without the final L2 normalization, whatever
+    /// [`Embedder::normalizes`] says: the pooled vectors, for callers that normalize per
+    /// request (the server's `/embed` takes a `normalize` flag).
+    pub fn encode_ids_pooled(&self, ids: &[Vec<u32>]) -> Result<Embeddings> {
+        self.encode_ids_with(ids, false)
+    }
+
+    fn encode_ids_with(&self, ids: &[Vec<u32>], normalize: bool) -> Result<Embeddings> {
         let limit = self.pipeline.max_seq_length;
         for (i, s) in ids.iter().enumerate() {
             if s.len() > limit {
@@ -394,7 +416,7 @@ impl Embedder {
             #[cfg(feature = "cuda")]
             Engine::Cuda(m) => m.encode_batches(ids, self.opts.batch_size, modes)?,
         };
-        if self.normalizes() {
+        if normalize {
             for row in out.chunks_exact_mut(self.dim()) {
                 pooling::l2_normalize(row);
             }

@@ -1,4 +1,4 @@
-//! The `deberta-embed` command line: embed, similarity, info, bench, eval.
+//! The `deberta-embed` command line: embed, similarity, info, bench, eval, serve.
 
 use std::io::{BufWriter, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use deberta_embed::{Device, Embedder, EmbedderOptions, Embeddings, Precision, Similarity};
 
 mod cli_eval;
+mod cli_serve;
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +35,9 @@ enum Command {
     Bench(BenchArgs),
     /// Evaluate a model on labelled sentence pairs, as sentence-transformers' evaluators do.
     Eval(cli_eval::EvalArgs),
+    /// Serve embeddings over HTTP: OpenAI-compatible /v1/embeddings,
+    /// text-embeddings-inference-compatible /embed, /health and Prometheus /metrics.
+    Serve(cli_serve::ServeArgs),
 }
 
 #[derive(clap::Args)]
@@ -187,6 +191,7 @@ fn main() -> ExitCode {
         Command::Info(a) => info(a),
         Command::Bench(a) => bench(a),
         Command::Eval(a) => cli_eval::run(a),
+        Command::Serve(a) => cli_serve::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -142,6 +142,16 @@ impl TextTokenizer {
 
     /// Token ids of each text, in input order.
     pub fn encode_batch(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
+        Ok(self
+            .encode_batch_detailed(texts)?
+            .into_iter()
+            .map(|t| t.ids)
+            .collect())
+    }
+
+    /// Token ids of each text, in input order, each with whether truncation to
+    /// max_seq_length cut it (what a server needs to refuse over-long inputs).
+    pub fn encode_batch_detailed(&self, texts: &[&str]) -> Result<Vec<Tokenized>> {
         let encodings = self
             .inner
             .encode_batch(texts.to_vec(), true)
@@ -155,8 +165,23 @@ impl TextTokenizer {
                     self.vocab_size
                 )));
             }
-            out.push(ids.to_vec());
+            out.push(Tokenized {
+                ids: ids.to_vec(),
+                // truncation moves what it cuts into `overflowing` (stride 0: one piece per
+                // max_seq_length-sized run of the rest)
+                truncated: !enc.get_overflowing().is_empty(),
+            });
         }
         Ok(out)
     }
+}
+
+/// One text's token ids (special tokens included, after truncation) and whether truncation to
+/// max_seq_length removed any of its tokens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tokenized {
+    /// The ids the model sees.
+    pub ids: Vec<u32>,
+    /// The text was longer than max_seq_length tokens and was cut.
+    pub truncated: bool,
 }

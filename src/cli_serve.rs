@@ -1,0 +1,103 @@
+//! `deberta-embed serve`: the HTTP embedding server of `deberta_embed::server` on a tokio
+//! runtime, stopped by SIGINT or SIGTERM after the requests in flight are answered.
+
+use anyhow::{bail, Context, Result};
+use deberta_embed::server::{self, Server, ServerOptions};
+use deberta_embed::{Embedder, EmbedderOptions};
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    common: crate::CommonModel,
+    /// Address to bind. Loopback by default: the server has no authentication, so put a proxy
+    /// in front of it to expose it.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0: any free port; the address is printed at startup).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Token budget of one batch (special tokens included): requests that arrive together are
+    /// embedded together until the next one would exceed it.
+    #[arg(long, default_value_t = 16384)]
+    max_batch_tokens: usize,
+    /// Sentences per forward pass (a batch of more runs as several forwards).
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Most texts in one request (more is refused with 413).
+    #[arg(long, default_value_t = 2048)]
+    max_inputs: usize,
+    /// Largest request body in bytes (larger is refused with 413).
+    #[arg(long, default_value_t = 2 * 1024 * 1024)]
+    max_body_bytes: usize,
+    /// Requests that may wait for the batcher (more are refused with 429).
+    #[arg(long, default_value_t = 512)]
+    max_queued_requests: usize,
+    /// Model name that /v1/embeddings reports when a request names none (default: the name of
+    /// the model directory).
+    #[arg(long, value_name = "NAME")]
+    served_model_name: Option<String>,
+}
+
+pub fn run(a: ServeArgs) -> Result<()> {
+    if a.max_batch_tokens == 0 || a.batch_size == 0 {
+        bail!("--max-batch-tokens and --batch-size must be at least 1");
+    }
+    let device = crate::parse_device(&a.common.device)?;
+    let opts = EmbedderOptions {
+        threads: a.common.threads,
+        batch_size: a.batch_size,
+        normalize: None,
+        precision: crate::parse_precision(a.common.dtype.as_deref(), device)?,
+        max_batch_tokens: a.max_batch_tokens,
+    };
+    let embedder = Embedder::load_with(&a.common.model, device, opts)?;
+    let model_name = a.served_model_name.clone().unwrap_or_else(|| {
+        a.common
+            .model
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "deberta-embed".into())
+    });
+    let (dim, max_len) = (embedder.dim(), embedder.max_seq_length());
+    let server = Server::new(
+        embedder,
+        ServerOptions {
+            model_name: model_name.clone(),
+            max_batch_tokens: a.max_batch_tokens,
+            max_inputs: a.max_inputs,
+            max_body_bytes: a.max_body_bytes,
+            max_queued_requests: a.max_queued_requests,
+        },
+    )?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port))
+            .await
+            .with_context(|| format!("cannot listen on {}:{}", a.host, a.port))?;
+        let addr = listener.local_addr().context("reading the bound address")?;
+        eprintln!(
+            "deberta-embed: serving {model_name} ({dim} dimensions, max_seq_length {max_len}, {device}) on http://{addr}"
+        );
+        let shutdown = async {
+            server::shutdown_signal().await;
+            eprintln!(
+                "deberta-embed: shutting down after the requests in flight (signal again to stop at once)"
+            );
+            // A client that never finishes its request would hold the shutdown up forever.
+            tokio::spawn(async {
+                server::shutdown_signal().await;
+                eprintln!("error: stopped before the requests in flight were answered");
+                std::process::exit(1);
+            });
+        };
+        server::serve(listener, server, shutdown)
+            .await
+            .context("serving")?;
+        eprintln!("deberta-embed: stopped");
+        Ok(())
+    })
+}

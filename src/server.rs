@@ -1,0 +1,996 @@
+//! The HTTP embedding server behind `deberta-embed serve`.
+//!
+//! Routes:
+//!
+//! * `POST /v1/embeddings`: OpenAI-compatible (`input`, `model`, `encoding_format`,
+//!   `dimensions`); inputs longer than max_seq_length are truncated, as sentence-transformers
+//!   truncates them.
+//! * `POST /embed`: text-embeddings-inference-compatible (`inputs`, `normalize`, `truncate`);
+//!   an over-long input is refused with 413 unless `truncate` is true.
+//! * `GET /health`: 200 while the model is loaded and the batcher runs.
+//! * `GET /metrics`: Prometheus text exposition.
+//!
+//! Request handlers parse and validate the JSON, tokenize on tokio's blocking pool (so token
+//! counts are known before anything is queued), and hand the ids to one batcher thread through
+//! a bounded queue. The batcher takes whole requests off the queue until the next one would
+//! exceed the token budget, runs one [`Embedder::encode_ids_pooled`] over all their sequences,
+//! normalizes each request's rows as that request asked, and answers each request with exactly
+//! its own rows. The CPU forward is batch-invariant to rounding, so a request's embeddings do
+//! not depend on what it was batched with.
+//!
+//! Errors are JSON: `{"error": {"message", "type", "param", "code"}}` on `/v1/embeddings` (as
+//! OpenAI) and `{"error", "error_type"}` on `/embed` (as text-embeddings-inference). Status
+//! codes: 400 for a body that is not JSON and for a field of the right type with an unsupported
+//! value (an empty input list, an unknown `encoding_format`, `dimensions` other than the
+//! model's); 422 for a missing field or a field of the wrong JSON type; 413 for too large a
+//! body, too many inputs, or (on `/embed` without `truncate`) too long an input; 429 when the
+//! queue is full; 500 if the forward fails; 503 while shutting down.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{Error, Result};
+use crate::{pooling, Embedder};
+
+/// Limits and names of a [`Server`]. The defaults are those of `deberta-embed serve`.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Reported as `model` by `/v1/embeddings` when a request names none (a request that names
+    /// one gets its own string back).
+    pub model_name: String,
+    /// Token budget of one batch: the batcher takes queued requests until the next would take
+    /// the batch past this many tokens (special tokens included). A request larger than the
+    /// budget runs alone; the embedder splits its forward by its own
+    /// [`EmbedderOptions::max_batch_tokens`](crate::EmbedderOptions::max_batch_tokens).
+    pub max_batch_tokens: usize,
+    /// Most inputs (texts) in one request; more is answered with 413.
+    pub max_inputs: usize,
+    /// Largest request body in bytes; a larger one is answered with 413.
+    pub max_body_bytes: usize,
+    /// Requests that may wait for the batcher; a request beyond that is answered with 429.
+    pub max_queued_requests: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            model_name: "deberta-embed".into(),
+            max_batch_tokens: 16384,
+            max_inputs: 2048,
+            max_body_bytes: 2 * 1024 * 1024,
+            max_queued_requests: 512,
+        }
+    }
+}
+
+/// A loaded model with its batcher thread running, ready to [`serve`].
+pub struct Server {
+    shared: Arc<Shared>,
+    batcher: std::thread::JoinHandle<()>,
+}
+
+/// What every request handler sees.
+struct Shared {
+    embedder: Arc<Embedder>,
+    opts: ServerOptions,
+    queue: mpsc::Sender<Job>,
+    metrics: Arc<Metrics>,
+}
+
+/// One request's sequences on their way to the batcher.
+struct Job {
+    ids: Vec<Vec<u32>>,
+    tokens: usize,
+    normalize: bool,
+    /// The request's rows (row-major, `ids.len() * dim`), or why the forward failed.
+    reply: oneshot::Sender<std::result::Result<Vec<f32>, String>>,
+}
+
+// Handlers tokenize on other threads while the batcher runs the forward: the embedder is shared.
+const _: () = {
+    const fn shared<T: Send + Sync>() {}
+    shared::<Embedder>();
+};
+
+impl Server {
+    /// Start the batcher thread for `embedder` (which keeps its own worker pool for the
+    /// forward). Fails if a limit in `opts` is zero.
+    pub fn new(embedder: Embedder, opts: ServerOptions) -> Result<Server> {
+        for (name, v) in [
+            ("max_batch_tokens", opts.max_batch_tokens),
+            ("max_inputs", opts.max_inputs),
+            ("max_body_bytes", opts.max_body_bytes),
+            ("max_queued_requests", opts.max_queued_requests),
+        ] {
+            if v == 0 {
+                return Err(Error::Input(format!("{name} must be at least 1")));
+            }
+        }
+        let embedder = Arc::new(embedder);
+        let metrics = Arc::new(Metrics::default());
+        let (queue, rx) = mpsc::channel(opts.max_queued_requests);
+        let batcher = {
+            let (embedder, metrics) = (embedder.clone(), metrics.clone());
+            let budget = opts.max_batch_tokens;
+            std::thread::Builder::new()
+                .name("deberta-embed-batcher".into())
+                .spawn(move || run_batcher(&embedder, &metrics, rx, budget))
+                .map_err(|e| Error::Device(format!("cannot start the batcher thread: {e}")))?
+        };
+        Ok(Server {
+            shared: Arc::new(Shared {
+                embedder,
+                opts,
+                queue,
+                metrics,
+            }),
+            batcher,
+        })
+    }
+
+    /// The model being served.
+    pub fn embedder(&self) -> &Embedder {
+        &self.shared.embedder
+    }
+
+    /// The limits in force.
+    pub fn options(&self) -> &ServerOptions {
+        &self.shared.opts
+    }
+}
+
+/// Serve on `listener` until `shutdown` completes, then stop accepting connections, finish the
+/// requests in flight, let the batcher drain its queue, and return.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    server: Server,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let Server { shared, batcher } = server;
+    let app = router(shared);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    // Every connection has closed, so the router, and with it the queue's only sender, is gone:
+    // the batcher answers what is still queued and stops.
+    let joined = tokio::task::spawn_blocking(move || batcher.join()).await;
+    served?;
+    match joined {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(std::io::Error::other("the batcher thread panicked")),
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or, on Unix, SIGTERM: the `shutdown` future of [`serve`] for a
+/// process. If a handler cannot be installed, that signal is not waited for.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    let limit = shared.opts.max_body_bytes;
+    Router::new()
+        .route("/v1/embeddings", post(openai_embeddings))
+        .route("/embed", post(tei_embed))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(shared.clone(), track))
+        .with_state(shared)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The batcher
+
+fn run_batcher(embedder: &Embedder, metrics: &Metrics, mut rx: mpsc::Receiver<Job>, budget: usize) {
+    let mut carried: Option<Job> = None;
+    loop {
+        let Some(first) = carried.take().or_else(|| rx.blocking_recv()) else {
+            // every sender is gone and the queue is empty: shutdown
+            return;
+        };
+        let mut tokens = first.tokens;
+        let mut jobs = vec![first];
+        while let Ok(job) = rx.try_recv() {
+            if tokens + job.tokens > budget {
+                carried = Some(job);
+                break;
+            }
+            tokens += job.tokens;
+            jobs.push(job);
+        }
+        // A client that went away no longer waits for its rows.
+        jobs.retain(|j| !j.reply.is_closed());
+        if !jobs.is_empty() {
+            run_batch(embedder, metrics, jobs);
+        }
+    }
+}
+
+/// One forward over every sequence of `jobs`; each job gets its own rows back.
+fn run_batch(embedder: &Embedder, metrics: &Metrics, mut jobs: Vec<Job>) {
+    let dim = embedder.dim();
+    let counts: Vec<usize> = jobs.iter().map(|j| j.ids.len()).collect();
+    let tokens: usize = jobs.iter().map(|j| j.tokens).sum();
+    let ids: Vec<Vec<u32>> = jobs
+        .iter_mut()
+        .flat_map(|j| std::mem::take(&mut j.ids))
+        .collect();
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| embedder.encode_ids_pooled(&ids)));
+    let rows = match result {
+        Ok(Ok(e)) => e.into_vec(),
+        Ok(Err(e)) => return fail_all(jobs, &e.to_string()),
+        Err(_) => return fail_all(jobs, "internal error: the forward panicked"),
+    };
+    metrics.record_batch(ids.len(), jobs.len(), tokens);
+    let mut start = 0;
+    for (job, n) in jobs.into_iter().zip(counts) {
+        let mut mine = rows[start * dim..(start + n) * dim].to_vec();
+        start += n;
+        if job.normalize {
+            mine.chunks_exact_mut(dim).for_each(pooling::l2_normalize);
+        }
+        // the client may have gone away meanwhile: nothing to do then
+        let _ = job.reply.send(Ok(mine));
+    }
+}
+
+fn fail_all(jobs: Vec<Job>, msg: &str) {
+    for j in jobs {
+        let _ = j.reply.send(Err(msg.to_string()));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests
+
+/// A failed request, rendered in the error shape of the route it came in on.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+    /// The request field at fault (OpenAI's `param`).
+    param: Option<&'static str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            param: None,
+        }
+    }
+    fn bad(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+    fn unprocessable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, message)
+    }
+    fn param(mut self, p: &'static str) -> Self {
+        self.param = Some(p);
+        self
+    }
+
+    /// OpenAI's `{"error": {"message", "type", "param", "code"}}`.
+    fn openai(self) -> Response {
+        let kind = match self.status {
+            StatusCode::TOO_MANY_REQUESTS => "server_overloaded",
+            s if s.is_server_error() => "server_error",
+            _ => "invalid_request_error",
+        };
+        let body = OpenAiErrorBody {
+            error: OpenAiError {
+                message: &self.message,
+                kind,
+                param: self.param,
+                code: None,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+
+    /// text-embeddings-inference's `{"error", "error_type"}`.
+    fn tei(self) -> Response {
+        let kind = match self.status {
+            StatusCode::TOO_MANY_REQUESTS => "Overloaded",
+            StatusCode::SERVICE_UNAVAILABLE => "Unhealthy",
+            s if s.is_server_error() => "Backend",
+            _ => "Validation",
+        };
+        let body = TeiError {
+            error: &self.message,
+            error_type: kind,
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+#[derive(Serialize)]
+struct OpenAiErrorBody<'a> {
+    error: OpenAiError<'a>,
+}
+
+#[derive(Serialize)]
+struct OpenAiError<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    param: Option<&'static str>,
+    code: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct TeiError<'a> {
+    error: &'a str,
+    error_type: &'static str,
+}
+
+/// The request body as a JSON object.
+fn parse_object(
+    body: std::result::Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> std::result::Result<Map<String, Value>, ApiError> {
+    let bytes = body.map_err(|rej| {
+        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is larger than the limit of {limit} bytes"),
+            )
+        } else {
+            ApiError::new(rej.status(), rej.body_text())
+        }
+    })?;
+    let value: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad(format!("request body is not valid JSON: {e}")))?;
+    match value {
+        Value::Object(map) => Ok(map),
+        _ => Err(ApiError::unprocessable(
+            "request body must be a JSON object",
+        )),
+    }
+}
+
+/// `key`: a string or a non-empty array of strings, at most `max` of them.
+fn texts_field(
+    obj: &mut Map<String, Value>,
+    key: &'static str,
+    max: usize,
+) -> std::result::Result<Vec<String>, ApiError> {
+    let shape = || {
+        ApiError::unprocessable(format!("`{key}` must be a string or an array of strings"))
+            .param(key)
+    };
+    let texts = match obj.remove(key) {
+        None | Some(Value::Null) => {
+            return Err(ApiError::unprocessable(format!("missing field `{key}`")).param(key))
+        }
+        Some(Value::String(s)) => vec![s],
+        Some(Value::Array(items)) => {
+            if items.is_empty() {
+                return Err(ApiError::bad(format!("`{key}` must not be an empty array")).param(key));
+            }
+            let mut texts = Vec::with_capacity(items.len());
+            for (i, item) in items.into_iter().enumerate() {
+                match item {
+                    Value::String(s) => texts.push(s),
+                    Value::Number(_) | Value::Array(_) => {
+                        return Err(ApiError::unprocessable(format!(
+                            "`{key}[{i}]` is not a string: token-id inputs are not supported, send text"
+                        ))
+                        .param(key))
+                    }
+                    _ => {
+                        return Err(
+                            ApiError::unprocessable(format!("`{key}[{i}]` must be a string"))
+                                .param(key),
+                        )
+                    }
+                }
+            }
+            texts
+        }
+        Some(_) => return Err(shape()),
+    };
+    if texts.len() > max {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{} inputs in one request; the limit is {max}", texts.len()),
+        )
+        .param(key));
+    }
+    Ok(texts)
+}
+
+/// Optional boolean `key`, `default` when absent or null.
+fn bool_field(
+    obj: &Map<String, Value>,
+    key: &'static str,
+    default: bool,
+) -> std::result::Result<bool, ApiError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(ApiError::unprocessable(format!("`{key}` must be a boolean")).param(key)),
+    }
+}
+
+/// Optional string `key`.
+fn str_field<'a>(
+    obj: &'a Map<String, Value>,
+    key: &'static str,
+) -> std::result::Result<Option<&'a str>, ApiError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ApiError::unprocessable(format!("`{key}` must be a string")).param(key)),
+    }
+}
+
+/// `dimensions`: absent, or the model's own width (no Matryoshka truncation here).
+fn check_dimensions(obj: &Map<String, Value>, dim: usize) -> std::result::Result<(), ApiError> {
+    match obj.get("dimensions") {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::Number(n)) if n.as_u64() == Some(dim as u64) => Ok(()),
+        Some(Value::Number(n)) => Err(ApiError::bad(format!(
+            "`dimensions` {n} is not supported: this model's embeddings have {dim} dimensions"
+        ))
+        .param("dimensions")),
+        Some(_) => {
+            Err(ApiError::unprocessable("`dimensions` must be an integer").param("dimensions"))
+        }
+    }
+}
+
+/// Tokenize on the blocking pool (the runtime's workers keep serving meanwhile).
+async fn tokenize(
+    s: &Shared,
+    texts: Vec<String>,
+) -> std::result::Result<Vec<crate::Tokenized>, ApiError> {
+    let embedder = s.embedder.clone();
+    let joined = tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        embedder.tokenize_detailed(&refs)
+    })
+    .await;
+    match joined {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            e.to_string(),
+        )),
+        Err(_) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error: tokenization panicked",
+        )),
+    }
+}
+
+/// Queue `ids` for the batcher and wait for their rows (row-major, `ids.len() * dim`).
+async fn embed_ids(
+    s: &Shared,
+    ids: Vec<Vec<u32>>,
+    normalize: bool,
+) -> std::result::Result<Vec<f32>, ApiError> {
+    let (inputs, tokens) = (ids.len(), ids.iter().map(Vec::len).sum());
+    let (reply, rx) = oneshot::channel();
+    let job = Job {
+        ids,
+        tokens,
+        normalize,
+        reply,
+    };
+    s.queue.try_send(job).map_err(|e| match e {
+        mpsc::error::TrySendError::Full(_) => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "the server is overloaded ({} requests queued); retry later",
+                s.opts.max_queued_requests
+            ),
+        ),
+        mpsc::error::TrySendError::Closed(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down",
+        ),
+    })?;
+    match rx.await {
+        Ok(Ok(rows)) => {
+            s.metrics.record_embedded(inputs, tokens);
+            Ok(rows)
+        }
+        Ok(Err(msg)) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, msg)),
+        Err(_) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the batcher stopped before answering",
+        )),
+    }
+}
+
+#[derive(Serialize)]
+struct OpenAiResponse<'a> {
+    object: &'static str,
+    data: Vec<OpenAiEmbedding<'a>>,
+    model: &'a str,
+    usage: Usage,
+}
+
+#[derive(Serialize)]
+struct OpenAiEmbedding<'a> {
+    object: &'static str,
+    embedding: EmbeddingValue<'a>,
+    index: usize,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum EmbeddingValue<'a> {
+    Float(&'a [f32]),
+    Base64(String),
+}
+
+#[derive(Serialize)]
+struct Usage {
+    prompt_tokens: usize,
+    total_tokens: usize,
+}
+
+async fn openai_embeddings(
+    State(s): State<Arc<Shared>>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Response {
+    openai_inner(&s, body)
+        .await
+        .unwrap_or_else(ApiError::openai)
+}
+
+async fn openai_inner(
+    s: &Shared,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> std::result::Result<Response, ApiError> {
+    let mut obj = parse_object(body, s.opts.max_body_bytes)?;
+    let texts = texts_field(&mut obj, "input", s.opts.max_inputs)?;
+    let model = str_field(&obj, "model")?
+        .unwrap_or(&s.opts.model_name)
+        .to_string();
+    let base64 = match str_field(&obj, "encoding_format")? {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::bad(format!(
+                "`encoding_format` must be \"float\" or \"base64\", not {other:?}"
+            ))
+            .param("encoding_format"))
+        }
+    };
+    let dim = s.embedder.dim();
+    check_dimensions(&obj, dim)?;
+    let ids: Vec<Vec<u32>> = tokenize(s, texts)
+        .await?
+        .into_iter()
+        .map(|t| t.ids)
+        .collect();
+    let tokens: usize = ids.iter().map(Vec::len).sum();
+    let rows = embed_ids(s, ids, s.embedder.normalizes()).await?;
+    let data = rows
+        .chunks_exact(dim)
+        .enumerate()
+        .map(|(index, row)| OpenAiEmbedding {
+            object: "embedding",
+            embedding: if base64 {
+                let bytes: Vec<u8> = row.iter().flat_map(|x| x.to_le_bytes()).collect();
+                EmbeddingValue::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                EmbeddingValue::Float(row)
+            },
+            index,
+        })
+        .collect();
+    let resp = OpenAiResponse {
+        object: "list",
+        data,
+        model: &model,
+        usage: Usage {
+            prompt_tokens: tokens,
+            total_tokens: tokens,
+        },
+    };
+    Ok(Json(resp).into_response())
+}
+
+async fn tei_embed(
+    State(s): State<Arc<Shared>>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Response {
+    tei_inner(&s, body).await.unwrap_or_else(ApiError::tei)
+}
+
+async fn tei_inner(
+    s: &Shared,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> std::result::Result<Response, ApiError> {
+    let mut obj = parse_object(body, s.opts.max_body_bytes)?;
+    let texts = texts_field(&mut obj, "inputs", s.opts.max_inputs)?;
+    let normalize = bool_field(&obj, "normalize", true)?;
+    let truncate = bool_field(&obj, "truncate", false)?;
+    match str_field(&obj, "truncation_direction")? {
+        None => {}
+        Some(d) if d.eq_ignore_ascii_case("right") => {}
+        Some(d) => {
+            return Err(ApiError::bad(format!(
+                "`truncation_direction` {d:?} is not supported (only \"Right\")"
+            ))
+            .param("truncation_direction"))
+        }
+    }
+    if str_field(&obj, "prompt_name")?.is_some() {
+        return Err(ApiError::bad("`prompt_name` is not supported").param("prompt_name"));
+    }
+    let dim = s.embedder.dim();
+    check_dimensions(&obj, dim)?;
+    let tokenized = tokenize(s, texts).await?;
+    if !truncate {
+        if let Some(i) = tokenized.iter().position(|t| t.truncated) {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "input {i} is longer than the model's maximum of {} tokens; send \"truncate\": true to truncate it",
+                    s.embedder.max_seq_length()
+                ),
+            )
+            .param("inputs"));
+        }
+    }
+    let ids = tokenized.into_iter().map(|t| t.ids).collect();
+    let rows = embed_ids(s, ids, normalize).await?;
+    let out: Vec<&[f32]> = rows.chunks_exact(dim).collect();
+    Ok(Json(out).into_response())
+}
+
+async fn health(State(s): State<Arc<Shared>>) -> Response {
+    if s.queue.is_closed() {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the batcher has stopped").openai();
+    }
+    Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+async fn metrics(State(s): State<Arc<Shared>>) -> Response {
+    let queued = s.queue.max_capacity() - s.queue.capacity();
+    let text = s.metrics.render(&s.opts.model_name, &s.embedder, queued);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn not_found(method: Method, uri: Uri) -> Response {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no route for {method} {}", uri.path()),
+    )
+    .openai()
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+    .openai()
+}
+
+/// Middleware: count and time every request by route and status.
+async fn track(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let route = route_label(req.uri().path());
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    s.metrics
+        .record_request(route, resp.status().as_u16(), start.elapsed().as_secs_f64());
+    resp
+}
+
+/// The route label of a path: the known routes by name, everything else as "other" (so that
+/// random paths cannot grow the label set).
+fn route_label(path: &str) -> &'static str {
+    match path {
+        "/v1/embeddings" => "/v1/embeddings",
+        "/embed" => "/embed",
+        "/health" => "/health",
+        "/metrics" => "/metrics",
+        _ => "other",
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metrics
+
+const LATENCY_BOUNDS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const BATCH_SIZE_BOUNDS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+const BATCH_TOKEN_BOUNDS: &[f64] = &[16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0];
+
+/// A Prometheus histogram: per-bucket counts (rendered cumulatively), sum and count.
+#[derive(Clone, Debug)]
+struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            counts: vec![0; bounds.len()],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+    fn observe(&mut self, v: f64) {
+        if let Some(i) = self.bounds.iter().position(|&b| v <= b) {
+            self.counts[i] += 1;
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+    /// `name_bucket{labels,le=...}` lines, then `_sum` and `_count`; `labels` is empty or
+    /// ends with a comma.
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        use std::fmt::Write;
+        let mut cum = 0;
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            cum += c;
+            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{b}\"}} {cum}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {}", self.count);
+        let bare = labels.trim_end_matches(',');
+        let braces = if bare.is_empty() {
+            String::new()
+        } else {
+            format!("{{{bare}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
+    }
+}
+
+#[derive(Default)]
+struct Metrics {
+    inner: Mutex<MetricsInner>,
+}
+
+#[derive(Clone)]
+struct MetricsInner {
+    requests: BTreeMap<(&'static str, u16), u64>,
+    latency: BTreeMap<&'static str, Histogram>,
+    inputs: u64,
+    tokens: u64,
+    batch_size: Histogram,
+    batch_requests: Histogram,
+    batch_tokens: Histogram,
+}
+
+impl Default for MetricsInner {
+    fn default() -> Self {
+        MetricsInner {
+            requests: BTreeMap::new(),
+            latency: BTreeMap::new(),
+            inputs: 0,
+            tokens: 0,
+            batch_size: Histogram::new(BATCH_SIZE_BOUNDS),
+            batch_requests: Histogram::new(BATCH_SIZE_BOUNDS),
+            batch_tokens: Histogram::new(BATCH_TOKEN_BOUNDS),
+        }
+    }
+}
+
+impl Metrics {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MetricsInner> {
+        // counters stay meaningful after a panic elsewhere: keep counting
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn record_request(&self, route: &'static str, status: u16, seconds: f64) {
+        let mut m = self.lock();
+        *m.requests.entry((route, status)).or_default() += 1;
+        m.latency
+            .entry(route)
+            .or_insert_with(|| Histogram::new(LATENCY_BOUNDS))
+            .observe(seconds);
+    }
+    fn record_embedded(&self, inputs: usize, tokens: usize) {
+        let mut m = self.lock();
+        m.inputs += inputs as u64;
+        m.tokens += tokens as u64;
+    }
+    fn record_batch(&self, sequences: usize, requests: usize, tokens: usize) {
+        let mut m = self.lock();
+        m.batch_size.observe(sequences as f64);
+        m.batch_requests.observe(requests as f64);
+        m.batch_tokens.observe(tokens as f64);
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    fn render(&self, model: &str, embedder: &Embedder, queued: usize) -> String {
+        use std::fmt::Write;
+        let m = self.lock().clone();
+        let mut out = String::new();
+        let head = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        head(
+            &mut out,
+            "deberta_embed_model_info",
+            "gauge",
+            "The model being served (value always 1).",
+        );
+        let _ = writeln!(
+            out,
+            "deberta_embed_model_info{{model=\"{}\",dim=\"{}\",max_seq_length=\"{}\",device=\"{}\"}} 1",
+            escape_label(model),
+            embedder.dim(),
+            embedder.max_seq_length(),
+            embedder.device()
+        );
+        head(
+            &mut out,
+            "deberta_embed_requests_total",
+            "counter",
+            "HTTP requests answered, by route and status code.",
+        );
+        for ((route, status), n) in &m.requests {
+            let _ = writeln!(
+                out,
+                "deberta_embed_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+            );
+        }
+        head(
+            &mut out,
+            "deberta_embed_request_duration_seconds",
+            "histogram",
+            "Time from request to response, by route.",
+        );
+        for (route, h) in &m.latency {
+            h.render(
+                &mut out,
+                "deberta_embed_request_duration_seconds",
+                &format!("route=\"{route}\","),
+            );
+        }
+        head(
+            &mut out,
+            "deberta_embed_inputs_total",
+            "counter",
+            "Texts embedded.",
+        );
+        let _ = writeln!(out, "deberta_embed_inputs_total {}", m.inputs);
+        head(
+            &mut out,
+            "deberta_embed_tokens_total",
+            "counter",
+            "Tokens embedded (special tokens included, after truncation).",
+        );
+        let _ = writeln!(out, "deberta_embed_tokens_total {}", m.tokens);
+        head(
+            &mut out,
+            "deberta_embed_batch_size",
+            "histogram",
+            "Sequences per batch the batcher ran.",
+        );
+        m.batch_size
+            .render(&mut out, "deberta_embed_batch_size", "");
+        head(
+            &mut out,
+            "deberta_embed_batch_requests",
+            "histogram",
+            "Requests per batch the batcher ran.",
+        );
+        m.batch_requests
+            .render(&mut out, "deberta_embed_batch_requests", "");
+        head(
+            &mut out,
+            "deberta_embed_batch_tokens",
+            "histogram",
+            "Tokens per batch the batcher ran.",
+        );
+        m.batch_tokens
+            .render(&mut out, "deberta_embed_batch_tokens", "");
+        head(
+            &mut out,
+            "deberta_embed_queued_requests",
+            "gauge",
+            "Requests waiting for the batcher.",
+        );
+        let _ = writeln!(out, "deberta_embed_queued_requests {queued}");
+        out
+    }
+}
+
+/// A Prometheus label value: backslash, double quote and newline escaped.
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_renders_cumulative_buckets() {
+        let mut h = Histogram::new(&[1.0, 2.0, 4.0]);
+        for v in [1.0, 1.5, 3.0, 9.0] {
+            h.observe(v);
+        }
+        let mut out = String::new();
+        h.render(&mut out, "x", "r=\"a\",");
+        assert_eq!(
+            out,
+            "x_bucket{r=\"a\",le=\"1\"} 1\nx_bucket{r=\"a\",le=\"2\"} 2\nx_bucket{r=\"a\",le=\"4\"} 3\n\
+             x_bucket{r=\"a\",le=\"+Inf\"} 4\nx_sum{r=\"a\"} 14.5\nx_count{r=\"a\"} 4\n"
+        );
+        let mut bare = String::new();
+        Histogram::new(&[1.0]).render(&mut bare, "y", "");
+        assert_eq!(
+            bare,
+            "y_bucket{le=\"1\"} 0\ny_bucket{le=\"+Inf\"} 0\ny_sum 0\ny_count 0\n"
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn unknown_paths_share_one_label() {
+        assert_eq!(route_label("/embed"), "/embed");
+        assert_eq!(route_label("/embed/x"), "other");
+        assert_eq!(route_label("/random-123"), "other");
+    }
+}
