@@ -13,6 +13,9 @@
 #      `deberta-embed bench`) on a random-weight xsmall checkpoint made there, bounded to
 #      COMPARE_GPU_BUDGET_S seconds (default 240) -> $OUT/compare_gpu.{md,json,log}.
 #      GPU_CHECK_COMPARE=0 skips it; GPU_CHECK_ONLY=compare runs it alone (steps 1-5 skipped).
+# Time caps (seconds, for short device sessions): GPU_TESTS_TIMEOUT_S (240), MEMCHECK_TIMEOUT_S
+# (150), RACECHECK_TIMEOUT_S (120), COMPARE_GPU_BUDGET_S (240); GPU_CHECK_SANITIZERS lists the
+# compute-sanitizer tools to run (default "memcheck racecheck"; empty runs none).
 # Logs go to $OUT (or ./gpu-check-out); $OUT/summary.txt is the short table, printed last. The
 # device tool brings back 8 files of $OUT at most: scratch files go to a temporary folder.
 set -uo pipefail
@@ -40,7 +43,7 @@ fi
 if [[ $ONLY != compare ]]; then  # steps 1-5 (not indented; they end at the matching `fi` below)
 # 1. the GPU test suite
 t0=$SECONDS
-timeout 240 $C/gpu-tests --test-threads=1 --nocapture > "$OUT/gpu-tests.log" 2>&1
+timeout "${GPU_TESTS_TIMEOUT_S:-240}" $C/gpu-tests --test-threads=1 --nocapture > "$OUT/gpu-tests.log" 2>&1
 rc=$?
 say "-- gpu tests: rc=$rc ($((SECONDS - t0)) s)"
 grep -E "^test |test result|SKIPPED|GPU_TEST_SEED|max \|diff\||panicked" "$OUT/gpu-tests.log" >> "$S"
@@ -49,9 +52,9 @@ grep -E "^test |test result|SKIPPED|GPU_TEST_SEED|max \|diff\||panicked" "$OUT/g
 CS="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer /opt/nvidia/*/compute-sanitizer/compute-sanitizer 2>/dev/null | head -n 1)"
 if [[ -n "$CS" && -x "$CS" ]]; then
   KERNEL_TESTS="gemm_matches_cpu layernorm_matches_cpu embeddings_match_cpu attention_matches_cpu pooling_and_normalize conv_matches_cpu"
-  for tool in memcheck racecheck; do
+  for tool in ${GPU_CHECK_SANITIZERS-memcheck racecheck}; do
     t0=$SECONDS
-    lim=$([[ $tool == memcheck ]] && echo 150 || echo 120)
+    lim=$([[ $tool == memcheck ]] && echo "${MEMCHECK_TIMEOUT_S:-150}" || echo "${RACECHECK_TIMEOUT_S:-120}")
     # shellcheck disable=SC2086
     GPU_TEST_QUICK=1 timeout $lim "$CS" --tool $tool --error-exitcode 99 --print-limit 20 \
       $C/gpu-tests --test-threads=1 $KERNEL_TESTS > "$OUT/sanitizer-$tool.log" 2>&1
