@@ -47,11 +47,18 @@ timeout "${GPU_TESTS_TIMEOUT_S:-240}" $C/gpu-tests --test-threads=1 --nocapture 
 rc=$?
 say "-- gpu tests: rc=$rc ($((SECONDS - t0)) s)"
 grep -E "^test |test result|SKIPPED|GPU_TEST_SEED|max \|diff\||panicked" "$OUT/gpu-tests.log" >> "$S"
+# 1b. the end-to-end tests again with the tensor-core attention (v2) selected
+t0=$SECONDS
+DEBERTA_CUDA_ATTENTION=v2 timeout "${GPU_TESTS_TIMEOUT_S:-240}" $C/gpu-tests --test-threads=1 --nocapture \
+  fixtures_end_to_end_every_precision synthetic_xsmall_matches_cpu batch_invariance > "$SCRATCH/gpu-tests-v2.log" 2>&1
+rc=$?
+say "-- gpu tests, end to end with DEBERTA_CUDA_ATTENTION=v2: rc=$rc ($((SECONDS - t0)) s)"
+grep -E "^test |test result|max \|diff\||panicked" "$SCRATCH/gpu-tests-v2.log" >> "$S"
 
 # 2. compute-sanitizer
 CS="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer /opt/nvidia/*/compute-sanitizer/compute-sanitizer 2>/dev/null | head -n 1)"
 if [[ -n "$CS" && -x "$CS" ]]; then
-  KERNEL_TESTS="gemm_matches_cpu layernorm_matches_cpu embeddings_match_cpu attention_matches_cpu pooling_and_normalize conv_matches_cpu"
+  KERNEL_TESTS="gemm_matches_cpu layernorm_matches_cpu embeddings_match_cpu attention_matches_cpu attention_tc_matches_cpu pooling_and_normalize conv_matches_cpu"
   for tool in ${GPU_CHECK_SANITIZERS-memcheck racecheck}; do
     t0=$SECONDS
     lim=$([[ $tool == memcheck ]] && echo "${MEMCHECK_TIMEOUT_S:-150}" || echo "${RACECHECK_TIMEOUT_S:-120}")
@@ -118,6 +125,27 @@ except Exception:
 PY
   done
 done
+say "-- bench, tensor-core attention (--kernel attention=v2)"
+for dt in f16 bf16; do
+  for shape in "1 16" "1 512" "256 32" "64 128" "16 512" "1024 32"; do
+    set -- $shape
+    line="$(timeout 60 $C/deberta-embed bench --synthetic xsmall --device cuda --dtype $dt --kernel attention=v2 \
+      --batch-size $1 --seq-len $2 --warmup 3 --iters 20 --json 2>&1 | tail -n 1)"
+    python3 - "$dt/v2" "$1" "$2" "$line" <<'PY' >> "$S"
+import json, sys
+dt, b, l, line = sys.argv[1:]
+try:
+    v = json.loads(line)
+    print(f"{dt:<7} {b:>5} x {l:<4} {v['median_ms']:9.3f} ms {v['tokens_per_s']:>12,.0f} tok/s")
+except Exception:
+    print(f"{dt:<7} {b:>5} x {l:<4} FAIL: {line[:160]}")
+PY
+  done
+done
+say "-- kernel profile, f16 16 x 512, attention v2"
+DEBERTA_CUDA_ATTENTION=v2 DEBERTA_CUDA_PROFILE=1 timeout 60 $C/deberta-embed bench --synthetic xsmall --device cuda --dtype f16 \
+  --batch-size 16 --seq-len 512 --warmup 1 --iters 5 > "$SCRATCH/profile-v2.log" 2>&1
+grep -A8 "CUDA kernel profile" "$SCRATCH/profile-v2.log" >> "$S" || tail -n 3 "$SCRATCH/profile-v2.log" >> "$S"
 say "-- kernel profile, f16 16 x 512 (DEBERTA_CUDA_PROFILE=1: device time per kernel)"
 DEBERTA_CUDA_PROFILE=1 timeout 60 $C/deberta-embed bench --synthetic xsmall --device cuda --dtype f16 \
   --batch-size 16 --seq-len 512 --warmup 1 --iters 5 > "$OUT/profile.log" 2>&1

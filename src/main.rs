@@ -161,6 +161,10 @@ struct BenchArgs {
     /// End with a JSON line of the results.
     #[arg(long)]
     json: bool,
+    /// Kernel variant (CUDA only), e.g. `attention=v2`: the tensor-core attention (f16/bf16,
+    /// head dim 64; otherwise v1 runs). Default attention=v1. Same as DEBERTA_CUDA_ATTENTION.
+    #[arg(long, value_name = "OP=VARIANT")]
+    kernel: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -541,6 +545,25 @@ fn bench(a: BenchArgs) -> Result<()> {
         bail!("--batch-size must be >= 1 and --seq-len >= 2");
     }
     let precision = parse_precision(a.dtype.as_deref(), device)?;
+    for spec in &a.kernel {
+        let (op, variant) = spec
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--kernel {spec}: expected OP=VARIANT, e.g. attention=v2"))?;
+        if device == Device::Cpu {
+            bail!("--kernel {spec}: kernel variants exist on the CUDA device only");
+        }
+        match op.trim() {
+            "attention" => {
+                let v = variant.trim().to_ascii_lowercase();
+                if v != "v1" && v != "v2" {
+                    bail!("--kernel {spec}: attention variants are v1 and v2");
+                }
+                // Read once when the device is opened (below); nothing else runs yet.
+                std::env::set_var("DEBERTA_CUDA_ATTENTION", v);
+            }
+            other => bail!("--kernel {spec}: no variants of `{other}` (attention has v1, v2)"),
+        }
+    }
     let opts = EmbedderOptions {
         threads: a.threads,
         batch_size: a.batch_size,

@@ -15,7 +15,7 @@ use common::{cosine, max_abs_diff, model_names, Reference};
 use deberta_embed::backend::cpu::gemm::{reference_linear, Epilogue};
 use deberta_embed::backend::cpu::ops::{conv1d_act_into, layer_norm_rows};
 use deberta_embed::backend::cuda::launch::Packed;
-use deberta_embed::backend::cuda::{self, DevBuf, Dtype, Epi, Gpu};
+use deberta_embed::backend::cuda::{self, AttentionKernel, DevBuf, Dtype, Epi, Gpu};
 use deberta_embed::config::{Activation, PoolingMode};
 use deberta_embed::relpos::RelPosTable;
 use deberta_embed::{Device, Embedder, EmbedderOptions, Precision};
@@ -402,6 +402,20 @@ fn attention_ref(
 #[test]
 fn attention_matches_cpu() {
     let g = gpu_or_skip!();
+    check_attention(&g, AttentionKernel::V1);
+}
+
+/// The tensor-core attention (f16 / bf16, head dim 64; the other cases fall back to v1 and are
+/// checked again).
+#[test]
+fn attention_tc_matches_cpu() {
+    let g = gpu_or_skip!();
+    g.set_attention_kernel(AttentionKernel::V2);
+    check_attention(&g, AttentionKernel::V2);
+}
+
+fn check_attention(g: &Gpu, kernel: AttentionKernel) {
+    eprintln!("attention kernel {kernel:?}");
     let mut rng = Rng::new(4);
     // (heads, d): xsmall, other instantiations, the fixtures' odd head dims, d > 128
     let heads_dims = [
@@ -461,7 +475,7 @@ fn attention_matches_cpu() {
                 let dqkv = g.upload(dt, &qkv, "qkv").unwrap();
                 let dpk = g.upload(dt, &pk, "pk").unwrap();
                 let dpq = g.upload(dt, &pq, "pq").unwrap();
-                let ctx = out_buf(&g, dt, t * h);
+                let ctx = out_buf(g, dt, t * h);
                 g.attention(
                     dt,
                     &db,
@@ -520,7 +534,7 @@ fn attention_matches_cpu() {
             g.upload(dt, &pk, "").unwrap(),
             g.upload(dt, &pq, "").unwrap(),
         );
-        let ctx = out_buf(&g, dt, t * h);
+        let ctx = out_buf(g, dt, t * h);
         g.attention(
             dt,
             &db,

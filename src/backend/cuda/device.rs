@@ -11,6 +11,7 @@
 //! but no kernel has run yet (see docs/CUDA.md).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUfunction_attribute, CUresult};
@@ -188,6 +189,9 @@ fn kernel_names() -> Vec<String> {
         }
     }
     for s in ["f16", "bf16"] {
+        v.push(format!("attention_tc_{s}"));
+    }
+    for s in ["f16", "bf16"] {
         for o in [s, "f32"] {
             v.push(format!("gemm_{s}_{o}"));
             v.push(format!("gemm_{s}_{o}_k8"));
@@ -279,6 +283,33 @@ pub struct Gpu {
     sync_each: bool,
     /// `DEBERTA_CUDA_PROFILE=1`: time every launch with events.
     profile: Option<Mutex<Profile>>,
+    /// Which attention kernel runs where both can (`AttentionKernel as u8`).
+    attention_kernel: AtomicU8,
+}
+
+/// The attention kernel variants (`bench --kernel attention=v1|v2`, or
+/// `DEBERTA_CUDA_ATTENTION=v1|v2` when the device is opened).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum AttentionKernel {
+    /// kernels/attention.cu: SIMT fp32 FMAs, any head dim and dtype (the default).
+    V1 = 1,
+    /// kernels/attention_tc.cu: tensor cores, f16 / bf16 with head dim 64; other cases fall
+    /// back to V1.
+    V2 = 2,
+}
+
+impl std::str::FromStr for AttentionKernel {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "v1" | "1" => Ok(AttentionKernel::V1),
+            "v2" | "2" | "tc" => Ok(AttentionKernel::V2),
+            other => Err(Error::Input(format!(
+                "unknown attention kernel `{other}` (expected v1 or v2)"
+            ))),
+        }
+    }
 }
 
 impl Drop for Gpu {
@@ -362,6 +393,10 @@ impl Gpu {
         let flag = |v: &str| std::env::var(v).is_ok_and(|v| v == "1");
         let sync_each = flag("DEBERTA_CUDA_SYNC");
         let profile = flag("DEBERTA_CUDA_PROFILE").then(|| Mutex::new(Profile::default()));
+        let attention_kernel = match std::env::var("DEBERTA_CUDA_ATTENTION") {
+            Ok(v) => v.parse::<AttentionKernel>()?,
+            Err(_) => AttentionKernel::V1,
+        };
         Ok(Gpu {
             ctx,
             stream,
@@ -373,7 +408,21 @@ impl Gpu {
             max_smem_optin,
             sync_each,
             profile,
+            attention_kernel: AtomicU8::new(attention_kernel as u8),
         })
+    }
+
+    /// Select the attention kernel for the following launches.
+    pub fn set_attention_kernel(&self, k: AttentionKernel) {
+        self.attention_kernel.store(k as u8, Ordering::Relaxed);
+    }
+
+    /// The attention kernel selected (see [`AttentionKernel`]).
+    pub fn attention_kernel(&self) -> AttentionKernel {
+        match self.attention_kernel.load(Ordering::Relaxed) {
+            2 => AttentionKernel::V2,
+            _ => AttentionKernel::V1,
+        }
     }
 
     /// Device name.
@@ -893,6 +942,46 @@ impl Gpu {
                 b.max_len, rel.max_len
             )));
         }
+        if heads > 65_535 {
+            return Err(Error::Device(format!("{heads} heads: at most 65535")));
+        }
+        if self.attention_kernel() == AttentionKernel::V2
+            && d == launch::ATT_TC_D
+            && matches!(dt, Dtype::F16 | Dtype::BF16)
+        {
+            let args = [
+                Arg::P(qkv.need("qkv", b.tokens * 3 * h, dt)?),
+                Arg::P(opt_need(pk, "PK", rel.rows * h, dt)?),
+                Arg::P(opt_need(pq, "PQ", rel.rows * h, dt)?),
+                Arg::P(
+                    rel.idx
+                        .need("relative index", 2 * rel.max_len - 1, Dtype::F32)?,
+                ),
+                Arg::I(rel.max_len as i32),
+                Arg::P(b.tiles.need("tiles", b.n_tiles * 4, Dtype::F32)?),
+                Arg::I(heads as i32),
+                Arg::F(scale),
+                Arg::I(pk.is_some() as i32),
+                Arg::I(pq.is_some() as i32),
+                Arg::P(ctx.need("attention output", b.tokens * h, dt)?),
+            ];
+            let name = format!("attention_tc_{}", dt.suffix());
+            // SAFETY: 11 args = (const T* qkv, const T* pk, const T* pq, const uint32_t*
+            // relidx, int max_len, const int4* tiles, int heads, float scale, int c2p, int p2c,
+            // T* ctx); the same tiles, index table and sizes as version 1 below (checked
+            // above), head dim 64 and a 2-byte T as the kernel assumes; every row it reads or
+            // writes is 16-byte aligned (d = 64 and 3H, H multiples of 64 elements; device
+            // allocations are 256-byte aligned); smem as attention_tc_smem_bytes().
+            return unsafe {
+                self.launch(
+                    &name,
+                    (b.n_tiles as u32, heads as u32, 1),
+                    (launch::ATT_TC_THREADS, 1, 1),
+                    launch::attention_tc_smem_bytes(),
+                    &args,
+                )
+            };
+        }
         let dpl = launch::attention_dpl(d)?;
         let smem = launch::attention_smem_bytes(d);
         let args = [
@@ -912,9 +1001,6 @@ impl Gpu {
             Arg::I(pq.is_some() as i32),
             Arg::P(ctx.need("attention output", b.tokens * h, dt)?),
         ];
-        if heads > 65_535 {
-            return Err(Error::Device(format!("{heads} heads: at most 65535")));
-        }
         let name = format!("attention_{}_dpl{dpl}", dt.suffix());
         // SAFETY: 12 args = (const T* qkv, const T* pk, const T* pq, const uint32_t* relidx,
         // int max_len, const int4* tiles, int heads, int d, float scale, int c2p, int p2c,

@@ -24,6 +24,19 @@ pub const ATT_THREADS: u32 = 4 * 32;
 /// Rows of the relative-embedding band staged per (query tile, key tile).
 pub const ATT_NB: usize = ATT_BQ + ATT_BKV - 1;
 
+/// The tensor-core attention (kernels/attention_tc.cu): head dim, threads, rows per block
+/// (`A2_D`, `A2_THREADS`, `A2_BQ`).
+pub const ATT_TC_D: usize = 64;
+pub const ATT_TC_THREADS: u32 = 128;
+pub const ATT_TC_BQ: usize = 64;
+
+/// Dynamic shared memory of one tensor-core attention block, in bytes: Q, K, V [64][72] and the
+/// PK / PQ bands [128][72] in the 2-byte compute type, the c2p scratch [4][16][84] and the p2c
+/// scratch [64][132] in fp32 (`A2_*` in kernels/attention_tc.cu).
+pub const fn attention_tc_smem_bytes() -> usize {
+    (3 * 64 + 2 * 128) * 72 * 2 + (4 * 16 * 84 + 64 * 132) * 4
+}
+
 /// Threads per block of the pooling and conv kernels (one thread per column).
 pub const COL_THREADS: u32 = 128;
 

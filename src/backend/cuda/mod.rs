@@ -27,7 +27,7 @@ use crate::model::HostWeights;
 use crate::relpos::RelPosTable;
 use crate::Precision;
 
-pub use device::{DevBuf, DeviceBatch, DeviceRelPos, Dtype, Epi, Gpu};
+pub use device::{AttentionKernel, DevBuf, DeviceBatch, DeviceRelPos, Dtype, Epi, Gpu};
 use launch::{Packed, Workspace};
 
 /// One layer's weights on the device. Matrices in the compute type, vectors fp32.

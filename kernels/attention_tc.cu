@@ -1,0 +1,277 @@
+// Disentangled self-attention, version 2: tensor cores (mma.sync m16n8k16, fp16 / bf16 inputs,
+// fp32 accumulation), flash style (online softmax), head dim 64. Same contract and math as
+// version 1 (kernels/attention.cu), which stays the exact fp32 path and the fallback for other
+// head dims.
+//
+// One block of 4 warps per (64-query tile of one sequence, head); warp w owns query rows
+// 16w .. 16w+15 of the tile. Per 64-key tile:
+//   * K, V and the band of PK / PQ rows the tile pair touches (relative offsets
+//     q0 - j0 - 63 .. q0 - j0 + 63: 127 rows, row bb <-> offset q0 - j0 - 63 + bb) are staged in
+//     shared memory as T (rows padded to 72 halves: conflict-free ldmatrix);
+//   * c2p: each warp multiplies its 16 queries by the 80 band rows its offsets reach
+//     (bb = 16w .. 16w+79) into a per-warp fp32 scratch C[16][80];
+//   * p2c: warp w multiplies keys 16w .. 16w+15 by all 128 band rows into P[64][128] (fp32,
+//     shared by the block);
+//   * S = Q K^T on tensor cores, then s(i,j) += C[i][i - j + 63 - 16w] + P[j][i - j + 63]
+//     (the gathers), scale, mask keys past the sequence, online softmax in fp32, and
+//     O += softmax(S) V with the probabilities rounded to T (the FlashAttention-2 layout: the
+//     S accumulators are reused as the A operand of the PV product).
+//
+// Tiles: the 16-row tile list of version 1 (launch.rs::attention_tiles); a block whose tile
+// does not start a 64-row group returns at once (three of every four of a long sequence).
+#include "common.cuh"
+#include "mma.cuh"
+
+#define A2_D 64
+#define A2_BQ 64
+#define A2_BKV 64
+#define A2_NB 128  // band rows staged per key tile (A2_BQ + A2_BKV - 1 = 127 used)
+#define A2_LDH 72  // smem row stride of the T operands, in elements
+#define A2_LDC 84  // row stride of the per-warp c2p scratch [16][80] (fp32)
+#define A2_LDP 132 // row stride of the p2c scratch [64][128] (fp32)
+#define A2_THREADS 128
+
+template <typename T> struct Pack2;
+template <> struct Pack2<f16> {
+  static __device__ __forceinline__ uint32_t run(float lo, float hi) {
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+  }
+};
+template <> struct Pack2<bf16> {
+  static __device__ __forceinline__ uint32_t run(float lo, float hi) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+  }
+};
+
+static __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+// rows [0, rows) of a [rows][64] T operand into smem (row stride A2_LDH), 16 bytes per copy;
+// row r comes from src + off(r) (an element offset), or is zero when off(r) < 0.
+template <typename T, typename Off>
+static __device__ __forceinline__ void a2_stage(T* dst, const T* __restrict__ src, int rows,
+                                                Off off) {
+  for (int e = threadIdx.x; e < rows * (A2_D / 8); e += A2_THREADS) {
+    const int r = e >> 3, c = (e & 7) * 8;
+    const long long o = off(r);
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (o >= 0) v = *reinterpret_cast<const uint4*>(src + o + c);
+    *reinterpret_cast<uint4*>(dst + r * A2_LDH + c) = v;
+  }
+}
+
+template <typename T>
+static __device__ void attention_tc_impl(const T* __restrict__ qkv, const T* __restrict__ pk,
+                                         const T* __restrict__ pq,
+                                         const uint32_t* __restrict__ relidx, int max_len,
+                                         const int4* __restrict__ tiles, int heads, float scale,
+                                         int c2p, int p2c, T* __restrict__ ctx) {
+  const int4 tile = tiles[blockIdx.x];
+  if (tile.z % A2_BQ != 0) return;  // covered by the block of the tile starting its 64 rows
+  extern __shared__ __align__(16) unsigned char a2_smem[];
+  T* Qs = reinterpret_cast<T*>(a2_smem);  // [64][LDH]
+  T* Ks = Qs + A2_BQ * A2_LDH;             // [64][LDH]
+  T* Vs = Ks + A2_BKV * A2_LDH;            // [64][LDH]
+  T* PKs = Vs + A2_BKV * A2_LDH;           // [128][LDH]
+  T* PQs = PKs + A2_NB * A2_LDH;           // [128][LDH]
+  float* Cs = reinterpret_cast<float*>(PQs + A2_NB * A2_LDH);  // [4][16][LDC]
+  float* Ps = Cs + 4 * 16 * A2_LDC;                            // [64][LDP]
+
+  const int start = tile.x, len = tile.y, q0 = tile.z;
+  const int head = blockIdx.y;
+  const int H = heads * A2_D;
+  const long long ld = 3LL * H;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, t = lane & 3;
+  float* Cw = Cs + warp * 16 * A2_LDC;
+
+  a2_stage(Qs, qkv, A2_BQ, [&](int r) -> long long {
+    return q0 + r < len ? (start + q0 + r) * ld + head * A2_D : -1;
+  });
+  __syncthreads();
+  // Q fragments of this warp's 16 rows (A operand), 4 k-steps of 16
+  uint32_t qf[4][4];
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks)
+    ldmatrix_x4(qf[ks], Qs + (warp * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * A2_LDH + ks * 16 +
+                            8 * (lane >> 4));
+
+  float o[8][4];
+#pragma unroll
+  for (int x = 0; x < 8; ++x) o[x][0] = o[x][1] = o[x][2] = o[x][3] = 0.0f;
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
+  const float sl2 = scale * 1.4426950408889634f;  // softmax in base 2
+
+  for (int j0 = 0; j0 < len; j0 += A2_BKV) {
+    __syncthreads();  // the previous key tile's operands are consumed
+    a2_stage(Ks, qkv + H, A2_BKV, [&](int r) -> long long {
+      return j0 + r < len ? (start + j0 + r) * ld + head * A2_D : -1;
+    });
+    a2_stage(Vs, qkv + 2 * H, A2_BKV, [&](int r) -> long long {
+      return j0 + r < len ? (start + j0 + r) * ld + head * A2_D : -1;
+    });
+    const int rmin = q0 - j0 - (A2_BKV - 1);
+    auto band = [&](int b) -> long long {
+      const int rel = max(-(max_len - 1), min(max_len - 1, rmin + b));
+      return (long long)relidx[rel + max_len - 1] * H + head * A2_D;
+    };
+    if (c2p) a2_stage(PKs, pk, A2_NB, band);
+    if (p2c) a2_stage(PQs, pq, A2_NB, band);
+    __syncthreads();
+
+    if (c2p) {  // C[16][80] = Q_w . PKband[16w .. 16w+79]^T
+#pragma unroll
+      for (int nt2 = 0; nt2 < 5; ++nt2) {
+        float acc[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+#pragma unroll
+        for (int ks = 0; ks < 4; ++ks) {
+          uint32_t b[4];
+          ldmatrix_x4(b, PKs + (16 * warp + nt2 * 16 + (lane & 7) + 8 * (lane >> 4)) * A2_LDH +
+                             ks * 16 + 8 * ((lane >> 3) & 1));
+          Mma<T>::run(acc[0], qf[ks], b[0], b[1]);
+          Mma<T>::run(acc[1], qf[ks], b[2], b[3]);
+        }
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int col = nt2 * 16 + h * 8 + 2 * t;
+          Cw[g * A2_LDC + col] = acc[h][0];
+          Cw[g * A2_LDC + col + 1] = acc[h][1];
+          Cw[(g + 8) * A2_LDC + col] = acc[h][2];
+          Cw[(g + 8) * A2_LDC + col + 1] = acc[h][3];
+        }
+      }
+    }
+    if (p2c) {  // P[16w .. 16w+15][128] = K_w . PQband^T
+      uint32_t kf[4][4];
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks)
+        ldmatrix_x4(kf[ks], Ks + (warp * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * A2_LDH +
+                                ks * 16 + 8 * (lane >> 4));
+#pragma unroll
+      for (int nt2 = 0; nt2 < 8; ++nt2) {
+        float acc[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+#pragma unroll
+        for (int ks = 0; ks < 4; ++ks) {
+          uint32_t b[4];
+          ldmatrix_x4(b, PQs + (nt2 * 16 + (lane & 7) + 8 * (lane >> 4)) * A2_LDH + ks * 16 +
+                             8 * ((lane >> 3) & 1));
+          Mma<T>::run(acc[0], kf[ks], b[0], b[1]);
+          Mma<T>::run(acc[1], kf[ks], b[2], b[3]);
+        }
+        float* prow = Ps + (warp * 16) * A2_LDP;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int col = nt2 * 16 + h * 8 + 2 * t;
+          prow[g * A2_LDP + col] = acc[h][0];
+          prow[g * A2_LDP + col + 1] = acc[h][1];
+          prow[(g + 8) * A2_LDP + col] = acc[h][2];
+          prow[(g + 8) * A2_LDP + col + 1] = acc[h][3];
+        }
+      }
+    }
+    __syncthreads();  // P (and C) written
+
+    // S = Q K^T: 8 n-tiles of 8 keys
+    float s[8][4];
+#pragma unroll
+    for (int x = 0; x < 8; ++x) s[x][0] = s[x][1] = s[x][2] = s[x][3] = 0.0f;
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) {
+#pragma unroll
+      for (int nt2 = 0; nt2 < 4; ++nt2) {
+        uint32_t b[4];
+        ldmatrix_x4(b, Ks + (nt2 * 16 + (lane & 7) + 8 * (lane >> 4)) * A2_LDH + ks * 16 +
+                           8 * ((lane >> 3) & 1));
+        Mma<T>::run(s[2 * nt2], qf[ks], b[0], b[1]);
+        Mma<T>::run(s[2 * nt2 + 1], qf[ks], b[2], b[3]);
+      }
+    }
+    // position terms, scale (base 2), mask keys past the sequence
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int rl = g + 8 * (e >> 1);         // row in the warp
+        const int cl = nt * 8 + 2 * t + (e & 1);  // key in the tile
+        float v = s[nt][e];
+        if (c2p) v += Cw[rl * A2_LDC + (rl - cl + A2_BKV - 1)];
+        if (p2c) v += Ps[cl * A2_LDP + (warp * 16 + rl - cl + A2_BKV - 1)];
+        s[nt][e] = j0 + cl < len ? v * sl2 : -INFINITY;
+      }
+    }
+    // online softmax: rows g (elements 0, 1) and g + 8 (elements 2, 3); a row's 64 keys are
+    // spread over the 4 threads of a quad
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m_run[r], mx);  // finite: key j0 < len is in every row
+      const float corr = exp2f(m_run[r] - m_new);
+      m_run[r] = m_new;
+      float sum = 0.0f;
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        const float p0 = exp2f(s[nt][2 * r] - m_new), p1 = exp2f(s[nt][2 * r + 1] - m_new);
+        s[nt][2 * r] = p0;
+        s[nt][2 * r + 1] = p1;
+        sum += p0 + p1;
+      }
+      l_run[r] = l_run[r] * corr + sum;  // this thread's share; the quad is summed at the end
+#pragma unroll
+      for (int x = 0; x < 8; ++x) {
+        o[x][2 * r] *= corr;
+        o[x][2 * r + 1] *= corr;
+      }
+    }
+    // O += P V: the S accumulators of n-tiles 2kk, 2kk+1 form the A operand of key step kk
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      uint32_t a[4];
+      a[0] = Pack2<T>::run(s[2 * kk][0], s[2 * kk][1]);
+      a[1] = Pack2<T>::run(s[2 * kk][2], s[2 * kk][3]);
+      a[2] = Pack2<T>::run(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      a[3] = Pack2<T>::run(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+      for (int dt2 = 0; dt2 < 4; ++dt2) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, Vs + (kk * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * A2_LDH +
+                                 dt2 * 16 + 8 * (lane >> 4));
+        Mma<T>::run(o[2 * dt2], a, b[0], b[1]);
+        Mma<T>::run(o[2 * dt2 + 1], a, b[2], b[3]);
+      }
+    }
+  }
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float l = l_run[r];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const int i = q0 + warp * 16 + g + 8 * r;
+    if (i >= len) continue;
+    const float inv = 1.0f / l;
+    T* out = ctx + (long long)(start + i) * H + head * A2_D;
+#pragma unroll
+    for (int x = 0; x < 8; ++x) {
+      const uint32_t v = Pack2<T>::run(o[x][2 * r] * inv, o[x][2 * r + 1] * inv);
+      *reinterpret_cast<uint32_t*>(out + x * 8 + 2 * t) = v;
+    }
+  }
+}
+
+#define ATTENTION_TC_ENTRY(SUFFIX, T)                                                         \
+  extern "C" __global__ void __launch_bounds__(A2_THREADS) attention_tc_##SUFFIX(              \
+      const T* qkv, const T* pk, const T* pq, const uint32_t* relidx, int max_len,            \
+      const int4* tiles, int heads, float scale, int c2p, int p2c, T* ctx) {                  \
+    attention_tc_impl<T>(qkv, pk, pq, relidx, max_len, tiles, heads, scale, c2p, p2c, ctx);   \
+  }
+ATTENTION_TC_ENTRY(f16, f16)
+ATTENTION_TC_ENTRY(bf16, bf16)
