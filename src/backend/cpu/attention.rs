@@ -217,8 +217,10 @@ fn split_tasks<'a>(
         let n = w[1] - w[0];
         let (seq, tail) = std::mem::take(&mut rest).split_at_mut(n * h);
         rest = tail;
-        for (bi, block) in seq.chunks_mut(QUERY_BLOCK * h).enumerate() {
-            tasks.push((w[0], n, bi * QUERY_BLOCK, block));
+        // as few blocks as QUERY_BLOCK allows, of even size (32 rows: 16 + 16, not 29 + 3)
+        let rows = n.div_ceil(n.div_ceil(QUERY_BLOCK).max(1)).max(1);
+        for (bi, block) in seq.chunks_mut(rows * h).enumerate() {
+            tasks.push((w[0], n, bi * rows, block));
         }
     }
     tasks
