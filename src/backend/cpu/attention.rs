@@ -248,7 +248,11 @@ fn detect() -> Level {
         if std::env::var_os("DEBERTA_EMBED_PORTABLE").is_some() {
             return Level::Portable;
         }
-        if is_x86_feature_detected!("avx512f") {
+        // (block_avx512 is compiled with avx2 and fma as well)
+        if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+        {
             return Level::Avx512;
         }
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
@@ -525,7 +529,7 @@ struct Job<'a> {
 /// In-place softmax of `x * scale`, with vectorizable reductions (16 partial lanes; the
 /// fixed-width chunks let the compiler keep each pass in vector registers).
 #[inline(always)]
-fn softmax_scaled(x: &mut [f32], scale: f32) {
+fn softmax_scaled<const FMA: bool>(x: &mut [f32], scale: f32) {
     const L: usize = 16;
     let split = x.len() / L * L;
     let mut mx = [f32::NEG_INFINITY; L];
@@ -543,13 +547,13 @@ fn softmax_scaled(x: &mut [f32], scale: f32) {
     let mut sm = [0.0f32; L];
     for ch in x[..split].chunks_exact_mut(L) {
         for k in 0..L {
-            ch[k] = super::ops::exp(ch[k] - max);
+            ch[k] = super::ops::exp_with::<FMA>(ch[k] - max);
             sm[k] += ch[k];
         }
     }
     let mut sum = sm.iter().sum::<f32>();
     for v in x[split..].iter_mut() {
-        *v = super::ops::exp(*v - max);
+        *v = super::ops::exp_with::<FMA>(*v - max);
         sum += *v;
     }
     let inv = 1.0 / sum;
@@ -654,7 +658,12 @@ fn block(job: &Job<'_>, sc: &mut Scratch, out: &mut [f32], level: Level) {
 
         // softmax rows, then out[i, :] = sum_j p_ij v_j
         for i in 0..bq {
-            softmax_scaled(&mut s[i * n..(i + 1) * n], p.scale);
+            // (the SIMD levels are compiled with `fma`)
+            if level == Level::Portable {
+                softmax_scaled::<false>(&mut s[i * n..(i + 1) * n], p.scale);
+            } else {
+                softmax_scaled::<true>(&mut s[i * n..(i + 1) * n], p.scale);
+            }
         }
         let p_rows = Mat::new(s, n, n);
         tile_gemm(level, bq, n, p_rows, v, Cols::At(0), d, &mut out[hs..], h);
@@ -794,7 +803,10 @@ mod tests {
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
                 v.push(Level::Avx2);
             }
-            if is_x86_feature_detected!("avx512f") {
+            if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+            {
                 v.push(Level::Avx512);
             }
         }

@@ -104,7 +104,13 @@ impl SimdLevel {
             #[cfg(target_arch = "x86_64")]
             SimdLevel::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
             #[cfg(target_arch = "x86_64")]
-            SimdLevel::Avx512 => is_x86_feature_detected!("avx512f"),
+            // (the epilogue and the bf16 path use FMA and AVX2 instructions too; every AVX-512
+            // CPU has them, but say so rather than assume)
+            SimdLevel::Avx512 => {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+            }
             #[cfg(not(target_arch = "x86_64"))]
             SimdLevel::Avx2 | SimdLevel::Avx512 => false,
             #[cfg(target_arch = "aarch64")]
@@ -346,7 +352,7 @@ pub fn linear_with(
     if k == 0 {
         out.fill(0.0);
         for (i, row) in out.chunks_exact_mut(n).enumerate() {
-            apply_epilogue_row(ep, row, i, 0, n);
+            apply_epilogue_row::<false>(ep, row, i, 0, n);
         }
         return;
     }
@@ -498,7 +504,7 @@ pub fn reference_linear(
             }
             out[i * n + j] = acc;
         }
-        apply_epilogue_row(ep, &mut out[i * n..(i + 1) * n], i, 0, n);
+        apply_epilogue_row::<false>(ep, &mut out[i * n..(i + 1) * n], i, 0, n);
     }
 }
 
@@ -528,7 +534,7 @@ unsafe fn epilogue_tile(
         #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx2 => unsafe { x86::epilogue_avx2(ep, c, mr, nr, row0, j0, n) },
         // SAFETY: forwarded contract.
-        _ => unsafe { epilogue_tile_generic(ep, c, mr, nr, row0, j0, n) },
+        _ => unsafe { epilogue_tile_generic::<false>(ep, c, mr, nr, row0, j0, n) },
     }
 }
 
@@ -537,7 +543,7 @@ unsafe fn epilogue_tile(
 /// # Safety
 /// As [`epilogue_tile`].
 #[inline(always)]
-unsafe fn epilogue_tile_generic(
+unsafe fn epilogue_tile_generic<const FMA: bool>(
     ep: Epilogue<'_>,
     c: *mut f32,
     mr: usize,
@@ -550,13 +556,20 @@ unsafe fn epilogue_tile_generic(
         // SAFETY: row r of the tile, columns j0 .. j0 + nr: valid and exclusively ours
         // (contract).
         let tile_row = unsafe { std::slice::from_raw_parts_mut(c.add(r * n), nr) };
-        apply_epilogue_row(ep, tile_row, row0 + r, j0, n);
+        apply_epilogue_row::<FMA>(ep, tile_row, row0 + r, j0, n);
     }
 }
 
 /// Apply the epilogue to `row` = columns `j0 .. j0 + row.len()` of output row `i` (`n` columns).
 #[inline(always)]
-fn apply_epilogue_row(ep: Epilogue<'_>, row: &mut [f32], i: usize, j0: usize, n: usize) {
+/// `FMA`: GELU with fused multiply-adds (only from code compiled with the `fma` feature).
+fn apply_epilogue_row<const FMA: bool>(
+    ep: Epilogue<'_>,
+    row: &mut [f32],
+    i: usize,
+    j0: usize,
+    n: usize,
+) {
     let len = row.len();
     match ep {
         Epilogue::None => {}
@@ -567,7 +580,7 @@ fn apply_epilogue_row(ep: Epilogue<'_>, row: &mut [f32], i: usize, j0: usize, n:
         }
         Epilogue::BiasGelu(b) => {
             for (o, &bj) in row.iter_mut().zip(&b[j0..j0 + len]) {
-                *o = super::ops::gelu(*o + bj);
+                *o = super::ops::gelu_with::<FMA>(*o + bj);
             }
         }
         Epilogue::BiasResidual(b, r) => {

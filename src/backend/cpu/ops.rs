@@ -8,19 +8,46 @@
 /// Tested against an f64 erf: max |error| ~1e-7 relative to max(|x|, 1).
 #[inline(always)]
 pub fn gelu(x: f32) -> f32 {
+    gelu_with::<false>(x)
+}
+
+/// [`gelu`]; with `FMA` the polynomials use fused multiply-adds (call it only from code
+/// compiled with the `fma` target feature: elsewhere `mul_add` is a libm call). Without `FMA` it
+/// is bit-identical to [`gelu`].
+#[inline(always)]
+pub fn gelu_with<const FMA: bool>(x: f32) -> f32 {
+    const ERFC: [f32; 10] = [
+        0.170_872_77,
+        -0.822_152_23,
+        1.488_515_9,
+        -1.135_204,
+        0.278_868_07,
+        -0.186_288_06,
+        0.096_784_18,
+        0.374_091_96,
+        1.000_023_7,
+        -1.265_512_2,
+    ];
     let z = (x * std::f32::consts::FRAC_1_SQRT_2).abs();
     let t = 1.0 / (1.0 + 0.5 * z);
-    let poly = -1.265_512_2
-        + t * (1.000_023_7
-            + t * (0.374_091_96
-                + t * (0.096_784_18
-                    + t * (-0.186_288_06
-                        + t * (0.278_868_07
-                            + t * (-1.135_204
-                                + t * (1.488_515_9 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
-    let erfc = t * exp(poly - z * z);
+    let poly = horner::<FMA>(t, &ERFC);
+    let erfc = t * exp_with::<FMA>(poly - z * z);
     let one_plus_erf = if x >= 0.0 { 2.0 - erfc } else { erfc };
     0.5 * x * one_plus_erf
+}
+
+/// `c[0] x^(n-1) + ... + c[n-1]`, innermost first.
+#[inline(always)]
+fn horner<const FMA: bool>(x: f32, c: &[f32]) -> f32 {
+    let mut acc = c[0];
+    for &ci in &c[1..] {
+        acc = if FMA {
+            acc.mul_add(x, ci)
+        } else {
+            acc * x + ci
+        };
+    }
+    acc
 }
 
 /// `e^x` in f32, branch-free (vectorizes): Cody-Waite reduction `x = k ln2 + r`, a degree-7
@@ -29,10 +56,26 @@ pub fn gelu(x: f32) -> f32 {
 /// instead of 0, above 88 it saturates near f32::MAX.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
+    exp_with::<false>(x)
+}
+
+/// [`exp`], with fused multiply-adds in the polynomial when `FMA` (see [`gelu_with`]).
+#[inline(always)]
+pub fn exp_with<const FMA: bool>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
+    const TAYLOR: [f32; 8] = [
+        1.0 / 5040.0,
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ];
     let x = x.clamp(-87.0, 88.0);
     let kr = x * LOG2E + ROUND;
     let k = kr - ROUND;
@@ -40,12 +83,7 @@ pub fn exp(x: f32) -> f32 {
     // `as i32` would not vectorize)
     let ki = kr.to_bits() as i32 - ROUND.to_bits() as i32;
     let r = x - k * LN2_HI - k * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0
-                    + r * (1.0 / 24.0
-                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    let p = horner::<FMA>(r, &TAYLOR);
     let scale = f32::from_bits(((ki + 127) as u32) << 23);
     p * scale
 }

@@ -66,7 +66,7 @@ fn check_shape_with(m: usize, n: usize, k: usize, bf16: bool) {
             // Expected: the epilogue applied to the plain product (the reference's own path).
             let mut want = plain.clone();
             for (i, row) in want.chunks_exact_mut(n).enumerate() {
-                apply_epilogue_row(ep, row, i, 0, n);
+                apply_epilogue_row::<false>(ep, row, i, 0, n);
             }
             for (threads, pool) in pools() {
                 // One spare element past m * n, which must stay untouched.

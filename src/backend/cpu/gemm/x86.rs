@@ -288,8 +288,9 @@ unsafe fn avx2_tile<const MR: usize>(
 /// `super::epilogue_tile` compiled for AVX-512 (the bias, GELU and residual loops vectorize).
 ///
 /// # Safety
-/// AVX-512F available, and the contract of `super::epilogue_tile`.
-#[target_feature(enable = "avx512f")]
+/// AVX-512F and FMA available (`SimdLevel::Avx512` checks both), and the contract of
+/// `super::epilogue_tile`.
+#[target_feature(enable = "avx512f,fma")]
 pub(super) unsafe fn epilogue_avx512(
     ep: Epilogue<'_>,
     c: *mut f32,
@@ -300,7 +301,7 @@ pub(super) unsafe fn epilogue_avx512(
     n: usize,
 ) {
     // SAFETY: forwarded contract.
-    unsafe { super::epilogue_tile_generic(ep, c, mr, nr, row0, j0, n) }
+    unsafe { super::epilogue_tile_generic::<true>(ep, c, mr, nr, row0, j0, n) }
 }
 
 /// `super::epilogue_tile` compiled for AVX2 + FMA.
@@ -318,7 +319,7 @@ pub(super) unsafe fn epilogue_avx2(
     n: usize,
 ) {
     // SAFETY: forwarded contract.
-    unsafe { super::epilogue_tile_generic(ep, c, mr, nr, row0, j0, n) }
+    unsafe { super::epilogue_tile_generic::<true>(ep, c, mr, nr, row0, j0, n) }
 }
 
 /// `super::widen_bf16` compiled for AVX-512F (the loop vectorizes to 16 lanes).
