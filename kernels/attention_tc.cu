@@ -267,10 +267,12 @@ static __device__ void attention_tc_impl(const T* __restrict__ qkv, const T* __r
   }
 }
 
+// Same signature as version 1; `d` must be A2_D (the host only launches it then).
 #define ATTENTION_TC_ENTRY(SUFFIX, T)                                                         \
   extern "C" __global__ void __launch_bounds__(A2_THREADS) attention_tc_##SUFFIX(              \
       const T* qkv, const T* pk, const T* pq, const uint32_t* relidx, int max_len,            \
-      const int4* tiles, int heads, float scale, int c2p, int p2c, T* ctx) {                  \
+      const int4* tiles, int heads, int d, float scale, int c2p, int p2c, T* ctx) {           \
+    if (d != A2_D) return;                                                                    \
     attention_tc_impl<T>(qkv, pk, pq, relidx, max_len, tiles, heads, scale, c2p, p2c, ctx);   \
   }
 ATTENTION_TC_ENTRY(f16, f16)

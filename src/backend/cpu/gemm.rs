@@ -200,10 +200,16 @@ pub struct PackedWeight {
     /// in features
     k: usize,
     /// `ceil(n / NR)` panels, each `[k][NR]` (panel `q`, row `p` = `W[NR*q .. NR*q+NR, p]`),
-    /// columns past `n` zero. Lines of 16 floats so the data is 64-byte aligned.
-    panels: Vec<Line>,
-    /// The same panels rounded to bf16 (`with_bf16_storage`); then `panels` is empty.
-    bf16: Vec<u16>,
+    /// columns past `n` zero.
+    storage: Storage,
+}
+
+/// The element type the packed panels are kept in.
+enum Storage {
+    /// Lines of 16 floats, so the data is 64-byte aligned.
+    F32(Vec<Line>),
+    /// The same panels rounded to bf16 (`with_bf16_storage`).
+    Bf16(Vec<u16>),
 }
 
 /// Where a tile reads one k-block of W panels from.
@@ -246,34 +252,36 @@ impl PackedWeight {
         PackedWeight {
             n,
             k,
-            panels,
-            bf16: Vec::new(),
+            storage: Storage::F32(panels),
         }
     }
 
     /// Keep the weight as bf16 (round to nearest even): half the memory and half the bytes a
     /// product streams, fp32 arithmetic on the widened values. Not bit-compatible with the
     /// fp32 path: relative error up to 2^-9 per weight.
-    pub fn with_bf16_storage(mut self) -> Self {
-        self.bf16 = self
-            .data()
-            .iter()
-            .map(|&v| half::bf16::from_f32(v).to_bits())
-            .collect();
-        self.panels = Vec::new();
-        self
+    pub fn with_bf16_storage(self) -> Self {
+        let bits = match &self.storage {
+            Storage::F32(lines) => lines_as_slice(lines)
+                .iter()
+                .map(|&v| half::bf16::from_f32(v).to_bits())
+                .collect(),
+            Storage::Bf16(bits) => bits.clone(),
+        };
+        PackedWeight {
+            storage: Storage::Bf16(bits),
+            ..self
+        }
     }
 
     /// Whether the weight is stored as bf16.
     pub fn is_bf16(&self) -> bool {
-        !self.bf16.is_empty()
+        matches!(self.storage, Storage::Bf16(_))
     }
 
     fn panels(&self) -> WPanels<'_> {
-        if self.is_bf16() {
-            WPanels::Bf16(&self.bf16)
-        } else {
-            WPanels::F32(self.data())
+        match &self.storage {
+            Storage::F32(lines) => WPanels::F32(lines_as_slice(lines)),
+            Storage::Bf16(bits) => WPanels::Bf16(bits),
         }
     }
     /// Out features.
@@ -284,19 +292,18 @@ impl PackedWeight {
     pub fn k(&self) -> usize {
         self.k
     }
-    /// The packed panels as floats.
-    fn data(&self) -> &[f32] {
-        // SAFETY: `Line` is `repr(C)` around `[f32; 16]` with size 64 = 16 * 4 and alignment 64,
-        // so the vector's buffer is `16 * len` contiguous, initialised f32 with no padding; the
-        // returned slice borrows `self`, so the buffer outlives it.
-        unsafe {
-            std::slice::from_raw_parts(self.panels.as_ptr().cast::<f32>(), self.panels.len() * 16)
-        }
-    }
+}
+
+/// The lines as floats.
+fn lines_as_slice(lines: &[Line]) -> &[f32] {
+    // SAFETY: `Line` is `repr(C)` around `[f32; 16]` with size 64 = 16 * 4 and alignment 64,
+    // so the buffer is `16 * len` contiguous, initialised f32 with no padding; the returned
+    // slice borrows `lines`, so the buffer outlives it.
+    unsafe { std::slice::from_raw_parts(lines.as_ptr().cast::<f32>(), lines.len() * 16) }
 }
 
 fn lines_as_mut_slice(lines: &mut [Line]) -> &mut [f32] {
-    // SAFETY: as in `PackedWeight::data`: `Line` is 16 f32 with no padding; the exclusive borrow
+    // SAFETY: as in `lines_as_slice`: `Line` is 16 f32 with no padding; the exclusive borrow
     // of `lines` is carried over to the returned slice.
     unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast::<f32>(), lines.len() * 16) }
 }

@@ -945,45 +945,6 @@ impl Gpu {
         if heads > 65_535 {
             return Err(Error::Device(format!("{heads} heads: at most 65535")));
         }
-        if self.attention_kernel() == AttentionKernel::V2
-            && d == launch::ATT_TC_D
-            && matches!(dt, Dtype::F16 | Dtype::BF16)
-        {
-            let args = [
-                Arg::P(qkv.need("qkv", b.tokens * 3 * h, dt)?),
-                Arg::P(opt_need(pk, "PK", rel.rows * h, dt)?),
-                Arg::P(opt_need(pq, "PQ", rel.rows * h, dt)?),
-                Arg::P(
-                    rel.idx
-                        .need("relative index", 2 * rel.max_len - 1, Dtype::F32)?,
-                ),
-                Arg::I(rel.max_len as i32),
-                Arg::P(b.tiles.need("tiles", b.n_tiles * 4, Dtype::F32)?),
-                Arg::I(heads as i32),
-                Arg::F(scale),
-                Arg::I(pk.is_some() as i32),
-                Arg::I(pq.is_some() as i32),
-                Arg::P(ctx.need("attention output", b.tokens * h, dt)?),
-            ];
-            let name = format!("attention_tc_{}", dt.suffix());
-            // SAFETY: 11 args = (const T* qkv, const T* pk, const T* pq, const uint32_t*
-            // relidx, int max_len, const int4* tiles, int heads, float scale, int c2p, int p2c,
-            // T* ctx); the same tiles, index table and sizes as version 1 below (checked
-            // above), head dim 64 and a 2-byte T as the kernel assumes; every row it reads or
-            // writes is 16-byte aligned (d = 64 and 3H, H multiples of 64 elements; device
-            // allocations are 256-byte aligned); smem as attention_tc_smem_bytes().
-            return unsafe {
-                self.launch(
-                    &name,
-                    (b.n_tiles as u32, heads as u32, 1),
-                    (launch::ATT_TC_THREADS, 1, 1),
-                    launch::attention_tc_smem_bytes(),
-                    &args,
-                )
-            };
-        }
-        let dpl = launch::attention_dpl(d)?;
-        let smem = launch::attention_smem_bytes(d);
         let args = [
             Arg::P(qkv.need("qkv", b.tokens * 3 * h, dt)?),
             Arg::P(opt_need(pk, "PK", rel.rows * h, dt)?),
@@ -1001,18 +962,35 @@ impl Gpu {
             Arg::I(pq.is_some() as i32),
             Arg::P(ctx.need("attention output", b.tokens * h, dt)?),
         ];
-        let name = format!("attention_{}_dpl{dpl}", dt.suffix());
+        let tensor_cores = self.attention_kernel() == AttentionKernel::V2
+            && d == launch::ATT_TC_D
+            && matches!(dt, Dtype::F16 | Dtype::BF16);
+        let (name, threads, smem) = if tensor_cores {
+            let smem = launch::attention_tc_smem_bytes();
+            (
+                format!("attention_tc_{}", dt.suffix()),
+                launch::ATT_TC_THREADS,
+                smem,
+            )
+        } else {
+            let dpl = launch::attention_dpl(d)?;
+            let name = format!("attention_{}_dpl{dpl}", dt.suffix());
+            (name, launch::ATT_THREADS, launch::attention_smem_bytes(d))
+        };
         // SAFETY: 12 args = (const T* qkv, const T* pk, const T* pq, const uint32_t* relidx,
         // int max_len, const int4* tiles, int heads, int d, float scale, int c2p, int p2c,
-        // T* ctx); tiles stay inside their sequences (DeviceBatch), every relidx entry is
-        // < rel.rows (DeviceRelPos) and the kernel clamps offsets to the table, pk / pq are
-        // read only when their flag is 1; sizes checked above; d <= 32 * DPL; smem as
-        // attention_smem_bytes(d) (raised above 48 KB in `launch`).
+        // T* ctx), the signature of both kernels; tiles stay inside their sequences
+        // (DeviceBatch), every relidx entry is < rel.rows (DeviceRelPos) and the kernels clamp
+        // offsets to the table, pk / pq are read only when their flag is 1; sizes checked
+        // above. Version 1: d <= 32 * DPL. Version 2 (tensor cores): d = 64 and a 2-byte T as
+        // it assumes, every row it reads or writes 16-byte aligned (d = 64 and 3H, H multiples
+        // of 64 elements; device allocations are 256-byte aligned). smem as
+        // attention_smem_bytes(d) / attention_tc_smem_bytes() (raised above 48 KB in `launch`).
         unsafe {
             self.launch(
                 &name,
                 (b.n_tiles as u32, heads as u32, 1),
-                (launch::ATT_THREADS, 1, 1),
+                (threads, 1, 1),
                 smem,
                 &args,
             )
