@@ -394,8 +394,10 @@ pub fn linear_with(
                 // ran while waiting): use a private buffer.
                 Err(_) => &mut private,
             };
-            buf.clear();
-            buf.resize(m * k, 0.0);
+            // Every element is written by the pack units: grow it, never clear it.
+            if buf.len() < m * k {
+                buf.resize(m * k, 0.0);
+            }
             let ctx = TaskCtx {
                 xp: Some(SharedPtr(buf.as_mut_ptr())),
                 ..ctx
@@ -738,23 +740,28 @@ fn pack_x_block(
     mr: usize,
     dst: &mut [f32],
 ) {
-    const MAX_MR: usize = 16;
-    debug_assert!(mr <= MAX_MR);
     let panels = Panels::new(rows, mr);
     for t in 0..panels.count {
         let (r0, pr) = (panels.start(t), panels.rows(t));
         let d = &mut dst[r0 * kc..(r0 + pr) * kc];
-        let src: [&[f32]; MAX_MR] = std::array::from_fn(|r| {
-            if r < pr {
-                &x[(i0 + r0 + r) * k + pc..][..kc]
-            } else {
-                &[]
-            }
-        });
-        for (p, col) in d.chunks_exact_mut(pr).enumerate() {
-            for (r, v) in col.iter_mut().enumerate() {
-                *v = src[r][p];
-            }
+        let src = &x[(i0 + r0) * k + pc..];
+        by_mr!(
+            pr,
+            pack_panel,
+            (src, k, kc, d),
+            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+        );
+    }
+}
+
+/// One x panel of `PR` rows: `d[p * PR + r] = src[r * k + p]` for `p < kc`. The row count is
+/// a constant so that the row loop unrolls into `PR` unit-stride streams without bounds checks.
+#[inline]
+fn pack_panel<const PR: usize>(src: &[f32], k: usize, kc: usize, d: &mut [f32]) {
+    let rows: [&[f32]; PR] = std::array::from_fn(|r| &src[r * k..][..kc]);
+    for (p, col) in d[..PR * kc].chunks_exact_mut(PR).enumerate() {
+        for (v, row) in col.iter_mut().zip(rows) {
+            *v = row[p];
         }
     }
 }
@@ -849,10 +856,12 @@ impl TaskCtx<'_> {
                     std::slice::from_raw_parts(xp.0.add(i0 * k + rows * pc), rows * kc)
                 },
                 None => {
-                    buf.clear();
-                    buf.resize(rows * kc, 0.0);
+                    // `pack_x_block` writes all of `buf[..rows * kc]`: grow, never clear.
+                    if buf.len() < rows * kc {
+                        buf.resize(rows * kc, 0.0);
+                    }
                     pack_x_block(self.x, k, i0, rows, pc, kc, p.mr, buf);
-                    buf
+                    &buf[..rows * kc]
                 }
             };
             // Per n-block (its W block stays in L2): each x panel (L1) against every W panel.

@@ -105,23 +105,36 @@ pub fn layer_norm_rows(x: &mut [f32], n: usize, w: &[f32], b: &[f32], eps: f32) 
     });
 }
 
-/// LayerNorm of one row, as torch computes it (biased variance, eps inside the sqrt).
+/// LayerNorm of one row, as torch computes it (biased variance, eps inside the sqrt), with
+/// the statistics in f64.
 #[inline]
 pub fn layer_norm(row: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
     let n = row.len() as f64;
-    let mean = row.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let var = row
-        .iter()
-        .map(|&v| {
-            let d = v as f64 - mean;
-            d * d
-        })
-        .sum::<f64>()
-        / n;
+    let mean = sum_f64(row, |v| v) / n;
+    let var = sum_f64(row, |v| (v - mean) * (v - mean)) / n;
     let inv = 1.0 / (var + eps as f64).sqrt();
     for ((v, &g), &bb) in row.iter_mut().zip(w).zip(b) {
         *v = ((*v as f64 - mean) * inv) as f32 * g + bb;
     }
+}
+
+/// `sum(f(v as f64))` over `row`, in 8 independent f64 lanes (vectorizable, no serial add
+/// chain), then the lanes in order.
+#[inline(always)]
+fn sum_f64(row: &[f32], f: impl Fn(f64) -> f64) -> f64 {
+    const LANES: usize = 8;
+    let mut acc = [0.0f64; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v as f64);
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(tail) {
+        *a += f(v as f64);
+    }
+    acc.iter().sum()
 }
 
 /// The conv block of conv models, per packed sequence: `out = act(conv1d(x))` with
@@ -180,6 +193,41 @@ mod tests {
     fn erf64(x: f64) -> f64 {
         // high-precision reference: libm's f64 erf
         libm::erf(x)
+    }
+
+    /// torch's LayerNorm, one serial f64 sum per statistic.
+    fn layer_norm_naive(row: &[f32], w: &[f32], b: &[f32], eps: f32) -> Vec<f32> {
+        let n = row.len() as f64;
+        let mean = row.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+        let inv = 1.0 / (var + eps as f64).sqrt();
+        let f = |(i, &v): (usize, &f32)| ((v as f64 - mean) * inv) as f32 * w[i] + b[i];
+        row.iter().enumerate().map(f).collect()
+    }
+
+    #[test]
+    fn layer_norm_matches_the_serial_reference() {
+        // lengths around the 8-lane split; a large offset makes cancellation matter
+        for n in [1usize, 7, 8, 9, 383, 384, 385] {
+            let row: Vec<f32> = (0..n)
+                .map(|i| 1000.0 + ((i * 37 % 101) as f32 - 50.0) * 0.37)
+                .collect();
+            let w: Vec<f32> = (0..n).map(|i| 0.5 + (i % 7) as f32 * 0.1).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i % 5) as f32 * 0.01 - 0.02).collect();
+            let want = layer_norm_naive(&row, &w, &b, 1e-7);
+            let mut got = row.clone();
+            layer_norm(&mut got, &w, &b, 1e-7);
+            for (i, (g, r)) in got.iter().zip(&want).enumerate() {
+                assert!((g - r).abs() <= 1e-6, "n = {n}, [{i}]: {g} vs {r}");
+            }
+            // and the parallel rows wrapper, on 70 copies (several tasks)
+            let mut rows = row.repeat(70);
+            layer_norm_rows(&mut rows, n, &w, &b, 1e-7);
+            assert!(
+                rows.chunks_exact(n).all(|r| r == got.as_slice()),
+                "n = {n}: rows"
+            );
+        }
     }
 
     #[test]
