@@ -6,7 +6,8 @@
 #   2. compute-sanitizer memcheck and racecheck over the kernel tests (GPU_TEST_QUICK=1);
 #   3. the CLI: `embed --device cuda --dtype f32|f16|bf16` on every fixture model vs the
 #      sentence-transformers reference embeddings (python3 + numpy + safetensors there);
-#   4. `bench --synthetic xsmall --device cuda` at the DESIGN.md section 6 shapes;
+#   4. `bench --synthetic xsmall --device cuda` at the DESIGN.md section 6 shapes (graphs on,
+#      the default; attention v1 and v2; a few shapes with graphs off);
 #   5. one profiled bench (device time per kernel);
 #   6. only when .carry/peers/ holds the peer wheels (scripts/fetch-gpu-peers.sh): the peer
 #      comparison, scripts/compare_gpu.py (HF eager fp16/bf16, DisentangledFlash, FlashDeBERTa vs
@@ -141,6 +142,21 @@ except Exception:
     print(f"{dt:<7} {b:>5} x {l:<4} FAIL: {line[:160]}")
 PY
   done
+done
+say "-- bench, graphs off (--kernel graphs=off: every kernel launched from the host)"
+for shape in "1 16" "1 512" "256 32"; do
+  set -- $shape
+  line="$(timeout 60 $C/deberta-embed bench --synthetic xsmall --device cuda --dtype f16 --kernel graphs=off \
+    --batch-size $1 --seq-len $2 --warmup 3 --iters 20 --json 2>&1 | tail -n 1)"
+  python3 - "f16/eager" "$1" "$2" "$line" <<'PY' >> "$S"
+import json, sys
+dt, b, l, line = sys.argv[1:]
+try:
+    v = json.loads(line)
+    print(f"{dt:<9} {b:>5} x {l:<4} {v['median_ms']:9.3f} ms {v['tokens_per_s']:>12,.0f} tok/s")
+except Exception:
+    print(f"{dt:<9} {b:>5} x {l:<4} FAIL: {line[:160]}")
+PY
 done
 say "-- kernel profile, f16 16 x 512, attention v2"
 DEBERTA_CUDA_ATTENTION=v2 DEBERTA_CUDA_PROFILE=1 timeout 60 $C/deberta-embed bench --synthetic xsmall --device cuda --dtype f16 \

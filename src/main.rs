@@ -161,8 +161,10 @@ struct BenchArgs {
     /// End with a JSON line of the results.
     #[arg(long)]
     json: bool,
-    /// Kernel variant (CUDA only), e.g. `attention=v2`: the tensor-core attention (f16/bf16,
-    /// head dim 64; otherwise v1 runs). Default attention=v1. Same as DEBERTA_CUDA_ATTENTION.
+    /// Kernel variant (CUDA only): `attention=v2` is the tensor-core attention (f16/bf16,
+    /// head dim 64; otherwise v1 runs), default v1 (same as DEBERTA_CUDA_ATTENTION);
+    /// `graphs=off` launches every kernel instead of replaying CUDA graphs, default on (same
+    /// as DEBERTA_CUDA_GRAPHS=0). Repeatable.
     #[arg(long, value_name = "OP=VARIANT")]
     kernel: Vec<String>,
 }
@@ -561,7 +563,17 @@ fn bench(a: BenchArgs) -> Result<()> {
                 // Read once when the device is opened (below); nothing else runs yet.
                 std::env::set_var("DEBERTA_CUDA_ATTENTION", v);
             }
-            other => bail!("--kernel {spec}: no variants of `{other}` (attention has v1, v2)"),
+            "graphs" => {
+                let v = match variant.trim().to_ascii_lowercase().as_str() {
+                    "on" | "1" => "1",
+                    "off" | "0" => "0",
+                    _ => bail!("--kernel {spec}: graphs is on or off"),
+                };
+                std::env::set_var("DEBERTA_CUDA_GRAPHS", v);
+            }
+            other => {
+                bail!("--kernel {spec}: no variants of `{other}` (attention=v1|v2, graphs=on|off)")
+            }
         }
     }
     let opts = EmbedderOptions {

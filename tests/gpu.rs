@@ -771,6 +771,45 @@ fn synthetic_xsmall_matches_cpu() {
     }
 }
 
+/// A shape's second forward is captured into a CUDA graph and later ones replay it: the
+/// replays must give exactly the eager launches' result, for the batch captured and for
+/// another batch of the same shape (new ids uploaded into the same buffers).
+#[test]
+fn graph_replays_equal_eager_launches() {
+    let _g = gpu_or_skip!();
+    let mut rng = Rng::new(11);
+    let lens = [7usize, 64, 33, 20];
+    let (a, b) = (
+        ids_for(&mut rng, &lens, 128_100),
+        ids_for(&mut rng, &lens, 128_100),
+    );
+    let modes = [PoolingMode::Mean];
+    for precision in [Precision::F32, Precision::F16] {
+        let m = cuda::synthetic_xsmall(0, precision).unwrap();
+        let run = |ids: &[Vec<u32>]| m.encode_batches(ids, 8, &modes).unwrap();
+        m.gpu().set_graphs(false);
+        let (want_a, want_b) = (run(&a), run(&b));
+        assert_ne!(want_a, want_b, "{precision}: the two batches must differ");
+        m.gpu().set_graphs(true);
+        // eager (first sight), capture + replay, replay; then the other batch, twice
+        for (round, (ids, want)) in [(&a, &want_a); 3]
+            .into_iter()
+            .chain([(&b, &want_b); 2])
+            .enumerate()
+        {
+            assert!(run(ids) == *want, "{precision}: round {round} differs");
+        }
+        let stats = m.graph_stats();
+        eprintln!("{precision}: graphs {stats:?}");
+        assert!(
+            stats.failures.is_empty(),
+            "{precision}: {:?}",
+            stats.failures
+        );
+        assert_eq!(stats.captured, 1, "{precision}: one shape, one graph");
+    }
+}
+
 #[test]
 fn errors_are_clean() {
     let g = gpu_or_skip!();

@@ -7,17 +7,21 @@
 //! relative-position table, attention tiles) only reach the kernels through [`DeviceBatch`] and
 //! [`DeviceRelPos`], whose constructors validate them on the host.
 //!
-//! NOT YET VALIDATED ON A GPU: this code compiles and its launch arithmetic is unit-tested,
-//! but no kernel has run yet (see docs/CUDA.md).
+//! Validated on an H200 (2026-11-27, docs/CUDA.md section 4) except the later additions:
+//! attention v2, graph capture / replay and the one-copy batch upload compile and are
+//! unit-tested on the host but have not run on a GPU yet.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUfunction_attribute, CUresult};
+use cudarc::driver::sys::{
+    CUdevice_attribute, CUevent_flags, CUfunction_attribute, CUgraphInstantiate_flags, CUresult,
+    CUstreamCaptureMode,
+};
 use cudarc::driver::{
-    result as drv, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream,
-    DevicePtr, DriverError, LaunchConfig, PushKernelArg,
+    result as drv, CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaModule, CudaSlice,
+    CudaStream, DevicePtr, DriverError, LaunchConfig, PushKernelArg,
 };
 
 use super::launch::{self, Packed};
@@ -117,16 +121,34 @@ impl DevBuf {
     }
     /// Fail unless the buffer holds `n` elements of `dt`.
     fn need(&self, what: &str, n: usize, dt: Dtype) -> Result<u64> {
-        let want = n
-            .checked_mul(dt.size())
-            .ok_or_else(|| Error::Device(format!("{what}: size overflow")))?;
-        if self.bytes < want {
-            return Err(Error::Device(format!(
-                "{what}: buffer of {} bytes is too small for {n} {dt:?} values ({want} bytes)",
-                self.bytes
-            )));
-        }
-        Ok(self.ptr)
+        need_bytes(self.ptr, self.bytes, what, n, dt)
+    }
+}
+
+/// `ptr` if `bytes` hold `n` elements of `dt`.
+fn need_bytes(ptr: u64, bytes: usize, what: &str, n: usize, dt: Dtype) -> Result<u64> {
+    let want = n
+        .checked_mul(dt.size())
+        .ok_or_else(|| Error::Device(format!("{what}: size overflow")))?;
+    if bytes < want {
+        return Err(Error::Device(format!(
+            "{what}: buffer of {bytes} bytes is too small for {n} {dt:?} values ({want} bytes)"
+        )));
+    }
+    Ok(ptr)
+}
+
+/// A part of a [`DevBuf`] (the parts of a [`DeviceBatch`], which share one allocation).
+#[derive(Clone, Copy, Debug)]
+pub struct DevView {
+    ptr: u64,
+    bytes: usize,
+}
+
+impl DevView {
+    /// Fail unless the part holds `n` elements of `dt`.
+    fn need(&self, what: &str, n: usize, dt: Dtype) -> Result<u64> {
+        need_bytes(self.ptr, self.bytes, what, n, dt)
     }
 }
 
@@ -137,11 +159,13 @@ fn opt_need(b: Option<&DevBuf>, what: &str, n: usize, dt: Dtype) -> Result<u64> 
 /// A packed batch on the device, validated: ids below `vocab`, positions and lengths
 /// consistent, tiles inside their sequences.
 pub struct DeviceBatch {
-    pub ids: DevBuf,
-    pub pos: DevBuf,
-    pub len: DevBuf,
-    pub cu_seqlens: DevBuf,
-    pub tiles: DevBuf,
+    /// One allocation holding the [`launch::BatchImage`] the views below point into.
+    mem: DevBuf,
+    pub ids: DevView,
+    pub pos: DevView,
+    pub len: DevView,
+    pub cu_seqlens: DevView,
+    pub tiles: DevView,
     pub tokens: usize,
     pub batch: usize,
     pub n_tiles: usize,
@@ -285,11 +309,24 @@ pub struct Gpu {
     profile: Option<Mutex<Profile>>,
     /// Which attention kernel runs where both can (`AttentionKernel as u8`).
     attention_kernel: AtomicU8,
+    /// Forwards may be captured into CUDA graphs (`DEBERTA_CUDA_GRAPHS=0` turns it off).
+    graphs: AtomicBool,
 }
+
+/// A captured sequence of launches on the [`Gpu`]'s stream, replayed with one call. The
+/// kernel arguments (buffer addresses, sizes) are frozen at capture: replay it only while
+/// every buffer it names is alive and unmoved, after writing the new inputs into them.
+pub struct GpuGraph(CudaGraph);
+
+// SAFETY: a CUgraph / CUgraphExec may be used from any thread as long as calls on it are
+// serialized (CUDA's graph thread-safety rules); `GpuGraph` has no `&self` method that touches
+// the graph except `Gpu::replay`, and the model keeps its graphs inside the mutex that
+// serializes its forwards.
+unsafe impl Send for GpuGraph {}
 
 /// The attention kernel variants (`bench --kernel attention=v1|v2`, or
 /// `DEBERTA_CUDA_ATTENTION=v1|v2` when the device is opened).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum AttentionKernel {
     /// kernels/attention.cu: SIMT fp32 FMAs, any head dim and dtype (the default).
@@ -379,7 +416,11 @@ impl Gpu {
         // cudarc's cross-stream event tracking is not needed; buffers are freed only after the
         // stream is synchronized (every public entry point synchronizes before returning).
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A stream of our own, not the legacy default stream: only such a stream can be
+        // captured into a graph.
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| dev_err("cannot create a CUDA stream", e))?;
         let module = ctx
             .load_module(cudarc::nvrtc::Ptx::from_binary(FATBIN.to_vec()))
             .map_err(|e| dev_err("cannot load the kernel module (fatbin for sm_80/sm_90)", e))?;
@@ -409,7 +450,47 @@ impl Gpu {
             sync_each,
             profile,
             attention_kernel: AtomicU8::new(attention_kernel as u8),
+            graphs: AtomicBool::new(
+                std::env::var("DEBERTA_CUDA_GRAPHS").map_or(true, |v| v != "0"),
+            ),
         })
+    }
+
+    /// Whether forwards should be captured into graphs: on unless `DEBERTA_CUDA_GRAPHS=0`,
+    /// and off while profiling or synchronizing after each launch (both need host work
+    /// between launches, which a graph replay skips).
+    pub fn graphs_enabled(&self) -> bool {
+        self.graphs.load(Ordering::Relaxed) && self.profile.is_none() && !self.sync_each
+    }
+
+    /// Allow or forbid graph capture and replay for the following forwards.
+    pub fn set_graphs(&self, on: bool) {
+        self.graphs.store(on, Ordering::Relaxed);
+    }
+
+    /// Capture the launches `record` queues on our stream into a graph, without running
+    /// them. `record` must not allocate, copy from the host or synchronize; the capture is
+    /// ended (and discarded) even when it fails.
+    pub fn capture(&self, record: impl FnOnce() -> Result<()>) -> Result<GpuGraph> {
+        self.bind()?;
+        self.stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+            .map_err(|e| dev_err("beginning a graph capture", e))?;
+        let recorded = record();
+        let ended = self
+            .stream
+            .end_capture(CUgraphInstantiate_flags(0))
+            .map_err(|e| dev_err("ending a graph capture", e));
+        recorded?;
+        ended?
+            .map(GpuGraph)
+            .ok_or_else(|| Error::Device("graph capture recorded nothing".into()))
+    }
+
+    /// Queue one replay of `g` on our stream.
+    pub fn replay(&self, g: &GpuGraph) -> Result<()> {
+        g.0.launch()
+            .map_err(|e| dev_err("launching a CUDA graph", e))
     }
 
     /// Select the attention kernel for the following launches.
@@ -545,67 +626,57 @@ impl Gpu {
             .map_err(|e| dev_err("device to device copy", e))
     }
 
-    /// Upload a packed batch after checking every id against `vocab`.
+    /// Upload a packed batch after checking every id against `vocab` (one copy).
     pub fn upload_batch(&self, p: &Packed, vocab: usize) -> Result<DeviceBatch> {
-        if let Some(&bad) = p.ids.iter().find(|&&t| t as usize >= vocab) {
-            return Err(Error::Input(format!(
-                "token id {bad} is outside the vocabulary ({vocab})"
-            )));
-        }
-        if p.pos.len() != p.ids.len() || p.len.len() != p.ids.len() || p.cu_seqlens.is_empty() {
-            return Err(Error::Device("inconsistent packed batch".into()));
-        }
-        let tiles: Vec<i32> = p.tiles.iter().flatten().copied().collect();
-        Ok(DeviceBatch {
-            ids: self.upload_u32(&p.ids, "token ids")?,
-            pos: self.upload_i32(&p.pos, "positions")?,
-            len: self.upload_i32(&p.len, "lengths")?,
-            cu_seqlens: self.upload_i32(&p.cu_seqlens, "cu_seqlens")?,
-            tiles: self.upload_i32(&tiles, "attention tiles")?,
-            tokens: p.tokens(),
-            batch: p.batch(),
-            n_tiles: p.tiles.len(),
-            max_len: p.max_len,
-            vocab,
-        })
+        let mut db = None;
+        self.refill_batch(&mut db, p, vocab)?;
+        db.ok_or_else(|| Error::Device("internal: batch not uploaded".into()))
     }
 
-    /// Like [`Gpu::upload_batch`], reusing `db`'s buffers when they are large enough.
+    /// Upload a packed batch into `db`, reusing its buffer when it is large enough, with one
+    /// host-to-device copy. True when it had to allocate a new buffer (graphs naming the old
+    /// one are then stale).
     pub fn refill_batch(
         &self,
         db: &mut Option<DeviceBatch>,
         p: &Packed,
         vocab: usize,
-    ) -> Result<()> {
-        let fits = db.as_ref().is_some_and(|d| {
-            d.ids.bytes >= p.tokens() * 4
-                && d.cu_seqlens.bytes >= p.cu_seqlens.len() * 4
-                && d.tiles.bytes >= p.tiles.len() * 16
-        });
-        if !fits {
-            *db = Some(self.upload_batch(p, vocab)?);
-            return Ok(());
-        }
+    ) -> Result<bool> {
         if let Some(&bad) = p.ids.iter().find(|&&t| t as usize >= vocab) {
             return Err(Error::Input(format!(
                 "token id {bad} is outside the vocabulary ({vocab})"
             )));
         }
-        let d = db.as_mut().expect("checked above");
-        let le = |v: &[i32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
-        let ids: Vec<u8> = p.ids.iter().flat_map(|x| x.to_le_bytes()).collect();
-        let tiles: Vec<i32> = p.tiles.iter().flatten().copied().collect();
-        self.write_bytes(&mut d.ids, &ids)?;
-        self.write_bytes(&mut d.pos, &le(&p.pos))?;
-        self.write_bytes(&mut d.len, &le(&p.len))?;
-        self.write_bytes(&mut d.cu_seqlens, &le(&p.cu_seqlens))?;
-        self.write_bytes(&mut d.tiles, &le(&tiles))?;
-        d.tokens = p.tokens();
-        d.batch = p.batch();
-        d.n_tiles = p.tiles.len();
-        d.max_len = p.max_len;
-        d.vocab = vocab;
-        Ok(())
+        let img = launch::BatchImage::new(p)?;
+        let mut fresh = false;
+        let mut mem = match db.take() {
+            Some(d) if d.mem.bytes >= img.bytes.len() => d.mem,
+            old => {
+                drop(old); // free first, so that growing does not need old + new at once
+                fresh = true;
+                let cap = launch::capacity_for(img.bytes.len());
+                self.alloc(cap, "packed batch")?
+            }
+        };
+        self.write_bytes(&mut mem, &img.bytes)?;
+        let view = |(off, bytes): (usize, usize)| DevView {
+            ptr: mem.ptr + off as u64,
+            bytes,
+        };
+        *db = Some(DeviceBatch {
+            ids: view(img.parts[0]),
+            pos: view(img.parts[1]),
+            len: view(img.parts[2]),
+            cu_seqlens: view(img.parts[3]),
+            tiles: view(img.parts[4]),
+            mem,
+            tokens: p.tokens(),
+            batch: p.batch(),
+            n_tiles: p.tiles.len(),
+            max_len: p.max_len,
+            vocab,
+        });
+        Ok(fresh)
     }
 
     /// Upload the relative-position index table; `rows` = 2S (rows of PK / PQ).

@@ -170,6 +170,53 @@ impl Packed {
     }
 }
 
+/// Alignment of each part of a [`BatchImage`] (the kernels read tiles as `int4`; 256 bytes is
+/// what device allocations themselves guarantee).
+pub const BATCH_PART_ALIGN: usize = 256;
+
+/// A packed batch as one block of bytes, uploaded with a single host-to-device copy: ids,
+/// positions, lengths, cu_seqlens and tiles (all 32-bit little-endian), each part starting on
+/// a [`BATCH_PART_ALIGN`] boundary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchImage {
+    pub bytes: Vec<u8>,
+    /// (offset, length) in bytes of ids, pos, len, cu_seqlens, tiles
+    pub parts: [(usize, usize); 5],
+}
+
+impl BatchImage {
+    /// Lay out `p`, after checking that its parts agree with each other.
+    pub fn new(p: &Packed) -> Result<Self> {
+        let t = p.tokens();
+        if p.pos.len() != t || p.len.len() != t || p.cu_seqlens.is_empty() {
+            return Err(Error::Device("inconsistent packed batch".into()));
+        }
+        let tiles = p.tiles.iter().flatten();
+        let words: [Vec<u32>; 5] = [
+            p.ids.clone(),
+            p.pos.iter().map(|&v| v as u32).collect(),
+            p.len.iter().map(|&v| v as u32).collect(),
+            p.cu_seqlens.iter().map(|&v| v as u32).collect(),
+            tiles.map(|&v| v as u32).collect(),
+        ];
+        let mut parts = [(0, 0); 5];
+        let mut end = 0usize;
+        for (part, w) in parts.iter_mut().zip(&words) {
+            let start = end.next_multiple_of(BATCH_PART_ALIGN);
+            *part = (start, 4 * w.len());
+            end = start + 4 * w.len();
+        }
+        let mut bytes = vec![0u8; end];
+        for (&(start, len), w) in parts.iter().zip(&words) {
+            let dst = &mut bytes[start..start + len];
+            for (d, v) in dst.chunks_exact_mut(4).zip(w) {
+                d.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        Ok(BatchImage { bytes, parts })
+    }
+}
+
 /// Input indices grouped into batches of at most `batch_size`, longest sequences first (ties
 /// keep input order), so that each batch is tight.
 pub fn batches_by_length(lens: &[usize], batch_size: usize) -> Vec<Vec<usize>> {
@@ -259,6 +306,33 @@ pub fn capacity_for(tokens: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_image_holds_every_part_aligned() {
+        let p = Packed::new(&[vec![5u32, 6, 7], vec![], vec![9u32; 70]]).unwrap();
+        let img = BatchImage::new(&p).unwrap();
+        let read = |(off, len): (usize, usize)| -> Vec<i32> {
+            img.bytes[off..off + len]
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        };
+        let ids: Vec<i32> = p.ids.iter().map(|&v| v as i32).collect();
+        let tiles: Vec<i32> = p.tiles.iter().flatten().copied().collect();
+        let want = [&ids, &p.pos, &p.len, &p.cu_seqlens, &tiles];
+        for (k, (&part, w)) in img.parts.iter().zip(want).enumerate() {
+            assert_eq!(part.0 % BATCH_PART_ALIGN, 0, "part {k} offset");
+            assert_eq!(read(part), *w, "part {k}");
+        }
+        // parts do not overlap and the image ends with the last one
+        for w in img.parts.windows(2) {
+            assert!(w[0].0 + w[0].1 <= w[1].0);
+        }
+        assert_eq!(img.bytes.len(), img.parts[4].0 + img.parts[4].1);
+        let mut bad = p.clone();
+        bad.pos.pop();
+        assert!(BatchImage::new(&bad).is_err());
+    }
 
     #[test]
     fn gemm_grid_covers_every_output() {

@@ -12,12 +12,17 @@
 //! inputs, with fp32 accumulation, fp32 LayerNorm / softmax statistics and an fp32 residual
 //! stream (hidden states are kept in fp32 and copied to 16 bits for the next GEMM).
 //!
-//! STATUS: compiled (nvcc 13.0, sm_80 / sm_90) and unit-tested on the host only. Nothing here
-//! has run on a GPU yet; `tests/gpu.rs` and `scripts/gpu-check.sh` are the validation to run.
+//! Repeated batch shapes replay a CUDA graph of the whole forward + pooling
+//! (`Resident::forward_pooled`).
+//!
+//! STATUS: validated on an H200 on 2026-11-27 (`tests/gpu.rs`, `scripts/gpu-check.sh`, see
+//! docs/CUDA.md) except what came later and has not run on a GPU yet: attention v2, CUDA graphs
+//! and the one-copy batch upload.
 
 pub mod device;
 pub mod launch;
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use crate::backend::cpu::gemm::{linear, Epilogue, PackedWeight};
@@ -27,7 +32,7 @@ use crate::model::HostWeights;
 use crate::relpos::RelPosTable;
 use crate::Precision;
 
-pub use device::{AttentionKernel, DevBuf, DeviceBatch, DeviceRelPos, Dtype, Epi, Gpu};
+pub use device::{AttentionKernel, DevBuf, DeviceBatch, DeviceRelPos, Dtype, Epi, Gpu, GpuGraph};
 use launch::{Packed, Workspace};
 
 /// One layer's weights on the device. Matrices in the compute type, vectors fp32.
@@ -72,7 +77,41 @@ struct RunBuffers {
     ffn: Option<DevBuf>,    // [T, I] compute type
     pooled: Option<DevBuf>, // [B, modes * H] fp32 (sized for 6 modes)
     batch: Option<DeviceBatch>,
+    /// Captured forwards of the shapes seen so far, valid while the buffers above stay put.
+    graphs: HashMap<GraphKey, Slot>,
 }
+
+/// What a forward + pooling launches depends on besides buffer addresses: two batches with
+/// the same key replay the same graph (with their own ids, positions and tiles uploaded into
+/// the same buffers first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct GraphKey {
+    tokens: usize,
+    batch: usize,
+    tiles: usize,
+    pool_modes: u32,
+    attention: AttentionKernel,
+}
+
+/// A shape seen once (run eagerly), or captured (the second time: shapes seen only once, such
+/// as the many token counts of a corpus, never pay for a capture).
+enum Slot {
+    Seen,
+    Graph(GpuGraph),
+    /// The capture failed (the reason is kept): this shape runs eagerly.
+    Failed(String),
+}
+
+/// How many shapes have a captured graph, and why captures failed (see
+/// [`CudaModel::graph_stats`]).
+#[derive(Clone, Debug, Default)]
+pub struct GraphStats {
+    pub captured: usize,
+    pub failures: Vec<String>,
+}
+
+/// At most this many graphs are kept; past it the cache starts over.
+const MAX_GRAPHS: usize = 64;
 
 /// Take a buffer that `ensure` allocated.
 fn buf(b: &Option<DevBuf>) -> Result<&DevBuf> {
@@ -249,14 +288,10 @@ impl Resident {
             if packed.tokens() == 0 {
                 continue; // all empty: zeros, as the CPU path
             }
-            self.forward(&mut st, &packed, None)?;
-            let pooled = buf(&st.pooled)?;
-            let db = st
-                .batch
-                .as_ref()
-                .ok_or_else(|| Error::Device("internal: no batch".into()))?;
-            self.gpu.pool(db, buf(&st.x32)?, h, modes, pooled)?;
-            let rows = self.gpu.download(Dtype::F32, pooled, chunk.len() * dim)?;
+            self.forward_pooled(&mut st, &packed, modes)?;
+            let rows = self
+                .gpu
+                .download(Dtype::F32, buf(&st.pooled)?, chunk.len() * dim)?;
             for (b, &i) in chunk.iter().enumerate() {
                 out[i * dim..(i + 1) * dim].copy_from_slice(&rows[b * dim..(b + 1) * dim]);
             }
@@ -273,8 +308,59 @@ impl Resident {
             return Ok(vec![Vec::new(); self.cfg.num_layers + 1]);
         }
         let packed = Packed::new(&[ids])?;
-        self.forward(&mut st, &packed, Some(&mut hs))?;
+        self.prepare(&mut st, &packed)?;
+        self.record(&st, Some(&mut hs))?;
+        self.gpu.sync()?;
         Ok(hs)
+    }
+
+    /// Forward + pooling of one packed batch into `st.pooled` (queued, not waited for):
+    /// eagerly the first time a shape is seen, captured into a graph the second time, and
+    /// replayed from then on.
+    fn forward_pooled(&self, st: &mut RunBuffers, p: &Packed, modes: &[PoolingMode]) -> Result<()> {
+        self.prepare(st, p)?;
+        let h = self.cfg.hidden_size;
+        let run = |st: &RunBuffers| -> Result<()> {
+            self.record(st, None)?;
+            let db = st
+                .batch
+                .as_ref()
+                .ok_or_else(|| Error::Device("internal: no batch".into()))?;
+            self.gpu.pool(db, buf(&st.x32)?, h, modes, buf(&st.pooled)?)
+        };
+        if !self.gpu.graphs_enabled() {
+            return run(st);
+        }
+        let key = GraphKey {
+            tokens: p.tokens(),
+            batch: p.batch(),
+            tiles: p.tiles.len(),
+            pool_modes: launch::pool_modes_code(modes)?.0,
+            attention: self.gpu.attention_kernel(),
+        };
+        match st.graphs.get(&key) {
+            Some(Slot::Graph(g)) => self.gpu.replay(g),
+            Some(Slot::Failed(_)) => run(st),
+            Some(Slot::Seen) => match self.gpu.capture(|| run(st)) {
+                Ok(g) => {
+                    self.gpu.replay(&g)?;
+                    st.graphs.insert(key, Slot::Graph(g));
+                    Ok(())
+                }
+                Err(e) => {
+                    // Still embed (eagerly); a broken context fails again right here.
+                    st.graphs.insert(key, Slot::Failed(e.to_string()));
+                    run(st)
+                }
+            },
+            None => {
+                if st.graphs.len() >= MAX_GRAPHS {
+                    st.graphs.clear();
+                }
+                st.graphs.insert(key, Slot::Seen);
+                run(st)
+            }
+        }
     }
 
     fn check_inputs<'a>(&self, seqs: impl Iterator<Item = &'a [u32]>) -> Result<()> {
@@ -301,6 +387,7 @@ impl Resident {
         let (h, e, i) = (cfg.hidden_size, cfg.embedding_size, cfg.intermediate_size);
         if batch > st.cap_batch || st.pooled.is_none() {
             let cap_batch = launch::capacity_for(batch);
+            st.graphs.clear(); // they name the buffers about to be replaced
             st.pooled = None;
             st.pooled = Some(self.gpu.alloc(cap_batch * 6 * h * 4, "pooled output")?);
             st.cap_batch = cap_batch;
@@ -312,7 +399,8 @@ impl Resident {
         let ws = Workspace::new(cap, h, e, i, self.embed_proj.is_some(), self.conv.is_some())?;
         let (c, f) = (self.dt.size(), 4);
         let sixteen = self.dt != Dtype::F32;
-        // free first, so that growing does not need old + new at once
+        // free first, so that growing does not need old + new at once (and the graphs that
+        // name the old buffers with them)
         *st = RunBuffers {
             pooled: st.pooled.take(),
             cap_batch: st.cap_batch,
@@ -350,25 +438,32 @@ impl Resident {
         Ok(())
     }
 
-    /// The encoder over one packed batch; leaves the last hidden state in `st.x32` and the
-    /// batch in `st.batch`. With `hidden`, every layer's output is downloaded.
-    fn forward(
-        &self,
-        st: &mut RunBuffers,
-        p: &Packed,
-        mut hidden: Option<&mut Vec<Vec<f32>>>,
-    ) -> Result<()> {
+    /// Make room for `p` and upload it into `st.batch`: every allocation and host copy of a
+    /// forward, so that [`Resident::record`] only launches kernels (and can be captured).
+    fn prepare(&self, st: &mut RunBuffers, p: &Packed) -> Result<()> {
+        self.ensure(st, p.tokens(), p.batch())?;
+        if self
+            .gpu
+            .refill_batch(&mut st.batch, p, self.cfg.vocab_size)?
+        {
+            st.graphs.clear(); // they name the batch buffers just replaced
+        }
+        Ok(())
+    }
+
+    /// Queue the encoder over the batch in `st.batch` (see [`Resident::prepare`]); leaves the
+    /// last hidden state in `st.x32`. With `hidden`, every layer's output is downloaded (which
+    /// synchronizes, so never while capturing).
+    fn record(&self, st: &RunBuffers, mut hidden: Option<&mut Vec<Vec<f32>>>) -> Result<()> {
         let cfg = &self.cfg;
         let (h, e, inter) = (cfg.hidden_size, cfg.embedding_size, cfg.intermediate_size);
-        let t = p.tokens();
         let dt = self.dt;
-        self.ensure(st, t, p.batch())?;
-        self.gpu.refill_batch(&mut st.batch, p, cfg.vocab_size)?;
         let g = &self.gpu;
         let db = st
             .batch
             .as_ref()
             .ok_or_else(|| Error::Device("internal: no batch".into()))?;
+        let t = db.tokens;
         let x32 = buf(&st.x32)?;
         let tmp32 = buf(&st.tmp32)?;
         let attn32 = buf(&st.attn32)?;
@@ -535,7 +630,7 @@ impl Resident {
                 hs.push(g.download(Dtype::F32, x32, t * h)?);
             }
         }
-        g.sync()
+        Ok(())
     }
 }
 
@@ -568,6 +663,20 @@ impl CudaModel {
     /// Every layer's output for one sequence (index 0 = embedding output), [n, H] each.
     pub fn hidden_states(&self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
         self.0.hidden_states(ids)
+    }
+
+    /// Graphs captured so far for the shapes seen, and the failed captures' errors.
+    pub fn graph_stats(&self) -> GraphStats {
+        let st = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = GraphStats::default();
+        for slot in st.graphs.values() {
+            match slot {
+                Slot::Graph(_) => s.captured += 1,
+                Slot::Failed(e) => s.failures.push(e.clone()),
+                Slot::Seen => {}
+            }
+        }
+        s
     }
 
     /// The GPU this model lives on.
