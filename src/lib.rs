@@ -374,6 +374,58 @@ impl Embedder {
         self.encode_ids(&ids)
     }
 
+    /// Embed `texts` in chunks of `chunk` sentences, handing each chunk's embeddings to
+    /// `sink` in order (for inputs too large to hold every embedding at once). On a GPU the
+    /// next chunk is tokenized on a host thread while the device embeds the current one; on
+    /// the CPU, where tokenizer and forward share the cores, one after the other. Stops at the
+    /// first error, from the model or from `sink`.
+    pub fn encode_chunked(
+        &self,
+        texts: &[&str],
+        chunk: usize,
+        sink: impl FnMut(Embeddings) -> Result<()>,
+    ) -> Result<()> {
+        let overlap = matches!(self.device, Device::Cuda(_));
+        self.encode_chunked_with(texts, chunk, overlap, sink)
+    }
+
+    fn encode_chunked_with(
+        &self,
+        texts: &[&str],
+        chunk: usize,
+        overlap: bool,
+        mut sink: impl FnMut(Embeddings) -> Result<()>,
+    ) -> Result<()> {
+        let chunk = chunk.max(1);
+        if !overlap {
+            for c in texts.chunks(chunk) {
+                sink(self.encode(c)?)?;
+            }
+            return Ok(());
+        }
+        std::thread::scope(|s| {
+            // One chunk of ids waits while the model embeds another: tokenization stays one
+            // chunk ahead, no further.
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Vec<u32>>>>(1);
+            s.spawn(move || {
+                for c in texts.chunks(chunk) {
+                    let ids = self.install(|| self.tokenizer.encode_batch(c));
+                    let failed = ids.is_err();
+                    // A closed channel means the consumer stopped (an error): stop too.
+                    if tx.send(ids).is_err() || failed {
+                        break;
+                    }
+                }
+            });
+            // Returning early drops `rx`, which ends the tokenizer thread before the scope
+            // joins it.
+            for ids in rx {
+                sink(self.encode_ids(&ids?)?)?;
+            }
+            Ok(())
+        })
+    }
+
     /// Embed pre-tokenized sequences (ids from [`Embedder::tokenize`]).
     pub fn encode_ids(&self, ids: &[Vec<u32>]) -> Result<Embeddings> {
         self.encode_ids_with(ids, self.normalizes())
@@ -414,7 +466,9 @@ impl Embedder {
                 )
             }),
             #[cfg(feature = "cuda")]
-            Engine::Cuda(m) => m.encode_batches(ids, self.opts.batch_size, modes)?,
+            Engine::Cuda(m) => {
+                m.encode_batches(ids, self.opts.batch_size, self.opts.max_batch_tokens, modes)?
+            }
         };
         if normalize {
             for row in out.chunks_exact_mut(self.dim()) {
@@ -538,7 +592,7 @@ fn run_batches(
 
 /// Consecutive groups of `order` with at most `batch_size` items and at most `max_tokens`
 /// tokens (an item longer than the budget forms a group of its own).
-fn token_batches<'a>(
+pub(crate) fn token_batches<'a>(
     order: &'a [usize],
     len: impl Fn(usize) -> usize + 'a,
     batch_size: usize,
@@ -618,7 +672,57 @@ fn build_pool(threads: Option<usize>) -> Result<Option<rayon::ThreadPool>> {
 
 #[cfg(test)]
 mod tests {
-    use super::token_batches;
+    use super::*;
+
+    fn fixture_model() -> Embedder {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/st2_v3like");
+        let opts = EmbedderOptions {
+            threads: Some(2),
+            batch_size: 4,
+            ..Default::default()
+        };
+        Embedder::load_with(dir, Device::Cpu, opts).expect("fixture model")
+    }
+
+    #[test]
+    fn chunked_encoding_equals_one_call_with_and_without_overlap() {
+        let e = fixture_model();
+        let owned: Vec<String> = (0..23)
+            .map(|i| format!("sentence number {i} {}", "word ".repeat(i % 7)))
+            .collect();
+        let texts: Vec<&str> = owned.iter().map(String::as_str).collect();
+        let want = e.encode(&texts).unwrap();
+        for overlap in [false, true] {
+            let mut rows = Vec::new();
+            let mut sizes = Vec::new();
+            e.encode_chunked_with(&texts, 5, overlap, |emb| {
+                sizes.push(emb.len());
+                rows.extend_from_slice(emb.as_slice());
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(sizes, [5, 5, 5, 5, 3], "overlap {overlap}");
+            assert_eq!(rows, want.as_slice(), "overlap {overlap}");
+        }
+    }
+
+    #[test]
+    fn chunked_encoding_stops_at_the_first_sink_error() {
+        let e = fixture_model();
+        let texts = ["a"; 40];
+        for overlap in [false, true] {
+            let mut calls = 0;
+            let r = e.encode_chunked_with(&texts, 4, overlap, |_| {
+                calls += 1;
+                if calls == 2 {
+                    return Err(Error::Input("disk full".into()));
+                }
+                Ok(())
+            });
+            assert!(matches!(r, Err(Error::Input(m)) if m == "disk full"));
+            assert_eq!(calls, 2, "overlap {overlap}");
+        }
+    }
 
     #[test]
     fn batches_respect_count_and_token_budget() {

@@ -754,7 +754,9 @@ fn synthetic_xsmall_matches_cpu() {
     let want = cpu.encode_ids(&ids).unwrap();
     for precision in [Precision::F32, Precision::F16, Precision::BF16] {
         let m = cuda::synthetic_xsmall(0, precision).unwrap();
-        let got = m.encode_batches(&ids, 2, &[PoolingMode::Mean]).unwrap();
+        let got = m
+            .encode_batches(&ids, 2, usize::MAX, &[PoolingMode::Mean])
+            .unwrap();
         let mut worst = (0.0f32, 1.0f64);
         for i in 0..ids.len() {
             let (a, b) = (&got[i * 384..(i + 1) * 384], want.row(i));
@@ -786,7 +788,7 @@ fn graph_replays_equal_eager_launches() {
     let modes = [PoolingMode::Mean];
     for precision in [Precision::F32, Precision::F16] {
         let m = cuda::synthetic_xsmall(0, precision).unwrap();
-        let run = |ids: &[Vec<u32>]| m.encode_batches(ids, 8, &modes).unwrap();
+        let run = |ids: &[Vec<u32>]| m.encode_batches(ids, 8, usize::MAX, &modes).unwrap();
         m.gpu().set_graphs(false);
         let (want_a, want_b) = (run(&a), run(&b));
         assert_ne!(want_a, want_b, "{precision}: the two batches must differ");
@@ -830,9 +832,9 @@ fn errors_are_clean() {
     assert!(e.is_err());
     let m = cuda::synthetic_xsmall(0, Precision::F16).unwrap();
     assert!(m
-        .encode_batches(&[vec![1u32; 513]], 1, &[PoolingMode::Mean])
+        .encode_batches(&[vec![1u32; 513]], 1, 4096, &[PoolingMode::Mean])
         .is_err());
     assert!(m
-        .encode_batches(&[vec![200_000u32]], 1, &[PoolingMode::Mean])
+        .encode_batches(&[vec![200_000u32]], 1, 4096, &[PoolingMode::Mean])
         .is_err());
 }

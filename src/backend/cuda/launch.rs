@@ -217,13 +217,13 @@ impl BatchImage {
     }
 }
 
-/// Input indices grouped into batches of at most `batch_size`, longest sequences first (ties
-/// keep input order), so that each batch is tight.
-pub fn batches_by_length(lens: &[usize], batch_size: usize) -> Vec<Vec<usize>> {
+/// Input indices grouped into batches of at most `batch_size` sequences and `max_tokens`
+/// tokens (a longer sequence forms a batch of its own), longest sequences first (ties keep
+/// input order), so that each batch is tight; the CPU path batches the same way.
+pub fn batches_by_length(lens: &[usize], batch_size: usize, max_tokens: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..lens.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(lens[i]));
-    order
-        .chunks(batch_size.max(1))
+    crate::token_batches(&order, |i| lens[i], batch_size, max_tokens)
         .map(<[usize]>::to_vec)
         .collect()
 }
@@ -422,11 +422,16 @@ mod tests {
     #[test]
     fn batches_sorted_longest_first() {
         let lens = [3, 10, 1, 10, 7];
-        let b = batches_by_length(&lens, 2);
+        let b = batches_by_length(&lens, 2, usize::MAX);
         assert_eq!(b, vec![vec![1, 3], vec![4, 0], vec![2]]);
         let all: usize = b.iter().map(Vec::len).sum();
         assert_eq!(all, lens.len());
-        assert!(batches_by_length(&[], 4).is_empty());
+        assert!(batches_by_length(&[], 4, 100).is_empty());
+        // the token budget cuts too: 10 + 10 > 15, 7 + 3 + 1 <= 11
+        let b = batches_by_length(&lens, 8, 15);
+        assert_eq!(b, vec![vec![1], vec![3], vec![4, 0, 2]]);
+        // a sequence over the budget still gets a batch
+        assert_eq!(batches_by_length(&[40, 2], 8, 16), vec![vec![0], vec![1]]);
     }
 
     #[test]

@@ -273,6 +273,7 @@ impl Resident {
         &self,
         ids: &[Vec<u32>],
         batch_size: usize,
+        max_tokens: usize,
         modes: &[PoolingMode],
     ) -> Result<Vec<f32>> {
         let h = self.cfg.hidden_size;
@@ -282,7 +283,7 @@ impl Resident {
         let mut out = vec![0.0f32; ids.len() * dim];
         let lens: Vec<usize> = ids.iter().map(Vec::len).collect();
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        for chunk in launch::batches_by_length(&lens, batch_size) {
+        for chunk in launch::batches_by_length(&lens, batch_size, max_tokens) {
             let seqs: Vec<&[u32]> = chunk.iter().map(|&i| ids[i].as_slice()).collect();
             let packed = Packed::new(&seqs)?;
             if packed.tokens() == 0 {
@@ -650,14 +651,16 @@ impl CudaModel {
         Resident::new(cfg, w, max_len, ordinal, precision).map(|r| CudaModel(Box::new(r)))
     }
 
-    /// Pooled (not normalized) embeddings of `ids`, rows in input order.
+    /// Pooled (not normalized) embeddings of `ids`, rows in input order, in batches of at most
+    /// `batch_size` sequences and `max_tokens` tokens (sorted by length).
     pub fn encode_batches(
         &self,
         ids: &[Vec<u32>],
         batch_size: usize,
+        max_tokens: usize,
         modes: &[PoolingMode],
     ) -> Result<Vec<f32>> {
-        self.0.encode_batches(ids, batch_size, modes)
+        self.0.encode_batches(ids, batch_size, max_tokens, modes)
     }
 
     /// Every layer's output for one sequence (index 0 = embedding output), [n, H] each.
