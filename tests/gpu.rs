@@ -8,6 +8,8 @@
 #![cfg(feature = "cuda")]
 
 mod common;
+#[path = "common/http.rs"]
+mod http;
 
 use std::sync::OnceLock;
 
@@ -810,6 +812,73 @@ fn graph_replays_equal_eager_launches() {
         );
         assert_eq!(stats.captured, 1, "{precision}: one shape, one graph");
     }
+}
+
+/// `serve --device cuda`: 32 concurrent clients on `/v1/embeddings`, each answered with its
+/// own rows, within the numerics contract (f32, 1e-4) of sentence-transformers.
+#[test]
+fn server_on_the_gpu_answers_concurrent_clients() {
+    use deberta_embed::server::{serve, Server, ServerOptions};
+    use std::sync::Arc;
+    let _g = gpu_or_skip!();
+    let name = "st2_v3like";
+    let r = Reference::load(name);
+    let (want, sentences, dim) = (
+        Arc::new(r.embeddings()),
+        Arc::new(r.sentences.clone()),
+        r.dim,
+    );
+    let n = sentences.len();
+    let opts = ServerOptions {
+        model_name: name.into(),
+        ..Default::default()
+    };
+    let server = Server::new(load_cuda(&r, Precision::F32, 32), opts).expect("server");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        rt.block_on(serve(listener, server, async {
+            let _ = stopped.await;
+        }))
+    });
+    let barrier = Arc::new(std::sync::Barrier::new(32));
+    let clients: Vec<_> = (0..32)
+        .map(|c| {
+            let (want, sentences, barrier) = (want.clone(), sentences.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let idx: Vec<usize> = (0..1 + c % 5).map(|j| (c + 3 * j) % n).collect();
+                let texts: Vec<&str> = idx.iter().map(|&i| sentences[i].as_str()).collect();
+                barrier.wait();
+                let resp =
+                    http::post_json(addr, "/v1/embeddings", &serde_json::json!({"input": texts}));
+                assert_eq!(resp.status, 200, "client {c}: {}", resp.text());
+                let v = resp.json();
+                for (k, &i) in idx.iter().enumerate() {
+                    assert_eq!(v["data"][k]["index"], k, "client {c}");
+                    let row: Vec<f32> = v["data"][k]["embedding"]
+                        .as_array()
+                        .expect("embedding array")
+                        .iter()
+                        .map(|x| x.as_f64().expect("number") as f32)
+                        .collect();
+                    let d = max_abs_diff(&row, &want[i * dim..(i + 1) * dim]);
+                    assert!(d <= 1e-4, "client {c} sentence {i}: max |diff| {d:e}");
+                }
+            })
+        })
+        .collect();
+    let failed = clients.into_iter().filter_map(|h| h.join().err()).count();
+    let _ = stop.send(());
+    thread.join().expect("server thread").expect("serve");
+    assert_eq!(failed, 0, "{failed} of 32 clients failed");
 }
 
 #[test]
