@@ -8,7 +8,8 @@
 #      sentence-transformers reference embeddings (python3 + numpy + safetensors there);
 #   4. `bench --synthetic xsmall --device cuda` at the DESIGN.md section 6 shapes (graphs on,
 #      the default; attention v1 and v2; a few shapes with graphs off);
-#   5. one profiled bench (device time per kernel);
+#   5. the kernel testbed (`bench --ops`, f16 and bf16) and one profiled bench (device time
+#      per kernel);
 #   6. only when .carry/peers/ holds the peer wheels (scripts/fetch-gpu-peers.sh): the peer
 #      comparison, scripts/compare_gpu.py (HF eager fp16/bf16, DisentangledFlash, FlashDeBERTa vs
 #      `deberta-embed bench`) on a random-weight xsmall checkpoint made there, bounded to
@@ -157,6 +158,12 @@ try:
 except Exception:
     print(f"{dt:<9} {b:>5} x {l:<4} FAIL: {line[:160]}")
 PY
+done
+say "-- kernel testbed (bench --ops): each variant checked against the CPU, then timed"
+for dt in f16 bf16; do
+  timeout 120 $C/deberta-embed bench --ops --device cuda --dtype $dt > "$OUT/ops-$dt.log" 2>&1 \
+    || echo "bench --ops --dtype $dt: exit $?" >> "$S"
+  grep -v '^{' "$OUT/ops-$dt.log" >> "$S"
 done
 say "-- kernel profile, f16 16 x 512, attention v2"
 DEBERTA_CUDA_ATTENTION=v2 DEBERTA_CUDA_PROFILE=1 timeout 60 $C/deberta-embed bench --synthetic xsmall --device cuda --dtype f16 \

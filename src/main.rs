@@ -127,7 +127,7 @@ struct BenchArgs {
         long,
         value_name = "DIR",
         conflicts_with = "synthetic",
-        required_unless_present = "synthetic"
+        required_unless_present_any = ["synthetic", "ops"]
     )]
     model: Option<PathBuf>,
     /// Built-in architecture with deterministic random weights (no download needed).
@@ -161,6 +161,11 @@ struct BenchArgs {
     /// End with a JSON line of the results.
     #[arg(long)]
     json: bool,
+    /// The kernel testbed instead of the model (CUDA only): every GEMM and attention variant
+    /// at the xsmall shapes, checked against the CPU reference, then timed, in TFLOP/s and
+    /// GB/s against the device's measured peaks. Uses --device and --dtype (f16 or bf16).
+    #[arg(long)]
+    ops: bool,
     /// Kernel variant (CUDA only): `attention=v2` is the tensor-core attention (f16/bf16,
     /// head dim 64; otherwise v1 runs), default v1 (same as DEBERTA_CUDA_ATTENTION);
     /// `graphs=off` launches every kernel instead of replaying CUDA graphs, default on (same
@@ -482,6 +487,77 @@ fn summarize(times: &mut [f64]) -> (f64, f64, f64) {
 }
 
 /// `bench --corpus`: raw text in, embeddings out, tokenization included.
+/// `bench --ops`: the CUDA kernel testbed (`backend::cuda::testbed`).
+#[cfg(feature = "cuda")]
+fn bench_ops(a: &BenchArgs, device: Device, precision: Precision) -> Result<()> {
+    use deberta_embed::backend::cuda::{testbed, Gpu};
+    let Device::Cuda(ordinal) = device else {
+        bail!("--ops times the CUDA kernels: add --device cuda (the CPU ops have `cargo bench`)");
+    };
+    let gpu = Gpu::new(ordinal)?;
+    let dt = precision.into();
+    let (peaks, rows) = testbed::run(&gpu, dt)?;
+    println!(
+        "{} ({} SMs), {precision}: measured peaks {:.1} TFLOP/s (mma.sync probe), {:.0} GB/s (device copy)",
+        gpu.name(),
+        gpu.sm_count(),
+        peaks.mma_tflops,
+        peaks.copy_gbps
+    );
+    println!(
+        "{:<10} {:<18} {:<20} {:>10} {:>6} {:>10} {:>9} {:>6} {:>8} {:>6}",
+        "op",
+        "variant",
+        "shape",
+        "rel err",
+        "check",
+        "median us",
+        "TFLOP/s",
+        "%peak",
+        "GB/s",
+        "%peak"
+    );
+    for r in &rows {
+        println!(
+            "{:<10} {:<18} {:<20} {:>10.2e} {:>6} {:>10.1} {:>9.1} {:>5.0}% {:>8.0} {:>5.0}%",
+            r.op,
+            r.variant,
+            r.shape,
+            r.rel_err,
+            if r.ok() { "ok" } else { "FAIL" },
+            r.median_us,
+            r.tflops,
+            100.0 * r.tflops / peaks.mma_tflops,
+            r.gbps,
+            100.0 * r.gbps / peaks.copy_gbps
+        );
+    }
+    if a.json {
+        let v = serde_json::json!({
+            "device": gpu.name(),
+            "dtype": precision.to_string(),
+            "peak_mma_tflops": peaks.mma_tflops,
+            "peak_copy_gbps": peaks.copy_gbps,
+            "rows": rows.iter().map(|r| serde_json::json!({
+                "op": r.op, "variant": r.variant, "shape": r.shape, "rel_err": r.rel_err,
+                "tolerance": r.tolerance, "ok": r.ok(), "median_us": r.median_us,
+                "tflops": r.tflops, "gbps": r.gbps,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{v}");
+    }
+    let failed = rows.iter().filter(|r| !r.ok()).count();
+    if failed > 0 {
+        bail!("{failed} kernel variant(s) failed their check against the CPU reference");
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn bench_ops(_: &BenchArgs, _: Device, _: Precision) -> Result<()> {
+    bail!("--ops times the CUDA kernels: this build has no CUDA support (rebuild with --features cuda)")
+}
+
 fn bench_corpus(
     a: &BenchArgs,
     corpus: &Path,
@@ -588,6 +664,9 @@ fn bench(a: BenchArgs) -> Result<()> {
                 bail!("--kernel {spec}: no variants of `{other}` (attention=v1|v2, graphs=on|off)")
             }
         }
+    }
+    if a.ops {
+        return bench_ops(&a, device, precision);
     }
     let opts = EmbedderOptions {
         threads: a.threads,

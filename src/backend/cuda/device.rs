@@ -221,7 +221,14 @@ fn kernel_names() -> Vec<String> {
             v.push(format!("gemm_{s}_{o}_k8"));
         }
     }
-    for n in ["gemm_simt_f32", "pool", "l2_normalize", "conv1d_act"] {
+    for n in [
+        "gemm_simt_f32",
+        "pool",
+        "l2_normalize",
+        "conv1d_act",
+        "mma_peak_f16",
+        "mma_peak_bf16",
+    ] {
         v.push(n.to_string());
     }
     v
@@ -1096,6 +1103,35 @@ impl Gpu {
         // unsigned modes, int nmodes, float* out); cu_seqlens is monotone and ends at T
         // (Packed), sizes checked above.
         unsafe { self.launch("pool", grid, (launch::COL_THREADS, 1, 1), 0, &args) }
+    }
+
+    /// The tensor-core probe of the kernel testbed (kernels/peak.cu): `blocks` blocks of 128
+    /// threads, each warp `iters` rounds of 8 mma.sync m16n8k16 in `dt` (f16 or bf16). Returns
+    /// the FLOPs it queued; `out` takes one fp32 per thread.
+    pub fn mma_peak(&self, dt: Dtype, blocks: usize, iters: usize, out: &DevBuf) -> Result<f64> {
+        const THREADS: usize = 128;
+        let name = match dt {
+            Dtype::F16 => "mma_peak_f16",
+            Dtype::BF16 => "mma_peak_bf16",
+            Dtype::F32 => return Err(Error::Input("the mma probe runs in f16 or bf16".into())),
+        };
+        let iters = i32::try_from(iters).map_err(|_| Error::Input("too many iterations".into()))?;
+        let args = [
+            Arg::I(iters),
+            Arg::P(out.need("probe output", blocks * THREADS, Dtype::F32)?),
+        ];
+        // SAFETY: 2 args = (int iters, float* out), the kernel's signature; it writes
+        // out[blockIdx.x * 128 + threadIdx.x] only, inside the `blocks * 128` floats checked.
+        unsafe {
+            self.launch(
+                name,
+                (blocks as u32, 1, 1),
+                (THREADS as u32, 1, 1),
+                0,
+                &args,
+            )?
+        };
+        Ok((blocks * THREADS / 32) as f64 * iters as f64 * 8.0 * 2.0 * 16.0 * 8.0 * 16.0)
     }
 
     /// L2-normalize each row of `x` (fp32 [rows, dim]) in place.

@@ -21,6 +21,7 @@
 
 pub mod device;
 pub mod launch;
+pub mod testbed;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
