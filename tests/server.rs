@@ -549,6 +549,76 @@ fn over_long_inputs_are_refused_by_embed_unless_truncated() {
 }
 
 /// Distinct texts for client `c`, request `k`: 1 to 4 sentences.
+/// With room for one waiting request, a burst of concurrent requests gets 429s with a JSON
+/// error for the overflow, the exact rows for the rest, and the server stays up.
+#[test]
+fn a_full_queue_answers_429_and_the_server_stays_up() {
+    let srv = TestServer::start(
+        "st2_v3like",
+        ServerOptions {
+            max_queued_requests: 1,
+            ..Default::default()
+        },
+    );
+    let addr = srv.addr;
+    let e = load("st2_v3like", None);
+    // 48 inputs of ~100 words: each batch keeps the batcher busy for a while
+    let long: Vec<String> = (0..48)
+        .map(|i| {
+            format!(
+                "{i} {}",
+                "the quick brown fox jumps over the lazy dog ".repeat(10)
+            )
+        })
+        .collect();
+    let want = std::sync::Arc::new(
+        e.encode(&long.iter().map(String::as_str).collect::<Vec<_>>())
+            .unwrap(),
+    );
+    let long = std::sync::Arc::new(long);
+    let (mut ok, mut overloaded) = (0, 0);
+    // A burst usually overflows at once; a few rounds make a slow machine no exception.
+    for round in 0..20 {
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(24));
+        let clients: Vec<_> = (0..24)
+            .map(|_| {
+                let (long, barrier) = (long.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    http::post_json(addr, "/v1/embeddings", &json!({ "input": *long }))
+                })
+            })
+            .collect();
+        for c in clients {
+            let resp = c.join().expect("client");
+            match resp.status {
+                200 => {
+                    let rows = openai_rows(&resp, long.len(), "deberta-embed");
+                    for (i, row) in rows.iter().enumerate() {
+                        assert_close(row, want.row(i), VS_ENCODE, &format!("round {round} #{i}"));
+                    }
+                    ok += 1;
+                }
+                429 => {
+                    assert_error_shape("/v1/embeddings", &resp, "overloaded", "429");
+                    overloaded += 1;
+                }
+                other => panic!("round {round}: status {other}: {}", resp.text()),
+            }
+        }
+        if overloaded > 0 && ok > 0 {
+            break;
+        }
+    }
+    assert!(overloaded > 0, "no 429 in 20 bursts of 24 ({ok} answered)");
+    assert!(ok > 0, "every request was refused");
+    assert_eq!(
+        http::get(addr, "/health").status,
+        200,
+        "the server is still up"
+    );
+}
+
 fn client_texts(c: usize, k: usize) -> Vec<String> {
     let base = [
         "A man is eating food.",
