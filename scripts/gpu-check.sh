@@ -109,55 +109,43 @@ for dtype, max_abs, min_cos in [("f32", 1e-4, 0.99999), ("f16", None, 0.999), ("
 PY
 
 # 4. bench (the DESIGN.md section 6 shapes)
-say "-- bench --synthetic xsmall --device cuda (median ms, tokens/s)"
-for dt in f16 bf16 f32; do
-  for shape in "1 16" "1 512" "256 32" "64 128" "16 512" "1024 32"; do
-    set -- $shape
-    [[ $dt == f32 && $1 -ge 256 ]] && continue
-    line="$(timeout 60 $C/deberta-embed bench --synthetic xsmall --device cuda --dtype $dt \
-      --batch-size $1 --seq-len $2 --warmup 3 --iters 20 --json 2>&1 | tail -n 1)"
-    python3 - "$dt" "$1" "$2" "$line" <<'PY' >> "$S"
+# bench_row LABEL B L ARGS...: one `bench --synthetic xsmall --device cuda` line in the summary
+bench_row() {
+  local label=$1 b=$2 l=$3
+  shift 3
+  local line
+  line="$(timeout 60 $C/deberta-embed bench --synthetic xsmall --device cuda "$@" \
+    --batch-size $b --seq-len $l --warmup 3 --iters 20 --json 2>&1 | tail -n 1)"
+  python3 - "$label" "$b" "$l" "$line" <<'PY' >> "$S"
 import json, sys
-dt, b, l, line = sys.argv[1:]
+label, b, l, line = sys.argv[1:]
 try:
     v = json.loads(line)
-    print(f"{dt:<5} {b:>5} x {l:<4} {v['median_ms']:9.3f} ms {v['tokens_per_s']:>12,.0f} tok/s")
+    print(f"{label:<9} {b:>5} x {l:<4} {v['median_ms']:9.3f} ms {v['tokens_per_s']:>12,.0f} tok/s")
 except Exception:
-    print(f"{dt:<5} {b:>5} x {l:<4} FAIL: {line[:160]}")
+    print(f"{label:<9} {b:>5} x {l:<4} FAIL: {line[:160]}")
 PY
+}
+SHAPES=("1 16" "1 512" "256 32" "64 128" "16 512" "1024 32")
+say "-- bench --synthetic xsmall --device cuda (median ms, tokens/s)"
+for dt in f16 bf16 f32; do
+  for shape in "${SHAPES[@]}"; do
+    set -- $shape
+    [[ $dt == f32 && $1 -ge 256 ]] && continue
+    bench_row "$dt" $1 $2 --dtype $dt
   done
 done
 say "-- bench, tensor-core attention (--kernel attention=v2)"
 for dt in f16 bf16; do
-  for shape in "1 16" "1 512" "256 32" "64 128" "16 512" "1024 32"; do
+  for shape in "${SHAPES[@]}"; do
     set -- $shape
-    line="$(timeout 60 $C/deberta-embed bench --synthetic xsmall --device cuda --dtype $dt --kernel attention=v2 \
-      --batch-size $1 --seq-len $2 --warmup 3 --iters 20 --json 2>&1 | tail -n 1)"
-    python3 - "$dt/v2" "$1" "$2" "$line" <<'PY' >> "$S"
-import json, sys
-dt, b, l, line = sys.argv[1:]
-try:
-    v = json.loads(line)
-    print(f"{dt:<7} {b:>5} x {l:<4} {v['median_ms']:9.3f} ms {v['tokens_per_s']:>12,.0f} tok/s")
-except Exception:
-    print(f"{dt:<7} {b:>5} x {l:<4} FAIL: {line[:160]}")
-PY
+    bench_row "$dt/v2" $1 $2 --dtype $dt --kernel attention=v2
   done
 done
 say "-- bench, graphs off (--kernel graphs=off: every kernel launched from the host)"
 for shape in "1 16" "1 512" "256 32"; do
   set -- $shape
-  line="$(timeout 60 $C/deberta-embed bench --synthetic xsmall --device cuda --dtype f16 --kernel graphs=off \
-    --batch-size $1 --seq-len $2 --warmup 3 --iters 20 --json 2>&1 | tail -n 1)"
-  python3 - "f16/eager" "$1" "$2" "$line" <<'PY' >> "$S"
-import json, sys
-dt, b, l, line = sys.argv[1:]
-try:
-    v = json.loads(line)
-    print(f"{dt:<9} {b:>5} x {l:<4} {v['median_ms']:9.3f} ms {v['tokens_per_s']:>12,.0f} tok/s")
-except Exception:
-    print(f"{dt:<9} {b:>5} x {l:<4} FAIL: {line[:160]}")
-PY
+  bench_row "f16/eager" $1 $2 --dtype f16 --kernel graphs=off
 done
 say "-- kernel testbed (bench --ops): each variant checked against the CPU, then timed"
 for dt in f16 bf16; do

@@ -10,6 +10,8 @@
 mod common;
 #[path = "common/http.rs"]
 mod http;
+#[path = "common/test_server.rs"]
+mod test_server;
 
 use std::sync::OnceLock;
 
@@ -17,7 +19,7 @@ use common::{cosine, max_abs_diff, model_names, Reference};
 use deberta_embed::backend::cpu::gemm::{reference_linear, Epilogue};
 use deberta_embed::backend::cpu::ops::{conv1d_act_into, layer_norm_rows};
 use deberta_embed::backend::cuda::launch::Packed;
-use deberta_embed::backend::cuda::{self, AttentionKernel, DevBuf, Dtype, Epi, Gpu};
+use deberta_embed::backend::cuda::{self, testbed, AttentionKernel, DevBuf, Dtype, Epi, Gpu};
 use deberta_embed::config::{Activation, PoolingMode};
 use deberta_embed::relpos::RelPosTable;
 use deberta_embed::{Device, Embedder, EmbedderOptions, Precision};
@@ -100,7 +102,7 @@ impl Rng {
     }
 }
 
-/// ||a - b|| / ||b|| in f64, and fail on any non-finite value of `a`.
+/// ||a - b|| / ||b|| in f64 (the testbed's), and fail on any non-finite value of `a`.
 fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
     if let Some(p) = a.iter().position(|x| !x.is_finite()) {
@@ -109,26 +111,10 @@ fn rel_err(a: &[f32], b: &[f32]) -> f64 {
             a[p]
         );
     }
-    let num: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(&x, &y)| ((x - y) as f64).powi(2))
-        .sum();
-    let den: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
-    (num / den.max(1e-30)).sqrt()
+    testbed::rel_err(a, b)
 }
 
-/// Tolerance of a compute-type path on a relative-norm check (inputs are pre-rounded, so
-/// only accumulation order and output rounding differ).
-fn tol(dt: Dtype, out16: bool) -> f64 {
-    match (dt, out16) {
-        (Dtype::F32, _) => 2e-6,
-        (Dtype::F16, false) => 1e-4,
-        (Dtype::F16, true) => 1e-3,
-        (Dtype::BF16, false) => 1e-4,
-        (Dtype::BF16, true) => 8e-3,
-    }
-}
+use cuda::testbed::tolerance as tol;
 
 fn out_buf(g: &Gpu, dt: Dtype, n: usize) -> DevBuf {
     let b = g.alloc(n * dt.size(), "test output").unwrap();
@@ -818,7 +804,7 @@ fn graph_replays_equal_eager_launches() {
 /// own rows, within the numerics contract (f32, 1e-4) of sentence-transformers.
 #[test]
 fn server_on_the_gpu_answers_concurrent_clients() {
-    use deberta_embed::server::{serve, Server, ServerOptions};
+    use deberta_embed::server::ServerOptions;
     use std::sync::Arc;
     let _g = gpu_or_skip!();
     let name = "st2_v3like";
@@ -833,22 +819,8 @@ fn server_on_the_gpu_answers_concurrent_clients() {
         model_name: name.into(),
         ..Default::default()
     };
-    let server = Server::new(load_cuda(&r, Precision::F32, 32), opts).expect("server");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::spawn(move || {
-        rt.block_on(serve(listener, server, async {
-            let _ = stopped.await;
-        }))
-    });
+    let srv = test_server::TestServer::start(load_cuda(&r, Precision::F32, 32), opts);
+    let addr = srv.addr;
     let barrier = Arc::new(std::sync::Barrier::new(32));
     let clients: Vec<_> = (0..32)
         .map(|c| {
@@ -876,8 +848,7 @@ fn server_on_the_gpu_answers_concurrent_clients() {
         })
         .collect();
     let failed = clients.into_iter().filter_map(|h| h.join().err()).count();
-    let _ = stop.send(());
-    thread.join().expect("server thread").expect("serve");
+    srv.shutdown().expect("serve");
     assert_eq!(failed, 0, "{failed} of 32 clients failed");
 }
 

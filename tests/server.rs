@@ -7,6 +7,8 @@
 mod common;
 #[path = "common/http.rs"]
 mod http;
+#[path = "common/test_server.rs"]
+mod test_server;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -16,9 +18,10 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::{fixtures, max_abs_diff, model_names, Reference};
-use deberta_embed::server::{serve, Server, ServerOptions};
+use deberta_embed::server::{Server, ServerOptions};
 use deberta_embed::{Device, Embedder, EmbedderOptions};
 use serde_json::{json, Value};
+use test_server::TestServer;
 
 /// Same numbers as `encode`: the forward is batch-invariant to rounding.
 const VS_ENCODE: f32 = 1e-5;
@@ -39,73 +42,20 @@ fn load(name: &str, normalize: Option<bool>) -> Embedder {
         .unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
-/// A server on 127.0.0.1:<free port>, on its own runtime thread; stopped and joined on drop.
-struct TestServer {
-    addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+/// Start `name` (CPU, `load`) with `opts` on a loopback port.
+fn start(name: &str, opts: ServerOptions) -> TestServer {
+    TestServer::start(load(name, None), opts)
 }
 
-impl TestServer {
-    fn start(name: &str, opts: ServerOptions) -> TestServer {
-        let server = Server::new(load(name, None), opts).expect("server");
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            rt.block_on(serve(listener, server, async {
-                let _ = stopped.await;
-            }))
-        });
-        TestServer {
-            addr,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-
-    fn model(name: &str) -> TestServer {
-        Self::start(
-            name,
-            ServerOptions {
-                model_name: name.into(),
-                ..Default::default()
-            },
-        )
-    }
-
-    /// Ask for shutdown without waiting for it.
-    fn begin_shutdown(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-    }
-
-    /// Shut down and return what `serve` returned.
-    fn shutdown(mut self) -> std::io::Result<()> {
-        self.begin_shutdown();
-        self.thread
-            .take()
-            .expect("thread")
-            .join()
-            .expect("server thread panicked")
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.begin_shutdown();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// Start `name` with default limits, reporting `name` as the model.
+fn start_model(name: &str) -> TestServer {
+    start(
+        name,
+        ServerOptions {
+            model_name: name.into(),
+            ..Default::default()
+        },
+    )
 }
 
 fn floats(v: &Value) -> Vec<f32> {
@@ -159,7 +109,7 @@ fn openai_route_matches_encode_and_sentence_transformers() {
         let e = load(&name, None);
         let texts: Vec<&str> = r.sentences.iter().map(String::as_str).collect();
         let local = e.encode(&texts).unwrap();
-        let srv = TestServer::model(&name);
+        let srv = start_model(&name);
 
         let resp = http::post_json(
             srv.addr,
@@ -199,7 +149,7 @@ fn embed_route_matches_encode_and_sentence_transformers() {
         let want = r.embeddings();
         let model_normalizes = r.meta["normalize"].as_bool().unwrap();
         let texts: Vec<&str> = r.sentences.iter().map(String::as_str).collect();
-        let srv = TestServer::model(&name);
+        let srv = start_model(&name);
         // the reference is what the model directory asks for
         let resp = http::post_json(
             srv.addr,
@@ -234,7 +184,7 @@ fn embed_route_matches_encode_and_sentence_transformers() {
 
 #[test]
 fn base64_decodes_to_the_float_output() {
-    let srv = TestServer::model("st6_proj_cls_norm");
+    let srv = start_model("st6_proj_cls_norm");
     let input = json!(["A man is eating food.", "", "Ein Mann isst."]);
     let float = http::post_json(srv.addr, "/v1/embeddings", &json!({"input": input}));
     let float = openai_rows(&float, 3, "st6_proj_cls_norm");
@@ -268,7 +218,7 @@ fn base64_decodes_to_the_float_output() {
 
 #[test]
 fn dimensions_other_than_the_models_are_refused() {
-    let srv = TestServer::model("st2_v3like");
+    let srv = start_model("st2_v3like");
     let dim = 32;
     let ok = http::post_json(
         srv.addr,
@@ -440,7 +390,7 @@ fn assert_error_shape(route: &str, resp: &http::Response, needle: &str, what: &s
 
 #[test]
 fn bad_requests_get_json_errors_and_the_server_stays_up() {
-    let srv = TestServer::start(
+    let srv = start(
         "st2_v3like",
         ServerOptions {
             max_inputs: 4,
@@ -478,7 +428,7 @@ fn bad_requests_get_json_errors_and_the_server_stays_up() {
 
 #[test]
 fn too_large_a_body_is_413() {
-    let srv = TestServer::start(
+    let srv = start(
         "st2_v3like",
         ServerOptions {
             max_body_bytes: 1000,
@@ -503,7 +453,7 @@ fn too_large_a_body_is_413() {
 #[test]
 fn over_long_inputs_are_refused_by_embed_unless_truncated() {
     let name = "st2_v3like"; // max_seq_length 24
-    let srv = TestServer::model(name);
+    let srv = start_model(name);
     let long = "The quick brown fox jumps over the lazy dog again and again and again, \
                 until the sun goes down behind the hills and the night falls.";
     let short = "A short one.";
@@ -553,7 +503,7 @@ fn over_long_inputs_are_refused_by_embed_unless_truncated() {
 /// error for the overflow, the exact rows for the rest, and the server stays up.
 #[test]
 fn a_full_queue_answers_429_and_the_server_stays_up() {
-    let srv = TestServer::start(
+    let srv = start(
         "st2_v3like",
         ServerOptions {
             max_queued_requests: 1,
@@ -640,7 +590,7 @@ fn client_texts(c: usize, k: usize) -> Vec<String> {
 #[test]
 fn sixty_four_concurrent_clients_each_get_their_own_embeddings() {
     let name = "st6_pool_mean_sqrt_len_tokens";
-    let srv = TestServer::model(name);
+    let srv = start_model(name);
     let e = load(name, None);
     let (clients, requests) = (64, 4);
     // what encode gives, computed up front
@@ -719,7 +669,7 @@ fn thirty_two_concurrent_clients_match_sentence_transformers() {
         let sentences = std::sync::Arc::new(r.sentences.clone());
         let normalize = r.meta["normalize"].as_bool().unwrap();
         let (dim, n) = (r.dim, r.sentences.len());
-        let srv = TestServer::model(name);
+        let srv = start_model(name);
         let addr = srv.addr;
         let barrier = std::sync::Arc::new(std::sync::Barrier::new(32));
         let handles: Vec<_> = (0..32)
@@ -767,7 +717,7 @@ fn metric(text: &str, series: &str) -> f64 {
 
 #[test]
 fn health_and_metrics() {
-    let srv = TestServer::start(
+    let srv = start(
         "st2_v3like",
         ServerOptions {
             model_name: "served \"name\"".into(),
@@ -862,7 +812,7 @@ fn health_and_metrics() {
 #[test]
 fn shutdown_finishes_the_request_in_flight() {
     let name = "st2_v3like";
-    let mut srv = TestServer::model(name);
+    let mut srv = start_model(name);
     let addr = srv.addr;
     let text = "finished after the shutdown began";
     let body = json!({"input": [text]}).to_string();

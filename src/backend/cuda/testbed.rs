@@ -64,8 +64,9 @@ fn time(g: &Gpu, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> 
     Ok(samples[samples.len() / 2])
 }
 
-/// ||a - b|| / ||b||; infinite when `a` has a non-finite value (unwritten output).
-fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+/// ||a - b|| / ||b|| in f64; infinite when `a` has a non-finite value (unwritten output) or
+/// the lengths differ.
+pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     if a.len() != b.len() || a.iter().any(|x| !x.is_finite()) {
         return f64::INFINITY;
     }
@@ -79,8 +80,9 @@ fn rel_err(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// Check tolerance on the relative norm of the error (inputs pre-rounded to `dt`, so only the
-/// accumulation order and the output rounding differ); the values of tests/gpu.rs.
-fn tolerance(dt: Dtype, out16: bool) -> f64 {
+/// accumulation order and the output rounding differ; `out16`: rounded to `dt` on output).
+/// tests/gpu.rs checks the kernels with the same values.
+pub fn tolerance(dt: Dtype, out16: bool) -> f64 {
     match (dt, out16) {
         (Dtype::F32, _) => 2e-6,
         (Dtype::F16, false) | (Dtype::BF16, false) => 1e-4,
