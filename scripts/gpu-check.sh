@@ -121,7 +121,10 @@ import json, sys
 label, b, l, line = sys.argv[1:]
 try:
     v = json.loads(line)
-    print(f"{label:<9} {b:>5} x {l:<4} {v['median_ms']:9.3f} ms {v['tokens_per_s']:>12,.0f} tok/s")
+    mem = v.get("device_mem_used_mib")
+    mem = f"{mem:8.0f} MiB" if mem is not None else ""
+    print(f"{label:<9} {b:>5} x {l:<4} {v['median_ms']:9.3f} ms {v['tokens_per_s']:>12,.0f} tok/s"
+          f" {v.get('model_tflops', float('nan')):7.1f} TFLOP/s {mem}")
 except Exception:
     print(f"{label:<9} {b:>5} x {l:<4} FAIL: {line[:160]}")
 PY

@@ -697,7 +697,9 @@ fn bench(a: BenchArgs) -> Result<()> {
             })
             .collect()
     };
-    let (label, run): (String, Box<dyn Fn() -> Result<()>>) = match (&a.model, &a.synthetic) {
+    // (label, model FLOPs per token at --seq-len, one timed call)
+    type Run = Box<dyn Fn() -> Result<()>>;
+    let (label, flops_per_token, run): (String, f64, Run) = match (&a.model, &a.synthetic) {
         (Some(dir), _) => {
             let e = Embedder::load_with(dir, device, opts)?;
             if a.seq_len > e.max_seq_length() {
@@ -710,6 +712,7 @@ fn bench(a: BenchArgs) -> Result<()> {
             let ids = make_ids(e.config().vocab_size);
             (
                 dir.display().to_string(),
+                e.config().forward_flops_per_token(a.seq_len),
                 Box::new(move || e.encode_ids(&ids).map(|_| ()).map_err(Into::into)),
             )
         }
@@ -726,6 +729,7 @@ fn bench(a: BenchArgs) -> Result<()> {
             let modes = [deberta_embed::PoolingMode::Mean];
             (
                 "synthetic xsmall".to_string(),
+                m.config().forward_flops_per_token(a.seq_len),
                 Box::new(move || {
                     m.encode_batches(&ids, ids.len().max(1), usize::MAX, &modes)
                         .map(|_| ())
@@ -744,6 +748,7 @@ fn bench(a: BenchArgs) -> Result<()> {
             let ids = make_ids(e.config().vocab_size);
             (
                 "synthetic xsmall".to_string(),
+                e.config().forward_flops_per_token(a.seq_len),
                 Box::new(move || e.encode_ids(&ids).map(|_| ()).map_err(Into::into)),
             )
         }
@@ -776,11 +781,21 @@ fn bench(a: BenchArgs) -> Result<()> {
         times.len()
     );
     println!("median {median:.3} ms   mean {mean:.3} ms   min {min:.3} ms");
+    let model_tflops = tokens * flops_per_token / (median / 1e3) / 1e12;
     println!(
-        "{:.0} tokens/s   {:.1} sentences/s",
+        "{:.0} tokens/s   {:.1} sentences/s   {model_tflops:.3} TFLOP/s of encoder math ({:.1} MFLOP/token)",
         tokens / (median / 1e3),
-        a.batch_size as f64 / (median / 1e3)
+        a.batch_size as f64 / (median / 1e3),
+        flops_per_token / 1e6
     );
+    let device_mem = device_memory(device);
+    if let Some((used, total)) = device_mem {
+        println!(
+            "device memory in use after the run: {:.0} MiB of {:.0} MiB (whole device)",
+            used as f64 / 1048576.0,
+            total as f64 / 1048576.0
+        );
+    }
     if a.json {
         let v = serde_json::json!({
             "model": label,
@@ -795,8 +810,22 @@ fn bench(a: BenchArgs) -> Result<()> {
             "min_ms": min,
             "tokens_per_s": tokens / (median / 1e3),
             "sentences_per_s": a.batch_size as f64 / (median / 1e3),
+            "flops_per_token": flops_per_token,
+            "model_tflops": model_tflops,
+            "device_mem_used_mib": device_mem.map(|(u, _)| u as f64 / 1048576.0),
         });
         println!("{v}");
     }
     Ok(())
+}
+
+/// (used, total) bytes of the GPU's memory, all processes included; `None` on the CPU.
+fn device_memory(device: Device) -> Option<(usize, usize)> {
+    match device {
+        Device::Cpu => None,
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) => deberta_embed::backend::cuda::device::memory_in_use().ok(),
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => None,
+    }
 }

@@ -254,6 +254,13 @@ pub fn probe_driver() -> Result<()> {
     )))
 }
 
+/// (used, total) bytes of the memory of the GPU whose context is current on this thread (any
+/// thread that has run a forward), every process's allocations included.
+pub fn memory_in_use() -> Result<(usize, usize)> {
+    let (free, total) = drv::mem_get_info().map_err(|e| dev_err("cuMemGetInfo", e))?;
+    Ok((total.saturating_sub(free), total))
+}
+
 /// A driver error as this crate's error, with context.
 pub fn dev_err(what: &str, e: DriverError) -> Error {
     if e.0 == CUresult::CUDA_ERROR_OUT_OF_MEMORY {
