@@ -92,6 +92,7 @@ struct Scratch {
     kt: Vec<f32>, // [d, n]   this head's keys, transposed (sequences of a single block)
     s: Vec<f32>,  // [bq, n]  scores
     c: Vec<f32>,  // [bq, n + bq] c2p products, or [n, bq + 3] p2c products
+    o: Vec<f32>,  // [bq, d]  this head's output rows, before they go to ctx
 }
 
 thread_local! {
@@ -176,55 +177,91 @@ fn attention_at(
         transpose_keys(qkv, tokens, p.heads, p.head_dim, keys_t);
     }
     let keys_t: &[f32] = keys_t;
-    let tasks = split_tasks(offsets, h, &mut ctx[..tokens * h]);
-    tasks.into_par_iter().for_each(|(start, n, q0, out)| {
+    let ctx = CtxPtr(ctx.as_mut_ptr());
+    let tasks = split_tasks(offsets, p.heads, rayon::current_num_threads());
+    tasks.into_par_iter().for_each(|task| {
         SCRATCH.with(|cell| {
             let mut sc = cell.borrow_mut();
             let job = Job {
                 p,
                 qkv,
-                start,
-                n,
-                q0,
+                task,
                 keys_t,
                 keys_ld: conflict_free_stride(tokens),
                 pos_key,
                 pos_query,
                 relpos,
+                ctx,
             };
             match level {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: avx512f was detected at run time by `simd()`.
-                Level::Avx512 => unsafe { block_avx512(&job, &mut sc, out) },
+                Level::Avx512 => unsafe { block_avx512(&job, &mut sc) },
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: avx2 and fma were detected at run time by `simd()`.
-                Level::Avx2 => unsafe { block_avx2(&job, &mut sc, out) },
-                Level::Portable => block(&job, &mut sc, out, Level::Portable),
+                Level::Avx2 => unsafe { block_avx2(&job, &mut sc) },
+                Level::Portable => block(&job, &mut sc, Level::Portable),
             }
         })
     });
 }
 
-/// Split ctx into tasks: (sequence start, sequence length, first query row, output rows).
-fn split_tasks<'a>(
-    offsets: &[usize],
-    h: usize,
-    ctx: &'a mut [f32],
-) -> Vec<(usize, usize, usize, &'a mut [f32])> {
-    let mut tasks = Vec::new();
-    let mut rest = ctx;
+/// One task: query rows `q0 .. q0 + rows` of the sequence at `start` (of `n` tokens), heads
+/// `h0 .. h1`. Its output is that rectangle of ctx, which no other task touches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Task {
+    start: usize,
+    n: usize,
+    q0: usize,
+    rows: usize,
+    h0: usize,
+    h1: usize,
+}
+
+/// The tasks of one call: each sequence in as few query blocks as QUERY_BLOCK allows, of even
+/// size (32 rows: 16 + 16, not 29 + 3); when that gives fewer than two tasks per thread (a
+/// sentence or two), each block is split further into groups of heads.
+fn split_tasks(offsets: &[usize], heads: usize, threads: usize) -> Vec<Task> {
+    let mut blocks = Vec::new();
     for w in offsets.windows(2) {
         let n = w[1] - w[0];
-        let (seq, tail) = std::mem::take(&mut rest).split_at_mut(n * h);
-        rest = tail;
-        // as few blocks as QUERY_BLOCK allows, of even size (32 rows: 16 + 16, not 29 + 3)
         let rows = n.div_ceil(n.div_ceil(QUERY_BLOCK).max(1)).max(1);
-        for (bi, block) in seq.chunks_mut(rows * h).enumerate() {
-            tasks.push((w[0], n, bi * rows, block));
+        for q0 in (0..n).step_by(rows) {
+            blocks.push((w[0], n, q0, rows.min(n - q0)));
+        }
+    }
+    let want = 2 * threads.max(1);
+    let groups = if blocks.len() >= want {
+        1
+    } else {
+        want.div_ceil(blocks.len().max(1)).clamp(1, heads.max(1))
+    };
+    let mut tasks = Vec::with_capacity(blocks.len() * groups);
+    for (start, n, q0, rows) in blocks {
+        for g in 0..groups {
+            let (h0, h1) = (g * heads / groups, (g + 1) * heads / groups);
+            tasks.push(Task {
+                start,
+                n,
+                q0,
+                rows,
+                h0,
+                h1,
+            });
         }
     }
     tasks
 }
+
+/// The attention output `ctx` ([T, H]) shared by the tasks of one call.
+#[derive(Clone, Copy)]
+struct CtxPtr(*mut f32);
+// SAFETY: only `block` writes through it, each task to its own (rows, heads) rectangle of ctx
+// (`split_tasks` covers every (row, head) exactly once), while `attention_at` holds the only
+// `&mut` to ctx and nothing reads it until the parallel section has ended.
+unsafe impl Send for CtxPtr {}
+// SAFETY: as for Send.
+unsafe impl Sync for CtxPtr {}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Level {
@@ -266,14 +303,14 @@ fn detect() -> Level {
 // around the tiles vectorize for it too.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn block_avx512(job: &Job<'_>, sc: &mut Scratch, out: &mut [f32]) {
-    block(job, sc, out, Level::Avx512)
+unsafe fn block_avx512(job: &Job<'_>, sc: &mut Scratch) {
+    block(job, sc, Level::Avx512)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn block_avx2(job: &Job<'_>, sc: &mut Scratch, out: &mut [f32]) {
-    block(job, sc, out, Level::Avx2)
+unsafe fn block_avx2(job: &Job<'_>, sc: &mut Scratch) {
+    block(job, sc, Level::Avx2)
 }
 
 /// A strided row-major operand: row `r` is `data[r * ld..r * ld + len]`.
@@ -515,15 +552,15 @@ mod x86 {
 struct Job<'a> {
     p: &'a AttentionParams,
     qkv: &'a [f32],
-    start: usize,
-    n: usize,
-    q0: usize,
+    task: Task,
     /// all keys transposed per head, [nH, d, tokens]
     keys_t: &'a [f32],
     keys_ld: usize,
     pos_key: &'a PosTable,
     pos_query: &'a PosTable,
     relpos: &'a RelPosTable,
+    /// where the task's rows and heads go
+    ctx: CtxPtr,
 }
 
 /// In-place softmax of `x * scale`, with vectorizable reductions (16 partial lanes; the
@@ -563,13 +600,19 @@ fn softmax_scaled<const FMA: bool>(x: &mut [f32], scale: f32) {
 }
 
 #[inline(always)]
-fn block(job: &Job<'_>, sc: &mut Scratch, out: &mut [f32], level: Level) {
+fn block(job: &Job<'_>, sc: &mut Scratch, level: Level) {
     let p = job.p;
     let (d, nh) = (p.head_dim, p.heads);
     let h = nh * d;
-    let n = job.n;
-    let bq = out.len() / h;
-    let q0 = job.q0;
+    let Task {
+        start,
+        n,
+        q0,
+        rows: bq,
+        h0,
+        h1,
+    } = job.task;
+    debug_assert!(h0 < h1 && h1 <= nh && q0 + bq <= n);
     // index table entry for offset r = i - j
     let tbl = job.relpos.as_slice();
     let off = job.relpos.max_len() - 1;
@@ -585,26 +628,32 @@ fn block(job: &Job<'_>, sc: &mut Scratch, out: &mut [f32], level: Level) {
     let pw = bq + 3; // p2c positions a group of 4 keys can touch
     grow(&mut sc.s, bq * n);
     grow(&mut sc.c, (bq * cw).max(n.div_ceil(4) * 4 * pw));
+    grow(&mut sc.o, bq * d);
     if n <= QUERY_BLOCK {
         grow(&mut sc.kt, d * n);
     }
-    let Scratch { kt: kt_local, s, c } = sc;
+    let Scratch {
+        kt: kt_local,
+        s,
+        c,
+        o,
+    } = sc;
 
-    for hd in 0..nh {
+    for hd in h0..h1 {
         let hs = hd * d;
         // K^T of this head and sequence: row t = component t of keys start .. start + n
         let kt = if n <= QUERY_BLOCK {
             for j in 0..n {
-                let k = &job.qkv[(job.start + j) * 3 * h + h + hs..][..d];
+                let k = &job.qkv[(start + j) * 3 * h + h + hs..][..d];
                 for (t, &v) in k.iter().enumerate() {
                     kt_local[t * n + j] = v;
                 }
             }
             Mat::new(kt_local, n, n)
         } else {
-            Mat::new(&job.keys_t[hs * job.keys_ld + job.start..], job.keys_ld, n)
+            Mat::new(&job.keys_t[hs * job.keys_ld + start..], job.keys_ld, n)
         };
-        let base = job.start * 3 * h;
+        let base = start * 3 * h;
         let q = Mat::new(&job.qkv[base + q0 * 3 * h + hs..], 3 * h, d);
         let k = Mat::new(&job.qkv[base + h + hs..], 3 * h, d);
         let v = Mat::new(&job.qkv[base + 2 * h + hs..], 3 * h, d);
@@ -666,7 +715,16 @@ fn block(job: &Job<'_>, sc: &mut Scratch, out: &mut [f32], level: Level) {
             }
         }
         let p_rows = Mat::new(s, n, n);
-        tile_gemm(level, bq, n, p_rows, v, Cols::At(0), d, &mut out[hs..], h);
+        tile_gemm(level, bq, n, p_rows, v, Cols::At(0), d, o, d);
+        for (i, row) in o.chunks_exact(d).take(bq).enumerate() {
+            // SAFETY: ctx holds the call's `tokens` rows of `h` floats (`attention_at` checks
+            // its length) and `start + q0 + i` is one of this sequence's rows, `hs + d <= h`:
+            // the write stays inside ctx, in this task's own rectangle (see `CtxPtr`).
+            unsafe {
+                let dst = job.ctx.0.add((start + q0 + i) * h + hs);
+                std::ptr::copy_nonoverlapping(row.as_ptr(), dst, d);
+            }
+        }
     }
 }
 
@@ -727,6 +785,38 @@ pub fn attention_reference(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tasks_cover_every_row_and_head_once() {
+        let cases: [(&[usize], usize); 6] = [
+            (&[0, 16], 2),
+            (&[0, 1], 8),
+            (&[0, 16, 16, 60], 2),
+            (&[0, 512], 2),
+            (&[0, 7, 40, 41, 100, 130, 200, 230, 250], 1),
+            (&[0, 3, 6, 9, 12, 15, 18, 21, 24, 27], 16),
+        ];
+        let heads = 6;
+        for (offsets, threads) in cases {
+            let tasks = split_tasks(offsets, heads, threads);
+            let tokens = *offsets.last().unwrap();
+            let mut seen = vec![0u8; tokens * heads];
+            for t in &tasks {
+                assert!(t.h0 < t.h1 && t.h1 <= heads && t.rows > 0 && t.q0 + t.rows <= t.n);
+                assert!(t.rows <= QUERY_BLOCK.max(t.n.div_ceil(t.n.div_ceil(QUERY_BLOCK))));
+                for i in t.start + t.q0..t.start + t.q0 + t.rows {
+                    for hd in t.h0..t.h1 {
+                        seen[i * heads + hd] += 1;
+                    }
+                }
+            }
+            assert!(seen.iter().all(|&c| c == 1), "{offsets:?}: {tasks:?}");
+            // a single short sentence still gives every thread work
+            if offsets.len() == 2 && tokens <= QUERY_BLOCK {
+                assert!(tasks.len() >= threads.min(heads), "{offsets:?}: {tasks:?}");
+            }
+        }
+    }
     use crate::model::XorShift;
 
     fn check(
