@@ -10,6 +10,7 @@
 #      the default; attention v1 and v2; a few shapes with graphs off);
 #   5. the kernel testbed (`bench --ops`, f16 and bf16) and one profiled bench (device time
 #      per kernel);
+#   5b. end to end: `bench --corpus` on 200k generated sentences (GPU_CHECK_E2E=0 skips it);
 #   6. only when .carry/peers/ holds the peer wheels (scripts/fetch-gpu-peers.sh): the peer
 #      comparison, scripts/compare_gpu.py (HF eager fp16/bf16, DisentangledFlash, FlashDeBERTa vs
 #      `deberta-embed bench`) on a random-weight xsmall checkpoint made there, bounded to
@@ -166,6 +167,31 @@ DEBERTA_CUDA_PROFILE=1 timeout 60 $C/deberta-embed bench --synthetic xsmall --de
 grep -A24 "CUDA kernel profile" "$OUT/profile.log" >> "$S" || tail -n 3 "$OUT/profile.log" >> "$S"
 fi  # steps 1-5
 
+# The random-weight xsmall checkpoint of steps 5b and 6 (280 MB: made here, not carried).
+CK="$SCRATCH/xsmall"
+CK_RC=skipped
+if [[ ${GPU_CHECK_E2E:-1} != 0 || ${GPU_CHECK_COMPARE:-1} != 0 ]]; then
+  timeout 90 python3 scripts/make_xsmall_checkpoint.py "$CK" --layout hf > "$OUT/checkpoint.log" 2>&1
+  CK_RC=$?
+fi
+
+# 5b. end to end from raw text: 200k corpus sentences (5-60 words) through `bench --corpus`,
+#     tokenization overlapped with the GPU (GPU_CHECK_E2E=0 skips it). The checkpoint's
+#     tokenizer is a 640-piece one (see make_xsmall_checkpoint.py), so sentences cut into more
+#     tokens than with the real vocabulary; the tokens/s line says how many.
+if [[ ${GPU_CHECK_E2E:-1} != 0 && $ONLY != compare ]]; then
+  say "-- end to end: bench --corpus (200k sentences), f16, batches of up to 1024 sentences / 131072 tokens"
+  if [[ $CK_RC != 0 ]]; then
+    say "FAIL: make_xsmall_checkpoint.py rc=$CK_RC"; tail -n 5 "$OUT/checkpoint.log" >> "$S"
+  else
+    python3 scripts/make_corpus.py "$SCRATCH/corpus200k.txt" --n 200000
+    timeout 120 $C/deberta-embed bench --model "$CK" --corpus "$SCRATCH/corpus200k.txt" --device cuda \
+      --dtype f16 --batch-size 1024 --warmup 0 --iters 2 > "$OUT/e2e.log" 2>&1 \
+      || echo "bench --corpus: exit $?" >> "$S"
+    grep -v '^{' "$OUT/e2e.log" | tail -n 4 >> "$S"
+  fi
+fi
+
 # 6. the peer comparison (only with the wheels of scripts/fetch-gpu-peers.sh in .carry/peers/)
 if [[ ${GPU_CHECK_COMPARE:-1} == 0 ]]; then
   say "-- compare_gpu: skipped (GPU_CHECK_COMPARE=0)"
@@ -177,20 +203,17 @@ else
   # .md after every shape, so the outer timeout only ever cuts a shape in flight.
   BUDGET="${COMPARE_GPU_BUDGET_S:-240}"
   t0=$SECONDS
-  CK="$SCRATCH/xsmall"  # random weights, the exact xsmall shape (280 MB: made here, not carried)
-  timeout 90 python3 scripts/make_xsmall_checkpoint.py "$CK" --layout hf > "$OUT/compare_gpu.log" 2>&1
-  rc=$?
   left=$((BUDGET - (SECONDS - t0)))
   deadline=$((left - 40 > 10 ? left - 40 : 10))
-  if [[ $rc != 0 ]]; then
-    say "-- compare_gpu: FAIL: make_xsmall_checkpoint.py rc=$rc"; tail -n 5 "$OUT/compare_gpu.log" >> "$S"
+  if [[ $CK_RC != 0 ]]; then
+    say "-- compare_gpu: FAIL: make_xsmall_checkpoint.py rc=$CK_RC"; tail -n 5 "$OUT/checkpoint.log" >> "$S"
   else
     # iterations: ~0.25 s per measurement, 3 rounds, 6 shapes, 5 runners ~ 2-3 minutes with the
     # Triton compiles; --deadline-s leaves 40 s for the shape in flight
     PYTHONUNBUFFERED=1 timeout -k 10 "$left" python3 scripts/compare_gpu.py --model "$CK" \
       --binary $C/deberta-embed --wheels $C/peers --rounds 3 --budget-s 0.25 --min-iters 5 --max-iters 40 \
       --deadline-s $deadline --out "$OUT/compare_gpu.md" --json-out "$OUT/compare_gpu.json" \
-      >> "$OUT/compare_gpu.log" 2>&1
+      > "$OUT/compare_gpu.log" 2>&1
     rc=$?
     say "-- compare_gpu (peers): rc=$rc ($((SECONDS - t0)) s of $BUDGET; 124 = cut by the timeout) -> compare_gpu.md"
     if [[ -s $OUT/compare_gpu.md ]]; then cat "$OUT/compare_gpu.md" >> "$S"; else tail -n 20 "$OUT/compare_gpu.log" >> "$S"; fi
