@@ -284,6 +284,9 @@ impl Embedder {
         if opts.batch_size == 0 {
             return Err(Error::Input("batch size must be at least 1".into()));
         }
+        if opts.max_batch_tokens == 0 {
+            return Err(Error::Input("max_batch_tokens must be at least 1".into()));
+        }
         if cfg.position_biased_input && pipeline.max_seq_length > cfg.max_position_embeddings {
             return Err(Error::config(
                 pipeline.transformer_dir.join("config.json"),

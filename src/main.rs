@@ -81,6 +81,11 @@ struct EmbedArgs {
     /// Sentences per forward batch.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
+    /// Tokens per forward batch at most (a longer single input still runs alone): bounds the
+    /// activation memory. On a GPU, larger batches (e.g. --batch-size 1024
+    /// --max-batch-tokens 65536) keep the device busy.
+    #[arg(long, default_value_t = EmbedderOptions::default().max_batch_tokens)]
+    max_batch_tokens: usize,
     /// L2-normalize the embeddings even if the model has no Normalize module.
     #[arg(long)]
     normalize: bool,
@@ -238,13 +243,24 @@ fn parse_precision(dtype: Option<&str>, device: Device) -> Result<Precision> {
 }
 
 fn load(common: &CommonModel, batch_size: usize, normalize: Option<bool>) -> Result<Embedder> {
+    load_budget(common, batch_size, None, normalize)
+}
+
+/// [`load`] with a token budget per batch (`None`: the library's default).
+fn load_budget(
+    common: &CommonModel,
+    batch_size: usize,
+    max_batch_tokens: Option<usize>,
+    normalize: Option<bool>,
+) -> Result<Embedder> {
     let device = parse_device(&common.device)?;
+    let defaults = EmbedderOptions::default();
     let opts = EmbedderOptions {
         threads: common.threads,
         batch_size,
         normalize,
         precision: parse_precision(common.dtype.as_deref(), device)?,
-        ..Default::default()
+        max_batch_tokens: max_batch_tokens.unwrap_or(defaults.max_batch_tokens),
     };
     Ok(Embedder::load_with(&common.model, device, opts)?)
 }
@@ -305,7 +321,12 @@ const CHUNK: usize = 4096;
 
 fn embed(a: EmbedArgs) -> Result<()> {
     let inputs = read_inputs(&a.input)?;
-    let embedder = load(&a.common, a.batch_size, a.normalize.then_some(true))?;
+    let embedder = load_budget(
+        &a.common,
+        a.batch_size,
+        Some(a.max_batch_tokens),
+        a.normalize.then_some(true),
+    )?;
     let dim = embedder.dim();
     let sink: Box<dyn Write> = match &a.output {
         Some(p) => Box::new(
