@@ -101,11 +101,12 @@ pub fn peaks(g: &Gpu, dt: Dtype) -> Result<Peaks> {
     let (src, dst) = (g.alloc(bytes, "copy probe")?, g.alloc(bytes, "copy probe")?);
     g.poison(&src)?;
     let copy_s = time(g, 10, || g.copy(&src, &dst, bytes))?;
+    // 8 blocks of 4 warps per SM, 256 rounds: ~3.5e13 FLOPs on an H100, tens of ms a launch
     let blocks = g.sm_count() * 8;
     let out = g.alloc(blocks * 128 * 4, "mma probe")?;
     let mut flops = 0.0;
     let mma_s = time(g, 3, || {
-        flops = g.mma_peak(dt, blocks, 2048, &out)?;
+        flops = g.mma_peak(dt, blocks, 256, &out)?;
         Ok(())
     })?;
     Ok(Peaks {
