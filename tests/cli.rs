@@ -157,33 +157,27 @@ fn embed_txt_stdin_and_npy_agree() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(parse_jsonl(&o.stdout), from_txt);
 
-    // a token budget smaller than any sentence: one sentence per forward, the same rows
     let txt_s = txt.to_str().unwrap();
-    let o = run(&[
-        "embed",
-        "--model",
-        m,
-        "--input",
-        txt_s,
-        "--max-batch-tokens",
-        "1",
-    ]);
+    // a token budget smaller than any sentence: one sentence per forward, the same rows
+    let budget = |b: &str| {
+        run(&[
+            "embed",
+            "--model",
+            m,
+            "--input",
+            txt_s,
+            "--max-batch-tokens",
+            b,
+        ])
+    };
+    let o = budget("1");
     assert!(o.status.success(), "{}", stderr(&o));
     let tight = parse_jsonl(&o.stdout);
     assert_eq!(tight.len(), from_txt.len());
     for (a, b) in tight.iter().zip(&from_txt) {
         assert!(max_abs_diff(a, b) <= 1e-5, "batch invariance");
     }
-    let o = run(&[
-        "embed",
-        "--model",
-        m,
-        "--input",
-        txt_s,
-        "--max-batch-tokens",
-        "0",
-    ]);
-    assert_clean_failure(&o, "max_batch_tokens must be at least 1");
+    assert_clean_failure(&budget("0"), "max_batch_tokens must be at least 1");
 
     let npy = dir.path().join("out.npy");
     let o = run(&[
