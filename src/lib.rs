@@ -381,24 +381,24 @@ impl Embedder {
     /// `sink` in order (for inputs too large to hold every embedding at once). On a GPU the
     /// next chunk is tokenized on a host thread while the device embeds the current one; on
     /// the CPU, where tokenizer and forward share the cores, one after the other. Stops at the
-    /// first error, from the model or from `sink`.
-    pub fn encode_chunked(
+    /// first error, from the model or from `sink` (whose error type `E` takes the model's).
+    pub fn encode_chunked<E: From<Error>>(
         &self,
         texts: &[&str],
         chunk: usize,
-        sink: impl FnMut(Embeddings) -> Result<()>,
-    ) -> Result<()> {
+        sink: impl FnMut(Embeddings) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
         let overlap = matches!(self.device, Device::Cuda(_));
         self.encode_chunked_with(texts, chunk, overlap, sink)
     }
 
-    fn encode_chunked_with(
+    fn encode_chunked_with<E: From<Error>>(
         &self,
         texts: &[&str],
         chunk: usize,
         overlap: bool,
-        mut sink: impl FnMut(Embeddings) -> Result<()>,
-    ) -> Result<()> {
+        mut sink: impl FnMut(Embeddings) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
         let chunk = chunk.max(1);
         if !overlap {
             for c in texts.chunks(chunk) {
@@ -698,7 +698,7 @@ mod tests {
         for overlap in [false, true] {
             let mut rows = Vec::new();
             let mut sizes = Vec::new();
-            e.encode_chunked_with(&texts, 5, overlap, |emb| {
+            e.encode_chunked_with(&texts, 5, overlap, |emb| -> Result<()> {
                 sizes.push(emb.len());
                 rows.extend_from_slice(emb.as_slice());
                 Ok(())

@@ -243,24 +243,24 @@ fn parse_precision(dtype: Option<&str>, device: Device) -> Result<Precision> {
 }
 
 fn load(common: &CommonModel, batch_size: usize, normalize: Option<bool>) -> Result<Embedder> {
-    load_budget(common, batch_size, None, normalize)
+    let max_batch_tokens = EmbedderOptions::default().max_batch_tokens;
+    load_budget(common, batch_size, max_batch_tokens, normalize)
 }
 
-/// [`load`] with a token budget per batch (`None`: the library's default).
+/// [`load`] with a token budget per batch.
 fn load_budget(
     common: &CommonModel,
     batch_size: usize,
-    max_batch_tokens: Option<usize>,
+    max_batch_tokens: usize,
     normalize: Option<bool>,
 ) -> Result<Embedder> {
     let device = parse_device(&common.device)?;
-    let defaults = EmbedderOptions::default();
     let opts = EmbedderOptions {
         threads: common.threads,
         batch_size,
         normalize,
         precision: parse_precision(common.dtype.as_deref(), device)?,
-        max_batch_tokens: max_batch_tokens.unwrap_or(defaults.max_batch_tokens),
+        max_batch_tokens,
     };
     Ok(Embedder::load_with(&common.model, device, opts)?)
 }
@@ -324,7 +324,7 @@ fn embed(a: EmbedArgs) -> Result<()> {
     let embedder = load_budget(
         &a.common,
         a.batch_size,
-        Some(a.max_batch_tokens),
+        a.max_batch_tokens,
         a.normalize.then_some(true),
     )?;
     let dim = embedder.dim();
@@ -352,27 +352,18 @@ fn embed(a: EmbedArgs) -> Result<()> {
         indicatif::ProgressBar::hidden()
     };
     let texts: Vec<&str> = inputs.iter().map(String::as_str).collect();
-    // The sink's write errors come back as the library's error type; keep the real one.
-    let mut write_err = None;
-    let r = embedder.encode_chunked(&texts, CHUNK, |emb| {
-        let written = match a.format {
-            Format::Jsonl => write_jsonl(&mut w, &emb),
+    embedder.encode_chunked(&texts, CHUNK, |emb| -> Result<()> {
+        match a.format {
+            Format::Jsonl => write_jsonl(&mut w, &emb).context("writing output")?,
             Format::Npy => emb
                 .as_slice()
                 .iter()
                 .try_for_each(|x| w.write_all(&x.to_le_bytes()))
-                .map_err(Into::into),
-        };
+                .context("writing output")?,
+        }
         bar.inc(emb.len() as u64);
-        written.map_err(|e| {
-            write_err = Some(e);
-            deberta_embed::Error::Input("writing the output failed".into())
-        })
-    });
-    if let Some(e) = write_err {
-        return Err(e.context("writing output"));
-    }
-    r?;
+        Ok(())
+    })?;
     bar.finish_and_clear();
     w.flush().context("writing output")?;
     Ok(())
@@ -507,7 +498,6 @@ fn summarize(times: &mut [f64]) -> (f64, f64, f64) {
     (times[times.len() / 2], mean, times[0])
 }
 
-/// `bench --corpus`: raw text in, embeddings out, tokenization included.
 /// `bench --ops`: the CUDA kernel testbed (`backend::cuda::testbed`).
 #[cfg(feature = "cuda")]
 fn bench_ops(a: &BenchArgs, device: Device, precision: Precision) -> Result<()> {
@@ -579,6 +569,7 @@ fn bench_ops(_: &BenchArgs, _: Device, _: Precision) -> Result<()> {
     bail!("--ops times the CUDA kernels: this build has no CUDA support (rebuild with --features cuda)")
 }
 
+/// `bench --corpus`: raw text in, embeddings out, tokenization included.
 fn bench_corpus(
     a: &BenchArgs,
     corpus: &Path,
@@ -606,7 +597,7 @@ fn bench_corpus(
     for _ in 0..iters {
         // as `embed` runs: chunks, tokenization overlapped with a GPU's forward
         let t = Instant::now();
-        e.encode_chunked(&texts, CHUNK, |emb| {
+        e.encode_chunked(&texts, CHUNK, |emb| -> Result<()> {
             std::hint::black_box(emb);
             Ok(())
         })?;

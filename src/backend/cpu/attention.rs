@@ -786,6 +786,8 @@ pub fn attention_reference(
 mod tests {
     use super::*;
 
+    use crate::model::XorShift;
+
     #[test]
     fn tasks_cover_every_row_and_head_once() {
         let cases: [(&[usize], usize); 6] = [
@@ -817,7 +819,6 @@ mod tests {
             }
         }
     }
-    use crate::model::XorShift;
 
     fn check(
         lens: &[usize],

@@ -8,8 +8,8 @@
 //! [`DeviceRelPos`], whose constructors validate them on the host.
 //!
 //! Validated on an H200 (2026-11-27, docs/CUDA.md section 4) except the later additions:
-//! attention v2, graph capture / replay and the one-copy batch upload compile and are
-//! unit-tested on the host but have not run on a GPU yet.
+//! attention v2, graph capture / replay, the one-copy batch upload and the testbed's
+//! `mma_peak` probe compile and are unit-tested on the host but have not run on a GPU yet.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};

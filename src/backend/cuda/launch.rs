@@ -191,28 +191,25 @@ impl BatchImage {
         if p.pos.len() != t || p.len.len() != t || p.cu_seqlens.is_empty() {
             return Err(Error::Device("inconsistent packed batch".into()));
         }
-        let tiles = p.tiles.iter().flatten();
-        let words: [Vec<u32>; 5] = [
-            p.ids.clone(),
-            p.pos.iter().map(|&v| v as u32).collect(),
-            p.len.iter().map(|&v| v as u32).collect(),
-            p.cu_seqlens.iter().map(|&v| v as u32).collect(),
-            tiles.map(|&v| v as u32).collect(),
-        ];
+        let counts = [t, t, t, p.cu_seqlens.len(), 4 * p.tiles.len()];
         let mut parts = [(0, 0); 5];
         let mut end = 0usize;
-        for (part, w) in parts.iter_mut().zip(&words) {
+        for (part, &n) in parts.iter_mut().zip(&counts) {
             let start = end.next_multiple_of(BATCH_PART_ALIGN);
-            *part = (start, 4 * w.len());
-            end = start + 4 * w.len();
+            *part = (start, 4 * n);
+            end = start + 4 * n;
         }
         let mut bytes = vec![0u8; end];
-        for (&(start, len), w) in parts.iter().zip(&words) {
-            let dst = &mut bytes[start..start + len];
-            for (d, v) in dst.chunks_exact_mut(4).zip(w) {
+        let mut put = |(start, len): (usize, usize), values: &mut dyn Iterator<Item = u32>| {
+            for (d, v) in bytes[start..start + len].chunks_exact_mut(4).zip(values) {
                 d.copy_from_slice(&v.to_le_bytes());
             }
-        }
+        };
+        put(parts[0], &mut p.ids.iter().copied());
+        put(parts[1], &mut p.pos.iter().map(|&v| v as u32));
+        put(parts[2], &mut p.len.iter().map(|&v| v as u32));
+        put(parts[3], &mut p.cu_seqlens.iter().map(|&v| v as u32));
+        put(parts[4], &mut p.tiles.iter().flatten().map(|&v| v as u32));
         Ok(BatchImage { bytes, parts })
     }
 }
