@@ -95,7 +95,50 @@ pub(super) unsafe fn avx512_kernel<T: PanelElem>(
         by_mr!(
             mr,
             avx512_tile::<_, T>,
-            (kc, a, b, c, ldc, nr, accumulate),
+            (kc, a, b, c, ldc, nr, accumulate, None),
+            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+        )
+    }
+}
+
+/// W that a later micro-kernel call will read, requested into L2 while this call computes:
+/// `lines` cache lines per k-step, from `at` on (k-step `p` asks for the lines at
+/// `at + p * 16 * lines` floats). Used where the product is bound by the DRAM stream of W (one
+/// or two x panels), so that no call runs without a request for the next one in flight.
+#[derive(Clone, Copy)]
+pub(super) struct Stream {
+    /// first float of the W to request (only prefetched, never read: may be any address)
+    pub at: *const f32,
+    /// lines per k-step: `kc` k-steps request `kc * lines` lines (`kc * lines * 64` bytes)
+    pub lines: usize,
+}
+
+/// `avx512_kernel` on f32 panels, prefetching `stream` instead of its own W a few k-steps
+/// ahead (the W it reads was requested by the call before it).
+///
+/// # Safety
+/// As `avx512_kernel` (`stream` is only prefetched, so it may point anywhere).
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn avx512_kernel_streaming(
+    mr: usize,
+    kc: usize,
+    a: &[f32],
+    b: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    nr: usize,
+    accumulate: bool,
+    stream: Stream,
+) {
+    assert!(mr * kc <= a.len() && kc * NR <= b.len() && (1..=NR).contains(&nr));
+    let (a, b) = (a.as_ptr(), b.as_ptr());
+    // SAFETY: the operand lengths were just checked; the rest is this function's contract.
+    unsafe {
+        by_mr!(
+            mr,
+            avx512_tile::<_, f32>,
+            (kc, a, b, c, ldc, nr, accumulate, Some(stream)),
             [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
         )
     }
@@ -114,19 +157,31 @@ unsafe fn avx512_tile<const MR: usize, T: PanelElem>(
     ldc: usize,
     nr: usize,
     accumulate: bool,
+    stream: Option<Stream>,
 ) {
     let mut lo = [_mm512_setzero_ps(); MR];
     let mut hi = [_mm512_setzero_ps(); MR];
     // SAFETY: for p < kc, `b + p * NR .. + NR` and `a + p * MR .. + MR` are inside the operands
     // (caller: `b` has kc * NR floats, `a` MR * kc); unaligned loads have no alignment need.
-    // The prefetch address may lie past the operand: it is formed with `wrapping_add` (no
-    // out-of-bounds pointer arithmetic) and a prefetch never faults or reads into the program.
+    // The prefetch addresses may lie past the operand (or anywhere, for `stream`): they are
+    // formed with `wrapping_add` (no out-of-bounds pointer arithmetic) and a prefetch never
+    // faults or reads into the program.
     unsafe {
         for p in 0..kc {
             let bp = b.add(p * NR);
             let ap = a.add(p * MR);
-            // W streams from L2 (or DRAM): ask for it a few k-steps before it is needed.
-            T::prefetch(bp.wrapping_add(PF_AHEAD));
+            match stream {
+                // W streams from L2 (or DRAM): ask for it a few k-steps before it is needed.
+                None => T::prefetch(bp.wrapping_add(PF_AHEAD)),
+                // The next call's W, into L2 (T1): this call's own W was asked for by the
+                // call before it.
+                Some(Stream { at, lines }) => {
+                    let at = at.wrapping_add(p * 16 * lines);
+                    for l in 0..lines {
+                        _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(16 * l).cast());
+                    }
+                }
+            }
             let (b0, b1) = T::load_row(bp);
             for r in 0..MR {
                 let av = _mm512_set1_ps(*ap.add(r));
