@@ -41,6 +41,8 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
+use super::ops::GELU_LANES;
+
 /// Dispatch an `mr` known at run time to a const-generic kernel `$f::<MR>`.
 macro_rules! by_mr {
     ($mr:expr, $f:ident, $args:tt, [$($n:literal),*]) => {
@@ -589,7 +591,17 @@ fn apply_epilogue_row<const FMA: bool>(
         }
         Epilogue::BiasGelu(b) => {
             for (o, &bj) in row.iter_mut().zip(&b[j0..j0 + len]) {
-                *o = super::ops::gelu_with::<FMA>(*o + bj);
+                *o += bj;
+            }
+            // GELU_LANES values at a time (independent dependency chains), the rest one by one
+            let mut chunks = row.chunks_exact_mut(GELU_LANES);
+            for ch in &mut chunks {
+                if let Ok(ch) = <&mut [f32; GELU_LANES]>::try_from(ch) {
+                    super::ops::gelu_lanes::<FMA>(ch);
+                }
+            }
+            for o in chunks.into_remainder() {
+                *o = super::ops::gelu_with::<FMA>(*o);
             }
         }
         Epilogue::BiasResidual(b, r) => {

@@ -16,24 +16,61 @@ pub fn gelu(x: f32) -> f32 {
 /// is bit-identical to [`gelu`].
 #[inline(always)]
 pub fn gelu_with<const FMA: bool>(x: f32) -> f32 {
-    const ERFC: [f32; 10] = [
-        0.170_872_77,
-        -0.822_152_23,
-        1.488_515_9,
-        -1.135_204,
-        0.278_868_07,
-        -0.186_288_06,
-        0.096_784_18,
-        0.374_091_96,
-        1.000_023_7,
-        -1.265_512_2,
-    ];
     let z = (x * std::f32::consts::FRAC_1_SQRT_2).abs();
     let t = 1.0 / (1.0 + 0.5 * z);
     let poly = horner::<FMA>(t, &ERFC);
     let erfc = t * exp_with::<FMA>(poly - z * z);
     let one_plus_erf = if x >= 0.0 { 2.0 - erfc } else { erfc };
     0.5 * x * one_plus_erf
+}
+
+/// Numerical Recipes' Chebyshev fit: `erfc(z) = t exp(-z^2 + poly(t))`, `t = 1 / (1 + z/2)`.
+const ERFC: [f32; 10] = [
+    0.170_872_77,
+    -0.822_152_23,
+    1.488_515_9,
+    -1.135_204,
+    0.278_868_07,
+    -0.186_288_06,
+    0.096_784_18,
+    0.374_091_96,
+    1.000_023_7,
+    -1.265_512_2,
+];
+
+/// Values per [`gelu_lanes`] call: four 16-lane vectors.
+pub const GELU_LANES: usize = 64;
+
+/// [`gelu_with`] on [`GELU_LANES`] values, each step applied to all of them before the next:
+/// every step is a short loop the compiler turns into independent vector instructions, so one
+/// GELU's long dependency chain (a division, two polynomials, `exp`) overlaps with three others
+/// instead of running alone (a plain loop over `gelu_with` waits on the chain: ~1.6 ns per
+/// value with AVX-512). The same operations per value in the same order: bit-identical to
+/// [`gelu_with`].
+#[inline(always)]
+pub fn gelu_lanes<const FMA: bool>(x: &mut [f32; GELU_LANES]) {
+    const N: usize = GELU_LANES;
+    let z: [f32; N] = std::array::from_fn(|i| (x[i] * std::f32::consts::FRAC_1_SQRT_2).abs());
+    let t: [f32; N] = std::array::from_fn(|i| 1.0 / (1.0 + 0.5 * z[i]));
+    let mut e = [ERFC[0]; N];
+    for &c in &ERFC[1..] {
+        for i in 0..N {
+            e[i] = if FMA {
+                e[i].mul_add(t[i], c)
+            } else {
+                e[i] * t[i] + c
+            };
+        }
+    }
+    for i in 0..N {
+        e[i] -= z[i] * z[i];
+    }
+    exp_lanes::<FMA, N>(&mut e);
+    for i in 0..N {
+        let erfc = t[i] * e[i];
+        let one_plus_erf = if x[i] >= 0.0 { 2.0 - erfc } else { erfc };
+        x[i] = 0.5 * x[i] * one_plus_erf;
+    }
 }
 
 /// `c[0] x^(n-1) + ... + c[n-1]`, innermost first.
@@ -62,20 +99,6 @@ pub fn exp(x: f32) -> f32 {
 /// [`exp`], with fused multiply-adds in the polynomial when `FMA` (see [`gelu_with`]).
 #[inline(always)]
 pub fn exp_with<const FMA: bool>(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
-    const TAYLOR: [f32; 8] = [
-        1.0 / 5040.0,
-        1.0 / 720.0,
-        1.0 / 120.0,
-        1.0 / 24.0,
-        1.0 / 6.0,
-        0.5,
-        1.0,
-        1.0,
-    ];
     let x = x.clamp(-87.0, 88.0);
     let kr = x * LOG2E + ROUND;
     let k = kr - ROUND;
@@ -86,6 +109,47 @@ pub fn exp_with<const FMA: bool>(x: f32) -> f32 {
     let p = horner::<FMA>(r, &TAYLOR);
     let scale = f32::from_bits(((ki + 127) as u32) << 23);
     p * scale
+}
+
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+const LN2_HI: f32 = 0.693_145_75;
+const LN2_LO: f32 = 1.428_606_8e-6;
+/// 1.5 * 2^23: adding it rounds to an integer
+const ROUND: f32 = 12_582_912.0;
+const TAYLOR: [f32; 8] = [
+    1.0 / 5040.0,
+    1.0 / 720.0,
+    1.0 / 120.0,
+    1.0 / 24.0,
+    1.0 / 6.0,
+    0.5,
+    1.0,
+    1.0,
+];
+
+/// [`exp_with`] on N values, step by step (see [`gelu_lanes`]); bit-identical to it.
+#[inline(always)]
+fn exp_lanes<const FMA: bool, const N: usize>(v: &mut [f32; N]) {
+    let x: [f32; N] = std::array::from_fn(|i| v[i].clamp(-87.0, 88.0));
+    let kr: [f32; N] = std::array::from_fn(|i| x[i] * LOG2E + ROUND);
+    let r: [f32; N] = std::array::from_fn(|i| {
+        let k = kr[i] - ROUND;
+        x[i] - k * LN2_HI - k * LN2_LO
+    });
+    let mut p = [TAYLOR[0]; N];
+    for &c in &TAYLOR[1..] {
+        for i in 0..N {
+            p[i] = if FMA {
+                p[i].mul_add(r[i], c)
+            } else {
+                p[i] * r[i] + c
+            };
+        }
+    }
+    for i in 0..N {
+        let ki = kr[i].to_bits() as i32 - ROUND.to_bits() as i32;
+        v[i] = p[i] * f32::from_bits(((ki + 127) as u32) << 23);
+    }
 }
 
 use rayon::prelude::*;
@@ -275,6 +339,28 @@ mod tests {
                 ((got - want) / want).abs() < 1e-5,
                 "x = {x}: {got} vs {want}"
             );
+        }
+    }
+
+    #[test]
+    fn gelu_lanes_is_bit_identical_to_gelu_with() {
+        // -12 .. 12 in steps that are not a lane multiple, the saturated tails, signed zeros
+        let mut xs: Vec<f32> = (0..24 * 97).map(|i| -12.0 + i as f32 / 97.0).collect();
+        xs.extend([0.0, -0.0, 1e-30, -1e-30, 40.0, -40.0, 200.0, -200.0]);
+        xs.resize(xs.len().next_multiple_of(GELU_LANES), 0.5);
+        for ch in xs.chunks_exact(GELU_LANES) {
+            let mut a: [f32; GELU_LANES] = ch.try_into().expect("chunk");
+            let mut b = a;
+            gelu_lanes::<false>(&mut a);
+            gelu_lanes::<true>(&mut b);
+            for ((&x, &g), &gf) in ch.iter().zip(&a).zip(&b) {
+                assert_eq!(g.to_bits(), gelu(x).to_bits(), "x = {x}");
+                assert_eq!(
+                    gf.to_bits(),
+                    gelu_with::<true>(x).to_bits(),
+                    "x = {x} (fma)"
+                );
+            }
         }
     }
 
