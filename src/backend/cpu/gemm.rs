@@ -23,16 +23,24 @@
 //! * **Blocking**: k is split into blocks of `KC` (k itself when k <= 512, else even blocks of
 //!   about 384: 1536 -> 4 x 384), so one x panel (14 x 384 x 4 B = 21 KB) fits the 32 KB L1
 //!   while the micro-kernel streams the W panels of an n-block (`NC x KC` <= 256 x 512 x 4 B)
-//!   from the 1 MB L2, prefetching W 8 k-steps ahead; the packed x block (m-block of at most
-//!   8 panels = 112 rows) is L2-resident too. Later k-blocks add into `out`.
+//!   from the 1 MB L2, prefetching W 24 k-steps (3 KB) ahead; the packed x block (m-block of at
+//!   most 8 panels = 112 rows) is L2-resident too. Later k-blocks add into `out`.
+//! * **Small m** (one or two x panels, e.g. m = 16, one sentence): the product waits on W
+//!   coming from DRAM (16 flops per 4-byte weight), so `TaskCtx::run_streaming` walks each W
+//!   panel once, both x panels back to back, and every micro-kernel call requests into L2 its
+//!   share of the micro-panel that comes next (the next panel, the next k-block, or the first
+//!   panel of the tile this thread claimed next) instead of its own W a few k-steps ahead: a
+//!   request for W is always in flight, also while the epilogue runs.
 //! * **Parallelism**: tiles are (m-block, n-group) pairs. m is split first (blocks of >= 2
-//!   panels, about four tiles per thread); when m is too small for that (m = 16: one sentence)
+//!   panels, about two tiles per thread); when m is too small for that (m = 16: one sentence)
 //!   the columns are split into n-groups too, and x is packed once up front for all of them.
 //!   The calling thread and `threads - 1` rayon helpers claim pack units, then tiles, from
-//!   atomic counters (see `run_jobs`), so a small GEMM does not wait for workers to wake up.
-//!   Each tile owns a disjoint rectangle of `out`.
+//!   atomic counters (see `run_jobs`; each claims its next tile when it starts one), so a
+//!   small GEMM does not wait for workers to wake up. Each tile owns a disjoint rectangle of
+//!   `out`.
 //! * **Epilogue**: applied to each micro-tile right after its last k-block is written, while the
-//!   tile is still in L1 (bias; bias + exact GELU via [`super::ops::gelu`]; bias + residual).
+//!   tile is still in L1 (bias; bias + exact GELU via [`super::ops::gelu_lanes`], 64 values at
+//!   a time; bias + residual).
 //!
 //! Numerics: fp32 multiply-add with fp32 accumulators; only the summation order differs from the
 //! naive loop ([`reference_linear`]).
@@ -380,7 +388,7 @@ pub fn linear_with(
         ep,
         out: SharedPtr(out.as_mut_ptr()),
     };
-    let tile = |t: usize| ctx.run(t / plan.n_groups, t % plan.n_groups);
+    let tile = |t: usize, _next: Option<usize>| ctx.run(t / plan.n_groups, t % plan.n_groups, None);
     if plan.n_groups == 1 {
         // Each tile packs its own rows of x, one k-block at a time (cache-friendly).
         run_jobs(plan.threads, 0, &|_| {}, tiles, &tile);
@@ -406,7 +414,14 @@ pub fn linear_with(
             };
             let k_blocks = k.div_ceil(plan.kc);
             let pack = |u: usize| ctx.pack_unit(u / k_blocks, u % k_blocks);
-            let tile = |t: usize| ctx.run(t / plan.n_groups, t % plan.n_groups);
+            // (the tile a participant runs next, so that it can request that tile's W early)
+            let tile = |t: usize, next: Option<usize>| {
+                ctx.run(
+                    t / plan.n_groups,
+                    t % plan.n_groups,
+                    next.map(|u| u % plan.n_groups),
+                )
+            };
             run_jobs(plan.threads, plan.m_blocks * k_blocks, &pack, tiles, &tile);
         });
     }
@@ -417,17 +432,19 @@ pub fn linear_with(
 /// participant claims the next job from a shared counter, so the caller starts at once and a
 /// helper that wakes up late simply finds less left to do; the caller spins (rather than
 /// sleeps) for jobs still running on helpers, which matters for GEMMs of a few microseconds.
-fn run_jobs(
+/// A participant claims its next tile when it starts one, and `tile(t, next)` is told it
+/// (`None`: t is its last), so a tile can request the next one's data while it finishes.
+pub(crate) fn run_jobs(
     threads: usize,
     units: usize,
     unit: &(dyn Fn(usize) + Sync),
     tiles: usize,
-    tile: &(dyn Fn(usize) + Sync),
+    tile: &(dyn Fn(usize, Option<usize>) + Sync),
 ) {
     let helpers = threads.min(tiles).saturating_sub(1);
     if helpers == 0 {
         (0..units).for_each(unit);
-        (0..tiles).for_each(tile);
+        (0..tiles).for_each(|t| tile(t, (t + 1 < tiles).then_some(t + 1)));
         return;
     }
     let (next_unit, units_done) = (AtomicUsize::new(0), AtomicUsize::new(0));
@@ -449,13 +466,12 @@ fn run_jobs(
         if !spin_until(|| units_done.load(Ordering::Acquire) >= units, &failed) {
             return;
         }
-        loop {
-            let t = next_tile.fetch_add(1, Ordering::Relaxed);
-            if t >= tiles {
-                break;
-            }
-            tile(t);
+        let mut t = next_tile.fetch_add(1, Ordering::Relaxed);
+        while t < tiles {
+            let after = next_tile.fetch_add(1, Ordering::Relaxed);
+            tile(t, (after < tiles).then_some(after));
             tiles_done.fetch_add(1, Ordering::Release);
+            t = after;
         }
     };
     rayon::in_place_scope(|s| {
@@ -836,18 +852,28 @@ impl TaskCtx<'_> {
     }
 
     /// Compute tile (`mb`, `ng`): the rows of m-block `mb`, the columns of n-group `ng`.
-    fn run(&self, mb: usize, ng: usize) {
+    /// `next_ng`: the n-group of the tile this thread runs next, if known.
+    fn run(&self, mb: usize, ng: usize, next_ng: Option<usize>) {
         // Re-entered on this thread (cannot happen today: the tile body never yields to
         // rayon): use private buffers rather than panic.
         X_PACK.with(|xc| {
             W_WIDE.with(|wc| match (xc.try_borrow_mut(), wc.try_borrow_mut()) {
-                (Ok(mut xbuf), Ok(mut wbuf)) => self.run_with(mb, ng, &mut xbuf, &mut wbuf),
-                _ => self.run_with(mb, ng, &mut Vec::new(), &mut Vec::new()),
+                (Ok(mut xbuf), Ok(mut wbuf)) => {
+                    self.run_with(mb, ng, next_ng, &mut xbuf, &mut wbuf)
+                }
+                _ => self.run_with(mb, ng, next_ng, &mut Vec::new(), &mut Vec::new()),
             })
         })
     }
 
-    fn run_with(&self, mb: usize, ng: usize, buf: &mut Vec<f32>, wide: &mut Vec<f32>) {
+    fn run_with(
+        &self,
+        mb: usize,
+        ng: usize,
+        next_ng: Option<usize>,
+        buf: &mut Vec<f32>,
+        wide: &mut Vec<f32>,
+    ) {
         let p = self.plan;
         let (n, k) = (self.n, self.k);
         let i0 = mb * p.mc;
@@ -858,7 +884,7 @@ impl TaskCtx<'_> {
         #[cfg(target_arch = "x86_64")]
         if let (Some(xp), WPanels::F32(w), SimdLevel::Avx512) = (self.xp, self.w, self.level) {
             if panels.count <= 2 {
-                return self.run_streaming(xp, w, i0, g0, g1, panels);
+                return self.run_streaming(xp, w, mb, ng, next_ng);
             }
         }
 
@@ -962,24 +988,28 @@ impl TaskCtx<'_> {
 }
 
 impl TaskCtx<'_> {
-    /// Tile rows `i0 ..` (one or two x panels), n-group panels `g0 .. g1`, for a product this
-    /// small the W stream from DRAM is what it waits on (m = 16: 16 flops per 4-byte weight).
-    /// So each W panel is read once, by both x panels back to back (the second from L1 / L2),
-    /// and every micro-kernel call requests into L2 its share of the panel that comes next in
-    /// the tile (first x panel: the first half, second: the rest), instead of its own W a few
-    /// k-steps ahead: the DRAM stream never waits on the arithmetic. Order: k-block, then panel.
+    /// Tile (`mb`, `ng`) when its m-block is one or two x panels: for a product this small
+    /// the W stream from DRAM is what it waits on (m = 16: 16 flops per 4-byte weight). So each
+    /// W panel is read once, by both x panels back to back (the second from L1 / L2), and every
+    /// micro-kernel call requests into L2 its share of the micro-panel that comes next (first x
+    /// panel: the first half, second: the rest), instead of its own W a few k-steps ahead: the
+    /// DRAM stream never waits on the arithmetic. After the tile's last micro-panel comes the
+    /// first of n-group `next_ng`, the tile this thread runs next. Order: k-block, then panel.
     #[cfg(target_arch = "x86_64")]
     fn run_streaming(
         &self,
         xp: SharedPtr,
         w: &[f32],
-        i0: usize,
-        g0: usize,
-        g1: usize,
-        panels: Panels,
+        mb: usize,
+        ng: usize,
+        next_ng: Option<usize>,
     ) {
         let (p, n, k) = (self.plan, self.n, self.k);
-        let rows = p.block_rows(self.m, i0 / p.mc);
+        let (i0, rows) = (mb * p.mc, p.block_rows(self.m, mb));
+        let panels = Panels::new(rows, p.mr);
+        let g0 = ng * p.ng_panels;
+        let g1 = (g0 + p.ng_panels).min(n.div_ceil(NR));
+        let next_tile = next_ng.map(|u| u * p.ng_panels);
         let mut pc = 0;
         while pc < k {
             let kc = p.kc.min(k - pc);
@@ -996,7 +1026,7 @@ impl TaskCtx<'_> {
                 } else if pc + kc < k {
                     Some(g0 * k + pc + kc)
                 } else {
-                    None
+                    next_tile.map(|q| q * k)
                 };
                 for t in 0..panels.count {
                     let (r0, mr) = (panels.start(t), panels.rows(t));

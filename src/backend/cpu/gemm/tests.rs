@@ -262,6 +262,7 @@ fn run_jobs_runs_units_before_tiles_once_each() {
         for (units, tiles) in [(0, 1), (0, 9), (1, 1), (3, 2), (7, 40)] {
             let unit_runs: Vec<AtomicUsize> = (0..units).map(|_| AtomicUsize::new(0)).collect();
             let tile_runs: Vec<AtomicUsize> = (0..tiles).map(|_| AtomicUsize::new(0)).collect();
+            let hinted: Vec<AtomicUsize> = (0..tiles).map(|_| AtomicUsize::new(0)).collect();
             let units_seen = AtomicUsize::new(0);
             pool.install(|| {
                 run_jobs(
@@ -272,7 +273,11 @@ fn run_jobs_runs_units_before_tiles_once_each() {
                         units_seen.fetch_add(1, Ordering::SeqCst);
                     },
                     tiles,
-                    &|t| {
+                    &|t, next| {
+                        if let Some(n) = next {
+                            assert!(n > t && n < tiles, "next tile {n} after {t} of {tiles}");
+                            hinted[n].fetch_add(1, Ordering::SeqCst);
+                        }
                         assert_eq!(
                             units_seen.load(Ordering::SeqCst),
                             units,
@@ -284,6 +289,8 @@ fn run_jobs_runs_units_before_tiles_once_each() {
             });
             assert!(unit_runs.iter().all(|c| c.load(Ordering::SeqCst) == 1));
             assert!(tile_runs.iter().all(|c| c.load(Ordering::SeqCst) == 1));
+            // a tile is announced as the next one of at most one participant
+            assert!(hinted.iter().all(|c| c.load(Ordering::SeqCst) <= 1));
         }
     }
 }
@@ -299,7 +306,7 @@ fn run_jobs_propagates_panics_without_hanging() {
                         4,
                         &|u| assert!(!(in_unit && u == 2), "unit 2 fails"),
                         6,
-                        &|t| assert!(in_unit || t != 3, "tile 3 fails"),
+                        &|t, _| assert!(in_unit || t != 3, "tile 3 fails"),
                     )
                 })
             }));
