@@ -156,6 +156,16 @@ fn gemm_bf16_storage() {
 }
 
 #[test]
+fn gemm_small_m_paths() {
+    // Big enough to run in parallel with the columns split into groups: up to 28 rows are one
+    // or two x panels (`run_streaming`, panel-size edges 1, 3, 14 / 15 -> 8 + 7), 29 is
+    // three (the blocked loop); k = 1536 is four k-blocks, n = 1150 ends in a partial panel.
+    for m in [1, 3, 14, 15, 16, 28, 29] {
+        check_shape(m, 1150, 1536);
+    }
+}
+
+#[test]
 fn gemm_odd_shapes() {
     // Edge panels of every height for each level, n-edges of every width, k = 0 and long k.
     for m in [3, 5, 13, 14, 15, 28, 29, 113, 250] {
