@@ -6,6 +6,8 @@
 //! kernel level this CPU runs, or the levels in `GEMM_LEVELS=avx512,avx2,portable`), then runs
 //! the criterion benchmarks on the dispatched level. `GEMM_QUICK=1` prints the summary only.
 //! Each shape is first checked against the naive reference on a few rows (check, then time).
+//! The summary also times the 48 GEMMs of one 16-token forward with cold (DRAM) weights, in
+//! GB/s of weights read: the figure the small-m path is tuned for.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -166,6 +168,7 @@ fn summary() {
             }
         }
     }
+    cold_forward_gemms(&levels);
     // The FFN-up epilogue: bias + exact erf GELU per element.
     let level = simd_level();
     let mut case = Case::new(4096, 384, 1536);
@@ -175,6 +178,55 @@ fn summary() {
         secs * 1e6,
         case.flops() as f64 / secs * 1e-9
     );
+}
+
+/// The 48 GEMMs of one 16-token forward (12 layers x the 4 Linear shapes, each with its own
+/// weights: 85 MB, so every pass reads them from DRAM, as the model does), with the model's
+/// epilogues (bias, bias + residual, bias + GELU). The time per pass and the weight bytes per
+/// second: at m = 16 this is bound by the W stream, not by the arithmetic.
+fn cold_forward_gemms(levels: &[SimdLevel]) {
+    const LAYERS: usize = 12;
+    let m = 16;
+    let weights: Vec<Vec<PackedWeight>> = (0..LAYERS)
+        .map(|l| {
+            KN.iter()
+                .map(|&(k, n)| PackedWeight::new(&fill(n * k, 100 + l as u64), n, k))
+                .collect()
+        })
+        .collect();
+    let bytes: usize = KN.iter().map(|&(k, n)| 4 * n * k).sum::<usize>() * LAYERS;
+    let (x, bias, res) = (fill(m * 1536, 5), fill(1536, 6), fill(m * 1536, 7));
+    let mut out = vec![0.0f32; m * 1536];
+    for &level in levels {
+        let mut pass = || {
+            for layer in &weights {
+                for (i, (&(k, n), w)) in KN.iter().zip(layer).enumerate() {
+                    let ep = match i {
+                        0 => Epilogue::Bias(&bias[..n]),
+                        2 => Epilogue::BiasGelu(&bias[..n]),
+                        _ => Epilogue::BiasResidual(&bias[..n], &res[..m * n]),
+                    };
+                    linear_with(level, &x[..m * k], m, w, ep, &mut out[..m * n]);
+                }
+            }
+            black_box(&mut out);
+        };
+        pass();
+        let mut secs: Vec<f64> = (0..31)
+            .map(|_| {
+                let t = Instant::now();
+                pass();
+                t.elapsed().as_secs_f64()
+            })
+            .collect();
+        secs.sort_by(f64::total_cmp);
+        let s = secs[secs.len() / 2];
+        println!(
+            "gemm 48 Linear layers of a 16-token forward, weights cold [{level:>8}]: {:>7.2} ms  {:>5.1} GB/s of weights",
+            s * 1e3,
+            bytes as f64 / s * 1e-9
+        );
+    }
 }
 
 fn criterion_benches(c: &mut Criterion) {

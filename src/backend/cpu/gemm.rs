@@ -32,8 +32,9 @@
 //!   panel of the tile this thread claimed next) instead of its own W a few k-steps ahead: a
 //!   request for W is always in flight, also while the epilogue runs.
 //! * **Parallelism**: tiles are (m-block, n-group) pairs. m is split first (blocks of >= 2
-//!   panels, about two tiles per thread); when m is too small for that (m = 16: one sentence)
-//!   the columns are split into n-groups too, and x is packed once up front for all of them.
+//!   panels, about four tiles per thread); when m is too small for that (m = 16: one sentence)
+//!   the columns are split into n-groups too (about two tiles per thread), and x is packed
+//!   once up front for all of them.
 //!   The calling thread and `threads - 1` rayon helpers claim pack units, then tiles, from
 //!   atomic counters (see `run_jobs`; each claims its next tile when it starts one), so a
 //!   small GEMM does not wait for workers to wake up. Each tile owns a disjoint rectangle of
@@ -660,9 +661,12 @@ const NC_PANELS: usize = 8;
 const MIN_BLOCK_PANELS: usize = 2;
 /// Below this many flops the whole product runs on the calling thread.
 const PARALLEL_MIN_FLOPS: usize = 1 << 21;
-/// Tiles wanted per thread, for load balance. (Two, not more: at m = 16 every tile's first
-/// W panel starts a fresh DRAM stream, and four tiles per thread measured ~7% slower.)
-const TILES_PER_THREAD: usize = 2;
+/// Tiles wanted per thread, for load balance, when m is split into blocks.
+const TILES_PER_THREAD: usize = 4;
+/// Tiles wanted per thread when m is too small to split and the columns are split instead
+/// (m = 16: one sentence). Two, not four: each tile is one DRAM stream of W, and four per
+/// thread measured ~7% slower.
+const COLUMN_TILES_PER_THREAD: usize = 2;
 
 /// How one product is cut into blocks and parallel tiles. A tile is (m-block, n-group): it packs
 /// its rows of x once per k-block and sweeps its n-group in n-blocks of at most `NC_PANELS`.
@@ -692,10 +696,13 @@ impl Plan {
         };
         let n_panels = n.div_ceil(NR);
         let parallel = threads > 1 && 2 * m * n * k >= PARALLEL_MIN_FLOPS;
-        let want = if parallel {
-            TILES_PER_THREAD * threads
+        let (want, want_columns) = if parallel {
+            (
+                TILES_PER_THREAD * threads,
+                COLUMN_TILES_PER_THREAD * threads,
+            )
         } else {
-            1
+            (1, 1)
         };
         // m-blocks of at most MC_PANELS full panels; for parallelism, more blocks as long as
         // each keeps MIN_BLOCK_PANELS panels (W is re-read from L3 once per m-block).
@@ -704,7 +711,7 @@ impl Plan {
             .max(want.min(m / (MIN_BLOCK_PANELS * mr)))
             .max(1);
         // Still too few tiles (small m): split the columns into groups as well.
-        let n_groups = n_panels.min(want.div_ceil(m_blocks));
+        let n_groups = n_panels.min(want_columns.div_ceil(m_blocks));
         let mc = m.div_ceil(m_blocks);
         let m_blocks = m.div_ceil(mc);
         let ng_panels = n_panels.div_ceil(n_groups);
