@@ -435,7 +435,7 @@ pub fn linear_with(
 /// sleeps) for jobs still running on helpers, which matters for GEMMs of a few microseconds.
 /// A participant claims its next tile when it starts one, and `tile(t, next)` is told it
 /// (`None`: t is its last), so a tile can request the next one's data while it finishes.
-pub(crate) fn run_jobs(
+fn run_jobs(
     threads: usize,
     units: usize,
     unit: &(dyn Fn(usize) + Sync),
