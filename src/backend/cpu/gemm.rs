@@ -968,7 +968,7 @@ impl TaskCtx<'_> {
                                 #[cfg(target_arch = "x86_64")]
                                 BlockSrc::Bf16(w) => {
                                     let b = &w[(q * k + pc) * NR..][..kc * NR];
-                                    x86::avx512_kernel(mr, kc, a, b, c, n, nr, !first);
+                                    x86::avx512_kernel(mr, kc, a, b, c, n, nr, !first, None);
                                 }
                             }
                         }
@@ -1057,7 +1057,7 @@ impl TaskCtx<'_> {
                     // previous k-block.
                     unsafe {
                         let c = self.out.0.add((i0 + r0) * n + j0);
-                        x86::avx512_kernel_streaming(mr, kc, a, b, c, n, nr, pc > 0, stream);
+                        x86::avx512_kernel(mr, kc, a, b, c, n, nr, pc > 0, Some(stream));
                     }
                 }
             }
@@ -1109,7 +1109,9 @@ unsafe fn micro_kernel(
         SimdLevel::Avx2 => unsafe { x86::avx2_kernel(mr, kc, a, b, c, ldc, nr, accumulate) },
         // SAFETY: forwarded contract; `level` is available, i.e. AVX-512F was detected.
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => unsafe { x86::avx512_kernel(mr, kc, a, b, c, ldc, nr, accumulate) },
+        SimdLevel::Avx512 => unsafe {
+            x86::avx512_kernel(mr, kc, a, b, c, ldc, nr, accumulate, None)
+        },
         #[cfg(not(target_arch = "x86_64"))]
         SimdLevel::Avx2 | SimdLevel::Avx512 => unreachable!("x86 level on a non-x86 CPU"),
         // SAFETY: forwarded contract; `level` is available, i.e. NEON was detected.

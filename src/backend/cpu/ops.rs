@@ -52,16 +52,7 @@ pub fn gelu_lanes<const FMA: bool>(x: &mut [f32; GELU_LANES]) {
     const N: usize = GELU_LANES;
     let z: [f32; N] = std::array::from_fn(|i| (x[i] * std::f32::consts::FRAC_1_SQRT_2).abs());
     let t: [f32; N] = std::array::from_fn(|i| 1.0 / (1.0 + 0.5 * z[i]));
-    let mut e = [ERFC[0]; N];
-    for &c in &ERFC[1..] {
-        for i in 0..N {
-            e[i] = if FMA {
-                e[i].mul_add(t[i], c)
-            } else {
-                e[i] * t[i] + c
-            };
-        }
-    }
+    let mut e = horner_lanes::<FMA, N>(&t, &ERFC);
     for i in 0..N {
         e[i] -= z[i] * z[i];
     }
@@ -71,6 +62,19 @@ pub fn gelu_lanes<const FMA: bool>(x: &mut [f32; GELU_LANES]) {
         let one_plus_erf = if x[i] >= 0.0 { 2.0 - erfc } else { erfc };
         x[i] = 0.5 * x[i] * one_plus_erf;
     }
+}
+
+/// [`horner`] on N values, one coefficient step across all of them at a time (see
+/// [`gelu_lanes`]); bit-identical to it.
+#[inline(always)]
+fn horner_lanes<const FMA: bool, const N: usize>(x: &[f32; N], c: &[f32]) -> [f32; N] {
+    let mut acc = [c[0]; N];
+    for &ci in &c[1..] {
+        for (a, &xi) in acc.iter_mut().zip(x) {
+            *a = if FMA { a.mul_add(xi, ci) } else { *a * xi + ci };
+        }
+    }
+    acc
 }
 
 /// `c[0] x^(n-1) + ... + c[n-1]`, innermost first.
@@ -136,16 +140,7 @@ fn exp_lanes<const FMA: bool, const N: usize>(v: &mut [f32; N]) {
         let k = kr[i] - ROUND;
         x[i] - k * LN2_HI - k * LN2_LO
     });
-    let mut p = [TAYLOR[0]; N];
-    for &c in &TAYLOR[1..] {
-        for i in 0..N {
-            p[i] = if FMA {
-                p[i].mul_add(r[i], c)
-            } else {
-                p[i] * r[i] + c
-            };
-        }
-    }
+    let p = horner_lanes::<FMA, N>(&r, &TAYLOR);
     for i in 0..N {
         let ki = kr[i].to_bits() as i32 - ROUND.to_bits() as i32;
         v[i] = p[i] * f32::from_bits(((ki + 127) as u32) << 23);

@@ -70,37 +70,6 @@ impl PanelElem for u16 {
     }
 }
 
-/// AVX-512 micro-kernel, see `super::micro_kernel` for the contract.
-///
-/// # Safety
-/// AVX-512F must be available; `1 <= mr <= AVX512_MR`, `1 <= nr <= NR`, `a.len() >= mr * kc`,
-/// `b.len() >= kc * NR`; `c` valid for reads (if `accumulate`) and writes of the `mr x nr` tile
-/// with row stride `ldc`, and not accessed through any other reference meanwhile.
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f")]
-pub(super) unsafe fn avx512_kernel<T: PanelElem>(
-    mr: usize,
-    kc: usize,
-    a: &[f32],
-    b: &[T],
-    c: *mut f32,
-    ldc: usize,
-    nr: usize,
-    accumulate: bool,
-) {
-    assert!(mr * kc <= a.len() && kc * NR <= b.len() && (1..=NR).contains(&nr));
-    let (a, b) = (a.as_ptr(), b.as_ptr());
-    // SAFETY: the operand lengths were just checked; the rest is this function's contract.
-    unsafe {
-        by_mr!(
-            mr,
-            avx512_tile::<_, T>,
-            (kc, a, b, c, ldc, nr, accumulate, None),
-            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
-        )
-    }
-}
-
 /// W that a later micro-kernel call will read, requested into L2 while this call computes:
 /// `lines` cache lines per k-step, from `at` on (k-step `p` asks for the lines at
 /// `at + p * 16 * lines` floats). Used where the product is bound by the DRAM stream of W (one
@@ -113,23 +82,27 @@ pub(super) struct Stream {
     pub lines: usize,
 }
 
-/// `avx512_kernel` on f32 panels, prefetching `stream` instead of its own W a few k-steps
-/// ahead (the W it reads was requested by the call before it).
+/// AVX-512 micro-kernel, see `super::micro_kernel` for the contract. With a `stream`, it
+/// prefetches that instead of its own W a few k-steps ahead (the W it reads was requested by
+/// the call before it).
 ///
 /// # Safety
-/// As `avx512_kernel` (`stream` is only prefetched, so it may point anywhere).
+/// AVX-512F must be available; `1 <= mr <= AVX512_MR`, `1 <= nr <= NR`, `a.len() >= mr * kc`,
+/// `b.len() >= kc * NR`; `c` valid for reads (if `accumulate`) and writes of the `mr x nr` tile
+/// with row stride `ldc`, and not accessed through any other reference meanwhile. `stream` is
+/// only prefetched, so it may point anywhere.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn avx512_kernel_streaming(
+pub(super) unsafe fn avx512_kernel<T: PanelElem>(
     mr: usize,
     kc: usize,
     a: &[f32],
-    b: &[f32],
+    b: &[T],
     c: *mut f32,
     ldc: usize,
     nr: usize,
     accumulate: bool,
-    stream: Stream,
+    stream: Option<Stream>,
 ) {
     assert!(mr * kc <= a.len() && kc * NR <= b.len() && (1..=NR).contains(&nr));
     let (a, b) = (a.as_ptr(), b.as_ptr());
@@ -137,8 +110,8 @@ pub(super) unsafe fn avx512_kernel_streaming(
     unsafe {
         by_mr!(
             mr,
-            avx512_tile::<_, f32>,
-            (kc, a, b, c, ldc, nr, accumulate, Some(stream)),
+            avx512_tile::<_, T>,
+            (kc, a, b, c, ldc, nr, accumulate, stream),
             [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
         )
     }
