@@ -66,6 +66,12 @@ macro_rules! by_mr {
             _ => unreachable!("mr out of range"),
         }
     };
+    ($mr:expr, $f:ident::<_, $t:ty, $l:tt>, $args:tt, [$($n:literal),*]) => {
+        match $mr {
+            $($n => $f::<$n, $t, $l> $args,)*
+            _ => unreachable!("mr out of range"),
+        }
+    };
 }
 
 #[cfg(target_arch = "aarch64")]
