@@ -157,10 +157,10 @@ fn gemm_bf16_storage() {
 
 #[test]
 fn gemm_small_m_paths() {
-    // Big enough to run in parallel with the columns split into groups: up to 28 rows are one
-    // or two x panels (`run_streaming`, panel-size edges 1, 3, 14 / 15 -> 8 + 7), 29 is
-    // three (the blocked loop); k = 1536 is four k-blocks, n = 1150 ends in a partial panel.
-    for m in [1, 3, 14, 15, 16, 28, 29] {
+    // Big enough to run in parallel with the columns split into groups (`run_streaming`): one
+    // x panel (1, 3, 14 rows), two (15 -> 8 + 7, 16, 28), three (29, 42), four and more (43, 100,
+    // whose m-blocks hold three); k = 1536 is four k-blocks, n = 1150 ends in a partial panel.
+    for m in [1, 3, 14, 15, 16, 28, 29, 42, 43, 100] {
         check_shape(m, 1150, 1536);
     }
 }

@@ -72,8 +72,8 @@ impl PanelElem for u16 {
 
 /// W that a later micro-kernel call will read, requested into L2 while this call computes:
 /// `lines` cache lines per k-step, from `at` on (k-step `p` asks for the lines at
-/// `at + p * 16 * lines` floats). Used where the product is bound by the DRAM stream of W (one
-/// or two x panels), so that no call runs without a request for the next one in flight.
+/// `at + p * 16 * lines` floats). Used where the product waits on the DRAM stream of W (small
+/// m), so that W is requested while the arithmetic runs.
 #[derive(Clone, Copy)]
 pub(super) struct Stream {
     /// first float of the W to request (only prefetched, never read: may be any address)
