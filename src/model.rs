@@ -404,7 +404,7 @@ pub struct RunState {
     x0: Vec<f32>,     // [T, H]  embedding output, input of the conv block (conv models)
     qkv: Vec<f32>,    // [T, 3H]
     ctx: Vec<f32>,    // [T, H]  attention context, heads side by side
-    keys_t: Vec<f32>, // [nH, d, >= T] keys transposed per head (attention scratch)
+    keys_t: Vec<f32>, // keys transposed per sequence and head (attention scratch, grown there)
     attn: Vec<f32>,   // [T, H]  post-attention LayerNorm output
     ffn: Vec<f32>,    // [T, I]
 }
@@ -421,7 +421,6 @@ impl RunState {
         self.x0 = vec![0.0; if cfg.conv.is_some() { cap * h } else { 0 }];
         self.qkv = vec![0.0; cap * 3 * h];
         self.ctx = vec![0.0; cap * h];
-        self.keys_t = vec![0.0; attention::keys_t_len(cap, cfg.num_heads, cfg.head_dim)];
         self.attn = vec![0.0; cap * h];
         self.ffn = vec![0.0; cap * i];
         self.cap = cap;

@@ -147,8 +147,9 @@ fn grow(v: &mut Vec<f32>, n: usize) {
 }
 
 /// `ctx[T, H] = attention(qkv[T, 3H])` for every packed sequence (fast path). `keys_t` is
-/// scratch of at least [`keys_t_len`] floats (the keys, transposed per head: [nH, d, T], rows
-/// padded to a conflict-free stride).
+/// scratch, grown here as needed and reused across calls (the keys of each sequence longer
+/// than one query block, transposed per head: [nH, d, n] with rows padded to a conflict-free
+/// stride, one such slab per sequence, end to end).
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     p: &AttentionParams,
@@ -157,7 +158,7 @@ pub fn attention(
     pos_key: &PosTable,
     pos_query: &PosTable,
     relpos: &RelPosTable,
-    keys_t: &mut [f32],
+    keys_t: &mut Vec<f32>,
     ctx: &mut [f32],
 ) {
     attention_at(
@@ -173,27 +174,47 @@ pub fn attention(
     )
 }
 
-/// `keys_t[hd, t, i] = k_i[hd * d + t]`: each head's keys as a [d, T] operand whose rows are
-/// contiguous over tokens (the `K^T` of the content scores), one rayon task per head.
-fn transpose_keys(qkv: &[f32], tokens: usize, heads: usize, d: usize, keys_t: &mut [f32]) {
+/// For each sequence longer than one query block (`n` tokens from `start`), per head, its keys
+/// as a [d, n] operand with rows contiguous over its tokens (the `K^T` of the content scores):
+/// `slab[t * ld + j] = k_{start + j}[hd * d + t]`, ld = `conflict_free_stride(n)`. The slabs lie
+/// end to end in `keys_t` in sequence order, heads inside (see `Task::keys_at`); one rayon task
+/// per (sequence, head). A sequence's own slab, rather than one [d, T] operand for the whole
+/// batch, keeps the rows a tile walks a few KB apart instead of a whole batch apart (32 x 128:
+/// 64 pages per tile otherwise).
+fn transpose_keys(qkv: &[f32], offsets: &[usize], heads: usize, d: usize, keys_t: &mut [f32]) {
     let h = heads * d;
-    let ld = conflict_free_stride(tokens);
-    keys_t[..heads * d * ld]
-        .par_chunks_mut(d * ld)
-        .enumerate()
-        .for_each(|(hd, kt)| {
-            for (i, row) in qkv.chunks_exact(3 * h).take(tokens).enumerate() {
-                let k = &row[h + hd * d..h + (hd + 1) * d];
-                for (t, &v) in k.iter().enumerate() {
-                    kt[t * ld + i] = v;
-                }
+    let mut slabs = Vec::new();
+    let mut rest = keys_t;
+    for w in offsets.windows(2) {
+        let n = w[1] - w[0];
+        if n > QUERY_BLOCK {
+            for hd in 0..heads {
+                let (slab, tail) =
+                    std::mem::take(&mut rest).split_at_mut(d * conflict_free_stride(n));
+                slabs.push((w[0], n, hd, slab));
+                rest = tail;
             }
-        });
+        }
+    }
+    slabs.into_par_iter().for_each(|(start, n, hd, kt)| {
+        let ld = conflict_free_stride(n);
+        for (j, row) in qkv[start * 3 * h..].chunks_exact(3 * h).take(n).enumerate() {
+            let k = &row[h + hd * d..h + (hd + 1) * d];
+            for (t, &v) in k.iter().enumerate() {
+                kt[t * ld + j] = v;
+            }
+        }
+    });
 }
 
-/// Floats of the `keys_t` scratch [`attention`] needs for `tokens` packed tokens.
-pub fn keys_t_len(tokens: usize, heads: usize, head_dim: usize) -> usize {
-    heads * head_dim * conflict_free_stride(tokens)
+/// Floats of the transposed-keys scratch for these sequences: a [nH, d, ld] slab for each one
+/// longer than a query block.
+fn keys_t_len(offsets: &[usize], heads: usize, head_dim: usize) -> usize {
+    let long = offsets
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .filter(|&n| n > QUERY_BLOCK);
+    heads * head_dim * long.map(conflict_free_stride).sum::<usize>()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -205,17 +226,18 @@ fn attention_at(
     pos_key: &PosTable,
     pos_query: &PosTable,
     relpos: &RelPosTable,
-    keys_t: &mut [f32],
+    keys_t: &mut Vec<f32>,
     ctx: &mut [f32],
 ) {
     let h = p.heads * p.head_dim;
     let tokens = offsets.last().copied().unwrap_or(0);
     assert!(qkv.len() >= tokens * 3 * h && ctx.len() >= tokens * h);
-    assert!(keys_t.len() >= keys_t_len(tokens, p.heads, p.head_dim));
     // Sequences longer than one query block share one transposition of their keys; a sequence
     // of a single block transposes its own keys in its task (cheaper than an extra pass).
-    if offsets.windows(2).any(|w| w[1] - w[0] > QUERY_BLOCK) {
-        transpose_keys(qkv, tokens, p.heads, p.head_dim, keys_t);
+    let need = keys_t_len(offsets, p.heads, p.head_dim);
+    if need > 0 {
+        grow(keys_t, need);
+        transpose_keys(qkv, offsets, p.heads, p.head_dim, keys_t);
     }
     let keys_t: &[f32] = keys_t;
     let ctx = CtxPtr(ctx.as_mut_ptr());
@@ -228,7 +250,6 @@ fn attention_at(
                 qkv,
                 task,
                 keys_t,
-                keys_ld: conflict_free_stride(tokens),
                 pos_key,
                 pos_query,
                 relpos,
@@ -253,6 +274,9 @@ fn attention_at(
 struct Task {
     start: usize,
     n: usize,
+    /// where the sequence's transposed keys start in `keys_t`, in units of `nH * d` floats
+    /// (the sum of `conflict_free_stride(n)` over the longer-than-a-block sequences before it)
+    keys_at: usize,
     q0: usize,
     rows: usize,
     h0: usize,
@@ -264,11 +288,15 @@ struct Task {
 /// sentence or two), each block is split further into groups of heads.
 fn split_tasks(offsets: &[usize], heads: usize, threads: usize) -> Vec<Task> {
     let mut blocks = Vec::new();
+    let mut keys_at = 0;
     for w in offsets.windows(2) {
         let n = w[1] - w[0];
         let rows = n.div_ceil(n.div_ceil(QUERY_BLOCK).max(1)).max(1);
         for q0 in (0..n).step_by(rows) {
-            blocks.push((w[0], n, q0, rows.min(n - q0)));
+            blocks.push((w[0], n, keys_at, q0, rows.min(n - q0)));
+        }
+        if n > QUERY_BLOCK {
+            keys_at += conflict_free_stride(n);
         }
     }
     let want = 2 * threads.max(1);
@@ -278,12 +306,13 @@ fn split_tasks(offsets: &[usize], heads: usize, threads: usize) -> Vec<Task> {
         want.div_ceil(blocks.len().max(1)).clamp(1, heads.max(1))
     };
     let mut tasks = Vec::with_capacity(blocks.len() * groups);
-    for (start, n, q0, rows) in blocks {
+    for (start, n, keys_at, q0, rows) in blocks {
         for g in 0..groups {
             let (h0, h1) = (g * heads / groups, (g + 1) * heads / groups);
             tasks.push(Task {
                 start,
                 n,
+                keys_at,
                 q0,
                 rows,
                 h0,
@@ -594,9 +623,8 @@ struct Job<'a> {
     p: &'a AttentionParams,
     qkv: &'a [f32],
     task: Task,
-    /// all keys transposed per head, [nH, d, tokens]
+    /// the transposed keys of the long sequences (see `transpose_keys`)
     keys_t: &'a [f32],
-    keys_ld: usize,
     pos_key: &'a PosTable,
     pos_query: &'a PosTable,
     relpos: &'a RelPosTable,
@@ -648,6 +676,7 @@ fn block(job: &Job<'_>, sc: &mut Scratch, level: Level) {
     let Task {
         start,
         n,
+        keys_at,
         q0,
         rows: bq,
         h0,
@@ -692,7 +721,8 @@ fn block(job: &Job<'_>, sc: &mut Scratch, level: Level) {
             }
             Mat::new(kt_local, n, n)
         } else {
-            Mat::new(&job.keys_t[hs * job.keys_ld + start..], job.keys_ld, n)
+            let ld = conflict_free_stride(n);
+            Mat::new(&job.keys_t[d * (nh * keys_at + hd * ld)..], ld, n)
         };
         let base = start * 3 * h;
         let q = Mat::new(&job.qkv[base + q0 * 3 * h + hs..], 3 * h, d);
@@ -904,7 +934,7 @@ mod tests {
         let pqt = PosTable::from_rows(&pq, 2 * span, heads, d);
         for level in levels() {
             let mut got = vec![f32::NAN; t * h]; // poisoned: every element must be written
-            let mut keys_t = vec![f32::NAN; keys_t_len(t, heads, d)];
+            let mut keys_t = vec![f32::NAN; keys_t_len(&offsets, heads, d)];
             attention_at(
                 level,
                 &p,
