@@ -1,11 +1,13 @@
 //! Disentangled self-attention over packed sequences.
 //!
-//! Keys are transposed once per call into a caller-provided [nH, d, T] buffer (every query block
-//! of a sequence reads them). Then one rayon task per (sequence, block of query rows), all
-//! heads: content scores `Q K^T`, the
-//! c2p term `Q_i . PK[idx(i,j)]` and the p2c term `K_j . PQ[idx(i,j)]` (PK/PQ precomputed at load
-//! time, stored per head transposed as [d, 2S] so the inner loops are broadcast-FMAs over
-//! contiguous memory), scale, softmax, and `P V`. Only a [block, L] score tile and a
+//! The keys of each sequence longer than one query block are transposed once per call into its
+//! own [nH, d, n] slab of a reused scratch buffer (every query block of the sequence reads
+//! them). Then one rayon task per (sequence, block of query rows), all heads (or a group of
+//! heads, for one short sentence): content scores `Q K^T`, the c2p term `Q_i . PK[idx(i,j)]`
+//! and the p2c term `K_j . PQ[idx(i,j)]` (PK/PQ precomputed at load time, stored per head
+//! transposed as [d, 2S] so the inner loops are broadcast-FMAs over contiguous memory, with
+//! the rows of the small offsets kept again compactly for short sentences), scale, softmax,
+//! and `P V`. Only a [block, L] score tile and a
 //! [block, L + block] c2p tile exist at a time (per thread, reused); no [L, 2S] matrix is built;
 //! only real tokens are touched.
 //!
