@@ -109,33 +109,24 @@ pub(super) unsafe fn avx512_kernel<T: PanelElem>(
     debug_assert!(stream.is_none_or(|s| s.lines <= 2));
     let (a, b) = (a.as_ptr(), b.as_ptr());
     let at = stream.map_or(std::ptr::null(), |s| s.at);
+    // One instance per (rows, prefetch policy), chosen at run time.
+    macro_rules! tile {
+        ($lines:tt) => {
+            by_mr!(
+                mr,
+                avx512_tile::<_, T, $lines>,
+                (kc, a, b, c, ldc, nr, accumulate, at),
+                [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+            )
+        };
+    }
     // SAFETY: the operand lengths were just checked; the rest is this function's contract.
     unsafe {
         match stream.map(|s| s.lines) {
-            None => by_mr!(
-                mr,
-                avx512_tile::<_, T, OWN>,
-                (kc, a, b, c, ldc, nr, accumulate, at),
-                [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
-            ),
-            Some(0) => by_mr!(
-                mr,
-                avx512_tile::<_, T, 0>,
-                (kc, a, b, c, ldc, nr, accumulate, at),
-                [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
-            ),
-            Some(1) => by_mr!(
-                mr,
-                avx512_tile::<_, T, 1>,
-                (kc, a, b, c, ldc, nr, accumulate, at),
-                [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
-            ),
-            Some(_) => by_mr!(
-                mr,
-                avx512_tile::<_, T, 2>,
-                (kc, a, b, c, ldc, nr, accumulate, at),
-                [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
-            ),
+            None => tile!(OWN),
+            Some(0) => tile!(0),
+            Some(1) => tile!(1),
+            Some(_) => tile!(2),
         }
     }
 }
