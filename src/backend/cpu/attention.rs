@@ -181,8 +181,8 @@ pub fn attention(
 /// `slab[t * ld + j] = k_{start + j}[hd * d + t]`, ld = `conflict_free_stride(n)`. The slabs lie
 /// end to end in `keys_t` in sequence order, heads inside (see `Task::keys_at`); one rayon task
 /// per (sequence, head). A sequence's own slab, rather than one [d, T] operand for the whole
-/// batch, keeps the rows a tile walks a few KB apart instead of a whole batch apart (32 x 128:
-/// 64 pages per tile otherwise).
+/// batch, keeps the rows a tile walks `ld` apart (576 B at n = 128) instead of a whole batch
+/// apart (32 x 128: 16 KB, 64 pages per tile).
 fn transpose_keys(qkv: &[f32], offsets: &[usize], heads: usize, d: usize, keys_t: &mut [f32]) {
     let h = heads * d;
     let mut slabs = Vec::new();

@@ -54,17 +54,12 @@ use std::sync::OnceLock;
 
 use super::ops::GELU_LANES;
 
-/// Dispatch an `mr` known at run time to a const-generic kernel `$f::<MR>`.
+/// Dispatch an `mr` known at run time to a const-generic kernel `$f::<MR>` (or, with a panel
+/// element type and a prefetch policy, `$f::<MR, T, LINES>`).
 macro_rules! by_mr {
     ($mr:expr, $f:ident, $args:tt, [$($n:literal),*]) => {
         match $mr {
             $($n => $f::<$n> $args,)*
-            _ => unreachable!("mr out of range"),
-        }
-    };
-    ($mr:expr, $f:ident::<_, $t:ty>, $args:tt, [$($n:literal),*]) => {
-        match $mr {
-            $($n => $f::<$n, $t> $args,)*
             _ => unreachable!("mr out of range"),
         }
     };
