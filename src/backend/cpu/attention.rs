@@ -189,17 +189,15 @@ fn transpose_keys(qkv: &[f32], offsets: &[usize], heads: usize, d: usize, keys_t
     let mut rest = keys_t;
     for w in offsets.windows(2) {
         let n = w[1] - w[0];
-        if n > QUERY_BLOCK {
+        if let Some(ld) = key_slab_ld(n) {
             for hd in 0..heads {
-                let (slab, tail) =
-                    std::mem::take(&mut rest).split_at_mut(d * conflict_free_stride(n));
-                slabs.push((w[0], n, hd, slab));
+                let (slab, tail) = std::mem::take(&mut rest).split_at_mut(d * ld);
+                slabs.push((w[0], n, ld, hd, slab));
                 rest = tail;
             }
         }
     }
-    slabs.into_par_iter().for_each(|(start, n, hd, kt)| {
-        let ld = conflict_free_stride(n);
+    slabs.into_par_iter().for_each(|(start, n, ld, hd, kt)| {
         for (j, row) in qkv[start * 3 * h..].chunks_exact(3 * h).take(n).enumerate() {
             let k = &row[h + hd * d..h + (hd + 1) * d];
             for (t, &v) in k.iter().enumerate() {
@@ -209,14 +207,17 @@ fn transpose_keys(qkv: &[f32], offsets: &[usize], heads: usize, d: usize, keys_t
     });
 }
 
+/// The row stride of a sequence's transposed-keys slab, if it gets one: sequences longer than
+/// one query block (a shorter one transposes its keys inside its single task).
+fn key_slab_ld(n: usize) -> Option<usize> {
+    (n > QUERY_BLOCK).then(|| conflict_free_stride(n))
+}
+
 /// Floats of the transposed-keys scratch for these sequences: a [nH, d, ld] slab for each one
-/// longer than a query block.
+/// that gets one.
 fn keys_t_len(offsets: &[usize], heads: usize, head_dim: usize) -> usize {
-    let long = offsets
-        .windows(2)
-        .map(|w| w[1] - w[0])
-        .filter(|&n| n > QUERY_BLOCK);
-    heads * head_dim * long.map(conflict_free_stride).sum::<usize>()
+    let lds = offsets.windows(2).filter_map(|w| key_slab_ld(w[1] - w[0]));
+    heads * head_dim * lds.sum::<usize>()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -277,7 +278,7 @@ struct Task {
     start: usize,
     n: usize,
     /// where the sequence's transposed keys start in `keys_t`, in units of `nH * d` floats
-    /// (the sum of `conflict_free_stride(n)` over the longer-than-a-block sequences before it)
+    /// (the sum of the slab strides, `key_slab_ld`, of the sequences before it)
     keys_at: usize,
     q0: usize,
     rows: usize,
@@ -297,9 +298,7 @@ fn split_tasks(offsets: &[usize], heads: usize, threads: usize) -> Vec<Task> {
         for q0 in (0..n).step_by(rows) {
             blocks.push((w[0], n, keys_at, q0, rows.min(n - q0)));
         }
-        if n > QUERY_BLOCK {
-            keys_at += conflict_free_stride(n);
-        }
+        keys_at += key_slab_ld(n).unwrap_or(0);
     }
     let want = 2 * threads.max(1);
     let groups = if blocks.len() >= want {
@@ -701,7 +700,8 @@ fn block(job: &Job<'_>, sc: &mut Scratch, level: Level) {
     grow(&mut sc.s, bq * n);
     grow(&mut sc.c, (bq * cw).max(n.div_ceil(4) * 4 * pw));
     grow(&mut sc.o, bq * d);
-    if n <= QUERY_BLOCK {
+    let slab_ld = key_slab_ld(n);
+    if slab_ld.is_none() {
         grow(&mut sc.kt, d * n);
     }
     let Scratch {
@@ -714,17 +714,17 @@ fn block(job: &Job<'_>, sc: &mut Scratch, level: Level) {
     for hd in h0..h1 {
         let hs = hd * d;
         // K^T of this head and sequence: row t = component t of keys start .. start + n
-        let kt = if n <= QUERY_BLOCK {
-            for j in 0..n {
-                let k = &job.qkv[(start + j) * 3 * h + h + hs..][..d];
-                for (t, &v) in k.iter().enumerate() {
-                    kt_local[t * n + j] = v;
+        let kt = match slab_ld {
+            Some(ld) => Mat::new(&job.keys_t[d * (nh * keys_at + hd * ld)..], ld, n),
+            None => {
+                for j in 0..n {
+                    let k = &job.qkv[(start + j) * 3 * h + h + hs..][..d];
+                    for (t, &v) in k.iter().enumerate() {
+                        kt_local[t * n + j] = v;
+                    }
                 }
+                Mat::new(kt_local, n, n)
             }
-            Mat::new(kt_local, n, n)
-        } else {
-            let ld = conflict_free_stride(n);
-            Mat::new(&job.keys_t[d * (nh * keys_at + hd * ld)..], ld, n)
         };
         let base = start * 3 * h;
         let q = Mat::new(&job.qkv[base + q0 * 3 * h + hs..], 3 * h, d);

@@ -868,28 +868,27 @@ impl TaskCtx<'_> {
     }
 
     /// Compute tile (`mb`, `ng`): the rows of m-block `mb`, the columns of n-group `ng`.
-    /// `next_ng`: the n-group of the tile this thread runs next, if known.
+    /// `next_ng`: the n-group of the tile this thread runs next, if known (streamed tiles
+    /// request its W early).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     fn run(&self, mb: usize, ng: usize, next_ng: Option<usize>) {
+        // Columns split with x packed up front, f32 W, AVX-512: streamed, with no per-tile
+        // buffers.
+        #[cfg(target_arch = "x86_64")]
+        if let (Some(xp), WPanels::F32(w), SimdLevel::Avx512) = (self.xp, self.w, self.level) {
+            return self.run_streaming(xp, w, mb, ng, next_ng);
+        }
         // Re-entered on this thread (cannot happen today: the tile body never yields to
         // rayon): use private buffers rather than panic.
         X_PACK.with(|xc| {
             W_WIDE.with(|wc| match (xc.try_borrow_mut(), wc.try_borrow_mut()) {
-                (Ok(mut xbuf), Ok(mut wbuf)) => {
-                    self.run_with(mb, ng, next_ng, &mut xbuf, &mut wbuf)
-                }
-                _ => self.run_with(mb, ng, next_ng, &mut Vec::new(), &mut Vec::new()),
+                (Ok(mut xbuf), Ok(mut wbuf)) => self.run_with(mb, ng, &mut xbuf, &mut wbuf),
+                _ => self.run_with(mb, ng, &mut Vec::new(), &mut Vec::new()),
             })
         })
     }
 
-    fn run_with(
-        &self,
-        mb: usize,
-        ng: usize,
-        next_ng: Option<usize>,
-        buf: &mut Vec<f32>,
-        wide: &mut Vec<f32>,
-    ) {
+    fn run_with(&self, mb: usize, ng: usize, buf: &mut Vec<f32>, wide: &mut Vec<f32>) {
         let p = self.plan;
         let (n, k) = (self.n, self.k);
         let i0 = mb * p.mc;
@@ -897,10 +896,6 @@ impl TaskCtx<'_> {
         let g0 = ng * p.ng_panels;
         let g1 = (g0 + p.ng_panels).min(n.div_ceil(NR));
         let panels = Panels::new(rows, p.mr);
-        #[cfg(target_arch = "x86_64")]
-        if let (Some(xp), WPanels::F32(w), SimdLevel::Avx512) = (self.xp, self.w, self.level) {
-            return self.run_streaming(xp, w, mb, ng, next_ng);
-        }
 
         let mut pc = 0;
         while pc < k {
