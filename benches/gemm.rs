@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use deberta_embed::backend::cpu::gemm::{
-    linear_with, reference_linear, simd_level, Epilogue, PackedWeight, SimdLevel,
+    bf16_dot_available, linear_with, reference_linear, simd_level, Epilogue, PackedWeight,
+    SimdLevel,
 };
 
 const MS: [usize; 3] = [16, 512, 4096];
@@ -39,6 +40,8 @@ struct Case {
     n: usize,
     x: Vec<f32>,
     w: PackedWeight,
+    /// the same weight for the `avx512_bf16` dot-product kernel, where the CPU has it
+    w_dot: Option<PackedWeight>,
     bias: Vec<f32>,
     out: Vec<f32>,
 }
@@ -49,12 +52,14 @@ impl Case {
         let w_torch = fill(n * k, 2 + n as u64 * 7 + k as u64);
         let bias = fill(n, 3);
         let w = PackedWeight::new(&w_torch, n, k);
+        let w_dot = bf16_dot_available().then(|| PackedWeight::new(&w_torch, n, k).with_bf16_dot());
         let case = Case {
             m,
             k,
             n,
             x,
             w,
+            w_dot,
             bias,
             out: vec![0.0; m * n],
         };
@@ -79,6 +84,24 @@ impl Case {
                 );
             }
         }
+        if let Some(w_dot) = &self.w_dot {
+            // against the reference on the bf16-rounded operands
+            let round = |v: &[f32]| -> Vec<f32> {
+                v.iter()
+                    .map(|&v| half::bf16::from_f32(v).to_f32())
+                    .collect()
+            };
+            let (x, w) = (round(&self.x[..rows * k]), round(w_torch));
+            reference_linear(&x, rows, &w, n, k, ep, &mut want);
+            let mut got = vec![0.0; self.m * n];
+            linear_with(SimdLevel::Avx512, &self.x, self.m, w_dot, ep, &mut got);
+            for (g, e) in got.iter().zip(&want) {
+                assert!(
+                    (g - e).abs() <= 1e-4 * (1.0 + e.abs()),
+                    "bf16 dot: {g} vs {e}"
+                );
+            }
+        }
     }
 
     fn flops(&self) -> u64 {
@@ -86,24 +109,22 @@ impl Case {
     }
 
     fn run(&mut self, level: SimdLevel) {
-        self.run_ep(level, false);
+        self.run_ep(level, false, false);
     }
 
-    /// One product with the bias epilogue, or bias + GELU.
-    fn run_ep(&mut self, level: SimdLevel, gelu: bool) {
+    /// One product with the bias epilogue, or bias + GELU; `dot`: with the bf16 dot-product
+    /// weight (on the AVX-512 level).
+    fn run_ep(&mut self, level: SimdLevel, dot: bool, gelu: bool) {
         let ep = if gelu {
             Epilogue::BiasGelu(&self.bias)
         } else {
             Epilogue::Bias(&self.bias)
         };
-        linear_with(
-            level,
-            black_box(&self.x),
-            self.m,
-            &self.w,
-            ep,
-            &mut self.out,
-        );
+        let w = match (&self.w_dot, dot) {
+            (Some(w), true) => w,
+            _ => &self.w,
+        };
+        linear_with(level, black_box(&self.x), self.m, w, ep, &mut self.out);
         black_box(&mut self.out);
     }
 }
@@ -111,14 +132,14 @@ impl Case {
 /// Median seconds per call over `samples` samples of at least `min_sample` each.
 fn median_secs(
     case: &mut Case,
-    level: SimdLevel,
+    (level, dot): (SimdLevel, bool),
     gelu: bool,
     samples: usize,
     min_sample: Duration,
 ) -> f64 {
-    case.run_ep(level, gelu);
+    case.run_ep(level, dot, gelu);
     let t = Instant::now();
-    case.run_ep(level, gelu);
+    case.run_ep(level, dot, gelu);
     let once = t.elapsed().max(Duration::from_nanos(100));
     let iters = (min_sample.as_secs_f64() / once.as_secs_f64())
         .ceil()
@@ -127,7 +148,7 @@ fn median_secs(
         .map(|_| {
             let t = Instant::now();
             for _ in 0..iters {
-                case.run_ep(level, gelu);
+                case.run_ep(level, dot, gelu);
             }
             t.elapsed().as_secs_f64() / f64::from(iters)
         })
@@ -150,13 +171,24 @@ fn summary() {
         rayon::current_num_threads(),
         simd_level()
     );
+    // (level, bf16 dot-product weights): the levels, then the bf16 kernel where the CPU has it
+    let mut runs: Vec<(SimdLevel, bool)> = levels.iter().map(|&l| (l, false)).collect();
+    if bf16_dot_available() && levels.contains(&SimdLevel::Avx512) {
+        runs.push((SimdLevel::Avx512, true));
+    }
     for m in MS {
         for (k, n) in KN {
             let mut case = Case::new(m, k, n);
-            for &level in &levels {
-                let secs = median_secs(&mut case, level, false, 9, Duration::from_millis(40));
+            for &(level, dot) in &runs {
+                let secs =
+                    median_secs(&mut case, (level, dot), false, 9, Duration::from_millis(40));
+                let name = if dot {
+                    "bf16dot".to_string()
+                } else {
+                    level.to_string()
+                };
                 println!(
-                    "gemm {m:>5} x {k:>4} x {n:>4} [{level:>8}]: {:>9.1} us  {:>6.1} GFLOP/s{}",
+                    "gemm {m:>5} x {k:>4} x {n:>4} [{name:>8}]: {:>9.1} us  {:>6.1} GFLOP/s{}",
                     secs * 1e6,
                     case.flops() as f64 / secs * 1e-9,
                     if (m, k, n) == (4096, 384, 1536) {
@@ -172,7 +204,13 @@ fn summary() {
     // The FFN-up epilogue: bias + exact erf GELU per element.
     let level = simd_level();
     let mut case = Case::new(4096, 384, 1536);
-    let secs = median_secs(&mut case, level, true, 9, Duration::from_millis(40));
+    let secs = median_secs(
+        &mut case,
+        (level, false),
+        true,
+        9,
+        Duration::from_millis(40),
+    );
     println!(
         "gemm  4096 x  384 x 1536 [{level:>8}] bias+gelu: {:>9.1} us  {:>6.1} GFLOP/s (GEMM flops only)",
         secs * 1e6,
@@ -252,7 +290,7 @@ fn criterion_benches(c: &mut Criterion) {
     group.throughput(Throughput::Elements(case.flops()));
     group.sample_size(10);
     group.bench_function(BenchmarkId::new("4096x384x1536", "bias_gelu"), |b| {
-        b.iter(|| case.run_ep(level, true))
+        b.iter(|| case.run_ep(level, false, true))
     });
     group.finish();
 }

@@ -10,7 +10,7 @@
 use rayon::prelude::*;
 
 use crate::backend::cpu::attention::{self, AttentionParams, PosTable};
-use crate::backend::cpu::gemm::{linear, Epilogue, PackedWeight};
+use crate::backend::cpu::gemm::{bf16_dot_available, linear, Epilogue, PackedWeight};
 use crate::backend::cpu::ops::{conv1d_act_into, layer_norm_rows};
 use crate::checkpoint::{Checkpoint, F32Tensor};
 use crate::config::ModelConfig;
@@ -435,16 +435,18 @@ impl RunState {
 impl CpuModel {
     /// Build the CPU layout: fused QKV, packed GEMM weights, PK/PQ precomputed per layer.
     /// `max_len` bounds the sequence length (sizes the relative-position table). With
-    /// `bf16_weights` the GEMM weights are stored as bf16 (opt-in: half the weight traffic,
-    /// fp32 arithmetic; embeddings, LayerNorms, biases and PK/PQ stay f32).
+    /// `bf16_weights` the GEMM weights are stored as bf16 (opt-in: half the weight traffic;
+    /// embeddings, LayerNorms, biases, PK/PQ and attention stay f32): on a CPU with
+    /// `avx512_bf16` the products run as bf16 dot products (each Linear's input rounded to
+    /// bf16 too, fp32 sums), elsewhere the weights are widened to f32 inside fp32 products.
     pub fn new(cfg: ModelConfig, w: HostWeights, max_len: usize, bf16_weights: bool) -> Self {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         let pack = |w: &[f32], n: usize, k: usize| {
             let p = PackedWeight::new(w, n, k);
-            if bf16_weights {
-                p.with_bf16_storage()
-            } else {
-                p
+            match (bf16_weights, bf16_dot_available()) {
+                (false, _) => p,
+                (true, true) => p.with_bf16_dot(),
+                (true, false) => p.with_bf16_storage(),
             }
         };
         let s2 = 2 * cfg.att_span;

@@ -202,6 +202,24 @@ pub fn simd_level() -> SimdLevel {
     })
 }
 
+/// Whether [`linear`] can run weights laid out by [`PackedWeight::with_bf16_dot`]: the
+/// dispatched level is AVX-512 and the CPU has `avx512_bf16` (`vdpbf16ps`, `vcvtne2ps2bf16`).
+pub fn bf16_dot_available() -> bool {
+    simd_level() == SimdLevel::Avx512 && bf16_dot_detected()
+}
+
+/// Whether the CPU has the `avx512_bf16` instructions the dot-product kernel uses.
+fn bf16_dot_detected() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512bf16") && SimdLevel::Avx512.is_available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// 16 floats (one 64-byte cache line), line-aligned, so packed panels start on a line.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
@@ -224,6 +242,10 @@ enum Storage {
     F32(Vec<Line>),
     /// The same panels rounded to bf16 (`with_bf16_storage`).
     Bf16(Vec<u16>),
+    /// Rounded to bf16 with k in pairs, for the `avx512_bf16` dot-product kernel
+    /// (`with_bf16_dot`): panel `q` holds, for each pair `pp` in `0..ceil(k / 2)`, 32 words,
+    /// word `c` = `W[32q + c, 2pp]` (low half) and `W[32q + c, 2pp + 1]` (high half; 0 past k).
+    Bf16Pairs(Vec<u32>),
 }
 
 /// Where a tile reads one k-block of W panels from.
@@ -236,6 +258,9 @@ enum BlockSrc<'a> {
     /// bf16 panels in place, widened by the AVX-512 kernel
     #[cfg(target_arch = "x86_64")]
     Bf16(&'a [u16]),
+    /// bf16 pair panels in place, for the dot-product kernel (`(q * k2 + pc / 2) * NR`)
+    #[cfg(target_arch = "x86_64")]
+    Pairs(&'a [u32]),
 }
 
 /// The packed panels as the tiles read them.
@@ -244,6 +269,9 @@ enum WPanels<'a> {
     F32(&'a [f32]),
     /// bf16 bits, widened to f32 one n-block at a time before the micro-kernels run
     Bf16(&'a [u16]),
+    /// bf16 pairs of consecutive k, multiplied by `vdpbf16ps` (x rounded to bf16 pairs too;
+    /// x86-64 only, see `linear_with`)
+    Pairs(#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] &'a [u32]),
 }
 
 impl PackedWeight {
@@ -280,6 +308,7 @@ impl PackedWeight {
                 .map(|&v| half::bf16::from_f32(v).to_bits())
                 .collect(),
             Storage::Bf16(bits) => bits.clone(),
+            Storage::Bf16Pairs(_) => return self.with_f32_storage().with_bf16_storage(),
         };
         PackedWeight {
             storage: Storage::Bf16(bits),
@@ -287,15 +316,86 @@ impl PackedWeight {
         }
     }
 
-    /// Whether the weight is stored as bf16.
+    /// Keep the weight as bf16 in pairs of consecutive k, for products on `avx512_bf16`
+    /// (`vdpbf16ps`, see [`bf16_dot_available`]): x is rounded to bf16 as well and each pair of
+    /// products is summed in fp32. Twice the multiply-adds per instruction of the fp32 kernel
+    /// and half its weight bytes; relative error up to 2^-9 per operand. Only
+    /// [`SimdLevel::Avx512`] on a CPU with `avx512_bf16` runs such a weight.
+    pub fn with_bf16_dot(self) -> Self {
+        let (n, k) = (self.n, self.k);
+        let w = self.with_f32_storage();
+        let Storage::F32(lines) = &w.storage else {
+            unreachable!("with_f32_storage gives f32 panels")
+        };
+        let (src, k2) = (lines_as_slice(lines), k.div_ceil(2));
+        let bits = |p: usize, panel: &[f32], c: usize| {
+            (p < k).then(|| u32::from(half::bf16::from_f32(panel[p * NR + c]).to_bits()))
+        };
+        let mut words = vec![0u32; n.div_ceil(NR) * k2 * NR];
+        for (panel, dst) in src
+            .chunks_exact((k * NR).max(1))
+            .zip(words.chunks_exact_mut((k2 * NR).max(1)))
+        {
+            for (pp, row) in dst.chunks_exact_mut(NR).enumerate() {
+                for (c, word) in row.iter_mut().enumerate() {
+                    let lo = bits(2 * pp, panel, c).unwrap_or(0);
+                    let hi = bits(2 * pp + 1, panel, c).unwrap_or(0);
+                    *word = lo | hi << 16;
+                }
+            }
+        }
+        PackedWeight {
+            storage: Storage::Bf16Pairs(words),
+            ..w
+        }
+    }
+
+    /// The panels as f32 (bf16 widened exactly).
+    fn with_f32_storage(self) -> Self {
+        let widen = |b: u16| f32::from_bits(u32::from(b) << 16);
+        let floats: Vec<f32> = match &self.storage {
+            Storage::F32(_) => return self,
+            Storage::Bf16(bits) => bits.iter().map(|&b| widen(b)).collect(),
+            Storage::Bf16Pairs(words) => {
+                let (k, k2) = (self.k, self.k.div_ceil(2));
+                let mut out = vec![0.0; self.n.div_ceil(NR) * k * NR];
+                for (panel, src) in out
+                    .chunks_exact_mut((k * NR).max(1))
+                    .zip(words.chunks_exact((k2 * NR).max(1)))
+                {
+                    for (p, row) in panel.chunks_exact_mut(NR).enumerate() {
+                        for (c, v) in row.iter_mut().enumerate() {
+                            let word = src[p / 2 * NR + c];
+                            *v = widen((word >> (16 * (p % 2))) as u16);
+                        }
+                    }
+                }
+                out
+            }
+        };
+        let mut lines = vec![Line([0.0; 16]); floats.len() / 16];
+        lines_as_mut_slice(&mut lines).copy_from_slice(&floats);
+        PackedWeight {
+            storage: Storage::F32(lines),
+            ..self
+        }
+    }
+
+    /// Whether the weight is stored as bf16 (either layout).
     pub fn is_bf16(&self) -> bool {
-        matches!(self.storage, Storage::Bf16(_))
+        matches!(self.storage, Storage::Bf16(_) | Storage::Bf16Pairs(_))
+    }
+
+    /// Whether the weight is laid out for the bf16 dot-product kernel (`with_bf16_dot`).
+    pub fn is_bf16_dot(&self) -> bool {
+        matches!(self.storage, Storage::Bf16Pairs(_))
     }
 
     fn panels(&self) -> WPanels<'_> {
         match &self.storage {
             Storage::F32(lines) => WPanels::F32(lines_as_slice(lines)),
             Storage::Bf16(bits) => WPanels::Bf16(bits),
+            Storage::Bf16Pairs(words) => WPanels::Pairs(words),
         }
     }
     /// Out features.
@@ -356,6 +456,10 @@ pub fn linear_with(
         level.is_available(),
         "GEMM level {level} is not supported by this CPU"
     );
+    assert!(
+        !w.is_bf16_dot() || (level == SimdLevel::Avx512 && bf16_dot_detected()),
+        "bf16 dot-product weights need the AVX-512 level on a CPU with avx512_bf16"
+    );
     assert!(x.len() >= m * k, "x shorter than m * k");
     assert!(out.len() >= m * n, "out shorter than m * n");
     match ep {
@@ -378,7 +482,14 @@ pub fn linear_with(
         return;
     }
 
-    let plan = Plan::new(level, m, n, k, rayon::current_num_threads());
+    let plan = Plan::new(
+        level,
+        m,
+        n,
+        k,
+        rayon::current_num_threads(),
+        w.is_bf16_dot(),
+    );
     let tiles = plan.m_blocks * plan.n_groups;
     let ctx = TaskCtx {
         level,
@@ -409,8 +520,9 @@ pub fn linear_with(
                 Err(_) => &mut private,
             };
             // Every element is written by the pack units: grow it, never clear it.
-            if buf.len() < m * k {
-                buf.resize(m * k, 0.0);
+            let len = m * ctx.words(k);
+            if buf.len() < len {
+                buf.resize(len, 0.0);
             }
             let ctx = TaskCtx {
                 xp: Some(SharedPtr(buf.as_mut_ptr())),
@@ -652,6 +764,14 @@ fn widen_bf16_generic(src: &[u16], dst: &mut Vec<f32>) {
     dst.extend(src.iter().map(|&b| f32::from_bits(u32::from(b) << 16)));
 }
 
+/// Grow `v` to at least `len` elements (never shrinks or clears: callers overwrite what they
+/// use).
+fn grow(v: &mut Vec<f32>, len: usize) {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+}
+
 /// Largest k handled as a single block; longer k is split into blocks of about `KC_TARGET`.
 const KC_SINGLE_MAX: usize = 512;
 const KC_TARGET: usize = 384;
@@ -690,13 +810,16 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(level: SimdLevel, m: usize, n: usize, k: usize, threads: usize) -> Plan {
+    /// `pairs`: the weight is in bf16 pairs of k (`with_bf16_dot`), so k-blocks start at even
+    /// k.
+    fn new(level: SimdLevel, m: usize, n: usize, k: usize, threads: usize, pairs: bool) -> Plan {
         let mr = level.mr();
         let kc = if k <= KC_SINGLE_MAX {
             k
         } else {
             k.div_ceil(k.div_ceil(KC_TARGET))
         };
+        let kc = if pairs { kc.next_multiple_of(2) } else { kc };
         let n_panels = n.div_ceil(NR);
         let parallel = threads > 1 && 2 * m * n * k >= PARALLEL_MIN_FLOPS;
         let (want, want_columns) = if parallel {
@@ -828,7 +951,7 @@ struct TaskCtx<'a> {
     level: SimdLevel,
     plan: &'a Plan,
     x: &'a [f32],
-    /// x pre-packed by `pack_unit` (m * k floats), when several tiles share an m-block
+    /// x pre-packed by `pack_unit` (`m * words(k)` words), when several tiles share an m-block
     xp: Option<SharedPtr>,
     m: usize,
     n: usize,
@@ -846,25 +969,75 @@ thread_local! {
     /// Per-thread buffer for all of x packed up front (`TaskCtx::pack_unit`), owned by the
     /// thread that called `linear`.
     static X_SHARED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// Per-thread buffer for one n-block of bf16 W panels widened to f32 (one k-block).
+    /// Per-thread buffer for one n-block of bf16 W panels widened to f32 (one k-block), or,
+    /// with bf16 pair weights, for the x block rounded to bf16 pairs before it is packed.
     static W_WIDE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 impl TaskCtx<'_> {
+    /// Packed-x words for `len` values of k: one f32 each, or with bf16 pair weights one
+    /// word per pair of bf16 (the packed x buffers then hold those bits, never used as f32).
+    fn words(&self, len: usize) -> usize {
+        match self.w {
+            WPanels::Pairs(_) => len.div_ceil(2),
+            _ => len,
+        }
+    }
+
+    /// Pack x rows `i0 .. i0 + rows`, k-block `pc .. pc + kc` into `dst` (`rows *
+    /// words(kc)` words, laid out by `pack_x_block`); with bf16 pair weights the values are
+    /// first rounded to bf16 pairs, row by row, in `tmp`.
+    #[allow(clippy::too_many_arguments)]
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables, clippy::ptr_arg))]
+    fn pack(
+        &self,
+        i0: usize,
+        rows: usize,
+        pc: usize,
+        kc: usize,
+        dst: &mut [f32],
+        tmp: &mut Vec<f32>,
+    ) {
+        let (k, mr) = (self.k, self.plan.mr);
+        match self.w {
+            #[cfg(target_arch = "x86_64")]
+            WPanels::Pairs(_) => {
+                let kc2 = kc.div_ceil(2);
+                grow(tmp, rows * kc2);
+                for (r, dst_row) in tmp.chunks_exact_mut(kc2).take(rows).enumerate() {
+                    let src = &self.x[(i0 + r) * k + pc..][..kc];
+                    // SAFETY: avx512_bf16 was detected: `linear_with` checks it for pair
+                    // weights.
+                    unsafe { x86::round_to_bf16_pairs(src, dst_row) };
+                }
+                pack_x_block(tmp, kc2, 0, rows, 0, kc2, mr, dst);
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            WPanels::Pairs(_) => unreachable!("bf16 pair weights on a non-x86 CPU"),
+            _ => pack_x_block(self.x, k, i0, rows, pc, kc, mr, dst),
+        }
+    }
+
     /// Pack unit (`mb`, `kb`) of the shared packed x: the rows of m-block `mb`, k-block `kb`,
-    /// at offset `mb * mc * k + rows * pc` (see `pack_x_block` for the layout inside).
+    /// at word offset `mb * mc * words(k) + rows * words(pc)` (see `pack_x_block` for the
+    /// layout inside).
     fn pack_unit(&self, mb: usize, kb: usize) {
         let (p, k) = (self.plan, self.k);
         let xp = self.xp.expect("shared x buffer");
         let rows = p.block_rows(self.m, mb);
         let pc = kb * p.kc;
         let kc = p.kc.min(k - pc);
-        let off = mb * p.mc * k + rows * pc;
-        // SAFETY: `off + rows * kc <= (mb * mc + rows) * k <= m * k`, the buffer's length, so
-        // the range is inside it; units write disjoint ranges, and no tile reads the buffer
-        // before every unit has finished (`run_jobs` barrier), so this is the only access.
-        let dst = unsafe { std::slice::from_raw_parts_mut(xp.0.add(off), rows * kc) };
-        pack_x_block(self.x, k, mb * p.mc, rows, pc, kc, p.mr, dst);
+        let off = mb * p.mc * self.words(k) + rows * self.words(pc);
+        let len = rows * self.words(kc);
+        // SAFETY: `pc` is a multiple of `kc` (even for pair weights), so `off + len <= (mb *
+        // mc + rows) * words(k) <= m * words(k)`, the buffer's length: the range is inside
+        // it; units write disjoint ranges, and no tile reads the buffer before every unit has
+        // finished (`run_jobs` barrier), so this is the only access.
+        let dst = unsafe { std::slice::from_raw_parts_mut(xp.0.add(off), len) };
+        W_WIDE.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut tmp) => self.pack(mb * p.mc, rows, pc, kc, dst, &mut tmp),
+            Err(_) => self.pack(mb * p.mc, rows, pc, kc, dst, &mut Vec::new()),
+        });
     }
 
     /// Compute tile (`mb`, `ng`): the rows of m-block `mb`, the columns of n-group `ng`.
@@ -902,20 +1075,20 @@ impl TaskCtx<'_> {
             let kc = p.kc.min(k - pc);
             let first = pc == 0;
             let last = pc + kc == k;
+            let len = rows * self.words(kc);
             let xb: &[f32] = match self.xp {
                 // SAFETY: the range is the one `pack_unit(mb, pc / kc)` wrote (inside the
-                // m * k buffer, see there); all units finished before any tile started
+                // m * words(k) buffer, see there); all units finished before any tile started
                 // (`run_jobs` barrier, Release/Acquire), and nothing writes it any more.
                 Some(xp) => unsafe {
-                    std::slice::from_raw_parts(xp.0.add(i0 * k + rows * pc), rows * kc)
+                    let off = i0 * self.words(k) + rows * self.words(pc);
+                    std::slice::from_raw_parts(xp.0.add(off), len)
                 },
                 None => {
-                    // `pack_x_block` writes all of `buf[..rows * kc]`: grow, never clear.
-                    if buf.len() < rows * kc {
-                        buf.resize(rows * kc, 0.0);
-                    }
-                    pack_x_block(self.x, k, i0, rows, pc, kc, p.mr, buf);
-                    &buf[..rows * kc]
+                    // `pack` writes all of `buf[..len]`: grow, never clear.
+                    grow(buf, len);
+                    self.pack(i0, rows, pc, kc, &mut buf[..len], wide);
+                    &buf[..len]
                 }
             };
             // Per n-block (its W block stays in L2): each x panel (L1) against every W panel.
@@ -925,6 +1098,10 @@ impl TaskCtx<'_> {
                 // Where this k-block of panels q_blk .. q_end is read from.
                 let src = match self.w {
                     WPanels::F32(w) => BlockSrc::Packed(w),
+                    #[cfg(target_arch = "x86_64")]
+                    WPanels::Pairs(w) => BlockSrc::Pairs(w),
+                    #[cfg(not(target_arch = "x86_64"))]
+                    WPanels::Pairs(_) => unreachable!("bf16 pair weights on a non-x86 CPU"),
                     // With one or two x panels there is nothing to amortize a widening pass
                     // over: the AVX-512 kernel reads the bf16 panels itself (widening in
                     // registers overlaps with the DRAM stream such small products wait on).
@@ -943,7 +1120,7 @@ impl TaskCtx<'_> {
                 };
                 for t in 0..panels.count {
                     let (r0, mr) = (panels.start(t), panels.rows(t));
-                    let a = &xb[r0 * kc..(r0 + mr) * kc];
+                    let a = &xb[r0 * self.words(kc)..(r0 + mr) * self.words(kc)];
                     let row = i0 + r0;
                     for q in q_blk..q_end {
                         let j0 = q * NR;
@@ -954,7 +1131,9 @@ impl TaskCtx<'_> {
                         // disjoint, see `SharedPtr`), and `out` is exclusively borrowed by
                         // `linear_with` for the duration. `a` holds `mr * kc` and every `b`
                         // below `kc * NR` elements, and `mr <= level.mr()`, as the kernels
-                        // require; `BlockSrc::Bf16` exists only when AVX-512F was detected.
+                        // require (for `Pairs`, `a` holds `mr * kc2` words, `b` `kc2 * NR`);
+                        // `BlockSrc::Bf16` exists only when AVX-512F was detected, `Pairs`
+                        // only with avx512_bf16 as well (`linear_with` checks it).
                         // When `!first` the tile was fully written by the previous k-block.
                         unsafe {
                             let c = self.out.0.add(row * n + j0);
@@ -971,6 +1150,12 @@ impl TaskCtx<'_> {
                                 BlockSrc::Bf16(w) => {
                                     let b = &w[(q * k + pc) * NR..][..kc * NR];
                                     x86::avx512_kernel(mr, kc, a, b, c, n, nr, !first, None);
+                                }
+                                #[cfg(target_arch = "x86_64")]
+                                BlockSrc::Pairs(w) => {
+                                    let (k2, kc2) = (k.div_ceil(2), kc.div_ceil(2));
+                                    let b = &w[(q * k2 + pc / 2) * NR..][..kc2 * NR];
+                                    x86::avx512_dot_kernel(mr, kc2, a, b, c, n, nr, !first);
                                 }
                             }
                         }

@@ -22,25 +22,50 @@ impl Rng {
     }
 }
 
-/// Run every available level and epilogue on one shape and compare with the reference.
-fn check_shape(m: usize, n: usize, k: usize) {
-    check_shape_with(m, n, k, false)
+/// How the weight of a checked product is stored.
+#[derive(Clone, Copy, PartialEq)]
+enum Stored {
+    F32,
+    /// `with_bf16_storage`: bf16 widened in the products
+    Bf16,
+    /// `with_bf16_dot`: bf16 pairs for `vdpbf16ps`, x rounded to bf16 as well
+    Bf16Dot,
 }
 
-/// As `check_shape`; with `bf16` the packed weight is stored as bf16 and the reference gets the
-/// same bf16-rounded weights (widening is exact, so the fp32 tolerance still applies).
-fn check_shape_with(m: usize, n: usize, k: usize, bf16: bool) {
+/// Run every available level and epilogue on one shape and compare with the reference.
+fn check_shape(m: usize, n: usize, k: usize) {
+    check_shape_with(m, n, k, Stored::F32)
+}
+
+/// As `check_shape` for a stored form of the weight; the reference gets the same bf16-rounded
+/// weights (and x, for `Bf16Dot`). A product of two bf16 values is exact in fp32, so only the
+/// summation order differs from the reference and the fp32 tolerance still applies.
+fn check_shape_with(m: usize, n: usize, k: usize, stored: Stored) {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((m * 1_000_003 + n * 1009 + k) as u64));
-    let x = rng.vec(m * k);
+    let mut x = rng.vec(m * k);
     let mut w = rng.vec(n * k);
     let bias = rng.vec(n);
     let res = rng.vec(m * n);
+    let round = |v: &mut Vec<f32>| {
+        v.iter_mut()
+            .for_each(|v| *v = half::bf16::from_f32(*v).to_f32())
+    };
     let mut packed = PackedWeight::new(&w, n, k);
-    if bf16 {
-        packed = packed.with_bf16_storage();
-        assert!(packed.is_bf16() || n * k == 0);
-        for v in w.iter_mut() {
-            *v = half::bf16::from_f32(*v).to_f32();
+    let mut levels = SimdLevel::available();
+    match stored {
+        Stored::F32 => {}
+        Stored::Bf16 => {
+            packed = packed.with_bf16_storage();
+            assert!(packed.is_bf16() || n * k == 0);
+            round(&mut w);
+        }
+        Stored::Bf16Dot => {
+            packed = packed.with_bf16_dot();
+            assert!(packed.is_bf16_dot());
+            round(&mut w);
+            // (x is rounded by the kernel's packing; the reference rounds it up front)
+            round(&mut x);
+            levels = vec![SimdLevel::Avx512];
         }
     }
     assert_eq!((packed.n(), packed.k()), (n, k));
@@ -61,7 +86,7 @@ fn check_shape_with(m: usize, n: usize, k: usize, bf16: bool) {
         ("bias_gelu", Epilogue::BiasGelu(&bias)),
         ("bias_residual", Epilogue::BiasResidual(&bias, &res)),
     ];
-    for level in SimdLevel::available() {
+    for level in levels {
         for &(name, ep) in &eps {
             // Expected: the epilogue applied to the plain product (the reference's own path).
             let mut want = plain.clone();
@@ -149,9 +174,37 @@ fn gemm_bf16_storage() {
     for m in [1, 16, 33] {
         for n in [5, 383, 384] {
             for k in [3, 384, 385, 1536] {
-                check_shape_with(m, n, k, true);
+                check_shape_with(m, n, k, Stored::Bf16);
             }
         }
+    }
+}
+
+/// The `avx512_bf16` dot-product path (skipped, saying so, on CPUs without it): odd k (a
+/// zero-padded last pair), k split into blocks with an odd last block (999 = 334 + 334 + 331),
+/// the m-split and column-split plans, partial panels; and the layout round trip back to
+/// `with_bf16_storage`.
+#[test]
+fn gemm_bf16_dot() {
+    if !bf16_dot_detected() {
+        eprintln!("SKIPPED gemm_bf16_dot: this CPU has no avx512_bf16");
+        return;
+    }
+    for m in [1, 16, 33, 129] {
+        for n in [5, 383, 384] {
+            for k in [3, 384, 385, 999, 1536] {
+                check_shape_with(m, n, k, Stored::Bf16Dot);
+            }
+        }
+    }
+    let w = Rng(5).vec(40 * 7);
+    let via_pairs = PackedWeight::new(&w, 40, 7)
+        .with_bf16_dot()
+        .with_bf16_storage();
+    let direct = PackedWeight::new(&w, 40, 7).with_bf16_storage();
+    match (&via_pairs.storage, &direct.storage) {
+        (Storage::Bf16(a), Storage::Bf16(b)) => assert_eq!(a, b),
+        _ => panic!("with_bf16_storage gives bf16 panels"),
     }
 }
 
@@ -235,7 +288,7 @@ fn gemm_plans_split_small_m() {
             (224, 384, 1536),
             (4096, 1536, 384),
         ] {
-            let p = Plan::new(level, m, n, k, 2);
+            let p = Plan::new(level, m, n, k, 2, false);
             assert!(p.m_blocks * p.n_groups >= 2, "{level} {m}x{n}x{k}: {p:?}");
             assert!(p.ng_panels * p.n_groups >= n.div_ceil(NR));
             assert!(p.ng_panels * (p.n_groups - 1) < n.div_ceil(NR));

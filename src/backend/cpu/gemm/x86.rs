@@ -213,6 +213,129 @@ unsafe fn avx512_tile<const MR: usize, T: PanelElem, const LINES: usize>(
     unsafe { store_tile(&lo, &hi, c, ldc, nr, accumulate) }
 }
 
+/// The bf16 dot-product micro-kernel (`vdpbf16ps`): like `avx512_kernel`, over `kc2` pairs
+/// of k. `a` holds `mr` words per pair (`pack_x_block` layout over the words of x rounded to
+/// bf16 pairs, see `round_to_bf16_pairs`), `b` 32 words per pair (`PackedWeight::with_bf16_dot`);
+/// each `vdpbf16ps` adds both products of a pair to the fp32 accumulators, so it does twice
+/// the multiply-adds of an fp32 FMA.
+///
+/// # Safety
+/// AVX-512F and AVX512_BF16 must be available; `1 <= mr <= AVX512_MR`, `1 <= nr <= NR`; `c`
+/// valid for reads (if `accumulate`) and writes of the `mr x nr` tile with row stride `ldc`,
+/// and not accessed through any other reference meanwhile.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub(super) unsafe fn avx512_dot_kernel(
+    mr: usize,
+    kc2: usize,
+    a: &[f32],
+    b: &[u32],
+    c: *mut f32,
+    ldc: usize,
+    nr: usize,
+    accumulate: bool,
+) {
+    assert!(mr * kc2 <= a.len() && kc2 * NR <= b.len() && (1..=NR).contains(&nr));
+    let (a, b) = (a.as_ptr().cast::<u32>(), b.as_ptr());
+    // SAFETY: the operand lengths were just checked; the rest is this function's contract.
+    unsafe {
+        by_mr!(
+            mr,
+            avx512_dot_tile,
+            (kc2, a, b, c, ldc, nr, accumulate),
+            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+        )
+    }
+}
+
+/// One `MR x 32` tile of the dot-product kernel over `kc2` pairs, prefetching its own W
+/// `PF_AHEAD` words ahead.
+///
+/// # Safety
+/// As `avx512_dot_kernel`, with `MR == mr`, `a` valid for `MR * kc2` and `b` for `kc2 * NR`
+/// reads.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[inline]
+unsafe fn avx512_dot_tile<const MR: usize>(
+    kc2: usize,
+    a: *const u32,
+    b: *const u32,
+    c: *mut f32,
+    ldc: usize,
+    nr: usize,
+    accumulate: bool,
+) {
+    let mut lo = [_mm512_setzero_ps(); MR];
+    let mut hi = [_mm512_setzero_ps(); MR];
+    // SAFETY: pair p reads `a + p * MR .. + MR` and `b + p * NR .. + NR`, inside the operands
+    // for p < kc2 (caller contract); the prefetch address is formed with `wrapping_add` and a
+    // prefetch never faults. `__m512i` and `__m512bh` are both 64-byte vectors, any bits valid.
+    unsafe {
+        let (mut ap, mut bp) = (a, b);
+        for _ in 0..kc2 {
+            _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PF_AHEAD).cast());
+            _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PF_AHEAD + 16).cast());
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.cast()));
+            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(16).cast()));
+            for r in 0..MR {
+                let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*ap.add(r) as i32));
+                lo[r] = _mm512_dpbf16_ps(lo[r], av, b0);
+                hi[r] = _mm512_dpbf16_ps(hi[r], av, b1);
+            }
+            ap = ap.add(MR);
+            bp = bp.add(NR);
+        }
+    }
+    // SAFETY: forwarded contract (the `MR x nr` tile at `c`).
+    unsafe { store_tile(&lo, &hi, c, ldc, nr, accumulate) }
+}
+
+/// `dst[i]` = `src[2i]` and `src[2i + 1]` rounded to bf16 (nearest even; `vcvtne2ps2bf16`, which
+/// also reads denormals as zero) in the low and high half of one word, stored as the bits of an
+/// f32 (a past-the-end `src[2i + 1]` is 0): x as the bf16 dot-product kernel reads it.
+///
+/// # Safety
+/// AVX-512F and AVX512_BF16 must be available.
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub(super) unsafe fn round_to_bf16_pairs(src: &[f32], dst: &mut [f32]) {
+    assert!(
+        dst.len() >= src.len().div_ceil(2),
+        "bf16 pair buffer too short"
+    );
+    let (mut i, n) = (0, src.len());
+    while i < n {
+        // 32 values -> 16 words; lanes past the end read as zero
+        let m0 = mask_below(n - i);
+        let m1 = mask_below((n - i).saturating_sub(16));
+        // SAFETY: the masked loads read `src[i .. min(i + 32, n)]` only (masked-off lanes are
+        // not accessed), the masked store writes `dst[i / 2 .. i / 2 + ceil((n - i) / 2)]`,
+        // inside dst (checked above); both vector types are 64 bytes, any bits valid.
+        unsafe {
+            let v0 = _mm512_maskz_loadu_ps(m0, src.as_ptr().add(i));
+            let v1 = if m1 != 0 {
+                _mm512_maskz_loadu_ps(m1, src.as_ptr().add(i + 16))
+            } else {
+                _mm512_setzero_ps()
+            };
+            let pairs: __m512 = std::mem::transmute(_mm512_cvtne2ps_pbh(v1, v0));
+            let words = mask_below((n - i).div_ceil(2));
+            _mm512_mask_storeu_ps(dst.as_mut_ptr().add(i / 2), words, pairs);
+        }
+        i += 32;
+    }
+}
+
+/// Lanes `l < count` of a 16-lane mask.
+#[inline(always)]
+fn mask_below(count: usize) -> __mmask16 {
+    if count >= 16 {
+        0xffff
+    } else {
+        ((1u32 << count) - 1) as __mmask16
+    }
+}
+
 /// Write (or, with `accumulate`, add) the `MR x nr` accumulators to C.
 ///
 /// # Safety
