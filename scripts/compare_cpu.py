@@ -79,7 +79,8 @@ def parse_args(argv=None):
     ap.add_argument("--onnx", type=Path, help="cached export path (default: <model dir>.backbone.onnx)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random token ids")
     ap.add_argument("--dtype", default="f32", choices=["f32", "bf16"],
-                    help="deberta-embed's --dtype (bf16: opt-in bf16 weight storage; the peers stay fp32)")
+                    help="deberta-embed's --dtype (bf16: opt-in bf16 weights, bf16 dot products where "
+                         "the CPU has avx512_bf16; the peers stay fp32)")
     ap.add_argument("--skip", default="", help="comma-separated runtimes to leave out: pytorch,ort,deberta-embed")
     ap.add_argument("--quiet-threshold", type=float, default=0.10,
                     help="a measurement is 'quiet' when other processes took at most this share of the CPUs (default 0.10)")
@@ -572,7 +573,10 @@ def print_table(result: dict) -> None:
 
     m, v = result["machine"], result["versions"]
     dt = result["args"].get("dtype", "f32")
-    what = "fp32" if dt == "f32" else "peers fp32, deberta-embed with bf16-stored weights (--dtype bf16)"
+    what = "fp32" if dt == "f32" else (
+        "peers fp32, deberta-embed --dtype bf16 (bf16 weights; "
+        + ("bf16 dot products, avx512_bf16" if m.get("avx512_bf16") else "widened to fp32, no avx512_bf16")
+        + ")")
     log(f"\n## CPU comparison ({what}, backbone + mean pooling; medians over rounds)\n")
     log(f"machine: {m.get('Model name', '?')}, {m.get('CPU(s)', m['cpus_visible'])} CPUs, "
         f"threads used: {result['threads']} (all three runtimes); "

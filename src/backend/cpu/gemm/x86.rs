@@ -304,6 +304,16 @@ pub(super) unsafe fn round_to_bf16_pairs(src: &[f32], dst: &mut [f32]) {
         "bf16 pair buffer too short"
     );
     let (mut i, n) = (0, src.len());
+    while i + 32 <= n {
+        // SAFETY: `src[i .. i + 32]` and `dst[i / 2 .. i / 2 + 16]` are inside the slices.
+        unsafe {
+            let v0 = _mm512_loadu_ps(src.as_ptr().add(i));
+            let v1 = _mm512_loadu_ps(src.as_ptr().add(i + 16));
+            let pairs: __m512 = std::mem::transmute(_mm512_cvtne2ps_pbh(v1, v0));
+            _mm512_storeu_ps(dst.as_mut_ptr().add(i / 2), pairs);
+        }
+        i += 32;
+    }
     while i < n {
         // 32 values -> 16 words; lanes past the end read as zero
         let m0 = mask_below(n - i);
