@@ -183,7 +183,14 @@ pub fn attention(
 /// per (sequence, head). A sequence's own slab, rather than one [d, T] operand for the whole
 /// batch, keeps the rows a tile walks `ld` apart (576 B at n = 128) instead of a whole batch
 /// apart (32 x 128: 16 KB, 64 pages per tile).
-fn transpose_keys(qkv: &[f32], offsets: &[usize], heads: usize, d: usize, keys_t: &mut [f32]) {
+fn transpose_keys(
+    level: Level,
+    qkv: &[f32],
+    offsets: &[usize],
+    heads: usize,
+    d: usize,
+    keys_t: &mut [f32],
+) {
     let h = heads * d;
     let mut slabs = Vec::new();
     let mut rest = keys_t;
@@ -198,13 +205,43 @@ fn transpose_keys(qkv: &[f32], offsets: &[usize], heads: usize, d: usize, keys_t
         }
     }
     slabs.into_par_iter().for_each(|(start, n, ld, hd, kt)| {
-        for (j, row) in qkv[start * 3 * h..].chunks_exact(3 * h).take(n).enumerate() {
-            let k = &row[h + hd * d..h + (hd + 1) * d];
-            for (t, &v) in k.iter().enumerate() {
-                kt[t * ld + j] = v;
-            }
-        }
+        let keys = &qkv[start * 3 * h + h + hd * d..];
+        transpose(level, keys, 3 * h, n, d, kt, ld);
     });
+}
+
+/// `dst[t * ld + j] = src[j * stride + t]` for `j < n`, `t < d`: `n` rows of `d` values (one
+/// head's keys) into a `[d, ld]` operand. AVX-512 transposes 16 x 16 blocks in registers when
+/// `d` is a multiple of 16 (the scalar loop writes every value to another cache line: at
+/// 256 x 32 it was a fifth of the attention).
+fn transpose(
+    level: Level,
+    src: &[f32],
+    stride: usize,
+    n: usize,
+    d: usize,
+    dst: &mut [f32],
+    ld: usize,
+) {
+    if n == 0 || d == 0 {
+        return;
+    }
+    assert!(
+        (n - 1) * stride + d <= src.len() && (d - 1) * ld + n <= dst.len() && n <= ld,
+        "transpose operands"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if level == Level::Avx512 && d.is_multiple_of(16) {
+        // SAFETY: avx512f was detected (`Level::Avx512` comes from `simd()`); the extents
+        // were checked above.
+        return unsafe { x86::transpose_avx512(src, stride, n, d, dst, ld) };
+    }
+    let _ = level;
+    for (j, row) in src.chunks(stride).take(n).enumerate() {
+        for (t, &v) in row[..d].iter().enumerate() {
+            dst[t * ld + j] = v;
+        }
+    }
 }
 
 /// The row stride of a sequence's transposed-keys slab, if it gets one: sequences longer than
@@ -240,7 +277,7 @@ fn attention_at(
     let need = keys_t_len(offsets, p.heads, p.head_dim);
     if need > 0 {
         grow(keys_t, need);
-        transpose_keys(qkv, offsets, p.heads, p.head_dim, keys_t);
+        transpose_keys(level, qkv, offsets, p.heads, p.head_dim, keys_t);
     }
     let keys_t: &[f32] = keys_t;
     let ctx = CtxPtr(ctx.as_mut_ptr());
@@ -533,19 +570,14 @@ mod x86 {
                 let vw = (w - c0) as isize;
                 let lm0 = mask16(vb.min(vw));
                 let lm1 = mask16(vb.min(vw) - 16);
-                let mut lo = [_mm512_setzero_ps(); R];
-                let mut hi = [_mm512_setzero_ps(); R];
                 let base = bp.add(o + c0);
-                for t in 0..d {
-                    let bt = base.add(t * b.ld);
-                    let b0 = _mm512_maskz_loadu_ps(lm0, bt);
-                    let b1 = _mm512_maskz_loadu_ps(lm1, bt.add(16));
-                    for k in 0..R {
-                        let av = _mm512_set1_ps(*ar[k].add(t));
-                        lo[k] = _mm512_fmadd_ps(av, b0, lo[k]);
-                        hi[k] = _mm512_fmadd_ps(av, b1, hi[k]);
-                    }
-                }
+                // (plain loads where all 32 columns are valid: masked loads are markedly slower
+                // on some CPUs, e.g. AMD Zen 5)
+                let (lo, hi) = if lm0 & lm1 == 0xFFFF {
+                    rows_x32::<R, false>(d, &ar, base, b.ld, 0, 0)
+                } else {
+                    rows_x32::<R, true>(d, &ar, base, b.ld, lm0, lm1)
+                };
                 let sm0 = mask16(vw);
                 let sm1 = mask16(vw - 16);
                 for k in 0..rn {
@@ -557,6 +589,129 @@ mod x86 {
             }
             i += R;
         }
+    }
+
+    /// See `super::transpose` (`d` a multiple of 16): per block of 16 keys, each 16 x 16 block
+    /// of (keys, components) is loaded as 16 rows, transposed with three rounds of shuffles
+    /// (pairs of floats, pairs of pairs, then 128-bit lanes in two steps) and stored as 16
+    /// rows of the operand; keys past `n` read as zero and are not stored.
+    ///
+    /// SAFETY (caller): avx512f available; `src` holds `(n - 1) * stride + d` values, `dst`
+    /// `(d - 1) * ld + n`; `d % 16 == 0`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transpose_avx512(
+        src: &[f32],
+        stride: usize,
+        n: usize,
+        d: usize,
+        dst: &mut [f32],
+        ld: usize,
+    ) {
+        debug_assert!(d.is_multiple_of(16));
+        let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+        for j0 in (0..n).step_by(16) {
+            let keys = (n - j0).min(16);
+            let store = mask16(keys as isize);
+            for t0 in (0..d).step_by(16) {
+                // SAFETY: row j0 + r < n of src, values t0 .. t0 + 16 <= d: inside src (caller
+                // contract); rows past n are not read.
+                let r: [__m512; 16] = std::array::from_fn(|r| unsafe {
+                    if r < keys {
+                        _mm512_loadu_ps(sp.add((j0 + r) * stride + t0))
+                    } else {
+                        _mm512_setzero_ps()
+                    }
+                });
+                let cols = transpose16(r);
+                for (c, v) in cols.iter().enumerate() {
+                    // SAFETY: row t0 + c < d of dst, columns j0 .. j0 + keys <= n (mask):
+                    // inside dst (caller contract).
+                    unsafe { _mm512_mask_storeu_ps(dp.add((t0 + c) * ld + j0), store, *v) };
+                }
+            }
+        }
+    }
+
+    /// The 16 x 16 transpose: `out[c][r] = rows[r][c]`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn transpose16(rows: [__m512; 16]) -> [__m512; 16] {
+        // pairs: t[2k] = (r[2k], r[2k+1]) interleaved from the low pair of each 128-bit lane,
+        // t[2k+1] from the high pair
+        let t: [__m512; 16] = std::array::from_fn(|i| {
+            let (a, b) = (rows[i / 2 * 2], rows[i / 2 * 2 + 1]);
+            if i % 2 == 0 {
+                _mm512_unpacklo_ps(a, b)
+            } else {
+                _mm512_unpackhi_ps(a, b)
+            }
+        });
+        // quads: u[4g + c] holds column c (+4, +8, +12 in the other lanes) of rows 4g .. 4g + 4
+        let u: [__m512; 16] = std::array::from_fn(|i| {
+            let (g, c) = (i / 4, i % 4);
+            let (a, b) = (
+                _mm512_castps_pd(t[4 * g + c / 2]),
+                _mm512_castps_pd(t[4 * g + 2 + c / 2]),
+            );
+            _mm512_castpd_ps(if c % 2 == 0 {
+                _mm512_unpacklo_pd(a, b)
+            } else {
+                _mm512_unpackhi_pd(a, b)
+            })
+        });
+        // lanes: for column c, gather lane l (column c + 4l) of the four row groups
+        let mut out = [_mm512_setzero_ps(); 16];
+        for c in 0..4 {
+            let v0 = _mm512_shuffle_f32x4::<0x88>(u[c], u[4 + c]);
+            let v1 = _mm512_shuffle_f32x4::<0xDD>(u[c], u[4 + c]);
+            let v2 = _mm512_shuffle_f32x4::<0x88>(u[8 + c], u[12 + c]);
+            let v3 = _mm512_shuffle_f32x4::<0xDD>(u[8 + c], u[12 + c]);
+            out[c] = _mm512_shuffle_f32x4::<0x88>(v0, v2);
+            out[c + 8] = _mm512_shuffle_f32x4::<0xDD>(v0, v2);
+            out[c + 4] = _mm512_shuffle_f32x4::<0x88>(v1, v3);
+            out[c + 12] = _mm512_shuffle_f32x4::<0xDD>(v1, v3);
+        }
+        out
+    }
+
+    /// `R` rows x 32 columns of a tile: `sum_t a_k[t] * b[t][0 .. 32]` for the rows at `ar`, `b`
+    /// rows `ld` apart from `base`; with `MASKED`, columns outside `lm0` / `lm1` (first / second
+    /// 16) read as zero.
+    ///
+    /// SAFETY (caller): avx512f available; every `ar[k] .. + d` readable; `base + t * ld` readable
+    /// for the unmasked columns, for every `t < d`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn rows_x32<const R: usize, const MASKED: bool>(
+        d: usize,
+        ar: &[*const f32; R],
+        base: *const f32,
+        ld: usize,
+        lm0: u16,
+        lm1: u16,
+    ) -> ([__m512; R], [__m512; R]) {
+        let mut lo = [_mm512_setzero_ps(); R];
+        let mut hi = [_mm512_setzero_ps(); R];
+        for t in 0..d {
+            // SAFETY: caller contract.
+            unsafe {
+                let bt = base.add(t * ld);
+                let (b0, b1) = if MASKED {
+                    (
+                        _mm512_maskz_loadu_ps(lm0, bt),
+                        _mm512_maskz_loadu_ps(lm1, bt.add(16)),
+                    )
+                } else {
+                    (_mm512_loadu_ps(bt), _mm512_loadu_ps(bt.add(16)))
+                };
+                for k in 0..R {
+                    let av = _mm512_set1_ps(*ar[k].add(t));
+                    lo[k] = _mm512_fmadd_ps(av, b0, lo[k]);
+                    hi[k] = _mm512_fmadd_ps(av, b1, hi[k]);
+                }
+            }
+        }
+        (lo, hi)
     }
 
     /// Lanes `l < valid` of an 8-lane AVX2 mask.
@@ -717,12 +872,8 @@ fn block(job: &Job<'_>, sc: &mut Scratch, level: Level) {
         let kt = match slab_ld {
             Some(ld) => Mat::new(&job.keys_t[d * (nh * keys_at + hd * ld)..], ld, n),
             None => {
-                for j in 0..n {
-                    let k = &job.qkv[(start + j) * 3 * h + h + hs..][..d];
-                    for (t, &v) in k.iter().enumerate() {
-                        kt_local[t * n + j] = v;
-                    }
-                }
+                let keys = &job.qkv[start * 3 * h + h + hs..];
+                transpose(level, keys, 3 * h, n, d, kt_local, n);
                 Mat::new(kt_local, n, n)
             }
         };
@@ -994,6 +1145,30 @@ mod tests {
         check(&[20], 2, 100, -1, 24, true, true);
         // around the near bands' edges (+-16 serves up to 17 tokens, +-32 up to 33)
         check(&[16, 17, 18, 33, 34, 2], 6, 64, 256, 512, true, true);
+    }
+
+    #[test]
+    fn transpose_matches_the_plain_loop() {
+        for level in levels() {
+            for d in [12, 16, 64] {
+                for n in [1, 15, 16, 17, 33, 128] {
+                    let (stride, ld) = (3 * d + 5, conflict_free_stride(n));
+                    let src: Vec<f32> = (0..n * stride).map(|v| v as f32).collect();
+                    let mut dst = vec![f32::NAN; d * ld];
+                    transpose(level, &src, stride, n, d, &mut dst, ld);
+                    for t in 0..d {
+                        for j in 0..ld {
+                            let got = dst[t * ld + j];
+                            if j < n {
+                                assert_eq!(got, src[j * stride + t], "{level:?} n {n} d {d}");
+                            } else {
+                                assert!(got.is_nan(), "{level:?} n {n} d {d}: wrote padding");
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
