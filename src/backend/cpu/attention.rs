@@ -632,6 +632,60 @@ mod x86 {
         }
     }
 
+    /// See `super::add_transposed`.
+    ///
+    /// SAFETY (caller): avx512f available; `shift(j) + rows <= pw` for `j < n`, `c` holds
+    /// `n * pw` values and `s` `rows * n`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn add_transposed_avx512(
+        c: &[f32],
+        pw: usize,
+        shift: &dyn Fn(usize) -> usize,
+        n: usize,
+        rows: usize,
+        s: &mut [f32],
+    ) {
+        let (cp, sp) = (c.as_ptr(), s.as_mut_ptr());
+        for j0 in (0..n).step_by(16) {
+            let keys = (n - j0).min(16);
+            let key_mask = mask16(keys as isize);
+            let starts: [usize; 16] = std::array::from_fn(|k| {
+                if k < keys {
+                    (j0 + k) * pw + shift(j0 + k)
+                } else {
+                    0
+                }
+            });
+            for i0 in (0..rows).step_by(16) {
+                let valid = (rows - i0).min(16);
+                // SAFETY: key j0 + k < n, its values i0 .. i0 + valid <= rows past its shift:
+                // inside c (caller contract; masked-off lanes are not read).
+                let r: [__m512; 16] = std::array::from_fn(|k| unsafe {
+                    let at = cp.add(starts[k] + i0);
+                    match (k < keys, valid == 16) {
+                        (false, _) => _mm512_setzero_ps(),
+                        (true, true) => _mm512_loadu_ps(at),
+                        (true, false) => _mm512_maskz_loadu_ps(mask16(valid as isize), at),
+                    }
+                });
+                let cols = transpose16(r);
+                for (i, v) in cols.iter().enumerate().take(valid) {
+                    // SAFETY: score row i0 + i < rows, columns j0 .. j0 + keys <= n: inside s
+                    // (caller contract; masked-off lanes are not accessed).
+                    unsafe {
+                        let at = sp.add((i0 + i) * n + j0);
+                        if keys == 16 {
+                            _mm512_storeu_ps(at, _mm512_add_ps(_mm512_loadu_ps(at), *v));
+                        } else {
+                            let sum = _mm512_add_ps(_mm512_maskz_loadu_ps(key_mask, at), *v);
+                            _mm512_mask_storeu_ps(at, key_mask, sum);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// The 16 x 16 transpose: `out[c][r] = rows[r][c]`.
     #[target_feature(enable = "avx512f")]
     #[inline]
@@ -916,15 +970,13 @@ fn block(job: &Job<'_>, sc: &mut Scratch, level: Level) {
             let (pq, first) = job.pos_query.head_covering(hd, lo, hi);
             let window = |g: usize| glo(g) - first;
             tile_gemm(level, n, d, k, pq, Cols::SlidingPer4(&window), pw, c, pw);
-            for j in 0..n {
-                let crow = &c[j * pw..(j + 1) * pw];
-                if linear {
-                    // idx(q0 + i, j) - glo(g) = i + min(g + 3, n - 1) - j
-                    let shift = (j / 4 * 4 + 3).min(n - 1) - j;
-                    for (i, &cv) in crow[shift..shift + bq].iter().enumerate() {
-                        s[i * n + j] += cv;
-                    }
-                } else {
+            if linear {
+                // idx(q0 + i, j) - glo(g) = i + min(g + 3, n - 1) - j
+                let shift = |j: usize| (j / 4 * 4 + 3).min(n - 1) - j;
+                add_transposed(level, c, pw, &shift, n, bq, s);
+            } else {
+                for j in 0..n {
+                    let crow = &c[j * pw..(j + 1) * pw];
                     let lo = glo(j / 4 * 4);
                     for i in 0..bq {
                         s[i * n + j] += crow[idx(q0 + i, j) - lo];
@@ -952,6 +1004,38 @@ fn block(job: &Job<'_>, sc: &mut Scratch, level: Level) {
                 let dst = job.ctx.0.add((start + q0 + i) * h + hs);
                 std::ptr::copy_nonoverlapping(row.as_ptr(), dst, d);
             }
+        }
+    }
+}
+
+/// `s[i * n + j] += c[j * pw + shift(j) + i]` for `i < rows`, `j < n`: the p2c products (one
+/// row per key) added to the score rows (one per query). AVX-512 goes through 16 x 16 blocks
+/// transposed in registers; the plain loop writes every value to another row (at 32 x 128 it
+/// was 8% of the attention).
+fn add_transposed(
+    level: Level,
+    c: &[f32],
+    pw: usize,
+    shift: &dyn Fn(usize) -> usize,
+    n: usize,
+    rows: usize,
+    s: &mut [f32],
+) {
+    assert!(
+        (0..n).all(|j| shift(j) + rows <= pw) && c.len() >= n * pw && s.len() >= rows * n,
+        "p2c operands"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if level == Level::Avx512 {
+        // SAFETY: avx512f was detected (`Level::Avx512` comes from `simd()`); the extents were
+        // checked above.
+        return unsafe { x86::add_transposed_avx512(c, pw, shift, n, rows, s) };
+    }
+    let _ = level;
+    for j in 0..n {
+        let from = &c[j * pw + shift(j)..][..rows];
+        for (i, &v) in from.iter().enumerate() {
+            s[i * n + j] += v;
         }
     }
 }
@@ -1165,6 +1249,30 @@ mod tests {
                                 assert!(got.is_nan(), "{level:?} n {n} d {d}: wrote padding");
                             }
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn add_transposed_matches_the_plain_loop() {
+        for level in levels() {
+            for (n, rows) in [(1, 1), (16, 16), (17, 5), (33, 26), (128, 26), (40, 29)] {
+                let pw = rows + 3;
+                let shift = |j: usize| (j * 7) % 4;
+                let c: Vec<f32> = (0..n * pw).map(|v| v as f32).collect();
+                let base: Vec<f32> = (0..rows * n).map(|v| 0.5 * v as f32).collect();
+                let mut got = base.clone();
+                add_transposed(level, &c, pw, &shift, n, rows, &mut got);
+                for i in 0..rows {
+                    for j in 0..n {
+                        let want = base[i * n + j] + c[j * pw + shift(j) + i];
+                        assert_eq!(
+                            got[i * n + j],
+                            want,
+                            "{level:?} n {n} rows {rows} at {i},{j}"
+                        );
                     }
                 }
             }
