@@ -54,12 +54,18 @@ use std::sync::OnceLock;
 
 use super::ops::GELU_LANES;
 
-/// Dispatch an `mr` known at run time to a const-generic kernel `$f::<MR>` (or, with a panel
-/// element type and a prefetch policy, `$f::<MR, T, LINES>`).
+/// Dispatch an `mr` known at run time to a const-generic kernel `$f::<MR>` (or, with a prefetch
+/// policy, `$f::<MR, LINES>`, and with a panel element type as well, `$f::<MR, T, LINES>`).
 macro_rules! by_mr {
     ($mr:expr, $f:ident, $args:tt, [$($n:literal),*]) => {
         match $mr {
             $($n => $f::<$n> $args,)*
+            _ => unreachable!("mr out of range"),
+        }
+    };
+    ($mr:expr, $f:ident::<_, $l:tt>, $args:tt, [$($n:literal),*]) => {
+        match $mr {
+            $($n => $f::<$n, $l> $args,)*
             _ => unreachable!("mr out of range"),
         }
     };
@@ -1045,11 +1051,13 @@ impl TaskCtx<'_> {
     /// request its W early).
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     fn run(&self, mb: usize, ng: usize, next_ng: Option<usize>) {
-        // Columns split with x packed up front, f32 W, AVX-512: streamed, with no per-tile
-        // buffers.
+        // Columns split with x packed up front, f32 or bf16 pair W, AVX-512: streamed, with no
+        // per-tile buffers.
         #[cfg(target_arch = "x86_64")]
-        if let (Some(xp), WPanels::F32(w), SimdLevel::Avx512) = (self.xp, self.w, self.level) {
-            return self.run_streaming(xp, w, mb, ng, next_ng);
+        if let (Some(xp), WPanels::F32(_) | WPanels::Pairs(_), SimdLevel::Avx512) =
+            (self.xp, self.w, self.level)
+        {
+            return self.run_streaming(xp, mb, ng, next_ng);
         }
         // Re-entered on this thread (cannot happen today: the tile body never yields to
         // rayon): use private buffers rather than panic.
@@ -1155,7 +1163,7 @@ impl TaskCtx<'_> {
                                 BlockSrc::Pairs(w) => {
                                     let (k2, kc2) = (k.div_ceil(2), kc.div_ceil(2));
                                     let b = &w[(q * k2 + pc / 2) * NR..][..kc2 * NR];
-                                    x86::avx512_dot_kernel(mr, kc2, a, b, c, n, nr, !first);
+                                    x86::avx512_dot_kernel(mr, kc2, a, b, c, n, nr, !first, None);
                                 }
                             }
                         }
@@ -1192,15 +1200,17 @@ impl TaskCtx<'_> {
     /// panel. (With three x panels or more, m = 29 to ~200, this beat the blocked loop by 7-11%
     /// on the 48 GEMMs of a forward: the loop's W block arrives during the first x panel only.)
     #[cfg(target_arch = "x86_64")]
-    fn run_streaming(
-        &self,
-        xp: SharedPtr,
-        w: &[f32],
-        mb: usize,
-        ng: usize,
-        next_ng: Option<usize>,
-    ) {
+    fn run_streaming(&self, xp: SharedPtr, mb: usize, ng: usize, next_ng: Option<usize>) {
         let (p, n, k) = (self.plan, self.n, self.k);
+        // Steps of the micro-kernels are k-steps for f32 panels and pairs of k for bf16 pair
+        // panels; either way one step of a panel is 32 words (128 bytes, two lines), so
+        // everything below counts words and steps.
+        let base: *const f32 = match self.w {
+            WPanels::F32(w) => w.as_ptr(),
+            WPanels::Pairs(w) => w.as_ptr().cast(),
+            WPanels::Bf16(_) => unreachable!("bf16 widening panels are not streamed"),
+        };
+        let kw = self.words(k);
         let (i0, rows) = (mb * p.mc, p.block_rows(self.m, mb));
         let panels = Panels::new(rows, p.mr);
         let g0 = ng * p.ng_panels;
@@ -1209,24 +1219,26 @@ impl TaskCtx<'_> {
         let mut pc = 0;
         while pc < k {
             let kc = p.kc.min(k - pc);
+            let (pw, steps) = (self.words(pc), self.words(kc));
             // SAFETY: as in `run_with`: the range `pack_unit(mb, pc / kc)` wrote, complete
             // before any tile started, read-only from then on.
-            let xb = unsafe { std::slice::from_raw_parts(xp.0.add(i0 * k + rows * pc), rows * kc) };
+            let xb =
+                unsafe { std::slice::from_raw_parts(xp.0.add(i0 * kw + rows * pw), rows * steps) };
             for q in g0..g1 {
-                let (j0, b) = (q * NR, &w[(q * k + pc) * NR..][..kc * NR]);
+                let (j0, at) = (q * NR, (q * kw + pw) * NR);
                 let nr = NR.min(n - j0);
                 // The micro-panel after this one in walk order: the next panel of this k-block,
                 // else the tile's first panel of the next k-block, else none.
                 let next = if q + 1 < g1 {
-                    Some((q + 1) * k + pc)
+                    Some((q + 1) * kw + pw)
                 } else if pc + kc < k {
-                    Some(g0 * k + pc + kc)
+                    Some(g0 * kw + pw + steps)
                 } else {
-                    next_tile.map(|q| q * k)
+                    next_tile.map(|q| q * kw)
                 };
                 for t in 0..panels.count {
                     let (r0, mr) = (panels.start(t), panels.rows(t));
-                    let a = &xb[r0 * kc..(r0 + mr) * kc];
+                    let a = &xb[r0 * steps..(r0 + mr) * steps];
                     // kc * 2 lines of the next micro-panel: all by a lone call, else half
                     // each by the first two calls on this one
                     let lines = match (panels.count, t) {
@@ -1236,22 +1248,32 @@ impl TaskCtx<'_> {
                     };
                     let stream = match next {
                         Some(o) => x86::Stream {
-                            at: w.as_ptr().wrapping_add(o * NR + t.min(1) * kc * 16),
+                            at: base.wrapping_add(o * NR + t.min(1) * steps * 16),
                             lines,
                         },
-                        None => x86::Stream {
-                            at: w.as_ptr(),
-                            lines: 0,
-                        },
+                        None => x86::Stream { at: base, lines: 0 },
                     };
                     // SAFETY: as in `run_with`: the tile rows `i0 + r0 .. + mr`, columns
                     // `j0 .. j0 + nr` lie inside `out[..m * n]` and belong to this tile only;
-                    // `a` holds `mr * kc`, `b` `kc * NR` values, `mr <= level.mr()`; AVX-512F
-                    // was detected (`level`); when `pc > 0` the tile was written by the
-                    // previous k-block.
+                    // `a` holds `mr * steps`, `b` `steps * NR` words, `mr <= level.mr()`;
+                    // AVX-512F was detected (`level`), and avx512_bf16 too for pair panels
+                    // (`linear_with`); when `pc > 0` the tile was written by the previous
+                    // k-block.
                     unsafe {
                         let c = self.out.0.add((i0 + r0) * n + j0);
-                        x86::avx512_kernel(mr, kc, a, b, c, n, nr, pc > 0, Some(stream));
+                        let more = pc > 0;
+                        match self.w {
+                            WPanels::F32(w) => {
+                                let b = &w[at..][..steps * NR];
+                                x86::avx512_kernel(mr, steps, a, b, c, n, nr, more, Some(stream));
+                            }
+                            WPanels::Pairs(w) => {
+                                let b = &w[at..][..steps * NR];
+                                let s = Some(stream);
+                                x86::avx512_dot_kernel(mr, steps, a, b, c, n, nr, more, s);
+                            }
+                            WPanels::Bf16(_) => unreachable!("checked above"),
+                        }
                     }
                 }
             }

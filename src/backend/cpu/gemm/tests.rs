@@ -213,8 +213,12 @@ fn gemm_small_m_paths() {
     // Big enough to run in parallel with the columns split into groups (`run_streaming`): one
     // x panel (1, 3, 14 rows), two (15 -> 8 + 7, 16, 28), three (29, 42), four and more (43, 100,
     // whose m-blocks hold three); k = 1536 is four k-blocks, n = 1150 ends in a partial panel.
+    // The bf16 dot-product kernel streams the same way (where the CPU has avx512_bf16).
     for m in [1, 3, 14, 15, 16, 28, 29, 42, 43, 100] {
         check_shape(m, 1150, 1536);
+        if bf16_dot_detected() {
+            check_shape_with(m, 1150, 1536, Stored::Bf16Dot);
+        }
     }
 }
 

@@ -213,8 +213,8 @@ unsafe fn avx512_tile<const MR: usize, T: PanelElem, const LINES: usize>(
     unsafe { store_tile(&lo, &hi, c, ldc, nr, accumulate) }
 }
 
-/// The bf16 dot-product micro-kernel (`vdpbf16ps`): like `avx512_kernel`, over `kc2` pairs
-/// of k. `a` holds `mr` words per pair (`pack_x_block` layout over the words of x rounded to
+/// The bf16 dot-product micro-kernel (`vdpbf16ps`): like `avx512_kernel` (with the same
+/// `stream` option: a step of a pair panel is 128 bytes too), over `kc2` pairs of k. `a` holds `mr` words per pair (`pack_x_block` layout over the words of x rounded to
 /// bf16 pairs, see `round_to_bf16_pairs`), `b` 32 words per pair (`PackedWeight::with_bf16_dot`);
 /// each `vdpbf16ps` adds both products of a pair to the fp32 accumulators, so it does twice
 /// the multiply-adds of an fp32 FMA.
@@ -234,22 +234,35 @@ pub(super) unsafe fn avx512_dot_kernel(
     ldc: usize,
     nr: usize,
     accumulate: bool,
+    stream: Option<Stream>,
 ) {
     assert!(mr * kc2 <= a.len() && kc2 * NR <= b.len() && (1..=NR).contains(&nr));
+    debug_assert!(stream.is_none_or(|s| s.lines <= 2));
     let (a, b) = (a.as_ptr().cast::<u32>(), b.as_ptr());
+    let at = stream.map_or(std::ptr::null(), |s| s.at);
+    macro_rules! tile {
+        ($lines:tt) => {
+            by_mr!(
+                mr,
+                avx512_dot_tile::<_, $lines>,
+                (kc2, a, b, c, ldc, nr, accumulate, at),
+                [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+            )
+        };
+    }
     // SAFETY: the operand lengths were just checked; the rest is this function's contract.
     unsafe {
-        by_mr!(
-            mr,
-            avx512_dot_tile,
-            (kc2, a, b, c, ldc, nr, accumulate),
-            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
-        )
+        match stream.map(|s| s.lines) {
+            None => tile!(OWN),
+            Some(0) => tile!(0),
+            Some(1) => tile!(1),
+            Some(_) => tile!(2),
+        }
     }
 }
 
-/// One `MR x 32` tile of the dot-product kernel over `kc2` pairs, prefetching its own W
-/// `PF_AHEAD` words ahead.
+/// One `MR x 32` tile of the dot-product kernel over `kc2` pairs; each pair prefetches its own
+/// W `PF_AHEAD` words ahead (`LINES == OWN`) or `LINES` lines of the stream at `at`.
 ///
 /// # Safety
 /// As `avx512_dot_kernel`, with `MR == mr`, `a` valid for `MR * kc2` and `b` for `kc2 * NR`
@@ -257,7 +270,7 @@ pub(super) unsafe fn avx512_dot_kernel(
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bf16")]
 #[inline]
-unsafe fn avx512_dot_tile<const MR: usize>(
+unsafe fn avx512_dot_tile<const MR: usize, const LINES: usize>(
     kc2: usize,
     a: *const u32,
     b: *const u32,
@@ -265,17 +278,25 @@ unsafe fn avx512_dot_tile<const MR: usize>(
     ldc: usize,
     nr: usize,
     accumulate: bool,
+    at: *const f32,
 ) {
     let mut lo = [_mm512_setzero_ps(); MR];
     let mut hi = [_mm512_setzero_ps(); MR];
+    let per = if LINES == OWN { 0 } else { 16 * LINES };
     // SAFETY: pair p reads `a + p * MR .. + MR` and `b + p * NR .. + NR`, inside the operands
-    // for p < kc2 (caller contract); the prefetch address is formed with `wrapping_add` and a
+    // for p < kc2 (caller contract); prefetch addresses are formed with `wrapping_add` and a
     // prefetch never faults. `__m512i` and `__m512bh` are both 64-byte vectors, any bits valid.
     unsafe {
-        let (mut ap, mut bp) = (a, b);
+        let (mut ap, mut bp, mut pf) = (a, b, at);
         for _ in 0..kc2 {
-            _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PF_AHEAD).cast());
-            _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PF_AHEAD + 16).cast());
+            if LINES == OWN {
+                _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PF_AHEAD).cast());
+                _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PF_AHEAD + 16).cast());
+            } else {
+                for l in 0..LINES {
+                    _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(16 * l).cast());
+                }
+            }
             let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.cast()));
             let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(16).cast()));
             for r in 0..MR {
@@ -285,6 +306,7 @@ unsafe fn avx512_dot_tile<const MR: usize>(
             }
             ap = ap.add(MR);
             bp = bp.add(NR);
+            pf = pf.wrapping_add(per);
         }
     }
     // SAFETY: forwarded contract (the `MR x nr` tile at `c`).
