@@ -526,10 +526,7 @@ pub fn linear_with(
                 Err(_) => &mut private,
             };
             // Every element is written by the pack units: grow it, never clear it.
-            let len = m * ctx.words(k);
-            if buf.len() < len {
-                buf.resize(len, 0.0);
-            }
+            grow(buf, m * ctx.words(k));
             let ctx = TaskCtx {
                 xp: Some(SharedPtr(buf.as_mut_ptr())),
                 ..ctx
@@ -993,7 +990,6 @@ impl TaskCtx<'_> {
     /// Pack x rows `i0 .. i0 + rows`, k-block `pc .. pc + kc` into `dst` (`rows *
     /// words(kc)` words, laid out by `pack_x_block`); with bf16 pair weights the values are
     /// first rounded to bf16 pairs, row by row, in `tmp`.
-    #[allow(clippy::too_many_arguments)]
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables, clippy::ptr_arg))]
     fn pack(
         &self,
