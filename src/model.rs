@@ -350,7 +350,7 @@ pub struct CpuModel {
 /// A batch of token sequences packed back to back.
 #[derive(Clone, Debug, Default)]
 pub struct PackedBatch {
-    /// [T] token ids
+    /// `[T]` token ids
     pub ids: Vec<u32>,
     /// [B + 1] start of each sequence in `ids`; the last entry is T
     pub offsets: Vec<usize>,

@@ -8,6 +8,7 @@
 //! | level      | micro-tile (rows x cols)       | registers                                  |
 //! |------------|--------------------------------|--------------------------------------------|
 //! | `Avx512`   | up to 14 x 32                  | 28 zmm accumulators + 2 W + 1 broadcast    |
+//! | bf16 dot   | up to 14 x 32, k in pairs      | as `Avx512`, `vdpbf16ps` (avx512_bf16)     |
 //! | `Avx2`     | up to 6 x 16, twice per panel  | 12 ymm accumulators + 2 W + 1 broadcast    |
 //! | `Neon`     | up to 6 x 16, twice per panel  | 24 q accumulators + 4 W (aarch64)          |
 //! | `Portable` | up to 4 x 16, twice per panel  | plain Rust, auto-vectorised; always built  |
@@ -46,7 +47,9 @@
 //!   a time; bias + residual).
 //!
 //! Numerics: fp32 multiply-add with fp32 accumulators; only the summation order differs from the
-//! naive loop ([`reference_linear`]).
+//! naive loop ([`reference_linear`]). The opt-in bf16 weights ([`PackedWeight::with_bf16_storage`],
+//! [`PackedWeight::with_bf16_dot`]) trade that for half the weight bytes (and, with the dot
+//! products, bf16-rounded x and twice the multiply-adds per instruction).
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -433,7 +436,7 @@ fn lines_as_mut_slice(lines: &mut [Line]) -> &mut [f32] {
 pub enum Epilogue<'a> {
     /// `out = x W^T`
     None,
-    /// `out = x W^T + bias` (bias: [n])
+    /// `out = x W^T + bias` (bias: `[n]`)
     Bias(&'a [f32]),
     /// `out = gelu_erf(x W^T + bias)`
     BiasGelu(&'a [f32]),

@@ -225,7 +225,7 @@ fn sum_f64(row: &[f32], f: impl Fn(f64) -> f64) -> f64 {
 /// `padding = (k-1)/2` and zeros outside each sequence (what transformers sees: padded positions
 /// of the embedding output are zero).
 ///
-/// `x`, `out`: [T, H]; `weight`: [H, H/groups, k] (torch Conv1d layout); `bias`: [H].
+/// `x`, `out`: `[T, H]`; `weight`: `[H, H/groups, k]` (torch Conv1d layout); `bias`: `[H]`.
 #[allow(clippy::too_many_arguments)]
 pub fn conv1d_act_into(
     x: &[f32],

@@ -1,6 +1,8 @@
-//! x86-64 micro-kernels: AVX-512F (up to 14 x 32) and AVX2 + FMA (up to 6 x 16, twice per
-//! 32-wide W panel). Both are compiled into every x86-64 build and only called after run-time
-//! feature detection (`SimdLevel::is_available`).
+//! x86-64 micro-kernels: AVX-512F (up to 14 x 32; fp32 panels, or bf16 panels widened in
+//! registers), its bf16 dot-product twin on AVX512_BF16 (up to 14 x 32 over pairs of k), and
+//! AVX2 + FMA (up to 6 x 16, twice per 32-wide W panel). All are compiled into every x86-64
+//! build and only called after run-time feature detection (`SimdLevel::is_available`,
+//! `bf16_dot_detected`).
 //!
 //! The `_mm512_*` intrinsics (and the `avx512f` target feature) are stable since Rust 1.89.
 //! The crate already needs 1.89 through its dependencies (zip 9.8 declares `rust-version =
@@ -137,8 +139,9 @@ const OWN: usize = usize::MAX;
 /// One `MR x 32` tile over `kc` k-steps. Each k-step prefetches either its own W `PF_AHEAD`
 /// ahead (`LINES == OWN`) or `LINES` lines of the stream at `at` (`LINES` lines per k-step).
 /// The k-loop walks pointers, two k-steps per iteration: apart from the FMAs and their loads
-/// a k-step costs about two instructions, so the FMAs, not the front end, set the pace: the m = 16 GEMM on L2-resident W ran ~30% faster than with an indexed loop and a
-/// run-time stream length (same run, alternated).
+/// a k-step costs about two instructions, so the FMAs, not the front end, set the pace: the
+/// m = 16 GEMM on L2-resident W ran ~30% faster than with an indexed loop and a run-time
+/// stream length (same run, alternated).
 ///
 /// # Safety
 /// As `avx512_kernel`, with `MR == mr`, `a` valid for `MR * kc` and `b` for `kc * NR` reads.
@@ -214,10 +217,11 @@ unsafe fn avx512_tile<const MR: usize, T: PanelElem, const LINES: usize>(
 }
 
 /// The bf16 dot-product micro-kernel (`vdpbf16ps`): like `avx512_kernel` (with the same
-/// `stream` option: a step of a pair panel is 128 bytes too), over `kc2` pairs of k. `a` holds `mr` words per pair (`pack_x_block` layout over the words of x rounded to
-/// bf16 pairs, see `round_to_bf16_pairs`), `b` 32 words per pair (`PackedWeight::with_bf16_dot`);
-/// each `vdpbf16ps` adds both products of a pair to the fp32 accumulators, so it does twice
-/// the multiply-adds of an fp32 FMA.
+/// `stream` option: a step of a pair panel is 128 bytes too), over `kc2` pairs of k. `a`
+/// holds `mr` words per pair (`pack_x_block` layout over the words of x rounded to bf16 pairs,
+/// see `round_to_bf16_pairs`), `b` 32 words per pair (`PackedWeight::with_bf16_dot`); each
+/// `vdpbf16ps` adds both products of a pair to the fp32 accumulators, so it does twice the
+/// multiply-adds of an fp32 FMA.
 ///
 /// # Safety
 /// AVX-512F and AVX512_BF16 must be available; `1 <= mr <= AVX512_MR`, `1 <= nr <= NR`; `c`
