@@ -975,13 +975,23 @@ fn block(job: &Job<'_>, sc: &mut Scratch, level: Level) {
                 let shift = |j: usize| (j / 4 * 4 + 3).min(n - 1) - j;
                 add_transposed(level, c, pw, &shift, n, bq, s);
             } else {
+                // Log buckets: first gather each key's values into query order in place (row
+                // j: `c[j][i] = c[j][idx(q0 + i, j) - glo(g)]`, read through a copy of the
+                // row), then add them like the linear case. (Adding straight from the gather
+                // wrote each value to another score row: at 1 x 512 that was 13% of the
+                // forward.)
+                let mut row = [0.0f32; QUERY_BLOCK + 3];
                 for j in 0..n {
-                    let crow = &c[j * pw..(j + 1) * pw];
+                    let crow = &mut c[j * pw..(j + 1) * pw];
                     let lo = glo(j / 4 * 4);
-                    for i in 0..bq {
-                        s[i * n + j] += crow[idx(q0 + i, j) - lo];
+                    row[..pw].copy_from_slice(crow);
+                    // idx(q0 + i, j) for i < bq: entries q0 + off - j .. + bq of the table
+                    let at = &tbl[q0 + off - j..][..bq];
+                    for (v, &r) in crow.iter_mut().zip(at) {
+                        *v = row[r as usize - lo];
                     }
                 }
+                add_transposed(level, c, pw, &|_| 0, n, bq, s);
             }
         }
 
