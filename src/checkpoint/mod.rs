@@ -180,6 +180,8 @@ impl Checkpoint {
                             format!("tensor `{full}` holds a non-finite value at element {pos}"),
                         ));
                     }
+                    // The check touched every page; the forward touches only the rows it uses.
+                    self.release_range(start, n * 4);
                     return Ok(t);
                 }
             }
@@ -202,9 +204,30 @@ impl Checkpoint {
         }
     }
 
+    /// Drop the map's pages of bytes `start .. start + len` from the resident set once they
+    /// have been read (copied, or checked), so that loading never holds the whole file
+    /// resident: the peak RSS is then the copies plus one tensor's pages, not the file plus the
+    /// copies. Pages straddling the range's ends may be dropped too; like any dropped page of
+    /// this read-only map they come back from the page cache when touched. Best effort.
+    fn release_range(&self, start: usize, len: usize) {
+        #[cfg(unix)]
+        if let Store::Safetensors { map, .. } = &self.store {
+            // SAFETY: as in `release_resident_pages`: MADV_DONTNEED on a read-only, file-backed
+            // mapping leaves its contents unchanged (a later read faults the same bytes back in);
+            // memmap2 checks the range against the map and aligns its start to a page.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len)
+            };
+        }
+        #[cfg(not(unix))]
+        let _ = (start, len);
+    }
+
     /// Backbone tensor `name` as f32, checked against `shape`.
     pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let full = format!("{}{name}", self.prefix);
+        // (the byte range in the safetensors map, released once copied)
+        let mut mapped: Option<(usize, usize)> = None;
         let (dtype, found, bytes): (DType, Vec<usize>, &[u8]) = match &self.store {
             Store::Safetensors {
                 map,
@@ -237,6 +260,7 @@ impl Checkpoint {
                             format!("tensor `{full}` lies outside the file"),
                         )
                     })?;
+                mapped = Some((data_start + a, bytes.len()));
                 (dtype, info.shape.clone(), bytes)
             }
             Store::Torch(map) => {
@@ -267,6 +291,9 @@ impl Checkpoint {
             ));
         }
         let out = to_f32(dtype, bytes);
+        if let Some((start, len)) = mapped {
+            self.release_range(start, len);
+        }
         if let Some(pos) = out.iter().position(|x| !x.is_finite()) {
             return Err(Error::checkpoint(
                 &self.path,
