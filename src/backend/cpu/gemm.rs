@@ -1082,7 +1082,8 @@ impl TaskCtx<'_> {
             let kc = p.kc.min(k - pc);
             let first = pc == 0;
             let last = pc + kc == k;
-            let len = rows * self.words(kc);
+            let kw = self.words(kc);
+            let len = rows * kw;
             let xb: &[f32] = match self.xp {
                 // SAFETY: the range is the one `pack_unit(mb, pc / kc)` wrote (inside the
                 // m * words(k) buffer, see there); all units finished before any tile started
@@ -1127,7 +1128,7 @@ impl TaskCtx<'_> {
                 };
                 for t in 0..panels.count {
                     let (r0, mr) = (panels.start(t), panels.rows(t));
-                    let a = &xb[r0 * self.words(kc)..(r0 + mr) * self.words(kc)];
+                    let a = &xb[r0 * kw..(r0 + mr) * kw];
                     let row = i0 + r0;
                     for q in q_blk..q_end {
                         let j0 = q * NR;
