@@ -142,7 +142,7 @@ fn main() -> Result<()> {
     );
 
     let (sentences, tokens) = requests.iter().try_fold((0, 0), |(s, t), texts| {
-        let ids = server.embedder().tokenize(texts)?;
+        let ids = server.embedder().token_ids(texts)?;
         anyhow::Ok((s + ids.len(), t + ids.iter().map(Vec::len).sum::<usize>()))
     })?;
     println!(

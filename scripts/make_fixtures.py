@@ -15,7 +15,7 @@ byte-identical files. What is written (see tests/fixtures/README.md for the form
     tests/fixtures/models/<name>/            tiny random-weight checkpoints, laid out as users have them
     tests/fixtures/reference/<name>.json     token ids (as sentence-transformers tokenizes), metadata
     tests/fixtures/reference/<name>.safetensors   embeddings + per-layer hidden states (float32)
-    tests/fixtures/reference/tokenizer_edge_cases.json   tokenizer.json vs transformers 5 on edge inputs
+    tests/fixtures/reference/tokenizer_edge_cases.json   tokenizer.json vs transformers 5.25 on edge inputs
 
 Which model covers what (keep in sync with tests/fixtures/README.md):
 
@@ -23,7 +23,7 @@ Which model covers what (keep in sync with tests/fixtures/README.md):
   st2_v3like           ST 2.2.2 by hand, pytorch_model.bin fp32       v3-xsmall-like: buckets 16, max_rel -1 (->64),  mean
                        (+ legacy int64 embeddings.position_ids),      norm_rel_ebd layer_norm, share_att_key,
                        4.x-style tokenizer.json (legacy Metaspace)    pos_att_type "p2c|c2p" STRING, max_seq 24
-  st6_proj_cls_norm    ST 6.2 native save, model.safetensors          embedding_size 24 != hidden 32 (embed_proj),   cls + Normalize
+  st6_proj_cls_norm    ST 6 native save, model.safetensors            embedding_size 24 != hidden 32 (embed_proj),   cls + Normalize
                                                                       position_biased_input, type_vocab_size 2,
                                                                       share_att_key false (pos_key_proj), ["c2p"],
                                                                       buckets -1, max_rel -1 (->128), norm none
@@ -241,8 +241,9 @@ SENTENCES = [
     "what is [MASK] here",  # 16 special token spelled out in the text
 ]
 
-# Inputs where a tokenizer.json written by transformers 4.x (Strip + Precompiled charsmap + Replace)
-# and transformers 5's DebertaV2Tokenizer (which rebuilds its normalizer) may disagree.
+# Inputs where a tokenizer.json's own normalizer (4.x: Strip + Precompiled charsmap + Replace;
+# 5.0-5.24: no charsmap) and transformers 5.25's DebertaV2Tokenizer (which rebuilds the
+# normalizer around the file's charsmap, if any) may disagree.
 EDGE_CASES = [
     "x\u00a0y",  # no-break space
     "Ｆｕｌｌ ｗｉｄｔｈ",  # full-width
@@ -608,6 +609,24 @@ def make_st6_proj_cls_norm(out: Path, V: int, tok, work: Path) -> None:
     save_hf_dir(model, tok, tmp)
     t = Transformer(str(tmp), max_seq_length=40, model_kwargs={"dtype": torch.float32})
     st6_save([t, Pooling(t.get_embedding_dimension(), pooling_mode="cls"), Normalize()], out)
+    as_early_v5_tokenizer_json(out / "tokenizer.json")
+
+
+def as_early_v5_tokenizer_json(path: Path) -> None:
+    """The normalizer transformers 5.0-5.24 wrote into tokenizer.json for DeBERTa-v2/v3: no
+    precompiled charsmap, whitespace collapse + NFC + right strip (5.25 writes the charsmap again).
+    Models saved in that window keep it, and transformers 5.25 then tokenizes without nmt_nfkc."""
+    d = json.loads(path.read_text(encoding="utf-8"))
+    assert any(n["type"] == "Precompiled" for n in d["normalizer"]["normalizers"]), d["normalizer"]
+    d["normalizer"] = {
+        "type": "Sequence",
+        "normalizers": [
+            {"type": "Replace", "pattern": {"Regex": "\\s{2,}|[\\n\\r\\t]"}, "content": " "},
+            {"type": "NFC"},
+            {"type": "Strip", "strip_left": False, "strip_right": True},
+        ],
+    }
+    path.write_text(json.dumps(d, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def make_hf_seqcls_prefix(out: Path, V: int, tok) -> None:
@@ -972,7 +991,7 @@ def check_tokenizer_json(name: str, d: Path, st, sentences: list[str], token_ids
 
 
 def tokenizer_edge_cases(dirs: dict[str, Path]) -> None:
-    """Where tokenizer.json (Rust `tokenizers`) and transformers 5 (what ST 6 uses) disagree."""
+    """Where tokenizer.json as it is (Rust `tokenizers`) and transformers 5.25 (what ST 6.3 uses) disagree."""
     out = {"sentences": EDGE_CASES, "tokenizers": []}
     for label, d in dirs.items():
         hf = transformers.AutoTokenizer.from_pretrained(str(d))
@@ -1136,15 +1155,18 @@ def main() -> None:
             {
                 "st2_v3like (4.x tokenizer.json, legacy Metaspace)": MODELS / "st2_v3like",
                 "st3_conv_multipool (4.x tokenizer.json)": MODELS / "st3_conv_multipool",
-                "st6_proj_cls_norm (5.x tokenizer.json)": MODELS / "st6_proj_cls_norm",
+                "st6_proj_cls_norm (5.0-5.24 tokenizer.json, no charsmap)": MODELS / "st6_proj_cls_norm",
+                "st6_pool_max (5.25 tokenizer.json)": MODELS / "st6_pool_max",
             }
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    total = sum(p.stat().st_size for p in FIX.rglob("*") if p.is_file() and "bin" not in p.relative_to(FIX).parts[:1])
-    print(f"fixture size (without tests/fixtures/bin): {total / 1e6:.2f} MB")
-    big = [p for p in FIX.rglob("*") if p.is_file() and p.stat().st_size > 1_000_000]
+    # tests/fixtures/realtok holds the real 2.4 MB spm.model and 8.7 MB tokenizer.json on purpose
+    own = [p for p in FIX.rglob("*") if p.is_file() and p.relative_to(FIX).parts[0] not in ("bin", "realtok")]
+    total = sum(p.stat().st_size for p in own)
+    print(f"fixture size (without tests/fixtures/bin and realtok): {total / 1e6:.2f} MB")
+    big = [p for p in own if p.stat().st_size > 1_000_000]
     if big:
         problem(f"files over 1 MB: {big}")
 
@@ -1157,6 +1179,15 @@ def main() -> None:
     if other.exists():
         print(f"running {other.relative_to(ROOT)} ...")
         subprocess.run([sys.executable, str(other)], check=True)
+
+    # the real DeBERTa-v3 tokenizer and STS-B dev are not in this repository's scripts: say where
+    realdata, stsb = os.environ.get("DEBERTA_REALDATA"), os.environ.get("DEBERTA_STSB")
+    if realdata and stsb:
+        print("running scripts/make_realtok_fixtures.py ...")
+        script = ROOT / "scripts" / "make_realtok_fixtures.py"
+        subprocess.run([sys.executable, str(script), "--realdata", realdata, "--stsb", stsb], check=True)
+    else:
+        print("tests/fixtures/realtok left as it is (set DEBERTA_REALDATA and DEBERTA_STSB to rebuild it)")
 
 
 if __name__ == "__main__":

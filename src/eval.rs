@@ -949,7 +949,7 @@ impl PairEmbeddings {
             first.push(id(a));
             second.push(id(b));
         }
-        let ids = embedder.tokenize(&texts)?;
+        let ids = embedder.token_ids(&texts)?;
         let mut order: Vec<usize> = (0..ids.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(ids[i].len()));
         let dim = embedder.dim();

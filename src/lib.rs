@@ -243,12 +243,7 @@ impl Embedder {
     pub fn load_with(dir: impl AsRef<Path>, device: Device, opts: EmbedderOptions) -> Result<Self> {
         check_device(device, opts.precision)?;
         let (pipeline, cfg) = PipelineConfig::load(dir.as_ref())?;
-        let tokenizer = TextTokenizer::from_dir(
-            &pipeline.transformer_dir,
-            pipeline.max_seq_length,
-            pipeline.do_lower_case,
-            cfg.vocab_size,
-        )?;
+        let tokenizer = TextTokenizer::for_pipeline(&pipeline, &cfg)?;
         let ck = Checkpoint::open_dir(&pipeline.transformer_dir)?;
         let weights = HostWeights::load(&ck, &cfg)?;
         ck.release_resident_pages();
@@ -360,15 +355,21 @@ impl Embedder {
         self.opts.normalize.unwrap_or(self.pipeline.normalize)
     }
 
-    /// Token ids exactly as the model sees them (truncated, with special tokens).
-    pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
-        self.tokenizer.encode_batch(texts)
+    /// Each text as the model sees it (truncated, with special tokens): ids, vocabulary pieces,
+    /// special-token flags, character offsets into the text, and whether truncation cut it.
+    pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Tokenized>> {
+        self.tokenizer.tokenize(texts, true)
     }
 
-    /// Token ids as [`Embedder::tokenize`] gives them, each with whether truncation to
-    /// max_seq_length cut the text.
-    pub fn tokenize_detailed(&self, texts: &[&str]) -> Result<Vec<Tokenized>> {
-        self.tokenizer.encode_batch_detailed(texts)
+    /// [`Embedder::tokenize`] without truncation: every token of each text (for counting or
+    /// chunking; what the model sees is cut at [`Embedder::max_seq_length`]).
+    pub fn tokenize_all(&self, texts: &[&str]) -> Result<Vec<Tokenized>> {
+        self.tokenizer.tokenize(texts, false)
+    }
+
+    /// Only the token ids of [`Embedder::tokenize`] (what [`Embedder::encode_ids`] takes).
+    pub fn token_ids(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
+        self.tokenizer.encode_batch(texts)
     }
 
     /// Embed texts; rows come back in input order.
@@ -429,7 +430,7 @@ impl Embedder {
         })
     }
 
-    /// Embed pre-tokenized sequences (ids from [`Embedder::tokenize`]).
+    /// Embed pre-tokenized sequences (ids from [`Embedder::token_ids`]).
     pub fn encode_ids(&self, ids: &[Vec<u32>]) -> Result<Embeddings> {
         self.encode_ids_with(ids, self.normalizes())
     }

@@ -29,6 +29,9 @@ enum Command {
     Embed(EmbedArgs),
     /// Print the similarity matrix of the given sentences.
     Similarity(SimilarityArgs),
+    /// Write per input line the token ids and vocabulary pieces the model sees (special tokens
+    /// included, after truncation), as one JSON object {"ids": [...], "tokens": [...]}.
+    Tokenize(TokenizeArgs),
     /// Print the resolved configuration of a model directory.
     Info(InfoArgs),
     /// Time the forward + pooling on fixed-shape inputs (B sequences of exactly L tokens).
@@ -36,7 +39,7 @@ enum Command {
     /// Evaluate a model on labelled sentence pairs, as sentence-transformers' evaluators do.
     Eval(cli_eval::EvalArgs),
     /// Serve embeddings over HTTP: OpenAI-compatible /v1/embeddings,
-    /// text-embeddings-inference-compatible /embed, /health and Prometheus /metrics.
+    /// text-embeddings-inference-compatible /embed and /tokenize, /health and Prometheus /metrics.
     Serve(cli_serve::ServeArgs),
 }
 
@@ -113,6 +116,19 @@ struct SimilarityArgs {
     /// The sentences to compare.
     #[arg(required = true, value_name = "SENTENCE")]
     sentences: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct TokenizeArgs {
+    /// Model directory (only its tokenizer and configs are read, not the weights).
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+    /// Input, read as `embed` reads it: .txt, .jsonl, or - for stdin.
+    #[arg(long, value_name = "FILE")]
+    input: PathBuf,
+    /// Output file (default: stdout).
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -204,6 +220,7 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Command::Embed(a) => embed(a),
         Command::Similarity(a) => similarity(a),
+        Command::Tokenize(a) => tokenize(a),
         Command::Info(a) => info(a),
         Command::Bench(a) => bench(a),
         Command::Eval(a) => cli_eval::run(a),
@@ -365,6 +382,28 @@ fn embed(a: EmbedArgs) -> Result<()> {
         Ok(())
     })?;
     bar.finish_and_clear();
+    w.flush().context("writing output")?;
+    Ok(())
+}
+
+fn tokenize(a: TokenizeArgs) -> Result<()> {
+    let inputs = read_inputs(&a.input)?;
+    let tokenizer = deberta_embed::tokenize::TextTokenizer::load(&a.model)?;
+    let sink: Box<dyn Write> = match &a.output {
+        Some(p) => Box::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        ),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut w = BufWriter::with_capacity(1 << 20, sink);
+    for chunk in inputs.chunks(CHUNK) {
+        let texts: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        for t in tokenizer.tokenize(&texts, true)? {
+            let line = serde_json::json!({"ids": t.ids, "tokens": t.tokens});
+            serde_json::to_writer(&mut w, &line).context("writing output")?;
+            w.write_all(b"\n").context("writing output")?;
+        }
+    }
     w.flush().context("writing output")?;
     Ok(())
 }
@@ -588,7 +627,7 @@ fn bench_corpus(
     let t1 = Instant::now();
     e.encode(&texts[..1])?;
     let first_ms = t1.elapsed().as_secs_f64() * 1e3;
-    let tokens: usize = e.tokenize(&texts)?.iter().map(Vec::len).sum();
+    let tokens: usize = e.token_ids(&texts)?.iter().map(Vec::len).sum();
     for _ in 0..a.warmup.min(1) {
         e.encode(&texts)?;
     }

@@ -7,6 +7,9 @@
 //!   truncates them.
 //! * `POST /embed`: text-embeddings-inference-compatible (`inputs`, `normalize`, `truncate`);
 //!   an over-long input is refused with 413 unless `truncate` is true.
+//! * `POST /tokenize`: text-embeddings-inference-compatible (`inputs`, `add_special_tokens`):
+//!   per input the tokens the model sees, each `{id, text, special, start, stop}` with
+//!   character offsets into the input; `truncate: false` gives every token instead.
 //! * `GET /health`: 200 while the model is loaded and the batcher runs.
 //! * `GET /metrics`: Prometheus text exposition.
 //!
@@ -208,6 +211,7 @@ fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/embeddings", post(openai_embeddings))
         .route("/embed", post(tei_embed))
+        .route("/tokenize", post(tei_tokenize))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -485,10 +489,23 @@ async fn tokenize(
     s: &Shared,
     texts: Vec<String>,
 ) -> std::result::Result<Vec<crate::Tokenized>, ApiError> {
+    tokenize_with(s, Arc::new(texts), true).await
+}
+
+/// [`tokenize`], truncated to max_seq_length or not, keeping the texts for the caller.
+async fn tokenize_with(
+    s: &Shared,
+    texts: Arc<Vec<String>>,
+    truncate: bool,
+) -> std::result::Result<Vec<crate::Tokenized>, ApiError> {
     let embedder = s.embedder.clone();
     let joined = tokio::task::spawn_blocking(move || {
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        embedder.tokenize_detailed(&refs)
+        if truncate {
+            embedder.tokenize(&refs)
+        } else {
+            embedder.tokenize_all(&refs)
+        }
     })
     .await;
     match joined {
@@ -684,6 +701,84 @@ async fn tei_inner(
     Ok(Json(out).into_response())
 }
 
+async fn tei_tokenize(
+    State(s): State<Arc<Shared>>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Response {
+    tokenize_inner(&s, body).await.unwrap_or_else(ApiError::tei)
+}
+
+/// One token of `/tokenize`'s answer, as text-embeddings-inference writes it.
+#[derive(Serialize)]
+struct SimpleToken {
+    id: u32,
+    /// The piece of the input it came from (the vocabulary piece for special tokens).
+    text: String,
+    special: bool,
+    /// Character offsets into the input; null for special tokens.
+    start: Option<usize>,
+    stop: Option<usize>,
+}
+
+async fn tokenize_inner(
+    s: &Shared,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> std::result::Result<Response, ApiError> {
+    let mut obj = parse_object(body, s.opts.max_body_bytes)?;
+    let texts = Arc::new(texts_field(&mut obj, "inputs", s.opts.max_inputs)?);
+    let add_special = bool_field(&obj, "add_special_tokens", true)?;
+    let truncate = bool_field(&obj, "truncate", true)?;
+    if str_field(&obj, "prompt_name")?.is_some() {
+        return Err(ApiError::bad("`prompt_name` is not supported").param("prompt_name"));
+    }
+    let tokenized = tokenize_with(s, texts.clone(), truncate).await?;
+    let out: Vec<Vec<SimpleToken>> = tokenized
+        .iter()
+        .zip(texts.iter())
+        .map(|(t, text)| simple_tokens(t, text, add_special))
+        .collect();
+    Ok(Json(out).into_response())
+}
+
+/// A tokenized text as `/tokenize` answers it: each token with the characters it covers.
+fn simple_tokens(t: &crate::Tokenized, text: &str, add_special: bool) -> Vec<SimpleToken> {
+    // byte index of each character, and of the end
+    let bytes: Vec<usize> = text
+        .char_indices()
+        .map(|(b, _)| b)
+        .chain(std::iter::once(text.len()))
+        .collect();
+    let n_chars = bytes.len() - 1;
+    let mut out = Vec::with_capacity(t.ids.len());
+    for (i, &id) in t.ids.iter().enumerate() {
+        if t.special[i] {
+            if add_special {
+                out.push(SimpleToken {
+                    id,
+                    text: t.tokens[i].clone(),
+                    special: true,
+                    start: None,
+                    stop: None,
+                });
+            }
+            continue;
+        }
+        let (start, stop) = t.offsets[i];
+        let (a, b) = (
+            start.min(n_chars),
+            stop.min(n_chars).max(start.min(n_chars)),
+        );
+        out.push(SimpleToken {
+            id,
+            text: text[bytes[a]..bytes[b]].to_string(),
+            special: false,
+            start: Some(start),
+            stop: Some(stop),
+        });
+    }
+    out
+}
+
 async fn health(State(s): State<Arc<Shared>>) -> Response {
     if s.queue.is_closed() {
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the batcher has stopped").openai();
@@ -736,6 +831,7 @@ fn route_label(path: &str) -> &'static str {
     match path {
         "/v1/embeddings" => "/v1/embeddings",
         "/embed" => "/embed",
+        "/tokenize" => "/tokenize",
         "/health" => "/health",
         "/metrics" => "/metrics",
         _ => "other",

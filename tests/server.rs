@@ -458,7 +458,7 @@ fn over_long_inputs_are_refused_by_embed_unless_truncated() {
                 until the sun goes down behind the hills and the night falls.";
     let short = "A short one.";
     let e = load(name, Some(true));
-    let ids = e.tokenize(&[long]).unwrap();
+    let ids = e.token_ids(&[long]).unwrap();
     assert_eq!(
         ids[0].len(),
         e.max_seq_length(),
@@ -490,7 +490,7 @@ fn over_long_inputs_are_refused_by_embed_unless_truncated() {
     assert_eq!(resp.json()["usage"]["prompt_tokens"], e.max_seq_length());
     // an exactly-max-length input is not "over-long": find one by growing a text
     let mut words = vec!["word"];
-    while e.tokenize(&[&words.join(" ")]).unwrap()[0].len() < e.max_seq_length() {
+    while e.token_ids(&[&words.join(" ")]).unwrap()[0].len() < e.max_seq_length() {
         words.push("word");
     }
     let exact = words.join(" ");
@@ -730,7 +730,7 @@ fn health_and_metrics() {
 
     let e = load("st2_v3like", None);
     let texts = ["one sentence", "and another one here", "third"];
-    let tokens: usize = e.tokenize(&texts).unwrap().iter().map(Vec::len).sum();
+    let tokens: usize = e.token_ids(&texts).unwrap().iter().map(Vec::len).sum();
     for t in texts {
         let resp = http::post_json(srv.addr, "/v1/embeddings", &json!({"input": t}));
         assert_eq!(resp.status, 200);
