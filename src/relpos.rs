@@ -36,6 +36,9 @@ pub struct RelPosTable {
     max_len: usize,
     /// [2 * max_len - 1], entry `r + max_len - 1`
     idx: Vec<u32>,
+    /// Largest difference between neighbouring entries (1 unless log buckets grow faster than
+    /// the offset, as when `max_relative_positions - 1 < e * position_buckets / 2`).
+    max_step: usize,
 }
 
 impl RelPosTable {
@@ -53,8 +56,24 @@ impl RelPosTable {
                 let b = log_bucket(r, position_buckets, max_relative_positions as i64);
                 (b + span).clamp(0, 2 * span - 1) as u32
             })
-            .collect();
-        RelPosTable { max_len, idx }
+            .collect::<Vec<u32>>();
+        // (`bucket` is monotone and the clamp keeps it so: entries never fall)
+        let max_step = idx
+            .windows(2)
+            .map(|w| w[1].abs_diff(w[0]) as usize)
+            .max()
+            .unwrap_or(0);
+        RelPosTable {
+            max_len,
+            idx,
+            max_step,
+        }
+    }
+
+    /// Largest difference between the indices of neighbouring offsets: `k` consecutive offsets
+    /// span at most `(k - 1) * max_step + 1` rows.
+    pub fn max_step(&self) -> usize {
+        self.max_step
     }
 
     /// Longest sequence the table covers.
@@ -111,5 +130,19 @@ mod tests {
         assert_eq!(t.index(39, 0), 23); // 39 + 12 clamped to 2S - 1
         assert_eq!(t.index(0, 39), 0);
         assert_eq!(t.index(5, 2), 15);
+        assert_eq!(t.max_step(), 1);
+    }
+
+    #[test]
+    fn steep_log_buckets_step_by_more_than_one() {
+        // max_relative_positions - 1 = 6 < e * mid (mid = 4): buckets outrun the offset
+        let t = RelPosTable::new(64, 8, 7, 8);
+        assert!(t.max_step() > 1, "max_step {}", t.max_step());
+        let s = t.as_slice();
+        assert!(s
+            .windows(2)
+            .all(|w| w[0] <= w[1] && (w[1] - w[0]) as usize <= t.max_step()));
+        // the seed model's buckets never do
+        assert_eq!(RelPosTable::new(512, 256, 512, 256).max_step(), 1);
     }
 }

@@ -904,8 +904,15 @@ fn block(job: &Job<'_>, sc: &mut Scratch, level: Level) {
         .windows(2)
         .all(|w| w[1] == w[0] + 1);
 
-    let cw = n + bq - 1; // c2p positions a block can touch
-    let pw = bq + 3; // p2c positions a group of 4 keys can touch
+    // c2p positions a block can touch (n + bq - 1 offsets), p2c positions a group of 4 keys
+    // can touch (bq + 3 offsets); neighbouring offsets are at most `step` rows apart, and no
+    // range is wider than the table's 2S rows
+    let (step, rows) = (
+        job.relpos.max_step().max(1),
+        job.pos_key.rows.max(job.pos_query.rows),
+    );
+    let cw = ((n + bq - 2) * step + 1).min(rows.max(n + bq - 1));
+    let pw = ((bq + 2) * step + 1).min(rows.max(bq + 3));
     grow(&mut sc.s, bq * n);
     grow(&mut sc.c, (bq * cw).max(n.div_ceil(4) * 4 * pw));
     grow(&mut sc.o, bq * d);
@@ -980,7 +987,7 @@ fn block(job: &Job<'_>, sc: &mut Scratch, level: Level) {
                 // row), then add them like the linear case. (Adding straight from the gather
                 // wrote each value to another score row: at 1 x 512 that was 13% of the
                 // forward.)
-                let mut row = [0.0f32; QUERY_BLOCK + 3];
+                let mut row = vec![0.0f32; pw];
                 for j in 0..n {
                     let crow = &mut c[j * pw..(j + 1) * pw];
                     let lo = glo(j / 4 * 4);
@@ -1239,6 +1246,12 @@ mod tests {
         check(&[20], 2, 100, -1, 24, true, true);
         // around the near bands' edges (+-16 serves up to 17 tokens, +-32 up to 33)
         check(&[16, 17, 18, 33, 34, 2], 6, 64, 256, 512, true, true);
+        // steep log buckets: neighbouring offsets up to several rows apart (max_relative_positions
+        // - 1 < e * position_buckets / 2), wider than a block's offsets; from 1 up to over 2S
+        check(&[60, 1, 29, 30, 9], 2, 16, 8, 7, true, true);
+        check(&[100, 33], 2, 32, 64, 40, true, true);
+        check(&[64, 5], 1, 8, 16, 10, true, false);
+        check(&[64, 5], 1, 8, 16, 10, false, true);
     }
 
     #[test]
