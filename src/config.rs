@@ -579,6 +579,14 @@ impl PipelineConfig {
                     Error::config(&modules_path, format!("module {i} has no string `type`"))
                 })?;
                 let sub = m.get("path").and_then(Value::as_str).unwrap_or("");
+                let sub = module_subdir(sub).ok_or_else(|| {
+                    Error::config(
+                        &modules_path,
+                        format!(
+                            "module {i} has path {sub:?}: a module must lie inside the model directory"
+                        ),
+                    )
+                })?;
                 let last = ty.rsplit('.').next().unwrap_or(ty);
                 match last {
                     "Transformer" => transformer_dir = dir.join(sub),
@@ -623,6 +631,16 @@ impl PipelineConfig {
             model,
         ))
     }
+}
+
+/// A module's `path` from modules.json as a relative path that stays inside the model
+/// directory (plain names only: no root, no `..`, no prefix); `None` otherwise.
+fn module_subdir(sub: &str) -> Option<PathBuf> {
+    use std::path::Component;
+    let p = Path::new(sub);
+    p.components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+        .then(|| p.to_path_buf())
 }
 
 /// Parse `1_Pooling/config.json` in either the 2.x/3.x boolean-key form or the 5.x+
@@ -720,9 +738,19 @@ pub fn resolve_max_seq_length(
     let tok_cfg = transformer_dir.join("tokenizer_config.json");
     if tok_cfg.is_file() {
         let v = read_json(&tok_cfg)?;
-        if let Some(n) = v.get("model_max_length").and_then(Value::as_f64) {
-            if n >= 2.0 && n < max_len as f64 {
-                max_len = n as usize;
+        match v.get("model_max_length") {
+            None | Some(Value::Null) => {}
+            Some(x) => {
+                // transformers writes int(1e30) for "no limit": any number >= 2 is accepted
+                let n = x.as_f64().filter(|n| *n >= 2.0).ok_or_else(|| {
+                    Error::config(
+                        &tok_cfg,
+                        format!("field `model_max_length` must be a number >= 2, found {x}"),
+                    )
+                })?;
+                if n < max_len as f64 {
+                    max_len = n as usize;
+                }
             }
         }
     }

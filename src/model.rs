@@ -14,7 +14,7 @@ use crate::backend::cpu::gemm::{bf16_dot_available, linear, Epilogue, PackedWeig
 use crate::backend::cpu::ops::{conv1d_act_into, layer_norm_rows};
 use crate::checkpoint::{Checkpoint, F32Tensor};
 use crate::config::ModelConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::relpos::RelPosTable;
 
 /// One encoder layer's weights as stored by torch (Linear weights are [out, in]).
@@ -133,7 +133,29 @@ impl HostWeights {
             None => None,
         };
 
-        let mut layers = Vec::with_capacity(cfg.num_layers);
+        // num_hidden_layers comes from config.json: check the file holds that many layers before
+        // anything is sized by it (the loop then grows `layers` one loaded layer at a time).
+        let last = format!(
+            "encoder.layer.{}.attention.self.query_proj.weight",
+            cfg.num_layers - 1
+        );
+        if !ck.contains(&last) {
+            let have = (0..cfg.num_layers)
+                .take_while(|l| {
+                    ck.contains(&format!(
+                        "encoder.layer.{l}.attention.self.query_proj.weight"
+                    ))
+                })
+                .count();
+            return Err(Error::checkpoint(
+                ck.path(),
+                format!(
+                    "config.json has num_hidden_layers = {}, but tensor `{last}` is missing (the weights hold {have} layers)",
+                    cfg.num_layers
+                ),
+            ));
+        }
+        let mut layers = Vec::new();
         for l in 0..cfg.num_layers {
             let p = format!("encoder.layer.{l}");
             let (query_w, query_b) = lin(&format!("{p}.attention.self.query_proj"), h, h)?;

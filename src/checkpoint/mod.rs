@@ -95,6 +95,13 @@ impl Checkpoint {
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         SafeTensors::deserialize(&map)
             .map_err(|e| Error::checkpoint(path, format!("not a valid safetensors file: {e}")))?;
+        // The safetensors crate keeps the last of two entries with one name; refuse instead.
+        if let Some(name) = duplicate_header_key(&map) {
+            return Err(Error::checkpoint(
+                path,
+                format!("the header names tensor `{name}` twice"),
+            ));
+        }
         let (header_len, meta) = SafeTensors::read_metadata(&map)
             .map_err(|e| Error::checkpoint(path, format!("not a valid safetensors file: {e}")))?;
         let mut ck = Checkpoint {
@@ -355,6 +362,35 @@ pub fn to_f32(dtype: DType, bytes: &[u8]) -> Vec<f32> {
             .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
             .collect(),
     }
+}
+
+/// The first key that appears twice at the top level of a safetensors header (the JSON object
+/// after the 8-byte length), if any. Only called on a header the safetensors crate accepted.
+pub(crate) fn duplicate_header_key(file: &[u8]) -> Option<String> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct FirstDuplicate;
+    impl<'de> Visitor<'de> for FirstDuplicate {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            let mut dup = None;
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                if dup.is_none() && !seen.insert(key.clone()) {
+                    dup = Some(key);
+                }
+            }
+            Ok(dup)
+        }
+    }
+    let len = u64::from_le_bytes(file.get(..8)?.try_into().ok()?);
+    let end = 8usize.checked_add(usize::try_from(len).ok()?)?;
+    let header = file.get(8..end)?;
+    let mut de = serde_json::Deserializer::from_slice(header);
+    de.deserialize_map(FirstDuplicate).ok().flatten()
 }
 
 #[cfg(test)]
