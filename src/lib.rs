@@ -135,7 +135,8 @@ impl std::fmt::Display for Precision {
 /// Load-time options.
 #[derive(Clone, Debug)]
 pub struct EmbedderOptions {
-    /// Worker threads for the forward; `None` = all available cores.
+    /// Worker threads for the forward; `None` = all available cores. More than
+    /// [`max_threads`] is refused.
     pub threads: Option<usize>,
     /// Sentences per forward batch (inputs are sorted by length first, so batches are tight).
     pub batch_size: usize,
@@ -365,6 +366,11 @@ impl Embedder {
     /// chunking; what the model sees is cut at [`Embedder::max_seq_length`]).
     pub fn tokenize_all(&self, texts: &[&str]) -> Result<Vec<Tokenized>> {
         self.tokenizer.tokenize(texts, false)
+    }
+
+    /// The tokenizer, bound to this model's max_seq_length and vocabulary.
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
     }
 
     /// Only the token ids of [`Embedder::tokenize`] (what [`Embedder::encode_ids`] takes).
@@ -654,6 +660,12 @@ fn no_cuda() -> Error {
     Error::Device("CUDA support is not compiled in: rebuild with `--features cuda`".into())
 }
 
+/// Most worker threads an [`Embedder`] starts: 4 per core. More only adds stacks and context
+/// switches (and thousands of them exhaust memory or the process limit).
+pub fn max_threads() -> usize {
+    4 * std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
 /// The embedder's own worker pool (default: one thread per core). The forward always runs
 /// inside it, so the calling thread is a worker that takes part in the GEMM jobs instead of
 /// sleeping until a global-pool worker finishes (which costs as much as a small GEMM).
@@ -666,6 +678,10 @@ fn build_pool(threads: Option<usize>) -> Result<Option<rayon::ThreadPool>> {
     match threads {
         None => Ok(None),
         Some(0) => Err(Error::Input("threads must be at least 1".into())),
+        Some(n) if n > max_threads() => Err(Error::Input(format!(
+            "threads = {n} is more than {} (4 per core)",
+            max_threads()
+        ))),
         Some(n) => rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build()
@@ -686,6 +702,21 @@ mod tests {
             ..Default::default()
         };
         Embedder::load_with(dir, Device::Cpu, opts).expect("fixture model")
+    }
+
+    #[test]
+    fn thread_counts_past_the_cap_are_refused() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/st2_v3like");
+        for threads in [0, max_threads() + 1, usize::MAX] {
+            let opts = EmbedderOptions {
+                threads: Some(threads),
+                ..Default::default()
+            };
+            let err = Embedder::load_with(&dir, Device::Cpu, opts)
+                .map(|_| ())
+                .unwrap_err();
+            assert!(err.to_string().contains("threads"), "{threads}: {err}");
+        }
     }
 
     #[test]

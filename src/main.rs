@@ -1,6 +1,6 @@
 //! The `deberta-embed` command line: embed, similarity, info, bench, eval, serve.
 
-use std::io::{BufWriter, IsTerminal, Read, Write};
+use std::io::{BufWriter, IsTerminal, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use deberta_embed::{Device, Embedder, EmbedderOptions, Embeddings, Precision, Similarity};
 
 mod cli_eval;
+mod cli_input;
 mod cli_serve;
 
 #[derive(Parser)]
@@ -54,8 +55,9 @@ struct CommonModel {
     /// Precision: f32 (CPU and GPU), f16 (GPU) or bf16 (GPU; on the CPU: bf16-stored weights, fp32 math). Default: f32 on the CPU, f16 on a GPU.
     #[arg(long)]
     dtype: Option<String>,
-    /// Worker threads (default: all cores).
-    #[arg(long)]
+    /// Worker threads (default: all cores; at most 4 per core, more is lowered to that with a
+    /// notice).
+    #[arg(long, value_parser = parse_threads)]
     threads: Option<usize>,
 }
 
@@ -170,8 +172,9 @@ struct BenchArgs {
     /// Precision: f32 (CPU and GPU), f16 (GPU) or bf16 (GPU; on the CPU: bf16-stored weights, fp32 math). Default: f32 on the CPU, f16 on a GPU.
     #[arg(long)]
     dtype: Option<String>,
-    /// Worker threads (default: all cores).
-    #[arg(long)]
+    /// Worker threads (default: all cores; at most 4 per core, more is lowered to that with a
+    /// notice).
+    #[arg(long, value_parser = parse_threads)]
     threads: Option<usize>,
     /// Timed iterations (default: as many as fit in about 3 seconds, at least 5).
     #[arg(long)]
@@ -246,6 +249,22 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
+/// `--threads`: at least 1; above [`deberta_embed::max_threads`] lowered to it, with a notice.
+fn parse_threads(s: &str) -> std::result::Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of threads"))?;
+    let cap = deberta_embed::max_threads();
+    match n {
+        0 => Err("must be at least 1".into()),
+        n if n > cap => {
+            eprintln!("deberta-embed: --threads {n} lowered to {cap} (4 per core)");
+            Ok(cap)
+        }
+        n => Ok(n),
+    }
+}
+
 fn parse_device(s: &str) -> Result<Device> {
     Ok(s.parse::<Device>()?)
 }
@@ -282,113 +301,110 @@ fn load_budget(
     Ok(Embedder::load_with(&common.model, device, opts)?)
 }
 
-/// Read the input sentences: text lines, or JSONL strings / {"text": ...} objects.
-fn read_inputs(path: &Path) -> Result<Vec<String>> {
-    let (bytes, name) = if path == Path::new("-") {
-        let mut buf = Vec::new();
-        std::io::stdin()
-            .lock()
-            .read_to_end(&mut buf)
-            .context("reading stdin")?;
-        (buf, "<stdin>".to_string())
-    } else {
-        let b = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        (b, path.display().to_string())
-    };
-    let is_jsonl = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("jsonl") || e.eq_ignore_ascii_case("ndjson"));
-    let mut out = Vec::new();
-    if bytes.is_empty() {
-        return Ok(out);
-    }
-    // Lines split on \n; a final newline does not start another line; \r\n is accepted.
-    let body = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
-    for (i, raw) in body.split(|&b| b == b'\n').enumerate() {
-        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        let line = std::str::from_utf8(raw)
-            .map_err(|e| anyhow!("{name}: line {} is not valid UTF-8 ({e})", i + 1))?;
-        if is_jsonl {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let v: serde_json::Value = serde_json::from_str(line)
-                .map_err(|e| anyhow!("{name}: line {} is not valid JSON ({e})", i + 1))?;
-            let text = match &v {
-                serde_json::Value::String(s) => s.clone(),
-                serde_json::Value::Object(o) => match o.get("text") {
-                    Some(serde_json::Value::String(s)) => s.clone(),
-                    _ => bail!("{name}: line {} has no string field \"text\"", i + 1),
-                },
-                _ => bail!(
-                    "{name}: line {} must be a JSON string or an object with a \"text\" field",
-                    i + 1
-                ),
-            };
-            out.push(text);
-        } else {
-            out.push(line.to_string());
-        }
-    }
-    Ok(out)
-}
-
 /// Sentences embedded per step of the progress bar (and per write).
 const CHUNK: usize = 4096;
 
+/// Bytes of input sentences held at once (with [`CHUNK`] sentences at most).
+const CHUNK_BYTES: usize = 64 << 20;
+
+/// How `embed` and `tokenize` bound a line: past what the tokenizer ever reads, it is skipped.
+fn line_bound(t: &deberta_embed::tokenize::TextTokenizer) -> cli_input::LineBound {
+    cli_input::LineBound {
+        keep: t.scan_limit() + 4096,
+        squeeze: t.collapses_word_breaks(),
+    }
+}
+
+/// A progress bar over the bytes of the input (hidden when stderr is not a terminal, with
+/// --quiet, or for input of unknown size).
+fn input_bar(inputs: &cli_input::Inputs, quiet: bool) -> indicatif::ProgressBar {
+    match inputs.size {
+        Some(n) if !quiet && std::io::stderr().is_terminal() && n > 1 << 20 => {
+            let b = indicatif::ProgressBar::new(n);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {bytes}/{total_bytes}  {binary_bytes_per_sec}  eta {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            b
+        }
+        _ => indicatif::ProgressBar::hidden(),
+    }
+}
+
 fn embed(a: EmbedArgs) -> Result<()> {
-    let inputs = read_inputs(&a.input)?;
     let embedder = load_budget(
         &a.common,
         a.batch_size,
         a.max_batch_tokens,
         a.normalize.then_some(true),
     )?;
+    let mut inputs = cli_input::Inputs::open(&a.input, Some(line_bound(embedder.tokenizer())))?;
     let dim = embedder.dim();
-    let sink: Box<dyn Write> = match &a.output {
-        Some(p) => Box::new(
+    // npy needs the row count in its header: to a file, a placeholder is patched at the end;
+    // to stdout, the rows are kept until the input is read.
+    let mut file = match &a.output {
+        Some(p) => Some(
             std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
         ),
-        None => Box::new(std::io::stdout().lock()),
+        None => None,
     };
-    let mut w = BufWriter::with_capacity(1 << 20, sink);
-    if let Format::Npy = a.format {
-        write_npy_header(&mut w, inputs.len(), dim)?;
-    }
-    let show = !a.quiet && std::io::stderr().is_terminal() && inputs.len() > CHUNK;
-    let bar = if show {
-        let b = indicatif::ProgressBar::new(inputs.len() as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} sentences  {per_sec}  eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    let texts: Vec<&str> = inputs.iter().map(String::as_str).collect();
-    embedder.encode_chunked(&texts, CHUNK, |emb| -> Result<()> {
-        match a.format {
-            Format::Jsonl => write_jsonl(&mut w, &emb).context("writing output")?,
-            Format::Npy => emb
-                .as_slice()
-                .iter()
-                .try_for_each(|x| w.write_all(&x.to_le_bytes()))
-                .context("writing output")?,
+    let npy = matches!(a.format, Format::Npy);
+    let mut held: Vec<f32> = Vec::new();
+    let mut rows = 0usize;
+    {
+        let sink: Box<dyn Write + '_> = match file.as_mut() {
+            Some(f) => Box::new(f),
+            None => Box::new(std::io::stdout().lock()),
+        };
+        let mut w = BufWriter::with_capacity(1 << 20, sink);
+        let to_file = a.output.is_some();
+        if npy && to_file {
+            w.write_all(&npy_header(0, dim))?;
         }
-        bar.inc(emb.len() as u64);
-        Ok(())
-    })?;
-    bar.finish_and_clear();
-    w.flush().context("writing output")?;
+        let bar = input_bar(&inputs, a.quiet);
+        loop {
+            let chunk = inputs.next_chunk(CHUNK, CHUNK_BYTES)?;
+            if chunk.is_empty() {
+                break;
+            }
+            let texts: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            embedder.encode_chunked(&texts, CHUNK, |emb| -> Result<()> {
+                rows += emb.len();
+                match a.format {
+                    Format::Jsonl => write_jsonl(&mut w, &emb).context("writing output")?,
+                    Format::Npy if to_file => emb
+                        .as_slice()
+                        .iter()
+                        .try_for_each(|x| w.write_all(&x.to_le_bytes()))
+                        .context("writing output")?,
+                    Format::Npy => held.extend_from_slice(emb.as_slice()),
+                }
+                Ok(())
+            })?;
+            bar.set_position(inputs.read);
+        }
+        bar.finish_and_clear();
+        if npy && !to_file {
+            w.write_all(&npy_header(rows, dim))?;
+            held.iter()
+                .try_for_each(|x| w.write_all(&x.to_le_bytes()))
+                .context("writing output")?;
+        }
+        w.flush().context("writing output")?;
+    }
+    if let (true, Some(f)) = (npy, file.as_mut()) {
+        f.seek(SeekFrom::Start(0)).context("writing output")?;
+        f.write_all(&npy_header(rows, dim))
+            .context("writing output")?;
+    }
     Ok(())
 }
 
 fn tokenize(a: TokenizeArgs) -> Result<()> {
-    let inputs = read_inputs(&a.input)?;
     let tokenizer = deberta_embed::tokenize::TextTokenizer::load(&a.model)?;
+    let mut inputs = cli_input::Inputs::open(&a.input, Some(line_bound(&tokenizer)))?;
     let sink: Box<dyn Write> = match &a.output {
         Some(p) => Box::new(
             std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
@@ -396,7 +412,11 @@ fn tokenize(a: TokenizeArgs) -> Result<()> {
         None => Box::new(std::io::stdout().lock()),
     };
     let mut w = BufWriter::with_capacity(1 << 20, sink);
-    for chunk in inputs.chunks(CHUNK) {
+    loop {
+        let chunk = inputs.next_chunk(CHUNK, CHUNK_BYTES)?;
+        if chunk.is_empty() {
+            break;
+        }
         let texts: Vec<&str> = chunk.iter().map(String::as_str).collect();
         for t in tokenizer.tokenize(&texts, true)? {
             let line = serde_json::json!({"ids": t.ids, "tokens": t.tokens});
@@ -427,16 +447,17 @@ fn write_jsonl(w: &mut impl Write, emb: &Embeddings) -> Result<()> {
 }
 
 /// .npy version 1.0 header for a C-order little-endian float32 [rows, cols] array.
-fn write_npy_header(w: &mut impl Write, rows: usize, cols: usize) -> Result<()> {
+/// A float32 `.npy` header for `[rows, cols]`, always 128 bytes (so a placeholder can be
+/// overwritten in place once the row count is known).
+fn npy_header(rows: usize, cols: usize) -> Vec<u8> {
     let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
-    // magic (6) + version (2) + header length (2) + dict + padding + '\n', multiple of 64
-    let unpadded = 10 + dict.len() + 1;
-    let total = unpadded.div_ceil(64) * 64;
-    let header = format!("{dict}{}\n", " ".repeat(total - unpadded));
-    w.write_all(b"\x93NUMPY\x01\x00")?;
-    w.write_all(&(header.len() as u16).to_le_bytes())?;
-    w.write_all(header.as_bytes())?;
-    Ok(())
+    // magic (6) + version (2) + header length (2) + dict + padding + '\n' = 128
+    let pad = 128usize.saturating_sub(10 + dict.len() + 1);
+    let header = format!("{dict}{}\n", " ".repeat(pad));
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out
 }
 
 fn similarity(a: SimilarityArgs) -> Result<()> {
@@ -616,7 +637,7 @@ fn bench_corpus(
     device: Device,
     opts: EmbedderOptions,
 ) -> Result<()> {
-    let inputs = read_inputs(corpus)?;
+    let inputs = cli_input::read_inputs(corpus)?;
     if inputs.is_empty() {
         bail!("{}: no sentences", corpus.display());
     }

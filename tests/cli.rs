@@ -469,3 +469,106 @@ fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
     f(&mut v);
     std::fs::write(&p, v.to_string()).unwrap();
 }
+
+/// Model directories built to hurt: sizes far beyond what the weights hold, paths out of the
+/// directory, tensors named twice, nonsense limits. Each must end in one line, never an abort
+/// (a config-sized allocation once did: `num_hidden_layers = 1e8` asked for 48 GB).
+#[test]
+fn hostile_model_dirs_fail_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, "hello\n").unwrap();
+    let input = input.to_str().unwrap().to_string();
+    let embed = |d: &Path| run(&["embed", "--model", d.to_str().unwrap(), "--input", &input]);
+    let fresh = |tag: &str| -> PathBuf {
+        let d = dir.path().join(tag);
+        copy_dir(&model("st6_proj_cls_norm"), &d);
+        d
+    };
+
+    for (i, layers) in [100_000_000u64, 2_147_483_647].into_iter().enumerate() {
+        let d = fresh(&format!("layers{i}"));
+        edit_config(&d, |c| c["num_hidden_layers"] = layers.into());
+        assert_clean_failure(
+            &embed(&d),
+            &format!("num_hidden_layers = {layers}, but tensor `encoder.layer."),
+        );
+    }
+
+    for (i, path) in ["../x", "/etc", "1_Pooling/../../x"]
+        .into_iter()
+        .enumerate()
+    {
+        let d = fresh(&format!("modpath{i}"));
+        let p = d.join("modules.json");
+        let mut m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        m[1]["path"] = path.into();
+        std::fs::write(&p, m.to_string()).unwrap();
+        assert_clean_failure(&embed(&d), "must lie inside the model directory");
+    }
+
+    for (i, v) in [
+        serde_json::json!(0),
+        serde_json::json!(-1),
+        serde_json::json!("abc"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let d = fresh(&format!("maxlen{i}"));
+        let p = d.join("tokenizer_config.json");
+        let mut t: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        t["model_max_length"] = v;
+        std::fs::write(&p, t.to_string()).unwrap();
+        assert_clean_failure(&embed(&d), "`model_max_length` must be a number >= 2");
+    }
+
+    // a safetensors header naming one tensor twice (the second entry would silently win)
+    let d = fresh("dup_tensor");
+    let p = d.join("model.safetensors");
+    let bytes = std::fs::read(&p).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let name = "embeddings.word_embeddings.weight";
+    let dup = format!(
+        "{{\"{name}\":{},{}",
+        header[name],
+        std::str::from_utf8(&bytes[9..8 + n]).unwrap()
+    );
+    let mut out = (dup.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(dup.as_bytes());
+    out.extend_from_slice(&bytes[8 + n..]);
+    std::fs::write(&p, out).unwrap();
+    assert_clean_failure(&embed(&d), &format!("names tensor `{name}` twice"));
+}
+
+/// `--threads` far above the cores is lowered to 4 per core with a one-line notice (10,000
+/// threads once aborted the process, and 100,000 swamped the machine); 0 is refused.
+#[test]
+fn threads_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, "hello\nworld\n").unwrap();
+    let m = model("st2_v3like");
+    let base = [
+        "embed",
+        "--model",
+        m.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ];
+    let plain = run(&base);
+    assert!(plain.status.success(), "{}", stderr(&plain));
+    let o = run(&[&base[..], &["--threads", "100000"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err:?}");
+    assert!(err.contains("--threads 100000 lowered to"), "{err:?}");
+    assert_eq!(o.stdout, plain.stdout, "same rows with the capped pool");
+    assert!(!run(&[&base[..], &["--threads", "0"]].concat())
+        .status
+        .success());
+}

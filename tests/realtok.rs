@@ -496,3 +496,180 @@ fn truncation_matches_the_reference_at_every_length() {
     }
     assert_eq!(by_len[&128], r.hub_ids[long].len());
 }
+
+/// A tokenizer of the real vocabulary truncating at `msl`.
+fn tokenizer_with_msl(r: &RealTok, msl: usize) -> (tempfile::TempDir, TextTokenizer) {
+    let d = r.variant_dir("hub");
+    let sb = d.path().join("sentence_bert_config.json");
+    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&sb).unwrap()).unwrap();
+    cfg["max_seq_length"] = json!(msl);
+    std::fs::write(&sb, cfg.to_string()).unwrap();
+    let t = TextTokenizer::load(d.path()).unwrap();
+    (d, t)
+}
+
+/// Long inputs of every shape the prefix logic distinguishes: word-separated text, runs
+/// without any space (CJK, full-width, emoji), separators that are not word breaks everywhere
+/// (form feed, NBSP, ideographic space, space + combining mark), whitespace tails and floods
+/// of characters the normalizer drops.
+fn long_inputs(r: &RealTok) -> Vec<String> {
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    let pick = |i: usize| r.sentences[i % r.sentences.len()].as_str();
+    let mut out = Vec::new();
+    let mut english = String::new();
+    while english.len() < 60_000 {
+        english.push_str(pick(43 + next(2900)));
+        english.push(' ');
+    }
+    out.push(english);
+    let cjk: Vec<char> =
+        "日本語のテキストですこれはテスト中文文本東京大阪京都山川人大小上下한국어안녕하세요"
+            .chars()
+            .collect();
+    out.push((0..20_000).map(|_| cjk[next(cjk.len())]).collect());
+    out.push("ＡＢＣＤＥＦｇｈｉｊ１２３".repeat(3000));
+    out.push("\u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}\u{1F44D}\u{1F3FD}".repeat(2000));
+    let seps = [
+        " ", "\u{c}", "\u{a0}", "\u{3000}", "\r\n", " \u{301}", "\t", "  ", "", "\u{200b}",
+    ];
+    let mut mixed = String::new();
+    while mixed.len() < 80_000 {
+        mixed.push_str(pick(next(r.sentences.len())));
+        mixed.push_str(seps[next(seps.len())]);
+    }
+    out.push(mixed);
+    out.push(format!("x{}y z", " ".repeat(100_000)));
+    out.push(format!(
+        "{}{}",
+        "\u{200b}".repeat(4000),
+        pick(100).repeat(50)
+    ));
+    out.push(format!("{}{}", pick(7), " \n\t\r".repeat(30_000)));
+    let mut words = String::new();
+    while words.len() < 40_000 {
+        let w: String = (0..1 + next(40)).map(|_| cjk[next(cjk.len())]).collect();
+        words.push_str(&w);
+        words.push(if next(3) == 0 { '\u{3000}' } else { ' ' });
+    }
+    out.push(words);
+    out
+}
+
+#[test]
+fn early_truncation_equals_tokenize_then_truncate() {
+    // Truncation tokenizes only a prefix of a long input; the ids must be those of tokenizing
+    // the whole text and cutting.
+    let r = RealTok::load();
+    let long = long_inputs(&r);
+    let refs: Vec<&str> = long.iter().map(String::as_str).collect();
+    for msl in [2usize, 3, 8, 33, 128, 512] {
+        let (_d, tok) = tokenizer_with_msl(&r, msl);
+        let got = tok.encode_batch(&refs).unwrap();
+        let whole = tok.tokenize(&refs, false).unwrap();
+        for (i, (g, w)) in got.iter().zip(&whole).enumerate() {
+            let mut want: Vec<u32> = w.ids[..w.ids.len().min(msl) - 1].to_vec();
+            want.push(2);
+            if w.ids.len() <= msl {
+                want = w.ids.clone();
+            }
+            assert_eq!(g, &want, "msl {msl}, input {i} ({} bytes)", refs[i].len());
+        }
+        // the detailed path truncates the same way
+        let detailed = tok.tokenize(&refs, true).unwrap();
+        for (i, d) in detailed.iter().enumerate() {
+            assert_eq!(d.ids, got[i], "msl {msl}, input {i}, detailed");
+            // the pieces' character offsets into the original text, too
+            let n = d.ids.len() - 1;
+            assert_eq!(
+                d.offsets[1..n],
+                whole[i].offsets[1..n],
+                "msl {msl}, input {i}, offsets"
+            );
+            assert_eq!(
+                d.truncated,
+                whole[i].ids.len() > msl,
+                "msl {msl}, input {i}"
+            );
+        }
+    }
+}
+
+#[test]
+fn cli_streaming_bounds_lines_without_changing_ids() {
+    // `tokenize` / `embed` read input line by line, shorten whitespace runs and skip what lies
+    // past the tokenizer's scan limit; the ids must be those of the whole line. Long lines
+    // (beyond the limit, with and without spaces, whitespace floods) among the reference
+    // sentences, more lines than one chunk, as text and as JSON lines.
+    let r = RealTok::load();
+    let mut long = long_inputs(&r);
+    long.push("語".repeat(300_000));
+    long.push(format!("{} tail", " \t".repeat(400_000)));
+    long.push(format!("{}{}", pick_words(&r, 50_000), "\r".repeat(10)));
+    for msl in [8usize, 512] {
+        let (d, tok) = tokenizer_with_msl(&r, msl);
+        let mut texts: Vec<String> = Vec::new();
+        for (i, s) in r.sentences.iter().enumerate() {
+            texts.push(s.clone());
+            if i % 500 == 0 {
+                texts.push(long[i / 500 % long.len()].clone());
+            }
+        }
+        texts.extend(long.iter().cloned());
+        let tmp = tempfile::tempdir().unwrap();
+        // text lines cannot hold a newline: those become spaces (and a lone \r is kept)
+        let lines: Vec<String> = texts.iter().map(|t| t.replace('\n', " ")).collect();
+        let txt = tmp.path().join("in.txt");
+        std::fs::write(&txt, lines.join("\n") + "\n").unwrap();
+        let jsonl = tmp.path().join("in.jsonl");
+        let js: Vec<String> = texts.iter().map(|t| json!(t).to_string()).collect();
+        std::fs::write(&jsonl, js.join("\n")).unwrap();
+        for (input, sents) in [(&txt, &lines), (&jsonl, &texts)] {
+            let refs: Vec<&str> = sents.iter().map(String::as_str).collect();
+            let want: Vec<Vec<u32>> = tok
+                .tokenize(&refs, true)
+                .unwrap()
+                .into_iter()
+                .map(|t| t.ids)
+                .collect();
+            let out = bin()
+                .args(["tokenize", "--model"])
+                .arg(d.path())
+                .arg("--input")
+                .arg(input)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let got: Vec<Vec<u32>> = String::from_utf8(out.stdout)
+                .unwrap()
+                .lines()
+                .map(|l| ids_of(&serde_json::from_str::<Value>(l).unwrap()["ids"]))
+                .collect();
+            assert_eq!(got.len(), want.len(), "{}", input.display());
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g, w, "msl {msl}, {} line {}", input.display(), i + 1);
+            }
+        }
+    }
+}
+
+/// Reference sentences joined by single spaces up to `bytes`.
+fn pick_words(r: &RealTok, bytes: usize) -> String {
+    let mut s = String::new();
+    let mut i = 0;
+    while s.len() < bytes {
+        s.push_str(&r.sentences[i % r.sentences.len()]);
+        s.push(' ');
+        i += 7;
+    }
+    s
+}

@@ -46,6 +46,8 @@ pub struct TextTokenizer {
     vocab_size: usize,
     /// Special tokens the post-processor adds to one text (2: `[CLS]`, `[SEP]`).
     n_special: usize,
+    /// The pipeline is the DeBERTa one (Metaspace words), so truncation may look at a prefix.
+    prefix_safe: bool,
 }
 
 /// One text as the model sees it: special tokens included, after truncation.
@@ -304,6 +306,7 @@ impl TextTokenizer {
         let opts = DebertaOptions::from_config(&cfg, added.as_ref());
         let json_path = dir.join("tokenizer.json");
         let spm_path = dir.join("spm.model");
+        let mut prefix_safe = true;
         let mut inner = if json_path.is_file() {
             let mut t = Tokenizer::from_file(&json_path).map_err(|e| {
                 Error::Tokenizer(format!("{}: cannot load: {e}", json_path.display()))
@@ -319,6 +322,8 @@ impl TextTokenizer {
             if deberta && matches!(t.get_model(), ModelWrapper::Unigram(_)) {
                 let charsmap = find_charsmap(t.get_normalizer());
                 set_deberta_pipeline(&mut t, &opts, charsmap)?;
+            } else {
+                prefix_safe = false;
             }
             t
         } else if spm_path.is_file() {
@@ -345,6 +350,7 @@ impl TextTokenizer {
             max_seq_length,
             vocab_size,
             n_special,
+            prefix_safe,
         })
     }
 
@@ -353,29 +359,51 @@ impl TextTokenizer {
         self.max_seq_length
     }
 
+    /// Whether this is the DeBERTa pipeline, where runs of word breaks ([`is_word_break`])
+    /// tokenize like one of them and truncation reads only a prefix of the text.
+    pub fn collapses_word_breaks(&self) -> bool {
+        self.prefix_safe
+    }
+
     /// The tokenizers-crate pipeline (normalizer, pre-tokenizer, model, post-processor).
     pub fn inner(&self) -> &Tokenizer {
         &self.inner
+    }
+
+    /// Most bytes of one input that truncation looks at: 64 per token of max_seq_length (at
+    /// least 16 KiB), far more than any real text needs (English runs at 4-6 bytes per token,
+    /// CJK at 2-4). An input that fills max_seq_length only past this many bytes (text made
+    /// mostly of characters the normalizer drops) is cut here.
+    pub fn scan_limit(&self) -> usize {
+        (64 * self.max_seq_length).max(16 * 1024)
     }
 
     /// One text: pieces, then (when `truncate`) the first `max_seq_length` minus the special
     /// tokens of them kept, then the special tokens added. This is what the tokenizers crate's
     /// longest-first truncation does for a single sequence (and so what sentence-transformers
     /// feeds the model). Returns whether the text had more tokens than fit.
+    ///
+    /// Truncating, only a prefix of the text is tokenized, so work and memory per input are
+    /// bounded whatever its length: a prefix that ends just before a space, tab, newline or
+    /// carriage return gives exactly the pieces the whole text gives up to that point (words
+    /// are normalized and split independently), so once such a prefix has more pieces than fit,
+    /// the rest cannot change the result. The prefix doubles until it does (or the text ends,
+    /// or [`TextTokenizer::scan_limit`] is reached). A run without whitespace longer than the
+    /// prefix is cut inside; the pieces are then kept only with a margin of 64 beyond what fits.
     fn encode_one(
         &self,
         text: &str,
         char_offsets: bool,
         truncate: bool,
     ) -> Result<(Encoding, bool)> {
-        let mut enc = if char_offsets {
-            self.inner.encode_char_offsets(text, false)
-        } else {
-            self.inner.encode_fast(text, false)
-        }
-        .map_err(tok_err("encoding failed"))?;
         let budget = self.max_seq_length.saturating_sub(self.n_special);
-        let over = enc.len() > budget;
+        let (mut enc, over) = if truncate && self.prefix_safe {
+            self.pieces_truncated(text, char_offsets, budget)?
+        } else {
+            let enc = self.pieces(text, char_offsets)?;
+            let over = enc.len() > budget;
+            (enc, over)
+        };
         if over && truncate {
             enc.truncate(budget, 0, TruncationDirection::Right);
             enc.get_overflowing_mut().clear();
@@ -397,6 +425,151 @@ impl TextTokenizer {
         Ok((enc, over))
     }
 
+    /// The pieces of `text`, no special tokens, no truncation.
+    fn pieces(&self, text: &str, char_offsets: bool) -> Result<Encoding> {
+        if char_offsets {
+            self.inner.encode_char_offsets(text, false)
+        } else {
+            self.inner.encode_fast(text, false)
+        }
+        .map_err(tok_err("encoding failed"))
+    }
+
+    /// The pieces of the shortest prefix of `text` that settles its first `budget` pieces (see
+    /// [`TextTokenizer::encode_one`]), and whether the text has more than `budget`.
+    fn pieces_truncated(
+        &self,
+        text: &str,
+        char_offsets: bool,
+        budget: usize,
+    ) -> Result<(Encoding, bool)> {
+        const MARGIN: usize = 64;
+        let limit = self.scan_limit();
+        let mut want = 8 * budget + 64;
+        loop {
+            let p = Squeezed::prefix(text, want);
+            let mut enc = self.pieces(&p.text, char_offsets)?;
+            if char_offsets {
+                p.restore_offsets(&mut enc);
+            }
+            // the whole text, or nothing after the prefix but word breaks (which collapse and
+            // are stripped): these are the text's pieces
+            let rest = &text.as_bytes()[p.consumed..];
+            if rest.iter().all(|&b| is_word_break(b)) {
+                let over = enc.len() > budget;
+                return Ok((enc, over));
+            }
+            let settled = if p.at_break {
+                enc.len() > budget
+            } else {
+                enc.len() > budget + MARGIN
+            };
+            if settled || p.text.len() >= limit {
+                return Ok((enc, true));
+            }
+            want = (2 * p.text.len()).min(limit);
+        }
+    }
+}
+
+/// The bytes both DeBERTa normalizers turn into a plain space, which the Metaspace
+/// pre-tokenizer then splits words at: space, tab, newline, carriage return. (Others, like form
+/// feed, are spaces only with the nmt_nfkc table.) A run of two or more of them tokenizes like
+/// any one of them.
+pub fn is_word_break(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// A prefix of a text with every run of two or more word breaks shortened to its last
+/// character: the same pieces as the original (both normalizers collapse such a run to one
+/// space, and strip it at the end), in as many bytes as the words take.
+struct Squeezed {
+    text: String,
+    /// (chars of `text` before the kept last character of a run, original chars removed
+    /// before it), in order.
+    removed: Vec<(usize, usize)>,
+    /// Bytes of the original the prefix covers.
+    consumed: usize,
+    /// The prefix ends just before a word break (else inside a run without one, or at the end).
+    at_break: bool,
+}
+
+impl Squeezed {
+    /// About `want` bytes of squeezed text: up to the first word break once `want` bytes are
+    /// there, or, in a run without one, 256 bytes further at a char boundary.
+    fn prefix(text: &str, want: usize) -> Squeezed {
+        let b = text.as_bytes();
+        let mut out = Vec::with_capacity(want.min(b.len()) + 260);
+        let mut removed = Vec::new();
+        let mut chars = 0usize;
+        let mut i = 0;
+        let mut at_break = false;
+        while i < b.len() {
+            if is_word_break(b[i]) {
+                if out.len() >= want {
+                    at_break = true;
+                    break;
+                }
+                let mut j = i + 1;
+                while j < b.len() && is_word_break(b[j]) {
+                    j += 1;
+                }
+                // keep the run's last grapheme (a final "\r\n" is one): the normalizers align
+                // the one space they make of a run with it
+                let keep = if j - i >= 2 && &b[j - 2..j] == b"\r\n" {
+                    2
+                } else {
+                    1
+                };
+                if j - i > keep {
+                    removed.push((chars, j - i - keep));
+                }
+                out.extend_from_slice(&b[j - keep..j]);
+                chars += keep;
+                i = j;
+            } else {
+                // a char starts at every byte that is not a UTF-8 continuation byte
+                let starts_char = (b[i] & 0xC0) != 0x80;
+                if starts_char && out.len() >= want + 256 {
+                    break;
+                }
+                chars += usize::from(starts_char);
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        // `out` is `text` less whole ASCII bytes, cut at a char boundary: valid UTF-8
+        // (checked rather than assumed).
+        let text = String::from_utf8(out).unwrap_or_default();
+        Squeezed {
+            text,
+            removed,
+            consumed: i,
+            at_break,
+        }
+    }
+
+    /// Character offsets into the squeezed text -> offsets into the original: a token that
+    /// starts where characters were removed starts after them, one that ends there ends
+    /// before them.
+    fn restore_offsets(&self, enc: &mut Encoding) {
+        if self.removed.is_empty() {
+            return;
+        }
+        let shift = |p: usize, start: bool| -> usize {
+            self.removed
+                .iter()
+                .take_while(|(k, _)| if start { *k <= p } else { *k < p })
+                .map(|(_, n)| n)
+                .sum()
+        };
+        for o in enc.get_offsets_mut() {
+            *o = (o.0 + shift(o.0, true), o.1 + shift(o.1, false));
+        }
+    }
+}
+
+impl TextTokenizer {
     /// Token ids of each text as the model sees them, in input order (the embedding path:
     /// nothing else is kept).
     pub fn encode_batch(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
