@@ -1,6 +1,8 @@
 //! `deberta-embed serve`: the HTTP embedding server of `deberta_embed::server` on a tokio
 //! runtime, stopped by SIGINT or SIGTERM after the requests in flight are answered.
 
+use std::time::Duration;
+
 use anyhow::{bail, Context, Result};
 use deberta_embed::server::{self, Server, ServerOptions};
 use deberta_embed::{Embedder, EmbedderOptions};
@@ -32,6 +34,23 @@ pub struct ServeArgs {
     /// Requests that may wait for the batcher (more are refused with 429).
     #[arg(long, default_value_t = 512)]
     max_queued_requests: usize,
+    /// Tokens the requests in flight may hold (counted before tokenizing as min(bytes + 2,
+    /// max_seq_length) per input); a request that would exceed it waits. Bounds memory.
+    #[arg(long, default_value_t = 1 << 18)]
+    max_tokens_in_flight: usize,
+    /// Connections served at once; one more is answered 503. Default: 1024, or less when the
+    /// open-file limit (`ulimit -n`) leaves room for fewer.
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Seconds for a request head to arrive once its first byte has.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS", value_parser = parse_seconds)]
+    header_timeout: f64,
+    /// Seconds for a request body to arrive once its head has (then 408).
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS", value_parser = parse_seconds)]
+    body_timeout: f64,
+    /// Seconds a connection may wait for its next (or first) request before it is closed.
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS", value_parser = parse_seconds)]
+    idle_timeout: f64,
     /// Model name that /v1/embeddings reports when a request names none (default: the name of
     /// the model directory).
     #[arg(long, value_name = "NAME")]
@@ -68,8 +87,16 @@ pub fn run(a: ServeArgs) -> Result<()> {
             max_inputs: a.max_inputs,
             max_body_bytes: a.max_body_bytes,
             max_queued_requests: a.max_queued_requests,
+            max_tokens_in_flight: a.max_tokens_in_flight,
+            max_connections: a
+                .max_connections
+                .unwrap_or_else(server::default_max_connections),
+            header_timeout: Duration::from_secs_f64(a.header_timeout),
+            body_timeout: Duration::from_secs_f64(a.body_timeout),
+            idle_timeout: Duration::from_secs_f64(a.idle_timeout),
         },
     )?;
+    limit_malloc_arenas();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -100,4 +127,29 @@ pub fn run(a: ServeArgs) -> Result<()> {
         eprintln!("deberta-embed: stopped");
         Ok(())
     })
+}
+
+/// A timeout in seconds: more than 0, at most a day.
+fn parse_seconds(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x > 0.0 && x <= 86_400.0 => Ok(x),
+        _ => Err(format!("{s:?} is not a number of seconds in (0, 86400]")),
+    }
+}
+
+/// Cap glibc's malloc arenas at one per core (at least 2). Request handlers tokenize on many
+/// short-lived blocking threads; with glibc's default of 8 arenas per core each keeps its own
+/// high-water mark, and 32 concurrent 2 MB requests held about twice the memory that one
+/// arena per core does (BENCHMARKS.md, server memory).
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        let arenas = i32::try_from(cores.max(2)).unwrap_or(i32::MAX);
+        // SAFETY: mallopt only sets an allocator parameter; it is called before the runtime
+        // starts any thread, and a refusal (return 0) leaves the default in place.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, arenas);
+        }
+    }
 }

@@ -36,8 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -50,6 +49,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
 use crate::{pooling, Embedder};
+
+mod listen;
+
+pub use listen::{connection_limit, default_max_connections};
 
 /// Limits and names of a [`Server`]. The defaults are those of `deberta-embed serve`.
 #[derive(Clone, Debug)]
@@ -68,6 +71,20 @@ pub struct ServerOptions {
     pub max_body_bytes: usize,
     /// Requests that may wait for the batcher; a request beyond that is answered with 429.
     pub max_queued_requests: usize,
+    /// Tokens in flight: requests being tokenized, queued, embedded or answered hold their
+    /// tokens, counted before tokenizing as `min(bytes + 2, max_seq_length)` per input
+    /// (`bytes + 2` when not truncating); a request that would exceed this waits until enough
+    /// finish. A request larger than the whole budget runs alone. This bounds the memory the
+    /// requests in flight hold, whatever their mix.
+    pub max_tokens_in_flight: usize,
+    /// Connections served at once; one more is answered 503 and closed.
+    pub max_connections: usize,
+    /// Time for a request head to arrive once its first byte has.
+    pub header_timeout: std::time::Duration,
+    /// Time for a request body to arrive once its head has (408 after that).
+    pub body_timeout: std::time::Duration,
+    /// Time a connection may wait for its next (or first) request before it is closed.
+    pub idle_timeout: std::time::Duration,
 }
 
 impl Default for ServerOptions {
@@ -78,6 +95,11 @@ impl Default for ServerOptions {
             max_inputs: 2048,
             max_body_bytes: 2 * 1024 * 1024,
             max_queued_requests: 512,
+            max_tokens_in_flight: 1 << 18,
+            max_connections: default_max_connections(),
+            header_timeout: std::time::Duration::from_secs(10),
+            body_timeout: std::time::Duration::from_secs(30),
+            idle_timeout: std::time::Duration::from_secs(60),
         }
     }
 }
@@ -94,6 +116,8 @@ struct Shared {
     opts: ServerOptions,
     queue: mpsc::Sender<Job>,
     metrics: Arc<Metrics>,
+    /// [`ServerOptions::max_tokens_in_flight`] permits.
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// One request's sequences on their way to the batcher.
@@ -120,9 +144,29 @@ impl Server {
             ("max_inputs", opts.max_inputs),
             ("max_body_bytes", opts.max_body_bytes),
             ("max_queued_requests", opts.max_queued_requests),
+            ("max_tokens_in_flight", opts.max_tokens_in_flight),
+            ("max_connections", opts.max_connections),
         ] {
             if v == 0 {
                 return Err(Error::Input(format!("{name} must be at least 1")));
+            }
+        }
+        if let Some(limit) = connection_limit().filter(|&l| opts.max_connections > l) {
+            return Err(Error::Input(format!(
+                "max_connections = {} does not fit the open-file limit (`ulimit -n` leaves room for {limit}); raise the limit or lower max_connections",
+                opts.max_connections
+            )));
+        }
+        if opts.max_tokens_in_flight > u32::MAX as usize {
+            return Err(Error::Input("max_tokens_in_flight is too large".into()));
+        }
+        for (name, t) in [
+            ("header_timeout", opts.header_timeout),
+            ("body_timeout", opts.body_timeout),
+            ("idle_timeout", opts.idle_timeout),
+        ] {
+            if t.is_zero() {
+                return Err(Error::Input(format!("{name} must be more than 0")));
             }
         }
         let embedder = Arc::new(embedder);
@@ -136,12 +180,14 @@ impl Server {
                 .spawn(move || run_batcher(&embedder, &metrics, rx, budget))
                 .map_err(|e| Error::Device(format!("cannot start the batcher thread: {e}")))?
         };
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(opts.max_tokens_in_flight));
         Ok(Server {
             shared: Arc::new(Shared {
                 embedder,
                 opts,
                 queue,
                 metrics,
+                in_flight,
             }),
             batcher,
         })
@@ -166,10 +212,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let Server { shared, batcher } = server;
+    let opts = shared.opts.clone();
     let app = router(shared);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = listen::accept_loop(listener, app, &opts, shutdown).await;
     // Every connection has closed, so the router, and with it the queue's only sender, is gone:
     // the batcher answers what is still queued and stops.
     let joined = tokio::task::spawn_blocking(move || batcher.join()).await;
@@ -207,7 +252,6 @@ pub async fn shutdown_signal() {
 }
 
 fn router(shared: Arc<Shared>) -> Router {
-    let limit = shared.opts.max_body_bytes;
     Router::new()
         .route("/v1/embeddings", post(openai_embeddings))
         .route("/embed", post(tei_embed))
@@ -216,7 +260,6 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(shared.clone(), track))
         .with_state(shared)
 }
@@ -368,22 +411,39 @@ struct TeiError<'a> {
     error_type: &'static str,
 }
 
-/// The request body as a JSON object.
-fn parse_object(
-    body: std::result::Result<Bytes, BytesRejection>,
-    limit: usize,
-) -> std::result::Result<Map<String, Value>, ApiError> {
-    let bytes = body.map_err(|rej| {
-        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body is larger than the limit of {limit} bytes"),
-            )
-        } else {
-            ApiError::new(rej.status(), rej.body_text())
+/// The request body, read within [`ServerOptions::body_timeout`] and at most
+/// [`ServerOptions::max_body_bytes`] long.
+async fn read_body(s: &Shared, req: Request) -> std::result::Result<Bytes, ApiError> {
+    let limit = s.opts.max_body_bytes;
+    let read = axum::body::to_bytes(req.into_body(), limit);
+    match tokio::time::timeout(s.opts.body_timeout, read).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            let inner = e.into_inner();
+            if inner.is::<http_body_util::LengthLimitError>() {
+                Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body is larger than the limit of {limit} bytes"),
+                ))
+            } else {
+                Err(ApiError::bad(format!(
+                    "cannot read the request body: {inner}"
+                )))
+            }
         }
-    })?;
-    let value: Value = serde_json::from_slice(&bytes)
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "request body not received within {} s",
+                s.opts.body_timeout.as_secs_f64()
+            ),
+        )),
+    }
+}
+
+/// The request body as a JSON object.
+fn parse_object(bytes: &[u8]) -> std::result::Result<Map<String, Value>, ApiError> {
+    let value: Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad(format!("request body is not valid JSON: {e}")))?;
     match value {
         Value::Object(map) => Ok(map),
@@ -391,6 +451,39 @@ fn parse_object(
             "request body must be a JSON object",
         )),
     }
+}
+
+/// Wait until `texts` fit in the tokens in flight ([`ServerOptions::max_tokens_in_flight`]);
+/// the permit is theirs until it is dropped (when the response has been built).
+async fn admit(
+    s: &Shared,
+    texts: &[String],
+    truncate: bool,
+) -> std::result::Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    let msl = s.embedder.max_seq_length();
+    let estimate = texts
+        .iter()
+        .map(|t| {
+            let n = t.len().saturating_add(2);
+            if truncate {
+                n.min(msl)
+            } else {
+                n
+            }
+        })
+        .fold(0usize, usize::saturating_add);
+    // (Server::new keeps max_tokens_in_flight within u32)
+    let n = estimate.clamp(1, s.opts.max_tokens_in_flight) as u32;
+    s.in_flight
+        .clone()
+        .acquire_many_owned(n)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is shutting down",
+            )
+        })
 }
 
 /// `key`: a string or a non-empty array of strings, at most `max` of them.
@@ -589,20 +682,12 @@ struct Usage {
     total_tokens: usize,
 }
 
-async fn openai_embeddings(
-    State(s): State<Arc<Shared>>,
-    body: std::result::Result<Bytes, BytesRejection>,
-) -> Response {
-    openai_inner(&s, body)
-        .await
-        .unwrap_or_else(ApiError::openai)
+async fn openai_embeddings(State(s): State<Arc<Shared>>, req: Request) -> Response {
+    openai_inner(&s, req).await.unwrap_or_else(ApiError::openai)
 }
 
-async fn openai_inner(
-    s: &Shared,
-    body: std::result::Result<Bytes, BytesRejection>,
-) -> std::result::Result<Response, ApiError> {
-    let mut obj = parse_object(body, s.opts.max_body_bytes)?;
+async fn openai_inner(s: &Shared, req: Request) -> std::result::Result<Response, ApiError> {
+    let mut obj = parse_object(&read_body(s, req).await?)?;
     let texts = texts_field(&mut obj, "input", s.opts.max_inputs)?;
     let model = str_field(&obj, "model")?
         .unwrap_or(&s.opts.model_name)
@@ -619,6 +704,7 @@ async fn openai_inner(
     };
     let dim = s.embedder.dim();
     check_dimensions(&obj, dim)?;
+    let _admitted = admit(s, &texts, true).await?;
     let ids: Vec<Vec<u32>> = tokenize(s, texts)
         .await?
         .into_iter()
@@ -652,18 +738,12 @@ async fn openai_inner(
     Ok(Json(resp).into_response())
 }
 
-async fn tei_embed(
-    State(s): State<Arc<Shared>>,
-    body: std::result::Result<Bytes, BytesRejection>,
-) -> Response {
-    tei_inner(&s, body).await.unwrap_or_else(ApiError::tei)
+async fn tei_embed(State(s): State<Arc<Shared>>, req: Request) -> Response {
+    tei_inner(&s, req).await.unwrap_or_else(ApiError::tei)
 }
 
-async fn tei_inner(
-    s: &Shared,
-    body: std::result::Result<Bytes, BytesRejection>,
-) -> std::result::Result<Response, ApiError> {
-    let mut obj = parse_object(body, s.opts.max_body_bytes)?;
+async fn tei_inner(s: &Shared, req: Request) -> std::result::Result<Response, ApiError> {
+    let mut obj = parse_object(&read_body(s, req).await?)?;
     let texts = texts_field(&mut obj, "inputs", s.opts.max_inputs)?;
     let normalize = bool_field(&obj, "normalize", true)?;
     let truncate = bool_field(&obj, "truncate", false)?;
@@ -682,6 +762,7 @@ async fn tei_inner(
     }
     let dim = s.embedder.dim();
     check_dimensions(&obj, dim)?;
+    let _admitted = admit(s, &texts, true).await?;
     let tokenized = tokenize(s, texts).await?;
     if !truncate {
         if let Some(i) = tokenized.iter().position(|t| t.truncated) {
@@ -701,11 +782,8 @@ async fn tei_inner(
     Ok(Json(out).into_response())
 }
 
-async fn tei_tokenize(
-    State(s): State<Arc<Shared>>,
-    body: std::result::Result<Bytes, BytesRejection>,
-) -> Response {
-    tokenize_inner(&s, body).await.unwrap_or_else(ApiError::tei)
+async fn tei_tokenize(State(s): State<Arc<Shared>>, req: Request) -> Response {
+    tokenize_inner(&s, req).await.unwrap_or_else(ApiError::tei)
 }
 
 /// One token of `/tokenize`'s answer, as text-embeddings-inference writes it.
@@ -720,17 +798,15 @@ struct SimpleToken {
     stop: Option<usize>,
 }
 
-async fn tokenize_inner(
-    s: &Shared,
-    body: std::result::Result<Bytes, BytesRejection>,
-) -> std::result::Result<Response, ApiError> {
-    let mut obj = parse_object(body, s.opts.max_body_bytes)?;
+async fn tokenize_inner(s: &Shared, req: Request) -> std::result::Result<Response, ApiError> {
+    let mut obj = parse_object(&read_body(s, req).await?)?;
     let texts = Arc::new(texts_field(&mut obj, "inputs", s.opts.max_inputs)?);
     let add_special = bool_field(&obj, "add_special_tokens", true)?;
     let truncate = bool_field(&obj, "truncate", true)?;
     if str_field(&obj, "prompt_name")?.is_some() {
         return Err(ApiError::bad("`prompt_name` is not supported").param("prompt_name"));
     }
+    let _admitted = admit(s, &texts, truncate).await?;
     let tokenized = tokenize_with(s, texts.clone(), truncate).await?;
     let out: Vec<Vec<SimpleToken>> = tokenized
         .iter()
@@ -788,7 +864,10 @@ async fn health(State(s): State<Arc<Shared>>) -> Response {
 
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
     let queued = s.queue.max_capacity() - s.queue.capacity();
-    let text = s.metrics.render(&s.opts.model_name, &s.embedder, queued);
+    let in_flight = s.opts.max_tokens_in_flight - s.in_flight.available_permits();
+    let text = s
+        .metrics
+        .render(&s.opts.model_name, &s.embedder, queued, in_flight);
     (
         [(
             header::CONTENT_TYPE,
@@ -951,7 +1030,9 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition (format 0.0.4).
-    fn render(&self, model: &str, embedder: &Embedder, queued: usize) -> String {
+    /// `queued`: requests waiting for the batcher; `in_flight`: tokens the requests in flight
+    /// hold (of [`ServerOptions::max_tokens_in_flight`]).
+    fn render(&self, model: &str, embedder: &Embedder, queued: usize, in_flight: usize) -> String {
         use std::fmt::Write;
         let m = self.lock().clone();
         let mut out = String::new();
@@ -1042,6 +1123,13 @@ impl Metrics {
             "Requests waiting for the batcher.",
         );
         let _ = writeln!(out, "deberta_embed_queued_requests {queued}");
+        head(
+            &mut out,
+            "deberta_embed_tokens_in_flight",
+            "gauge",
+            "Tokens held by requests in flight (estimated before tokenizing).",
+        );
+        let _ = writeln!(out, "deberta_embed_tokens_in_flight {in_flight}");
         out
     }
 }
