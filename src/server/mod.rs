@@ -453,8 +453,20 @@ fn parse_object(bytes: &[u8]) -> std::result::Result<Map<String, Value>, ApiErro
     }
 }
 
+/// `resp` with `permit` held until its body has been sent (or the client has gone): a
+/// response waiting for a slow reader still counts against the tokens in flight.
+fn holding(resp: Response, permit: tokio::sync::OwnedSemaphorePermit) -> Response {
+    use http_body_util::BodyExt;
+    resp.map(|body| {
+        axum::body::Body::new(body.map_frame(move |frame| {
+            let _held = &permit;
+            frame
+        }))
+    })
+}
+
 /// Wait until `texts` fit in the tokens in flight ([`ServerOptions::max_tokens_in_flight`]);
-/// the permit is theirs until it is dropped (when the response has been built).
+/// the permit is theirs until it is dropped (see [`holding`]).
 async fn admit(
     s: &Shared,
     texts: &[String],
@@ -704,7 +716,7 @@ async fn openai_inner(s: &Shared, req: Request) -> std::result::Result<Response,
     };
     let dim = s.embedder.dim();
     check_dimensions(&obj, dim)?;
-    let _admitted = admit(s, &texts, true).await?;
+    let admitted = admit(s, &texts, true).await?;
     let ids: Vec<Vec<u32>> = tokenize(s, texts)
         .await?
         .into_iter()
@@ -735,7 +747,7 @@ async fn openai_inner(s: &Shared, req: Request) -> std::result::Result<Response,
             total_tokens: tokens,
         },
     };
-    Ok(Json(resp).into_response())
+    Ok(holding(Json(resp).into_response(), admitted))
 }
 
 async fn tei_embed(State(s): State<Arc<Shared>>, req: Request) -> Response {
@@ -762,7 +774,7 @@ async fn tei_inner(s: &Shared, req: Request) -> std::result::Result<Response, Ap
     }
     let dim = s.embedder.dim();
     check_dimensions(&obj, dim)?;
-    let _admitted = admit(s, &texts, true).await?;
+    let admitted = admit(s, &texts, true).await?;
     let tokenized = tokenize(s, texts).await?;
     if !truncate {
         if let Some(i) = tokenized.iter().position(|t| t.truncated) {
@@ -779,7 +791,7 @@ async fn tei_inner(s: &Shared, req: Request) -> std::result::Result<Response, Ap
     let ids = tokenized.into_iter().map(|t| t.ids).collect();
     let rows = embed_ids(s, ids, normalize).await?;
     let out: Vec<&[f32]> = rows.chunks_exact(dim).collect();
-    Ok(Json(out).into_response())
+    Ok(holding(Json(out).into_response(), admitted))
 }
 
 async fn tei_tokenize(State(s): State<Arc<Shared>>, req: Request) -> Response {
@@ -806,14 +818,14 @@ async fn tokenize_inner(s: &Shared, req: Request) -> std::result::Result<Respons
     if str_field(&obj, "prompt_name")?.is_some() {
         return Err(ApiError::bad("`prompt_name` is not supported").param("prompt_name"));
     }
-    let _admitted = admit(s, &texts, truncate).await?;
+    let admitted = admit(s, &texts, truncate).await?;
     let tokenized = tokenize_with(s, texts.clone(), truncate).await?;
     let out: Vec<Vec<SimpleToken>> = tokenized
         .iter()
         .zip(texts.iter())
         .map(|(t, text)| simple_tokens(t, text, add_special))
         .collect();
-    Ok(Json(out).into_response())
+    Ok(holding(Json(out).into_response(), admitted))
 }
 
 /// A tokenized text as `/tokenize` answers it: each token with the characters it covers.
