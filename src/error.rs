@@ -64,3 +64,31 @@ impl Error {
         }
     }
 }
+
+thread_local! {
+    /// How many [`catching_panics`] calls this thread is inside.
+    static CATCHING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// `f()`, with a panic inside it turned into `Error::Tokenizer("{what}: {panic message}")`.
+/// For calls into dependencies that panic on malformed files (the tokenizers crate does on a
+/// corrupt precompiled charsmap, for one) instead of returning an error.
+pub(crate) fn catching_panics<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    CATCHING.with(|c| c.set(c.get() + 1));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CATCHING.with(|c| c.set(c.get() - 1));
+    r.unwrap_or_else(|p| {
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(Error::Tokenizer(format!("{what}: {msg}")))
+    })
+}
+
+/// Whether a panic on this thread is about to be turned into an error (for a panic hook that
+/// reports only the panics nobody handles).
+pub fn panic_is_caught() -> bool {
+    CATCHING.with(|c| c.get() > 0)
+}

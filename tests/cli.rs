@@ -543,6 +543,40 @@ fn hostile_model_dirs_fail_with_one_clear_line() {
     out.extend_from_slice(&bytes[8 + n..]);
     std::fs::write(&p, out).unwrap();
     assert_clean_failure(&embed(&d), &format!("names tensor `{name}` twice"));
+
+    // tokenizer.json contents the tokenizers crate panics on instead of returning an error
+    let real = fixtures().join("realtok").join("model");
+    let tj: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(real.join("tokenizer.json")).unwrap())
+            .unwrap();
+    let cases = [
+        (
+            "normalizer",
+            serde_json::json!({"type": "Precompiled", "precompiled_charsmap": "AAAA"}),
+        ),
+        (
+            "post_processor",
+            serde_json::json!({"type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": "[NOPE]", "type_id": 0}}],
+                "pair": [], "special_tokens": {}}),
+        ),
+    ];
+    for (i, (field, value)) in cases.into_iter().enumerate() {
+        let d = dir.path().join(format!("tok{i}"));
+        copy_dir(&real, &d);
+        let mut t = tj.clone();
+        t[field] = value;
+        std::fs::write(d.join("tokenizer.json"), t.to_string()).unwrap();
+        assert_clean_failure(&embed(&d), "unusable tokenizer");
+        let o = run(&[
+            "tokenize",
+            "--model",
+            d.to_str().unwrap(),
+            "--input",
+            &input,
+        ]);
+        assert_clean_failure(&o, "unusable tokenizer");
+    }
 }
 
 /// `--threads` far above the cores is lowered to 4 per core with a one-line notice (10,000

@@ -283,19 +283,26 @@ impl TextTokenizer {
         pipeline: &crate::config::PipelineConfig,
         cfg: &crate::config::ModelConfig,
     ) -> Result<Self> {
-        Self::from_dir(
-            &pipeline.transformer_dir,
-            pipeline.max_seq_length,
-            pipeline.do_lower_case,
-            cfg.vocab_size,
-        )
+        let dir = &pipeline.transformer_dir;
+        // A malformed tokenizer file can make the tokenizers crate panic while loading it or
+        // on its first input; either becomes a load error naming the directory.
+        crate::error::catching_panics(&format!("{}: unusable tokenizer", dir.display()), || {
+            let t = Self::from_dir(
+                dir,
+                pipeline.max_seq_length,
+                pipeline.do_lower_case,
+                cfg.vocab_size,
+            )?;
+            t.encode_one("Probe text, 123.", true, true)?;
+            Ok(t)
+        })
     }
 
     /// Load the tokenizer of a model folder — `tokenizer.json`, else `spm.model` — with its
     /// `tokenizer_config.json` (and `added_tokens.json`) when present, truncating to
     /// `max_seq_length` tokens; ids must stay below `vocab_size` (the model's embedding rows).
     /// `do_lower_case` is sentence-transformers' flag (sentence_bert_config.json).
-    pub fn from_dir(
+    fn from_dir(
         dir: &Path,
         max_seq_length: usize,
         do_lower_case: bool,
