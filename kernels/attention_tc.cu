@@ -45,12 +45,6 @@ template <> struct Pack2<bf16> {
   }
 };
 
-static __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
-}
-
 // rows [0, rows) of a [rows][64] T operand into smem (row stride A2_LDH), 16 bytes per copy;
 // row r comes from src + off(r) (an element offset), or is zero when off(r) < 0.
 template <typename T, typename Off>
