@@ -17,8 +17,9 @@
 //     O += softmax(S) V with the probabilities rounded to T (the FlashAttention-2 layout: the
 //     S accumulators are reused as the A operand of the PV product).
 //
-// Tiles: the 16-row tile list of version 1 (launch.rs::attention_tiles); a block whose tile
-// does not start a 64-row group returns at once (three of every four of a long sequence).
+// Tiles: the 16-row tile list of version 1 (launch.rs::attention_tiles), which puts the tiles
+// that start a 64-row group first; the host launches only those (attention_tc_tiles), so every
+// block has work. A block given any other tile returns at once (a guard, not the plan).
 #include "common.cuh"
 #include "mma.cuh"
 

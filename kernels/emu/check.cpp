@@ -340,12 +340,19 @@ void check_gemm() {
 
 // ---- attention -----------------------------------------------------------------------------------
 // launch.rs: attention_tiles, attention_smem_bytes, attention_tc_smem_bytes, attention_dpl
+// (the tiles starting a 64-row group first: version 2 launches only those, attention_tc_tiles)
 std::vector<int4> attention_tiles(const std::vector<int>& off) {
-  std::vector<int4> tiles;
+  std::vector<int4> lead, rest;
   for (size_t s = 0; s + 1 < off.size(); ++s)
     for (int q0 = 0; q0 < off[s + 1] - off[s]; q0 += 16)
-      tiles.push_back({off[s], off[s + 1] - off[s], q0, 0});
-  return tiles;
+      (q0 % 64 == 0 ? lead : rest).push_back({off[s], off[s + 1] - off[s], q0, 0});
+  lead.insert(lead.end(), rest.begin(), rest.end());
+  return lead;
+}
+unsigned attention_tc_tiles(const std::vector<int4>& tiles) {
+  unsigned n = 0;
+  while (n < tiles.size() && tiles[n].z % 64 == 0) ++n;
+  return n;
 }
 size_t attention_smem_bytes(size_t d) {
   const size_t ds = d | 1;
@@ -454,7 +461,7 @@ void attention_case(Rng& rng, Dt dt, int heads, int d, const std::vector<size_t>
     A(attention_tc_f16, f16) A(attention_tc_bf16, bf16)
 #undef A
     if (tiles.empty()) continue;  // the host launches nothing
-    const unsigned blocks = (unsigned)tiles.size();
+    const unsigned blocks = tc ? attention_tc_tiles(tiles) : (unsigned)tiles.size();
     const std::string e = run(dim3(blocks, heads), dim3(128),
                               tc ? kAttTcSmem : attention_smem_bytes(d), {&ctx}, body);
     if (!e.empty()) {

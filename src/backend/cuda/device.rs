@@ -169,6 +169,9 @@ pub struct DeviceBatch {
     pub tokens: usize,
     pub batch: usize,
     pub n_tiles: usize,
+    /// the leading tiles that the tensor-core attention launches
+    /// ([`launch::attention_tc_tiles`])
+    pub n_tiles_tc: usize,
     pub max_len: usize,
     pub vocab: usize,
 }
@@ -520,6 +523,16 @@ impl Gpu {
         }
     }
 
+    /// Whether [`Gpu::attention`] runs version 2 (tensor cores) for `dt` and head dim `d`: it
+    /// is selected, `d` is 64, `dt` is f16 or bf16, and the device's opt-in shared memory per
+    /// block holds its 117 KB (sm_86 / sm_89 have 99 KB: version 1 runs there instead).
+    pub fn attention_uses_tensor_cores(&self, dt: Dtype, d: usize) -> bool {
+        self.attention_kernel() == AttentionKernel::V2
+            && d == launch::ATT_TC_D
+            && matches!(dt, Dtype::F16 | Dtype::BF16)
+            && launch::attention_tc_smem_bytes() <= self.max_smem_optin
+    }
+
     /// Device name.
     pub fn name(&self) -> &str {
         &self.name
@@ -687,6 +700,7 @@ impl Gpu {
             tokens: p.tokens(),
             batch: p.batch(),
             n_tiles: p.tiles.len(),
+            n_tiles_tc: launch::attention_tc_tiles(&p.tiles),
             max_len: p.max_len,
             vocab,
         });
@@ -1047,20 +1061,19 @@ impl Gpu {
             Arg::I(pq.is_some() as i32),
             Arg::P(ctx.need("attention output", b.tokens * h, dt)?),
         ];
-        let tensor_cores = self.attention_kernel() == AttentionKernel::V2
-            && d == launch::ATT_TC_D
-            && matches!(dt, Dtype::F16 | Dtype::BF16);
-        let (name, threads, smem) = if tensor_cores {
+        let (name, threads, smem, blocks) = if self.attention_uses_tensor_cores(dt, d) {
             let smem = launch::attention_tc_smem_bytes();
             (
                 format!("attention_tc_{}", dt.suffix()),
                 launch::ATT_TC_THREADS,
                 smem,
+                b.n_tiles_tc,
             )
         } else {
             let dpl = launch::attention_dpl(d)?;
             let name = format!("attention_{}_dpl{dpl}", dt.suffix());
-            (name, launch::ATT_THREADS, launch::attention_smem_bytes(d))
+            let smem = launch::attention_smem_bytes(d);
+            (name, launch::ATT_THREADS, smem, b.n_tiles)
         };
         // SAFETY: 12 args = (const T* qkv, const T* pk, const T* pq, const uint32_t* relidx,
         // int max_len, const int4* tiles, int heads, int d, float scale, int c2p, int p2c,
@@ -1074,7 +1087,7 @@ impl Gpu {
         unsafe {
             self.launch(
                 &name,
-                (b.n_tiles as u32, heads as u32, 1),
+                (blocks as u32, heads as u32, 1),
                 (threads, 1, 1),
                 smem,
                 &args,

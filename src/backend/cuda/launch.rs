@@ -97,19 +97,36 @@ pub fn attention_smem_bytes(d: usize) -> usize {
     (ATT_BQ * d + ATT_BKV * ds + ATT_BKV * d + 2 * ATT_NB * ds) * 4
 }
 
-/// One attention block per (sequence, query tile): `[start, len, q0, 0]` for each, in order.
-/// Empty sequences get no block.
+/// One attention block per (sequence, query tile): `[start, len, q0, 0]` for each. Empty
+/// sequences get no block. The tiles that start a 64-row group (`q0 % ATT_TC_BQ == 0`) come
+/// first, in sequence order, then the others in sequence order: version 1 launches all of
+/// them, the tensor-core version 2 (64 query rows per block) only the first
+/// [`attention_tc_tiles`] of them, so that none of its blocks is idle.
 pub fn attention_tiles(offsets: &[usize]) -> Vec<[i32; 4]> {
-    let mut tiles = Vec::new();
+    let (mut lead, mut rest) = (Vec::new(), Vec::new());
     for w in offsets.windows(2) {
         let (start, len) = (w[0], w[1] - w[0]);
         let mut q0 = 0;
         while q0 < len {
-            tiles.push([start as i32, len as i32, q0 as i32, 0]);
+            let t = [start as i32, len as i32, q0 as i32, 0];
+            if q0.is_multiple_of(ATT_TC_BQ) {
+                lead.push(t);
+            } else {
+                rest.push(t);
+            }
             q0 += ATT_BQ;
         }
     }
+    lead.extend(rest);
+    lead
+}
+
+/// How many leading tiles of [`attention_tiles`] the tensor-core attention launches.
+pub fn attention_tc_tiles(tiles: &[[i32; 4]]) -> usize {
     tiles
+        .iter()
+        .take_while(|t| (t[2] as usize).is_multiple_of(ATT_TC_BQ))
+        .count()
 }
 
 /// A batch of sequences packed back to back, with everything the kernels index by.
@@ -400,6 +417,21 @@ mod tests {
         assert!(seen.iter().all(|&c| c == 1));
         // 1 + 0 + 2 + 2 + 32 tiles
         assert_eq!(tiles.len(), 1 + 2 + 2 + 32);
+        // the tensor-core attention's 64-row blocks come first and cover each query once too
+        let n2 = attention_tc_tiles(&tiles);
+        assert_eq!(n2, 1 + 1 + 1 + 8);
+        let mut seen2 = vec![0u32; 562];
+        for t in &tiles[..n2] {
+            let [start, len, q0, _] = *t;
+            assert_eq!(q0 as usize % ATT_TC_BQ, 0);
+            for i in q0..(q0 + ATT_TC_BQ as i32).min(len) {
+                seen2[(start + i) as usize] += 1;
+            }
+        }
+        assert!(seen2.iter().all(|&c| c == 1));
+        assert!(tiles[n2..]
+            .iter()
+            .all(|t| !(t[2] as usize).is_multiple_of(ATT_TC_BQ)));
     }
 
     #[test]

@@ -90,8 +90,27 @@ struct GraphKey {
     tokens: usize,
     batch: usize,
     tiles: usize,
-    pool_modes: u32,
+    /// the tiles that start a 64-row group: the grid of the tensor-core attention, which
+    /// `tokens`, `batch` and `tiles` do not fix (lengths 64 + 32 and 80 + 16 both make 6
+    /// tiles, but 2 and 3 such blocks)
+    tiles_tc: usize,
+    /// the packed mode codes and their count (the codes alone do not tell `[cls]` from
+    /// `[cls, cls]`: code 0 both, but a different output width)
+    pool_modes: (u32, i32),
     attention: AttentionKernel,
+}
+
+impl GraphKey {
+    fn new(p: &Packed, modes: &[PoolingMode], attention: AttentionKernel) -> Result<Self> {
+        Ok(GraphKey {
+            tokens: p.tokens(),
+            batch: p.batch(),
+            tiles: p.tiles.len(),
+            tiles_tc: launch::attention_tc_tiles(&p.tiles),
+            pool_modes: launch::pool_modes_code(modes)?,
+            attention,
+        })
+    }
 }
 
 /// A shape seen once (run eagerly), or captured (the second time: shapes seen only once, such
@@ -333,13 +352,7 @@ impl Resident {
         if !self.gpu.graphs_enabled() {
             return run(st);
         }
-        let key = GraphKey {
-            tokens: p.tokens(),
-            batch: p.batch(),
-            tiles: p.tiles.len(),
-            pool_modes: launch::pool_modes_code(modes)?.0,
-            attention: self.gpu.attention_kernel(),
-        };
+        let key = GraphKey::new(p, modes, self.gpu.attention_kernel())?;
         match st.graphs.get(&key) {
             Some(Slot::Graph(g)) => self.gpu.replay(g),
             Some(Slot::Failed(_)) => run(st),
@@ -711,6 +724,40 @@ mod tests {
         fn check<T: Send + Sync>() {}
         check::<CudaModel>();
         check::<Gpu>();
+    }
+
+    #[test]
+    fn graph_key_tells_tensor_core_attention_grids_apart() {
+        let key = |lens: &[usize]| {
+            let ids: Vec<Vec<u32>> = lens.iter().map(|&l| vec![1u32; l]).collect();
+            GraphKey::new(
+                &Packed::new(&ids).unwrap(),
+                &[PoolingMode::Mean],
+                AttentionKernel::V2,
+            )
+            .unwrap()
+        };
+        // same tokens (96), sequences (2) and 16-row tiles (6), but 2 and 3 blocks of version 2
+        let (a, b) = (key(&[64, 32]), key(&[80, 16]));
+        assert_eq!((a.tokens, a.batch, a.tiles), (b.tokens, b.batch, b.tiles));
+        assert_eq!((a.tiles_tc, b.tiles_tc), (2, 3));
+        assert_ne!(a, b);
+        assert_eq!(a, key(&[32, 64]));
+    }
+
+    #[test]
+    fn graph_key_tells_pooling_mode_counts_apart() {
+        let p = Packed::new(&[vec![1u32, 2, 3]]).unwrap();
+        let key = |m: &[PoolingMode]| GraphKey::new(&p, m, AttentionKernel::V1).unwrap();
+        // [cls] and [cls, cls] pack to the same code (0) but pool into different widths
+        let (one, two) = (key(&[PoolingMode::Cls]), key(&[PoolingMode::Cls; 2]));
+        assert_eq!(one.pool_modes.0, two.pool_modes.0);
+        assert_ne!(one, two);
+        assert_eq!(one, key(&[PoolingMode::Cls]));
+        assert_ne!(
+            one,
+            GraphKey::new(&p, &[PoolingMode::Cls], AttentionKernel::V2).unwrap()
+        );
     }
 
     #[test]

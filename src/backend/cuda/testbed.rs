@@ -185,6 +185,13 @@ fn attention_row(g: &Gpu, dt: Dtype, kernel: AttentionKernel, b: usize, l: usize
     let drel = g.upload_relpos(&rel, 2 * span)?;
     let (dpk, dpq) = (g.upload(dt, &pk, "pk")?, g.upload(dt, &pq, "pq")?);
     g.set_attention_kernel(kernel);
+    // version 2 falls back to version 1 where the device lacks its shared memory: say so
+    let variant = match kernel {
+        AttentionKernel::V2 if !g.attention_uses_tensor_cores(dt, d) => {
+            "v2 (ran v1: shared memory)".to_string()
+        }
+        _ => format!("{kernel:?}").to_lowercase(),
+    };
     let launch = |nseq: usize, qkv: &DevBuf, ctx: &DevBuf| -> Result<()> {
         let ids = vec![vec![0u32; l]; nseq];
         let db = g.upload_batch(&Packed::new(&ids)?, 1)?;
@@ -248,7 +255,7 @@ fn attention_row(g: &Gpu, dt: Dtype, kernel: AttentionKernel, b: usize, l: usize
     let bytes = (t * 3 * h + t * h) * dt.size();
     Ok(Row {
         op: "attention",
-        variant: format!("{kernel:?}").to_lowercase(),
+        variant,
         shape: format!("{b} x {l}"),
         rel_err: rel_err(&got, &want),
         tolerance: tolerance(dt, true),
