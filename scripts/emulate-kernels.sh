@@ -53,6 +53,17 @@ build() {
 MUTANTS=(
   "gemm_tc_no_barrier|gemm.cu|    __syncthreads();  // stage kt visible to all|    // (barrier removed)|gemm_bf16_f32_k8"
   "gemm_tc_cp_async_wait_one_stage_late|gemm.cu|cp_async_wait<TC_STAGES - 2>();|cp_async_wait<TC_STAGES - 1>();|gemm_f16_f16_k8"
+  "gemm_tc_next_stage_copied_before_barrier|gemm.cu|    __syncthreads();  // stage kt visible to all; stage kt-1 fully consumed by all
+    const int nxt = kt + TC_STAGES - 1;
+    if (nxt < nk) {
+      tc_load_tile<T, K8>(As[nxt % TC_STAGES], A, M, K, bm, nxt * TC_BK);
+      tc_load_tile<T, K8>(Bs[nxt % TC_STAGES], W, N, K, bn, nxt * TC_BK);
+    }|    const int nxt = kt + TC_STAGES - 1;
+    if (nxt < nk) {
+      tc_load_tile<T, K8>(As[nxt % TC_STAGES], A, M, K, bm, nxt * TC_BK);
+      tc_load_tile<T, K8>(Bs[nxt % TC_STAGES], W, N, K, bn, nxt * TC_BK);
+    }
+    __syncthreads();  // (moved below the copies into stage kt-1's buffer)|gemm_f16_f16_k8"
   "gemm_simt_no_second_barrier|gemm.cu|acc[i][j] = fmaf(a[i], w[j], acc[i][j]);
     }
     __syncthreads();|acc[i][j] = fmaf(a[i], w[j], acc[i][j]);
@@ -61,6 +72,7 @@ MUTANTS=(
   "attention_v1_no_tile_barrier|attention.cu|    __syncthreads();  // the previous key tile is consumed|    // (barrier removed)|attention_f16_dpl1"
   "attention_v2_c2p_gather_shifted|attention_tc.cu|v += Cw[rl * A2_LDC + (rl - cl + A2_BKV - 1)];|v += Cw[rl * A2_LDC + (rl - cl + A2_BKV)];|attention_tc_f16"
   "attention_v2_no_scratch_barrier|attention_tc.cu|    __syncthreads();  // P (and C) written|    // (barrier removed)|attention_tc_bf16"
+  "attention_v2_rows_not_16_byte_aligned|attention_tc.cu|#define A2_LDH 72|#define A2_LDH 68|attention_tc_f16"
   "block_sum_no_reuse_barrier|common.cuh|  __syncthreads();  // scratch may still be read by a previous call|  // (barrier removed)|layernorm_f32"
   "pool_last_token_off_by_one|pooling.cu|case POOL_LAST: v = xs[(size_t)(n - 1) * H]; break;|case POOL_LAST: v = xs[(size_t)(n - 2) * H]; break;|pool"
 )

@@ -4,6 +4,7 @@
 #include "runtime.h"
 
 #include <setjmp.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -65,15 +66,34 @@ struct Worker {
   const std::function<void()>* body = nullptr;
   uint64_t rng = 1;
   Fiber* running = nullptr;
-  bool deadlock = false;
+  bool cp_early = false;          // this block's cp.async copies land at issue, not at the wait
+  const char* error = nullptr;    // set by fail() inside the block: the block is abandoned
 };
 
 thread_local Worker* W = nullptr;
 thread_local Fiber* t_starting = nullptr;
 thread_local ucontext_t t_creator;
 
+void on_fault(int sig, siginfo_t*, void*);
+
 Worker& worker() {
-  if (!W) W = new Worker();  // one per host thread, for the life of the process
+  if (!W) {
+    W = new Worker();  // one per host thread, for the life of the process
+    // a fault inside a kernel (on a fiber stack, maybe its guard page) is handled on a stack
+    // of this host thread's own
+    stack_t ss{};
+    ss.ss_size = 64 * 1024;
+    ss.ss_sp = malloc(ss.ss_size);
+    if (!ss.ss_sp || sigaltstack(&ss, nullptr) != 0) fail("cannot set a signal stack");
+    static const bool installed = [] {
+      struct sigaction sa{};
+      sa.sa_sigaction = on_fault;
+      sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
+      sigemptyset(&sa.sa_mask);
+      return sigaction(SIGSEGV, &sa, nullptr) == 0 && sigaction(SIGBUS, &sa, nullptr) == 0;
+    }();
+    if (!installed) fail("cannot install the fault handler");
+  }
   return *W;
 }
 
@@ -117,6 +137,9 @@ void thread_exit(Fiber* f) {
   --w.block.expected;
   release_if_complete(w.block);
   WarpState& ws = w.warps[f->st.tid.x >> 5];
+  // lanes of this warp wait in a shuffle / vote / ldmatrix / mma / __syncwarp that this lane
+  // never reaches (undefined on the GPU; here the collective would never have run)
+  if (ws.bar.arrived > 0) fail("a lane exited while its warp waits in a warp collective");
   --ws.bar.expected;
   release_if_complete(ws.bar);
 }
@@ -133,8 +156,11 @@ void trampoline() {
 
 void create(Fiber* f) {
   if (!f->stack) {
-    f->stack = mmap(nullptr, kStack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (f->stack == MAP_FAILED) fail("cannot map a fiber stack");
+    // one guard page below the stack: an overflow faults instead of corrupting a neighbour
+    void* m = mmap(nullptr, kStack + 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                   -1, 0);
+    if (m == MAP_FAILED || mprotect(m, 4096, PROT_NONE) != 0) fail("cannot map a fiber stack");
+    f->stack = static_cast<char*>(m) + 4096;
   }
   getcontext(&f->uc);
   f->uc.uc_stack.ss_sp = f->stack;
@@ -159,8 +185,9 @@ void wait_on(Barrier& b) {
   f->wait_gen = nullptr;
 }
 
-// Run one block on this host thread; false on a deadlock (a barrier some threads never reach).
-bool run_block(uint3 bidx, dim3 bdim, uint64_t seed) {
+// Run one block on this host thread: nullptr, or why it failed (a deadlock: a barrier some
+// threads never reach; or a fail() inside the kernel: a misaligned ldmatrix / cp.async, ...).
+const char* run_block(uint3 bidx, dim3 bdim, uint64_t seed) {
   Worker& w = worker();
   const int n = (int)(bdim.x * bdim.y * bdim.z);
   if (bdim.y != 1 || bdim.z != 1) fail("only 1-D blocks are emulated");
@@ -186,7 +213,13 @@ bool run_block(uint3 bidx, dim3 bdim, uint64_t seed) {
   // pass, in a shuffled order: the warps advance together) and warp-serial (the warps in a
   // shuffled order, each run until all its threads wait at a block barrier: the warps drift
   // as far apart as the barriers allow, which exposes a missing __syncthreads).
-  const bool serial = (next_rand(w.rng) & 1) != 0;
+  const uint64_t mode = next_rand(w.rng);
+  const bool serial = (mode & 1) != 0;
+  // cp.async copies land either at issue (the earliest moment: catches a copy into a buffer
+  // that other warps still read) or at the wait_group that retires them (the latest: catches
+  // a read before the wait), independently of the schedule
+  w.cp_early = (mode & 2) != 0;
+  w.error = nullptr;
   std::vector<int> order(n), worder(nwarps);
   for (int i = 0; i < n; ++i) order[i] = i;
   for (int i = 0; i < nwarps; ++i) worder[i] = i;
@@ -197,6 +230,12 @@ bool run_block(uint3 bidx, dim3 bdim, uint64_t seed) {
     cur = &f->st;
     if (_setjmp(w.sched) == 0) _longjmp(f->jb, 1);
     if (f->done) --live;
+    if (w.error) live = -1;  // fail() in this fiber: stop scheduling the block
+  };
+  auto abandon = [&] {  // the stacks of unfinished threads are dropped, not unwound
+    for (int i = 0; i < n; ++i)
+      if (!w.fibers[i]->done) w.fibers[i]->started = false;
+    cur = nullptr;
   };
   auto shuffle = [&](int* a, int len) {
     for (int i = len - 1; i > 0; --i) std::swap(a[i], a[next_rand(w.rng) % (i + 1)]);
@@ -215,8 +254,11 @@ bool run_block(uint3 bidx, dim3 bdim, uint64_t seed) {
             if (!runnable(f)) continue;
             ran = progress = true;
             resume(f);
+            if (live < 0) break;
           }
+          if (live < 0) break;
         }
+        if (live < 0) break;
       }
     } else {
       shuffle(order.data(), n);
@@ -225,18 +267,20 @@ bool run_block(uint3 bidx, dim3 bdim, uint64_t seed) {
         if (!runnable(f)) continue;
         progress = true;
         resume(f);
+        if (live < 0) break;
       }
     }
-    if (!progress) {
-      // every live thread waits on a barrier that cannot complete: abandon their stacks
-      for (int i = 0; i < n; ++i)
-        if (!w.fibers[i]->done) w.fibers[i]->started = false;
-      cur = nullptr;
-      return false;
+    if (live < 0) {
+      abandon();
+      return w.error;
+    }
+    if (!progress) {  // every live thread waits on a barrier that cannot complete
+      abandon();
+      return "deadlock: a barrier that not every thread reaches";
     }
   }
   cur = nullptr;
-  return true;
+  return nullptr;
 }
 
 // ---- the launch: blocks shared among host threads -------------------------------------------
@@ -246,7 +290,8 @@ struct Launch {
   uint64_t seed = 0;
   const std::function<void()>* body = nullptr;
   std::atomic<uint64_t> next{0};
-  std::atomic<int> deadlocks{0}, guard_broken{0};
+  std::atomic<const char*> error{nullptr};  // the first block's failure
+  std::atomic<int> guard_broken{0};
 };
 
 bool guard_ok(const unsigned char* p, size_t from, size_t to) {
@@ -269,7 +314,10 @@ void work(Launch& L) {
     const uint3 bidx{(unsigned)(b % L.grid.x), (unsigned)((b / L.grid.x) % L.grid.y),
                      (unsigned)(b / ((uint64_t)L.grid.x * L.grid.y))};
     for (auto* p : dyn) memset(p, 0xff, used);
-    if (!run_block(bidx, L.block, L.seed)) L.deadlocks.fetch_add(1);
+    if (const char* e = run_block(bidx, L.block, L.seed)) {
+      const char* none = nullptr;
+      L.error.compare_exchange_strong(none, e);
+    }
     for (auto* p : dyn)
       if (!guard_ok(p, L.dsmem, used)) L.guard_broken.fetch_add(1);
   }
@@ -318,7 +366,32 @@ Pool* pool() {
 
 }  // namespace
 
+namespace {
+// SIGSEGV / SIGBUS inside a kernel (a misaligned 16-byte access, which the host compiler
+// emits as an aligned vector instruction as the GPU does; a wild address): the launch fails
+// with this message; the block's threads are abandoned like after fail(). Elsewhere: the
+// default action.
+void on_fault(int sig, siginfo_t*, void*) {
+  if (W && W->running && cur) {
+    W->error = sig == SIGBUS ? "bus error in the kernel"
+                             : "memory fault in the kernel (SIGSEGV: a misaligned vector "
+                               "access, an address outside any buffer or a fiber stack "
+                               "overflow)";
+    W->running->started = false;
+    _longjmp(W->sched, 1);
+  }
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+}  // namespace
+
 [[noreturn]] void fail(const char* what) {
+  if (W && W->running && cur) {
+    // inside a kernel: the launch reports it, the block is abandoned (run_block)
+    W->error = what;
+    W->running->started = false;  // its stack is dropped: a later block creates it afresh
+    _longjmp(W->sched, 1);
+  }
   fprintf(stderr, "emulator: %s\n", what);
   abort();
 }
@@ -482,7 +555,8 @@ void cp_async(void* dst, const void* src, int cp_bytes, int src_bytes) {
   if (src_bytes > 0) memcpy(p.data, src, (size_t)src_bytes);
   p.bytes = cp_bytes;
   p.group = f->ncommit;
-  f->cp.push_back(p);
+  if (W->cp_early) memcpy(p.dst, p.data, (size_t)p.bytes);
+  else f->cp.push_back(p);
 }
 void cp_async_commit() { ++W->running->ncommit; }
 void cp_async_wait(int n) {
@@ -526,7 +600,7 @@ LaunchResult launch(dim3 grid, dim3 block, size_t dyn_smem, uint64_t seed,
     std::unique_lock<std::mutex> lk(p->mu);
     p->done_cv.wait(lk, [&] { return p->busy == 0; });
   }
-  if (L.deadlocks.load() > 0) r.error = "deadlock: a barrier that not every thread reaches";
+  if (const char* e = L.error.load()) r.error = e;
   else if (L.guard_broken.load() > 0) r.error = "write past the dynamic shared memory size";
   return r;
 }
