@@ -73,6 +73,9 @@ MUTANTS=(
   "attention_v2_c2p_gather_shifted|attention_tc.cu|v += Cw[rl * A2_LDC + (rl - cl + A2_BKV - 1)];|v += Cw[rl * A2_LDC + (rl - cl + A2_BKV)];|attention_tc_f16"
   "attention_v2_no_scratch_barrier|attention_tc.cu|    __syncthreads();  // P (and C) written|    // (barrier removed)|attention_tc_bf16"
   "attention_v2_rows_not_16_byte_aligned|attention_tc.cu|#define A2_LDH 72|#define A2_LDH 68|attention_tc_f16"
+  "attention_v2_async_no_end_barrier|attention_tc.cu|      __syncthreads();     // ... everyone's, and this tile's C, P, K, V reads are done|      // (barrier removed)|attention_tc_async_f16"
+  "attention_v2_async_band_not_waited|attention_tc.cu|      cp_async_wait<0>();  // the next tile's|      cp_async_wait<1>();  // the next tile's|attention_tc_async_bf16"
+  "attention_v2_async_kv_into_current_buffer|attention_tc.cu|T* Kn = Ks + ((it + 1) % NBUF) * A2_BKV * A2_LDH;|T* Kn = Ks + (it % NBUF) * A2_BKV * A2_LDH;|attention_tc_async_f16"
   "block_sum_no_reuse_barrier|common.cuh|  __syncthreads();  // scratch may still be read by a previous call|  // (barrier removed)|layernorm_f32"
   "pool_last_token_off_by_one|pooling.cu|case POOL_LAST: v = xs[(size_t)(n - 1) * H]; break;|case POOL_LAST: v = xs[(size_t)(n - 2) * H]; break;|pool"
 )

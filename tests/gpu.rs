@@ -393,19 +393,21 @@ fn attention_matches_cpu() {
     check_attention(&g, AttentionKernel::V1);
 }
 
-/// The tensor-core attention (f16 / bf16, head dim 64; the other cases fall back to v1 and are
-/// checked again).
+/// The tensor-core attention, plain and pipelined (f16 / bf16, head dim 64; the other cases
+/// fall back to v1 and are checked again).
 #[test]
 fn attention_tc_matches_cpu() {
     let g = gpu_or_skip!();
-    g.set_attention_kernel(AttentionKernel::V2);
-    if !g.attention_uses_tensor_cores(Dtype::F16, 64) {
-        eprintln!(
-            "NOTE: {} lacks version 2's shared memory: version 1 runs (and is checked) instead",
-            g.name()
-        );
+    for kernel in [AttentionKernel::V2, AttentionKernel::V2Async] {
+        g.set_attention_kernel(kernel);
+        if g.attention_runs(Dtype::F16, 64) != kernel {
+            eprintln!(
+                "NOTE: {} lacks {kernel:?}'s shared memory: version 1 runs (and is checked) instead",
+                g.name()
+            );
+        }
+        check_attention(&g, kernel);
     }
-    check_attention(&g, AttentionKernel::V2);
 }
 
 fn check_attention(g: &Gpu, kernel: AttentionKernel) {
@@ -789,6 +791,7 @@ fn graph_replays_equal_eager_launches() {
         (Precision::F16, AttentionKernel::V1),
         (Precision::F16, AttentionKernel::V2),
         (Precision::BF16, AttentionKernel::V2),
+        (Precision::F16, AttentionKernel::V2Async),
     ] {
         let m = cuda::synthetic_xsmall(0, precision).unwrap();
         m.gpu().set_attention_kernel(kernel);

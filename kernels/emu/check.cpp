@@ -48,6 +48,8 @@ ATT_DECL_ALL(f16, f16)
 ATT_DECL_ALL(bf16, bf16)
 ATT_DECL(attention_tc_f16, f16)
 ATT_DECL(attention_tc_bf16, bf16)
+ATT_DECL(attention_tc_async_f16, f16)
+ATT_DECL(attention_tc_async_bf16, bf16)
 #define LN_DECL(NAME, T)                                                                      \
   extern "C" void NAME(const float* in, const float* residual, int rows, int n, const float* w, \
                        const float* b, float eps, float* out32, T* outc);
@@ -359,6 +361,7 @@ size_t attention_smem_bytes(size_t d) {
   return (16 * d + 32 * ds + 32 * d + 2 * 47 * ds) * 4;
 }
 constexpr size_t kAttTcSmem = (3 * 64 + 2 * 128) * 72 * 2 + (4 * 16 * 84 + 64 * 132) * 4;
+constexpr size_t kAttTcAsyncSmem = kAttTcSmem + 2 * 64 * 72 * 2;  // a second K and V buffer
 int attention_dpl(int d) { return d <= 32 ? 1 : d <= 64 ? 2 : d <= 128 ? 4 : 8; }
 
 std::vector<float> attention_ref(const std::vector<float>& qkv, const std::vector<int>& off,
@@ -409,7 +412,10 @@ void attention_case(Rng& rng, Dt dt, int heads, int d, const std::vector<size_t>
                     int table, bool c2p, bool p2c) {
   const int dpl = attention_dpl(d);
   std::vector<std::string> names{std::string("attention_") + sfx(dt) + "_dpl" + std::to_string(dpl)};
-  if (d == 64 && dt != F32) names.push_back(std::string("attention_tc_") + sfx(dt));
+  if (d == 64 && dt != F32) {
+    names.push_back(std::string("attention_tc_") + sfx(dt));
+    names.push_back(std::string("attention_tc_async_") + sfx(dt));
+  }
   bool any = false;
   for (auto& nm : names) any = any || wanted(nm);
   if (!any) return;
@@ -459,11 +465,15 @@ void attention_case(Rng& rng, Dt dt, int heads, int d, const std::vector<size_t>
     A(attention_f16_dpl4, f16) A(attention_f16_dpl8, f16) A(attention_bf16_dpl1, bf16)
     A(attention_bf16_dpl2, bf16) A(attention_bf16_dpl4, bf16) A(attention_bf16_dpl8, bf16)
     A(attention_tc_f16, f16) A(attention_tc_bf16, bf16)
+    A(attention_tc_async_f16, f16) A(attention_tc_async_bf16, bf16)
 #undef A
     if (tiles.empty()) continue;  // the host launches nothing
     const unsigned blocks = tc ? attention_tc_tiles(tiles) : (unsigned)tiles.size();
     const std::string e = run(dim3(blocks, heads), dim3(128),
-                              tc ? kAttTcSmem : attention_smem_bytes(d), {&ctx}, body);
+                              !tc ? attention_smem_bytes(d)
+                              : nm.find("_async_") != std::string::npos ? kAttTcAsyncSmem
+                                                                        : kAttTcSmem,
+                              {&ctx}, body);
     if (!e.empty()) {
       report(nm, shape, false, e.c_str(), INFINITY, 0);
       continue;

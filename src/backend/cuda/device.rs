@@ -217,6 +217,7 @@ fn kernel_names() -> Vec<String> {
     }
     for s in ["f16", "bf16"] {
         v.push(format!("attention_tc_{s}"));
+        v.push(format!("attention_tc_async_{s}"));
     }
     for s in ["f16", "bf16"] {
         for o in [s, "f32"] {
@@ -341,8 +342,8 @@ pub struct GpuGraph(CudaGraph);
 // serializes its forwards.
 unsafe impl Send for GpuGraph {}
 
-/// The attention kernel variants (`bench --kernel attention=v1|v2`, or
-/// `DEBERTA_CUDA_ATTENTION=v1|v2` when the device is opened).
+/// The attention kernel variants (`bench --kernel attention=v1|v2|v2-async`, or
+/// `DEBERTA_CUDA_ATTENTION=v1|v2|v2-async` when the device is opened).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum AttentionKernel {
@@ -351,6 +352,9 @@ pub enum AttentionKernel {
     /// kernels/attention_tc.cu: tensor cores, f16 / bf16 with head dim 64; other cases fall
     /// back to V1.
     V2 = 2,
+    /// V2 with K / V double-buffered and every operand staged with `cp.async`, the next key
+    /// tile's loads overlapping this one's work (`attention_tc_async_*`; not yet measured).
+    V2Async = 3,
 }
 
 impl std::str::FromStr for AttentionKernel {
@@ -359,8 +363,9 @@ impl std::str::FromStr for AttentionKernel {
         match s.trim().to_ascii_lowercase().as_str() {
             "v1" | "1" => Ok(AttentionKernel::V1),
             "v2" | "2" | "tc" => Ok(AttentionKernel::V2),
+            "v2-async" | "v2a" => Ok(AttentionKernel::V2Async),
             other => Err(Error::Input(format!(
-                "unknown attention kernel `{other}` (expected v1 or v2)"
+                "unknown attention kernel `{other}` (expected v1, v2 or v2-async)"
             ))),
         }
     }
@@ -519,18 +524,30 @@ impl Gpu {
     pub fn attention_kernel(&self) -> AttentionKernel {
         match self.attention_kernel.load(Ordering::Relaxed) {
             2 => AttentionKernel::V2,
+            3 => AttentionKernel::V2Async,
             _ => AttentionKernel::V1,
         }
     }
 
-    /// Whether [`Gpu::attention`] runs version 2 (tensor cores) for `dt` and head dim `d`: it
-    /// is selected, `d` is 64, `dt` is f16 or bf16, and the device's opt-in shared memory per
-    /// block holds its 117 KB (sm_86 / sm_89 have 99 KB: version 1 runs there instead).
-    pub fn attention_uses_tensor_cores(&self, dt: Dtype, d: usize) -> bool {
-        self.attention_kernel() == AttentionKernel::V2
-            && d == launch::ATT_TC_D
+    /// The attention kernel that [`Gpu::attention`] runs for `dt` and head dim `d`: the one
+    /// selected, except that version 2 (either variant) needs `d` = 64, f16 or bf16, and its
+    /// shared memory (117 KB, pipelined 135 KB) within the device's opt-in limit per block
+    /// (sm_86 / sm_89 have 99 KB): otherwise version 1 runs.
+    pub fn attention_runs(&self, dt: Dtype, d: usize) -> AttentionKernel {
+        let k = self.attention_kernel();
+        let smem = match k {
+            AttentionKernel::V1 => return k,
+            AttentionKernel::V2 => launch::attention_tc_smem_bytes(),
+            AttentionKernel::V2Async => launch::attention_tc_async_smem_bytes(),
+        };
+        if d == launch::ATT_TC_D
             && matches!(dt, Dtype::F16 | Dtype::BF16)
-            && launch::attention_tc_smem_bytes() <= self.max_smem_optin
+            && smem <= self.max_smem_optin
+        {
+            k
+        } else {
+            AttentionKernel::V1
+        }
     }
 
     /// Device name.
@@ -1061,19 +1078,25 @@ impl Gpu {
             Arg::I(pq.is_some() as i32),
             Arg::P(ctx.need("attention output", b.tokens * h, dt)?),
         ];
-        let (name, threads, smem, blocks) = if self.attention_uses_tensor_cores(dt, d) {
-            let smem = launch::attention_tc_smem_bytes();
-            (
+        let (name, threads, smem, blocks) = match self.attention_runs(dt, d) {
+            AttentionKernel::V2 => (
                 format!("attention_tc_{}", dt.suffix()),
                 launch::ATT_TC_THREADS,
-                smem,
+                launch::attention_tc_smem_bytes(),
                 b.n_tiles_tc,
-            )
-        } else {
-            let dpl = launch::attention_dpl(d)?;
-            let name = format!("attention_{}_dpl{dpl}", dt.suffix());
-            let smem = launch::attention_smem_bytes(d);
-            (name, launch::ATT_THREADS, smem, b.n_tiles)
+            ),
+            AttentionKernel::V2Async => (
+                format!("attention_tc_async_{}", dt.suffix()),
+                launch::ATT_TC_THREADS,
+                launch::attention_tc_async_smem_bytes(),
+                b.n_tiles_tc,
+            ),
+            AttentionKernel::V1 => {
+                let dpl = launch::attention_dpl(d)?;
+                let name = format!("attention_{}_dpl{dpl}", dt.suffix());
+                let smem = launch::attention_smem_bytes(d);
+                (name, launch::ATT_THREADS, smem, b.n_tiles)
+            }
         };
         // SAFETY: 12 args = (const T* qkv, const T* pk, const T* pq, const uint32_t* relidx,
         // int max_len, const int4* tiles, int heads, int d, float scale, int c2p, int p2c,
@@ -1083,7 +1106,8 @@ impl Gpu {
         // above. Version 1: d <= 32 * DPL. Version 2 (tensor cores): d = 64 and a 2-byte T as
         // it assumes, every row it reads or writes 16-byte aligned (d = 64 and 3H, H multiples
         // of 64 elements; device allocations are 256-byte aligned). smem as
-        // attention_smem_bytes(d) / attention_tc_smem_bytes() (raised above 48 KB in `launch`).
+        // attention_smem_bytes(d) / attention_tc_smem_bytes() / attention_tc_async_smem_bytes()
+        // (raised above 48 KB in `launch`).
         unsafe {
             self.launch(
                 &name,

@@ -37,6 +37,11 @@ pub const fn attention_tc_smem_bytes() -> usize {
     (3 * 64 + 2 * 128) * 72 * 2 + (4 * 16 * 84 + 64 * 132) * 4
 }
 
+/// The same for the pipelined variant (`attention_tc_async_*`): a second K and V buffer.
+pub const fn attention_tc_async_smem_bytes() -> usize {
+    attention_tc_smem_bytes() + 2 * 64 * 72 * 2
+}
+
 /// Threads per block of the pooling and conv kernels (one thread per column).
 pub const COL_THREADS: u32 = 128;
 
@@ -400,6 +405,13 @@ mod tests {
         // the xsmall head dim fits the default 48 KB of shared memory
         assert!(attention_smem_bytes(64) <= 48 * 1024);
         assert!(attention_smem_bytes(128) > 48 * 1024);
+        // version 2: 117 KB, pipelined 135 KB (kernels/emu/check.cpp launches with these);
+        // both above sm_86 / sm_89's 99 KB opt-in limit (version 1 runs there), within
+        // sm_80 / sm_90's 163 / 227 KB
+        assert_eq!(attention_tc_smem_bytes(), 119_808);
+        assert_eq!(attention_tc_async_smem_bytes(), 138_240);
+        assert!(attention_tc_smem_bytes() > 99 * 1024);
+        assert!(attention_tc_async_smem_bytes() <= 163 * 1024);
     }
 
     #[test]

@@ -186,11 +186,11 @@ fn attention_row(g: &Gpu, dt: Dtype, kernel: AttentionKernel, b: usize, l: usize
     let (dpk, dpq) = (g.upload(dt, &pk, "pk")?, g.upload(dt, &pq, "pq")?);
     g.set_attention_kernel(kernel);
     // version 2 falls back to version 1 where the device lacks its shared memory: say so
-    let variant = match kernel {
-        AttentionKernel::V2 if !g.attention_uses_tensor_cores(dt, d) => {
-            "v2 (ran v1: shared memory)".to_string()
-        }
-        _ => format!("{kernel:?}").to_lowercase(),
+    let ran = g.attention_runs(dt, d);
+    let variant = if ran == kernel {
+        format!("{kernel:?}").to_lowercase()
+    } else {
+        format!("{kernel:?} (ran {ran:?}: shared memory)").to_lowercase()
     };
     let launch = |nseq: usize, qkv: &DevBuf, ctx: &DevBuf| -> Result<()> {
         let ids = vec![vec![0u32; l]; nseq];
@@ -285,7 +285,11 @@ pub fn run(g: &Gpu, dt: Dtype) -> Result<(Peaks, Vec<Row>)> {
         }
     }
     for (b, l) in [(256, 32), (64, 128), (16, 512)] {
-        for kernel in [AttentionKernel::V1, AttentionKernel::V2] {
+        for kernel in [
+            AttentionKernel::V1,
+            AttentionKernel::V2,
+            AttentionKernel::V2Async,
+        ] {
             rows.push(attention_row(g, dt, kernel, b, l)?);
         }
     }
