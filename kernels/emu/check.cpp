@@ -487,11 +487,11 @@ void attention_case(Rng& rng, Dt dt, int heads, int d, const std::vector<size_t>
 void check_attention() {
   Rng rng(4);
   const int hd[][2] = {{6, 64}, {2, 32}, {2, 128}, {4, 8}, {3, 12},
-                       {4, 10}, {2, 16}, {1, 100}, {1, 200}};
+                       {4, 10}, {2, 16}, {1, 100}, {1, 200}, {1, 256}};
   const std::vector<std::vector<size_t>> len_sets = {
       {1}, {7}, {16}, {33}, {128}, {257}, {512}, {3, 17, 1, 40, 32, 31, 33}, {5, 0, 70, 0}};
   for (Dt dt : {F32, F16, BF16})
-    for (size_t ci = 0; ci < 9; ++ci)
+    for (size_t ci = 0; ci < sizeof hd / sizeof hd[0]; ++ci)
       for (size_t li = 0; li < len_sets.size(); ++li) {
         size_t longest = 0;
         for (size_t l : len_sets[li]) longest = std::max(longest, l);
