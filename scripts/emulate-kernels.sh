@@ -52,16 +52,16 @@ build() {
 # Each is the real source with one textual change, rebuilt and checked: it must fail.
 MUTANTS=(
   "gemm_tc_no_barrier|gemm.cu|    __syncthreads();  // stage kt visible to all|    // (barrier removed)|gemm_bf16_f32_k8"
-  "gemm_tc_cp_async_wait_one_stage_late|gemm.cu|cp_async_wait<TC_STAGES - 2>();|cp_async_wait<TC_STAGES - 1>();|gemm_f16_f16_k8"
+  "gemm_tc_cp_async_wait_one_stage_late|gemm.cu|cp_async_wait<STAGES - 2>();|cp_async_wait<STAGES - 1>();|gemm_f16_f16_k8"
   "gemm_tc_next_stage_copied_before_barrier|gemm.cu|    __syncthreads();  // stage kt visible to all; stage kt-1 fully consumed by all
-    const int nxt = kt + TC_STAGES - 1;
+    const int nxt = kt + STAGES - 1;
     if (nxt < nk) {
-      tc_load_tile<T, K8>(As[nxt % TC_STAGES], A, M, K, bm, nxt * TC_BK);
-      tc_load_tile<T, K8>(Bs[nxt % TC_STAGES], W, N, K, bn, nxt * TC_BK);
-    }|    const int nxt = kt + TC_STAGES - 1;
+      tc_load_tile<T, K8, BM, THREADS>(As + (nxt % STAGES) * BM * TC_LD, A, M, K, bm, nxt * TC_BK);
+      tc_load_tile<T, K8, BN, THREADS>(Bs + (nxt % STAGES) * BN * TC_LD, W, N, K, bn, nxt * TC_BK);
+    }|    const int nxt = kt + STAGES - 1;
     if (nxt < nk) {
-      tc_load_tile<T, K8>(As[nxt % TC_STAGES], A, M, K, bm, nxt * TC_BK);
-      tc_load_tile<T, K8>(Bs[nxt % TC_STAGES], W, N, K, bn, nxt * TC_BK);
+      tc_load_tile<T, K8, BM, THREADS>(As + (nxt % STAGES) * BM * TC_LD, A, M, K, bm, nxt * TC_BK);
+      tc_load_tile<T, K8, BN, THREADS>(Bs + (nxt % STAGES) * BN * TC_LD, W, N, K, bn, nxt * TC_BK);
     }
     __syncthreads();  // (moved below the copies into stage kt-1's buffer)|gemm_f16_f16_k8"
   "gemm_simt_no_second_barrier|gemm.cu|acc[i][j] = fmaf(a[i], w[j], acc[i][j]);

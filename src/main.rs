@@ -190,8 +190,9 @@ struct BenchArgs {
     /// Kernel variant (CUDA only): `attention=v2` is the tensor-core attention (f16/bf16,
     /// head dim 64; otherwise v1 runs), `attention=v2-async` the same with cp.async
     /// double-buffered K/V, default v1 (same as DEBERTA_CUDA_ATTENTION);
-    /// `graphs=off` launches every kernel instead of replaying CUDA graphs, default on (same
-    /// as DEBERTA_CUDA_GRAPHS=0). Repeatable.
+    /// `gemm=128` runs 128x128 tensor-core GEMM tiles where K % 8 == 0, default 64 (same as
+    /// DEBERTA_CUDA_GEMM); `graphs=off` launches every kernel instead of replaying CUDA graphs,
+    /// default on (same as DEBERTA_CUDA_GRAPHS=0). Repeatable.
     #[arg(long, value_name = "OP=VARIANT")]
     kernel: Vec<String>,
 }
@@ -704,6 +705,13 @@ fn bench(a: BenchArgs) -> Result<()> {
                 // Read once when the device is opened (below); nothing else runs yet.
                 std::env::set_var("DEBERTA_CUDA_ATTENTION", v);
             }
+            "gemm" => {
+                let v = variant.trim().to_ascii_lowercase();
+                if !matches!(v.as_str(), "64" | "64x64" | "128" | "128x128") {
+                    bail!("--kernel {spec}: gemm variants are 64 and 128");
+                }
+                std::env::set_var("DEBERTA_CUDA_GEMM", v);
+            }
             "graphs" => {
                 let v = match variant.trim().to_ascii_lowercase().as_str() {
                     "on" | "1" => "1",
@@ -713,7 +721,7 @@ fn bench(a: BenchArgs) -> Result<()> {
                 std::env::set_var("DEBERTA_CUDA_GRAPHS", v);
             }
             other => {
-                bail!("--kernel {spec}: no variants of `{other}` (attention=v1|v2|v2-async, graphs=on|off)")
+                bail!("--kernel {spec}: no variants of `{other}` (attention=v1|v2|v2-async, gemm=64|128, graphs=on|off)")
             }
         }
     }

@@ -19,7 +19,9 @@ use common::{cosine, max_abs_diff, model_names, Reference};
 use deberta_embed::backend::cpu::gemm::{reference_linear, Epilogue};
 use deberta_embed::backend::cpu::ops::{conv1d_act_into, layer_norm_rows};
 use deberta_embed::backend::cuda::launch::Packed;
-use deberta_embed::backend::cuda::{self, testbed, AttentionKernel, DevBuf, Dtype, Epi, Gpu};
+use deberta_embed::backend::cuda::{
+    self, testbed, AttentionKernel, DevBuf, Dtype, Epi, GemmKernel, Gpu,
+};
 use deberta_embed::config::{Activation, PoolingMode};
 use deberta_embed::relpos::RelPosTable;
 use deberta_embed::{Device, Embedder, EmbedderOptions, Precision};
@@ -181,15 +183,22 @@ fn gemm_matches_cpu() {
                             Epilogue::BiasResidual(&bias, &res),
                         ),
                     };
-                    g.gemm(dt, out_f32, &da, &dw, m, n, k, e, &c).unwrap();
-                    let got = g.download(out_dt, &c, m * n).unwrap();
                     let mut want = vec![0.0; m * n];
                     reference_linear(&a, m, &w, n, k, ep, &mut want);
-                    let err = rel_err(&got, &want);
-                    assert!(
-                        err <= tol(dt, !out_f32),
-                        "gemm {dt:?} -> {out_dt:?} m={m} n={n} k={k} epi={epi}: rel err {err:e}"
-                    );
+                    // both tile variants (128 x 128 runs where K % 8 == 0)
+                    for tiles in [GemmKernel::Tile64, GemmKernel::Tile128] {
+                        g.set_gemm_kernel(tiles);
+                        g.poison(&c).unwrap();
+                        g.gemm(dt, out_f32, &da, &dw, m, n, k, e, &c).unwrap();
+                        let got = g.download(out_dt, &c, m * n).unwrap();
+                        let err = rel_err(&got, &want);
+                        assert!(
+                            err <= tol(dt, !out_f32),
+                            "gemm {dt:?} -> {out_dt:?} {tiles:?} m={m} n={n} k={k} epi={epi}: \
+                             rel err {err:e}"
+                        );
+                    }
+                    g.set_gemm_kernel(GemmKernel::Tile64);
                 }
             }
         }
@@ -786,16 +795,21 @@ fn graph_replays_equal_eager_launches() {
         ids_for(&mut rng, &lens_c, 128_100),
     );
     let modes = [PoolingMode::Mean];
-    for (precision, kernel) in [
-        (Precision::F32, AttentionKernel::V1),
-        (Precision::F16, AttentionKernel::V1),
-        (Precision::F16, AttentionKernel::V2),
-        (Precision::BF16, AttentionKernel::V2),
-        (Precision::F16, AttentionKernel::V2Async),
+    for (precision, kernel, tiles) in [
+        (Precision::F32, AttentionKernel::V1, GemmKernel::Tile64),
+        (Precision::F16, AttentionKernel::V1, GemmKernel::Tile64),
+        (Precision::F16, AttentionKernel::V2, GemmKernel::Tile64),
+        (Precision::BF16, AttentionKernel::V2, GemmKernel::Tile64),
+        (
+            Precision::F16,
+            AttentionKernel::V2Async,
+            GemmKernel::Tile128,
+        ),
     ] {
         let m = cuda::synthetic_xsmall(0, precision).unwrap();
         m.gpu().set_attention_kernel(kernel);
-        let precision = format!("{precision} attention {kernel:?}");
+        m.gpu().set_gemm_kernel(tiles);
+        let precision = format!("{precision} attention {kernel:?} gemm {tiles:?}");
         let run = |ids: &[Vec<u32>]| m.encode_batches(ids, 8, usize::MAX, &modes).unwrap();
         m.gpu().set_graphs(false);
         let (want_a, want_b, want_c) = (run(&a), run(&b), run(&c));

@@ -35,6 +35,10 @@ GEMM_DECL(gemm_f16_f16_k8, f16, f16)
 GEMM_DECL(gemm_f16_f32_k8, f16, float)
 GEMM_DECL(gemm_bf16_bf16_k8, bf16, bf16)
 GEMM_DECL(gemm_bf16_f32_k8, bf16, float)
+GEMM_DECL(gemm_f16_f16_k8_128, f16, f16)
+GEMM_DECL(gemm_f16_f32_k8_128, f16, float)
+GEMM_DECL(gemm_bf16_bf16_k8_128, bf16, bf16)
+GEMM_DECL(gemm_bf16_f32_k8_128, bf16, float)
 GEMM_DECL(gemm_simt_f32, float, float)
 #define ATT_DECL(NAME, T)                                                                     \
   extern "C" void NAME(const T* qkv, const T* pk, const T* pq, const uint32_t* relidx,         \
@@ -263,7 +267,7 @@ void check_gemm() {
       if (g_quick && (size_t)m * n * k > 128ull * 384 * 384) continue;
       bool any = false;
       for (const char* o : {"f32", sfx(dt)})
-        for (const char* v : {"", "_k8"})
+        for (const char* v : {"", "_k8", "_k8_128"})
           any = any || wanted(dt == F32 ? std::string("gemm_simt_f32")
                                         : std::string("gemm_") + sfx(dt) + "_" + o + v);
       if (!any) continue;
@@ -282,18 +286,20 @@ void check_gemm() {
       struct Variant {
         std::string name;
         bool out16;
-        unsigned threads;
+        unsigned threads, tile;  // tile: rows = columns of C per block
+        size_t smem;             // dynamic shared memory (launch.rs: gemm_tc_smem_bytes)
       };
       std::vector<Variant> vs;
       if (dt == F32) {
-        vs.push_back({"gemm_simt_f32", false, 256});
+        vs.push_back({"gemm_simt_f32", false, 256, 64, 0});
       } else {
-        for (bool k8 : {false, true}) {
-          if (k8 && k % 8 != 0) continue;  // the host's gemm_k8_ok
+        for (int v = 0; v < 3; ++v) {  // plain, _k8, _k8_128
+          if (v > 0 && k % 8 != 0) continue;  // the host's gemm_k8_ok
           for (bool out16 : {false, true})
             vs.push_back({std::string("gemm_") + sfx(dt) + "_" + (out16 ? sfx(dt) : "f32") +
-                              (k8 ? "_k8" : ""),
-                          out16, 128});
+                              (v == 1 ? "_k8" : v == 2 ? "_k8_128" : ""),
+                          out16, v == 2 ? 256u : 128u, v == 2 ? 128u : 64u,
+                          v == 2 ? (size_t)4 * (128 + 128) * 40 * 2 : 0});
         }
       }
       for (auto& v : vs) {
@@ -301,7 +307,7 @@ void check_gemm() {
         for (int epi = 0; epi < 4; ++epi) {
           const Dt odt = v.out16 ? dt : F32;
           Buf c((size_t)m * n * dsize(odt));
-          const dim3 grid(cdiv(n, 64), cdiv(m, 64));
+          const dim3 grid(cdiv(n, v.tile), cdiv(m, v.tile));
           std::function<void()> body;
           auto bind = [&](auto fn, auto* A, auto* W, auto* C) {
             const float *B = db.p<float>(), *R = dr.p<float>();
@@ -314,10 +320,12 @@ void check_gemm() {
           G(gemm_f16_f16, f16, f16) G(gemm_f16_f32, f16, float) G(gemm_bf16_bf16, bf16, bf16)
           G(gemm_bf16_f32, bf16, float) G(gemm_f16_f16_k8, f16, f16)
           G(gemm_f16_f32_k8, f16, float) G(gemm_bf16_bf16_k8, bf16, bf16)
-          G(gemm_bf16_f32_k8, bf16, float)
+          G(gemm_bf16_f32_k8, bf16, float) G(gemm_f16_f16_k8_128, f16, f16)
+          G(gemm_f16_f32_k8_128, f16, float) G(gemm_bf16_bf16_k8_128, bf16, bf16)
+          G(gemm_bf16_f32_k8_128, bf16, float)
 #undef G
           const std::string shape = shape_str("m=%d n=%d k=%d epi=%d", m, n, k, epi);
-          const std::string e = run(grid, dim3(v.threads), 0, {&c}, body);
+          const std::string e = run(grid, dim3(v.threads), v.smem, {&c}, body);
           if (!e.empty()) {
             report(nm, shape, false, e.c_str(), INFINITY, 0);
             continue;

@@ -213,6 +213,7 @@ constexpr size_t kDynSmemMax = 227 * 1024;
 EMU_DYNAMIC_SHARED(float, smem);             // attention.cu
 EMU_DYNAMIC_SHARED(float, smem_row);         // layernorm.cu, embed.cu
 EMU_DYNAMIC_SHARED(unsigned char, a2_smem);  // attention_tc.cu
+EMU_DYNAMIC_SHARED(unsigned char, gemm_smem);  // gemm.cu
 
 #define threadIdx (::emu::cur->tid)
 #define blockIdx (::emu::block_idx)

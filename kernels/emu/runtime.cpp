@@ -19,6 +19,7 @@
 alignas(16) thread_local float smem[emu::kDynSmemMax / sizeof(float)];
 alignas(16) thread_local float smem_row[emu::kDynSmemMax / sizeof(float)];
 alignas(16) thread_local unsigned char a2_smem[emu::kDynSmemMax];
+alignas(16) thread_local unsigned char gemm_smem[emu::kDynSmemMax];
 
 namespace emu {
 namespace {
@@ -305,8 +306,8 @@ void work(Launch& L) {
   w.body = L.body;
   grid_dim = L.grid;
   const uint64_t total = (uint64_t)L.grid.x * L.grid.y * L.grid.z;
-  unsigned char* dyn[3] = {reinterpret_cast<unsigned char*>(smem),
-                           reinterpret_cast<unsigned char*>(smem_row), a2_smem};
+  unsigned char* dyn[4] = {reinterpret_cast<unsigned char*>(smem),
+                           reinterpret_cast<unsigned char*>(smem_row), a2_smem, gemm_smem};
   const size_t used = std::min(kDynSmemMax, L.dsmem + kGuard);
   for (;;) {
     const uint64_t b = L.next.fetch_add(1);

@@ -223,6 +223,7 @@ fn kernel_names() -> Vec<String> {
         for o in [s, "f32"] {
             v.push(format!("gemm_{s}_{o}"));
             v.push(format!("gemm_{s}_{o}_k8"));
+            v.push(format!("gemm_{s}_{o}_k8_128"));
         }
     }
     for n in [
@@ -327,6 +328,8 @@ pub struct Gpu {
     profile: Option<Mutex<Profile>>,
     /// Which attention kernel runs where both can (`AttentionKernel as u8`).
     attention_kernel: AtomicU8,
+    /// Which tensor-core GEMM tiles run where both can (`GemmKernel as u8`).
+    gemm_kernel: AtomicU8,
     /// Forwards may be captured into CUDA graphs (`DEBERTA_CUDA_GRAPHS=0` turns it off).
     graphs: AtomicBool,
 }
@@ -341,6 +344,32 @@ pub struct GpuGraph(CudaGraph);
 // the graph except `Gpu::replay`, and the model keeps its graphs inside the mutex that
 // serializes its forwards.
 unsafe impl Send for GpuGraph {}
+
+/// The tensor-core GEMM tiles (`bench --kernel gemm=64|128`, or `DEBERTA_CUDA_GEMM=64|128`
+/// when the device is opened).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum GemmKernel {
+    /// 64 x 64 tiles, 4 warps, 3 stages (the default).
+    Tile64 = 1,
+    /// 128 x 128 tiles, 8 warps, 4 stages in 80 KB of dynamic shared memory, where the `_k8`
+    /// variant applies (K % 8 == 0, aligned operands) and the device allows that much shared
+    /// memory; otherwise 64 x 64. Not yet measured.
+    Tile128 = 2,
+}
+
+impl std::str::FromStr for GemmKernel {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "64" | "64x64" => Ok(GemmKernel::Tile64),
+            "128" | "128x128" => Ok(GemmKernel::Tile128),
+            other => Err(Error::Input(format!(
+                "unknown GEMM tiles `{other}` (expected 64 or 128)"
+            ))),
+        }
+    }
+}
 
 /// The attention kernel variants (`bench --kernel attention=v1|v2|v2-async`, or
 /// `DEBERTA_CUDA_ATTENTION=v1|v2|v2-async` when the device is opened).
@@ -460,6 +489,10 @@ impl Gpu {
             Ok(v) => v.parse::<AttentionKernel>()?,
             Err(_) => AttentionKernel::V1,
         };
+        let gemm_kernel = match std::env::var("DEBERTA_CUDA_GEMM") {
+            Ok(v) => v.parse::<GemmKernel>()?,
+            Err(_) => GemmKernel::Tile64,
+        };
         Ok(Gpu {
             ctx,
             stream,
@@ -472,6 +505,7 @@ impl Gpu {
             sync_each,
             profile,
             attention_kernel: AtomicU8::new(attention_kernel as u8),
+            gemm_kernel: AtomicU8::new(gemm_kernel as u8),
             graphs: AtomicBool::new(
                 std::env::var("DEBERTA_CUDA_GRAPHS").map_or(true, |v| v != "0"),
             ),
@@ -526,6 +560,19 @@ impl Gpu {
             2 => AttentionKernel::V2,
             3 => AttentionKernel::V2Async,
             _ => AttentionKernel::V1,
+        }
+    }
+
+    /// Select the tensor-core GEMM tiles for the following launches.
+    pub fn set_gemm_kernel(&self, k: GemmKernel) {
+        self.gemm_kernel.store(k as u8, Ordering::Relaxed);
+    }
+
+    /// The tensor-core GEMM tiles selected (see [`GemmKernel`]).
+    pub fn gemm_kernel(&self) -> GemmKernel {
+        match self.gemm_kernel.load(Ordering::Relaxed) {
+            2 => GemmKernel::Tile128,
+            _ => GemmKernel::Tile64,
         }
     }
 
@@ -1016,23 +1063,38 @@ impl Gpu {
                 launch::SG_THREADS,
             ),
             _ => {
-                let k8 = if launch::gemm_k8_ok(k, a.ptr, w.ptr) {
-                    "_k8"
+                let k8 = launch::gemm_k8_ok(k, a.ptr, w.ptr);
+                let (s, dt_out) = (dt.suffix(), out_dt.suffix());
+                if k8
+                    && self.gemm_kernel() == GemmKernel::Tile128
+                    && launch::gemm_tc_big_smem_bytes() <= self.max_smem_optin
+                {
+                    (
+                        format!("gemm_{s}_{dt_out}_k8_128"),
+                        launch::gemm_grid(m, n, launch::TC_BIG, launch::TC_BIG)?,
+                        launch::TC_BIG_THREADS,
+                    )
                 } else {
-                    ""
-                };
-                (
-                    format!("gemm_{}_{}{k8}", dt.suffix(), out_dt.suffix()),
-                    launch::gemm_grid(m, n, launch::TC_BM, launch::TC_BN)?,
-                    launch::TC_THREADS,
-                )
+                    (
+                        format!("gemm_{s}_{dt_out}{}", if k8 { "_k8" } else { "" }),
+                        launch::gemm_grid(m, n, launch::TC_BM, launch::TC_BN)?,
+                        launch::TC_THREADS,
+                    )
+                }
             }
+        };
+        let smem = if name.ends_with("_128") {
+            launch::gemm_tc_big_smem_bytes()
+        } else {
+            0
         };
         // SAFETY: 9 args = (const T* A, const T* W, const float* bias, const float* residual,
         // Tout* C, int M, int N, int K, int epi); sizes checked above (bias / residual non-null
-        // whenever `epi` reads them); the _k8 variant only with K % 8 == 0 and 16-byte aligned
-        // A / W; static shared memory only.
-        unsafe { self.launch(&name, grid, (threads, 1, 1), 0, &args) }
+        // whenever `epi` reads them); the _k8 variants (incl. _k8_128) only with K % 8 == 0 and
+        // 16-byte aligned A / W; static shared memory, except _k8_128's dynamic ring of
+        // gemm_tc_big_smem_bytes() (raised above 48 KB in `launch`, checked against the
+        // device's limit above).
+        unsafe { self.launch(&name, grid, (threads, 1, 1), smem, &args) }
     }
 
     /// Disentangled attention: `ctx[T, H] = attention(qkv[T, 3H])` for every sequence of `b`.

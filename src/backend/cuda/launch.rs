@@ -12,6 +12,15 @@ pub const TC_BM: usize = 64;
 pub const TC_BN: usize = 64;
 /// `TC_THREADS`.
 pub const TC_THREADS: u32 = 128;
+/// The opt-in large-tile variant (`gemm_*_k8_128`): 128 x 128 outputs, `TC_BIG_THREADS`.
+pub const TC_BIG: usize = 128;
+pub const TC_BIG_THREADS: u32 = 256;
+
+/// Dynamic shared memory of the large-tile GEMM: `TC_BIG_STAGES` (4) stages of a 128-row A
+/// and a 128-row W tile, 32 + 8 halves per row (`TC_LD`).
+pub const fn gemm_tc_big_smem_bytes() -> usize {
+    4 * (128 + 128) * 40 * 2
+}
 /// `SG_BM`, `SG_BN`, `SG_THREADS`: the fp32 SIMT GEMM.
 pub const SG_BM: usize = 64;
 pub const SG_BN: usize = 64;
@@ -412,6 +421,10 @@ mod tests {
         assert_eq!(attention_tc_async_smem_bytes(), 138_240);
         assert!(attention_tc_smem_bytes() > 99 * 1024);
         assert!(attention_tc_async_smem_bytes() <= 163 * 1024);
+        // the 128 x 128 GEMM's ring (also in check.cpp) fits every supported device's opt-in
+        // limit, but not the 48 KB of static shared memory
+        assert_eq!(gemm_tc_big_smem_bytes(), 81_920);
+        assert!(gemm_tc_big_smem_bytes() > 48 * 1024 && gemm_tc_big_smem_bytes() <= 99 * 1024);
     }
 
     #[test]

@@ -33,7 +33,9 @@ use crate::model::HostWeights;
 use crate::relpos::RelPosTable;
 use crate::Precision;
 
-pub use device::{AttentionKernel, DevBuf, DeviceBatch, DeviceRelPos, Dtype, Epi, Gpu, GpuGraph};
+pub use device::{
+    AttentionKernel, DevBuf, DeviceBatch, DeviceRelPos, Dtype, Epi, GemmKernel, Gpu, GpuGraph,
+};
 use launch::{Packed, Workspace};
 
 /// One layer's weights on the device. Matrices in the compute type, vectors fp32.
@@ -98,10 +100,16 @@ struct GraphKey {
     /// `[cls, cls]`: code 0 both, but a different output width)
     pool_modes: (u32, i32),
     attention: AttentionKernel,
+    gemm: GemmKernel,
 }
 
 impl GraphKey {
-    fn new(p: &Packed, modes: &[PoolingMode], attention: AttentionKernel) -> Result<Self> {
+    fn new(
+        p: &Packed,
+        modes: &[PoolingMode],
+        attention: AttentionKernel,
+        gemm: GemmKernel,
+    ) -> Result<Self> {
         Ok(GraphKey {
             tokens: p.tokens(),
             batch: p.batch(),
@@ -109,6 +117,7 @@ impl GraphKey {
             tiles_tc: launch::attention_tc_tiles(&p.tiles),
             pool_modes: launch::pool_modes_code(modes)?,
             attention,
+            gemm,
         })
     }
 }
@@ -352,7 +361,12 @@ impl Resident {
         if !self.gpu.graphs_enabled() {
             return run(st);
         }
-        let key = GraphKey::new(p, modes, self.gpu.attention_kernel())?;
+        let key = GraphKey::new(
+            p,
+            modes,
+            self.gpu.attention_kernel(),
+            self.gpu.gemm_kernel(),
+        )?;
         match st.graphs.get(&key) {
             Some(Slot::Graph(g)) => self.gpu.replay(g),
             Some(Slot::Failed(_)) => run(st),
@@ -734,6 +748,7 @@ mod tests {
                 &Packed::new(&ids).unwrap(),
                 &[PoolingMode::Mean],
                 AttentionKernel::V2,
+                GemmKernel::Tile64,
             )
             .unwrap()
         };
@@ -748,16 +763,20 @@ mod tests {
     #[test]
     fn graph_key_tells_pooling_mode_counts_apart() {
         let p = Packed::new(&[vec![1u32, 2, 3]]).unwrap();
-        let key = |m: &[PoolingMode]| GraphKey::new(&p, m, AttentionKernel::V1).unwrap();
+        let key = |m: &[PoolingMode]| {
+            GraphKey::new(&p, m, AttentionKernel::V1, GemmKernel::Tile64).unwrap()
+        };
         // [cls] and [cls, cls] pack to the same code (0) but pool into different widths
         let (one, two) = (key(&[PoolingMode::Cls]), key(&[PoolingMode::Cls; 2]));
         assert_eq!(one.pool_modes.0, two.pool_modes.0);
         assert_ne!(one, two);
         assert_eq!(one, key(&[PoolingMode::Cls]));
-        assert_ne!(
-            one,
-            GraphKey::new(&p, &[PoolingMode::Cls], AttentionKernel::V2).unwrap()
-        );
+        // and the kernel variants, whose grids differ
+        let cls = [PoolingMode::Cls];
+        let v2 = GraphKey::new(&p, &cls, AttentionKernel::V2, GemmKernel::Tile64).unwrap();
+        let t128 = GraphKey::new(&p, &cls, AttentionKernel::V1, GemmKernel::Tile128).unwrap();
+        assert_ne!(one, v2);
+        assert_ne!(one, t128);
     }
 
     #[test]
