@@ -17,8 +17,16 @@
 //     O += softmax(S) V with the probabilities rounded to T (the FlashAttention-2 layout: the
 //     S accumulators are reused as the A operand of the PV product).
 //
-// Tiles: the 16-row tile list of version 1 (launch.rs::attention_tiles); a block whose tile
-// does not start a 64-row group returns at once (three of every four of a long sequence).
+// Pipelined variant (attention_tc_async_*, PIPE = true; opt-in, not yet measured): K and V in
+// two buffers, every operand staged with cp.async. Tile j+1's K / V copies are issued at the
+// top of iteration j (into the buffers iteration j-1 read) and its PK / PQ band right after the
+// c2p / p2c products consumed tile j's band, so both loads overlap tile j's tensor-core work;
+// one wait + barrier at the end of the iteration replaces the two barriers around the loads.
+// 135 KB of shared memory instead of 117 KB.
+//
+// Tiles: the 16-row tile list of version 1 (launch.rs::attention_tiles), which puts the tiles
+// that start a 64-row group first; the host launches only those (attention_tc_tiles), so every
+// block has work. A block given any other tile returns at once (a guard, not the plan).
 #include "common.cuh"
 #include "mma.cuh"
 
@@ -45,27 +53,26 @@ template <> struct Pack2<bf16> {
   }
 };
 
-static __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
-}
-
 // rows [0, rows) of a [rows][64] T operand into smem (row stride A2_LDH), 16 bytes per copy;
-// row r comes from src + off(r) (an element offset), or is zero when off(r) < 0.
-template <typename T, typename Off>
+// row r comes from src + off(r) (an element offset), or is zero when off(r) < 0. ASYNC: with
+// cp.async (zero-fill), landing at the caller's cp.async wait; otherwise plain loads / stores.
+template <bool ASYNC, typename T, typename Off>
 static __device__ __forceinline__ void a2_stage(T* dst, const T* __restrict__ src, int rows,
                                                 Off off) {
   for (int e = threadIdx.x; e < rows * (A2_D / 8); e += A2_THREADS) {
     const int r = e >> 3, c = (e & 7) * 8;
     const long long o = off(r);
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (o >= 0) v = *reinterpret_cast<const uint4*>(src + o + c);
-    *reinterpret_cast<uint4*>(dst + r * A2_LDH + c) = v;
+    if (ASYNC) {
+      cp_async16(dst + r * A2_LDH + c, o >= 0 ? src + o + c : src, o >= 0 ? 16 : 0);
+    } else {
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (o >= 0) v = *reinterpret_cast<const uint4*>(src + o + c);
+      *reinterpret_cast<uint4*>(dst + r * A2_LDH + c) = v;
+    }
   }
 }
 
-template <typename T>
+template <typename T, bool PIPE>
 static __device__ void attention_tc_impl(const T* __restrict__ qkv, const T* __restrict__ pk,
                                          const T* __restrict__ pq,
                                          const uint32_t* __restrict__ relidx, int max_len,
@@ -74,10 +81,11 @@ static __device__ void attention_tc_impl(const T* __restrict__ qkv, const T* __r
   const int4 tile = tiles[blockIdx.x];
   if (tile.z % A2_BQ != 0) return;  // covered by the block of the tile starting its 64 rows
   extern __shared__ __align__(16) unsigned char a2_smem[];
+  constexpr int NBUF = PIPE ? 2 : 1;      // K / V buffers
   T* Qs = reinterpret_cast<T*>(a2_smem);  // [64][LDH]
-  T* Ks = Qs + A2_BQ * A2_LDH;             // [64][LDH]
-  T* Vs = Ks + A2_BKV * A2_LDH;            // [64][LDH]
-  T* PKs = Vs + A2_BKV * A2_LDH;           // [128][LDH]
+  T* Ks = Qs + A2_BQ * A2_LDH;             // [NBUF][64][LDH]
+  T* Vs = Ks + NBUF * A2_BKV * A2_LDH;     // [NBUF][64][LDH]
+  T* PKs = Vs + NBUF * A2_BKV * A2_LDH;    // [128][LDH]
   T* PQs = PKs + A2_NB * A2_LDH;           // [128][LDH]
   float* Cs = reinterpret_cast<float*>(PQs + A2_NB * A2_LDH);  // [4][16][LDC]
   float* Ps = Cs + 4 * 16 * A2_LDC;                            // [64][LDP]
@@ -90,9 +98,32 @@ static __device__ void attention_tc_impl(const T* __restrict__ qkv, const T* __r
   const int g = lane >> 2, t = lane & 3;
   float* Cw = Cs + warp * 16 * A2_LDC;
 
-  a2_stage(Qs, qkv, A2_BQ, [&](int r) -> long long {
+  // row offsets of the key tile at j0, and of its PK / PQ band (relative offsets
+  // q0 - j0 - 63 + b, clamped to the table)
+  auto kv_rows = [=](int j0) {
+    return [=](int r) -> long long {
+      return j0 + r < len ? (start + j0 + r) * ld + head * A2_D : -1;
+    };
+  };
+  auto band_rows = [=](int j0) {
+    const int rmin = q0 - j0 - (A2_BKV - 1);
+    return [=](int b) -> long long {
+      const int rel = max(-(max_len - 1), min(max_len - 1, rmin + b));
+      return (long long)relidx[rel + max_len - 1] * H + head * A2_D;
+    };
+  };
+
+  a2_stage<PIPE>(Qs, qkv, A2_BQ, [&](int r) -> long long {
     return q0 + r < len ? (start + q0 + r) * ld + head * A2_D : -1;
   });
+  if (PIPE) {  // key tile 0 and its band with Q, in one group
+    a2_stage<true>(Ks, qkv + H, A2_BKV, kv_rows(0));
+    a2_stage<true>(Vs, qkv + 2 * H, A2_BKV, kv_rows(0));
+    if (c2p) a2_stage<true>(PKs, pk, A2_NB, band_rows(0));
+    if (p2c) a2_stage<true>(PQs, pq, A2_NB, band_rows(0));
+    cp_async_commit();
+    cp_async_wait<0>();
+  }
   __syncthreads();
   // Q fragments of this warp's 16 rows (A operand), 4 k-steps of 16
   uint32_t qf[4][4];
@@ -107,22 +138,28 @@ static __device__ void attention_tc_impl(const T* __restrict__ qkv, const T* __r
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
   const float sl2 = scale * 1.4426950408889634f;  // softmax in base 2
 
-  for (int j0 = 0; j0 < len; j0 += A2_BKV) {
-    __syncthreads();  // the previous key tile's operands are consumed
-    a2_stage(Ks, qkv + H, A2_BKV, [&](int r) -> long long {
-      return j0 + r < len ? (start + j0 + r) * ld + head * A2_D : -1;
-    });
-    a2_stage(Vs, qkv + 2 * H, A2_BKV, [&](int r) -> long long {
-      return j0 + r < len ? (start + j0 + r) * ld + head * A2_D : -1;
-    });
-    const int rmin = q0 - j0 - (A2_BKV - 1);
-    auto band = [&](int b) -> long long {
-      const int rel = max(-(max_len - 1), min(max_len - 1, rmin + b));
-      return (long long)relidx[rel + max_len - 1] * H + head * A2_D;
-    };
-    if (c2p) a2_stage(PKs, pk, A2_NB, band);
-    if (p2c) a2_stage(PQs, pq, A2_NB, band);
-    __syncthreads();
+  for (int j0 = 0, it = 0; j0 < len; j0 += A2_BKV, ++it) {
+    // this tile's K / V buffers (PIPE: alternating; tile 0 in buffer 0)
+    const T* Kb = Ks + (it % NBUF) * A2_BKV * A2_LDH;
+    const T* Vb = Vs + (it % NBUF) * A2_BKV * A2_LDH;
+    if (PIPE) {
+      // the next tile's K / V into the other buffers, which the previous iteration read
+      // (every warp passed the barrier that ended it)
+      if (j0 + A2_BKV < len) {
+        T* Kn = Ks + ((it + 1) % NBUF) * A2_BKV * A2_LDH;
+        T* Vn = Vs + ((it + 1) % NBUF) * A2_BKV * A2_LDH;
+        a2_stage<true>(Kn, qkv + H, A2_BKV, kv_rows(j0 + A2_BKV));
+        a2_stage<true>(Vn, qkv + 2 * H, A2_BKV, kv_rows(j0 + A2_BKV));
+      }
+      cp_async_commit();
+    } else {
+      __syncthreads();  // the previous key tile's operands are consumed
+      a2_stage<false>(Ks, qkv + H, A2_BKV, kv_rows(j0));
+      a2_stage<false>(Vs, qkv + 2 * H, A2_BKV, kv_rows(j0));
+      if (c2p) a2_stage<false>(PKs, pk, A2_NB, band_rows(j0));
+      if (p2c) a2_stage<false>(PQs, pq, A2_NB, band_rows(j0));
+      __syncthreads();
+    }
 
     if (c2p) {  // C[16][80] = Q_w . PKband[16w .. 16w+79]^T
 #pragma unroll
@@ -150,7 +187,7 @@ static __device__ void attention_tc_impl(const T* __restrict__ qkv, const T* __r
       uint32_t kf[4][4];
 #pragma unroll
       for (int ks = 0; ks < 4; ++ks)
-        ldmatrix_x4(kf[ks], Ks + (warp * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * A2_LDH +
+        ldmatrix_x4(kf[ks], Kb + (warp * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * A2_LDH +
                                 ks * 16 + 8 * (lane >> 4));
 #pragma unroll
       for (int nt2 = 0; nt2 < 8; ++nt2) {
@@ -174,7 +211,14 @@ static __device__ void attention_tc_impl(const T* __restrict__ qkv, const T* __r
         }
       }
     }
-    __syncthreads();  // P (and C) written
+    __syncthreads();  // P (and C) written; this tile's band is consumed
+    if (PIPE) {  // the next tile's band, while this tile's scores and P V run
+      if (j0 + A2_BKV < len) {
+        if (c2p) a2_stage<true>(PKs, pk, A2_NB, band_rows(j0 + A2_BKV));
+        if (p2c) a2_stage<true>(PQs, pq, A2_NB, band_rows(j0 + A2_BKV));
+      }
+      cp_async_commit();
+    }
 
     // S = Q K^T: 8 n-tiles of 8 keys
     float s[8][4];
@@ -185,7 +229,7 @@ static __device__ void attention_tc_impl(const T* __restrict__ qkv, const T* __r
 #pragma unroll
       for (int nt2 = 0; nt2 < 4; ++nt2) {
         uint32_t b[4];
-        ldmatrix_x4(b, Ks + (nt2 * 16 + (lane & 7) + 8 * (lane >> 4)) * A2_LDH + ks * 16 +
+        ldmatrix_x4(b, Kb + (nt2 * 16 + (lane & 7) + 8 * (lane >> 4)) * A2_LDH + ks * 16 +
                            8 * ((lane >> 3) & 1));
         Mma<T>::run(s[2 * nt2], qf[ks], b[0], b[1]);
         Mma<T>::run(s[2 * nt2 + 1], qf[ks], b[2], b[3]);
@@ -242,11 +286,15 @@ static __device__ void attention_tc_impl(const T* __restrict__ qkv, const T* __r
 #pragma unroll
       for (int dt2 = 0; dt2 < 4; ++dt2) {
         uint32_t b[4];
-        ldmatrix_x4_trans(b, Vs + (kk * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * A2_LDH +
+        ldmatrix_x4_trans(b, Vb + (kk * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * A2_LDH +
                                  dt2 * 16 + 8 * (lane >> 4));
         Mma<T>::run(o[2 * dt2], a, b[0], b[1]);
         Mma<T>::run(o[2 * dt2 + 1], a, b[2], b[3]);
       }
+    }
+    if (PIPE) {
+      cp_async_wait<0>();  // the next tile's K / V and band have landed (this thread's copies)
+      __syncthreads();     // ... everyone's, and this tile's C, P, K, V reads are done
     }
   }
 
@@ -268,12 +316,15 @@ static __device__ void attention_tc_impl(const T* __restrict__ qkv, const T* __r
 }
 
 // Same signature as version 1; `d` must be A2_D (the host only launches it then).
-#define ATTENTION_TC_ENTRY(SUFFIX, T)                                                         \
-  extern "C" __global__ void __launch_bounds__(A2_THREADS) attention_tc_##SUFFIX(              \
+#define ATTENTION_TC_ENTRY(NAME, T, PIPE)                                                     \
+  extern "C" __global__ void __launch_bounds__(A2_THREADS) NAME(                              \
       const T* qkv, const T* pk, const T* pq, const uint32_t* relidx, int max_len,            \
       const int4* tiles, int heads, int d, float scale, int c2p, int p2c, T* ctx) {           \
     if (d != A2_D) return;                                                                    \
-    attention_tc_impl<T>(qkv, pk, pq, relidx, max_len, tiles, heads, scale, c2p, p2c, ctx);   \
+    attention_tc_impl<T, PIPE>(qkv, pk, pq, relidx, max_len, tiles, heads, scale, c2p, p2c,   \
+                               ctx);                                                          \
   }
-ATTENTION_TC_ENTRY(f16, f16)
-ATTENTION_TC_ENTRY(bf16, bf16)
+ATTENTION_TC_ENTRY(attention_tc_f16, f16, false)
+ATTENTION_TC_ENTRY(attention_tc_bf16, bf16, false)
+ATTENTION_TC_ENTRY(attention_tc_async_f16, f16, true)
+ATTENTION_TC_ENTRY(attention_tc_async_bf16, bf16, true)

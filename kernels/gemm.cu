@@ -3,9 +3,11 @@
 //
 // * gemm_<in>_<out>[_k8]: tensor cores through mma.sync.m16n8k16 (fp16 or bf16 inputs, fp32
 //   accumulation), 64x64x32 block tile, 4 warps of 32x32, 3-stage shared-memory ring,
-//   ldmatrix fragment loads. The `_k8` variants need K % 8 == 0 and 16-byte aligned A/W (the
-//   host checks) and stream tiles with cp.async (16 bytes per copy, zero-fill past M/N/K); the
-//   plain variants load element by element with bounds checks and handle any K.
+//   ldmatrix fragment loads. gemm_<in>_<out>_k8_128 (opt-in): 128x128x32, 8 warps of 64x32,
+//   4 stages in dynamic shared memory. The `_k8` variants need K % 8 == 0 and 16-byte
+//   aligned A/W (the host checks) and stream tiles with cp.async (16 bytes per copy, zero-fill
+//   past M/N/K); the plain variants load element by element with bounds checks and handle any
+//   K.
 // * gemm_simt_f32: the exact fp32 path (plain FMA, 64x64x16 tile, 4x4 outputs per thread).
 //
 // Epilogue `epi`: 0 = none, 1 = + bias[n], 2 = gelu_erf(. + bias[n]), 3 = . + bias[n] +
@@ -40,14 +42,15 @@ static __device__ __forceinline__ float apply_epi(float acc, int epi, const floa
 #define TC_THREADS 128
 
 
-// Load rows [row0, row0 + 64) x k [k0, k0 + 32) of src ([rows, K], row-major) into a smem tile
-// [64][TC_LD]; zeros outside the matrix. 256 chunks of 8 elements, 2 per thread.
-template <typename T, bool K8>
+// Load rows [row0, row0 + ROWS) x k [k0, k0 + 32) of src ([rows, K], row-major) into a smem
+// tile [ROWS][TC_LD]; zeros outside the matrix. ROWS * 4 chunks of 8 elements over THREADS.
+template <typename T, bool K8, int ROWS, int THREADS>
 static __device__ __forceinline__ void tc_load_tile(T* tile, const T* src, int rows, int K,
                                                     int row0, int k0) {
+  static_assert(ROWS * 4 % THREADS == 0, "whole chunks per thread");
 #pragma unroll
-  for (int it = 0; it < 2; ++it) {
-    const int c = threadIdx.x + it * TC_THREADS;
+  for (int it = 0; it < ROWS * 4 / THREADS; ++it) {
+    const int c = threadIdx.x + it * THREADS;
     const int r = c >> 2, kc = (c & 3) * 8;
     const int gr = row0 + r, gk = k0 + kc;
     T* dst = tile + r * TC_LD + kc;
@@ -66,32 +69,44 @@ static __device__ __forceinline__ void tc_load_tile(T* tile, const T* src, int r
   }
 }
 
-template <typename T, typename Tout, bool K8>
+// One tensor-core GEMM block: a BM x BN tile of C, WARPS_M x WARPS_N warps (each a
+// BM / WARPS_M x BN / WARPS_N tile of 16 x 8 mma tiles), STAGES k-tiles of 32 in flight. DYN: the
+// ring lives in dynamic shared memory (`gemm_smem`, sized by the host: gemm_tc_smem_bytes in
+// launch.rs), needed above the 48 KB of static shared memory.
+template <typename T, typename Tout, bool K8, int BM, int BN, int WARPS_M, int WARPS_N,
+          int STAGES, bool DYN>
 static __device__ void gemm_tc_impl(const T* __restrict__ A, const T* __restrict__ W,
                                     const float* __restrict__ bias,
                                     const float* __restrict__ residual, Tout* __restrict__ C, int M,
                                     int N, int K, int epi) {
-  __shared__ __align__(16) T As[TC_STAGES][TC_BM * TC_LD];
-  __shared__ __align__(16) T Bs[TC_STAGES][TC_BN * TC_LD];
+  constexpr int THREADS = 32 * WARPS_M * WARPS_N;
+  constexpr int WTM = BM / WARPS_M, WTN = BN / WARPS_N;  // warp tile
+  constexpr int MI = WTM / 16, NJ = WTN / 8;             // mma tiles per warp
+  static_assert(MI * 16 == WTM && NJ * 8 == WTN && NJ % 2 == 0, "warp tile of whole x4 loads");
+  __shared__ __align__(16) T As_static[DYN ? 1 : STAGES * BM * TC_LD];
+  __shared__ __align__(16) T Bs_static[DYN ? 1 : STAGES * BN * TC_LD];
+  extern __shared__ __align__(16) unsigned char gemm_smem[];
+  T* const As = DYN ? reinterpret_cast<T*>(gemm_smem) : As_static;  // [STAGES][BM][TC_LD]
+  T* const Bs = DYN ? As + STAGES * BM * TC_LD : Bs_static;          // [STAGES][BN][TC_LD]
 
-  const int bm = blockIdx.y * TC_BM, bn = blockIdx.x * TC_BN;
+  const int bm = blockIdx.y * BM, bn = blockIdx.x * BN;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;  // warp tile origin inside the block
+  const int wm = (warp / WARPS_N) * WTM, wn = (warp % WARPS_N) * WTN;  // warp tile origin
 
-  float acc[2][4][4];
+  float acc[MI][NJ][4];
 #pragma unroll
-  for (int i = 0; i < 2; ++i)
+  for (int i = 0; i < MI; ++i)
 #pragma unroll
-    for (int j = 0; j < 4; ++j)
+    for (int j = 0; j < NJ; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
 
   const int nk = (K + TC_BK - 1) / TC_BK;
 #pragma unroll
-  for (int s = 0; s < TC_STAGES - 1; ++s) {
+  for (int s = 0; s < STAGES - 1; ++s) {
     if (s < nk) {
-      tc_load_tile<T, K8>(As[s], A, M, K, bm, s * TC_BK);
-      tc_load_tile<T, K8>(Bs[s], W, N, K, bn, s * TC_BK);
+      tc_load_tile<T, K8, BM, THREADS>(As + s * BM * TC_LD, A, M, K, bm, s * TC_BK);
+      tc_load_tile<T, K8, BN, THREADS>(Bs + s * BN * TC_LD, W, N, K, bn, s * TC_BK);
     }
     cp_async_commit();
   }
@@ -106,30 +121,30 @@ static __device__ void gemm_tc_impl(const T* __restrict__ A, const T* __restrict
   const int b_row = (lane & 7) + ((lane >> 4) & 1) * 8, b_col = ((lane >> 3) & 1) * 8;
 
   for (int kt = 0; kt < nk; ++kt) {
-    cp_async_wait<TC_STAGES - 2>();
+    cp_async_wait<STAGES - 2>();
     __syncthreads();  // stage kt visible to all; stage kt-1 fully consumed by all
-    const int nxt = kt + TC_STAGES - 1;
+    const int nxt = kt + STAGES - 1;
     if (nxt < nk) {
-      tc_load_tile<T, K8>(As[nxt % TC_STAGES], A, M, K, bm, nxt * TC_BK);
-      tc_load_tile<T, K8>(Bs[nxt % TC_STAGES], W, N, K, bn, nxt * TC_BK);
+      tc_load_tile<T, K8, BM, THREADS>(As + (nxt % STAGES) * BM * TC_LD, A, M, K, bm, nxt * TC_BK);
+      tc_load_tile<T, K8, BN, THREADS>(Bs + (nxt % STAGES) * BN * TC_LD, W, N, K, bn, nxt * TC_BK);
     }
     cp_async_commit();
 
-    const T* as = As[kt % TC_STAGES];
-    const T* bs = Bs[kt % TC_STAGES];
+    const T* as = As + (kt % STAGES) * BM * TC_LD;
+    const T* bs = Bs + (kt % STAGES) * BN * TC_LD;
 #pragma unroll
     for (int kk = 0; kk < TC_BK; kk += 16) {
-      uint32_t af[2][4], bfr[2][4];
+      uint32_t af[MI][4], bfr[NJ / 2][4];
 #pragma unroll
-      for (int i = 0; i < 2; ++i)
+      for (int i = 0; i < MI; ++i)
         ldmatrix_x4(af[i], as + (wm + i * 16 + a_row) * TC_LD + kk + a_col);
 #pragma unroll
-      for (int j = 0; j < 2; ++j)
+      for (int j = 0; j < NJ / 2; ++j)
         ldmatrix_x4(bfr[j], bs + (wn + j * 16 + b_row) * TC_LD + kk + b_col);
 #pragma unroll
-      for (int i = 0; i < 2; ++i)
+      for (int i = 0; i < MI; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
+        for (int j = 0; j < NJ; ++j)
           Mma<T>::run(acc[i][j], af[i], bfr[j >> 1][(j & 1) * 2], bfr[j >> 1][(j & 1) * 2 + 1]);
     }
   }
@@ -138,9 +153,9 @@ static __device__ void gemm_tc_impl(const T* __restrict__ A, const T* __restrict
   // C fragment: c0, c1 at (row g, cols 2t, 2t+1), c2, c3 at (row g+8, same cols).
   const int g = lane >> 2, t4 = lane & 3;
 #pragma unroll
-  for (int i = 0; i < 2; ++i)
+  for (int i = 0; i < MI; ++i)
 #pragma unroll
-    for (int j = 0; j < 4; ++j)
+    for (int j = 0; j < NJ; ++j)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int m = bm + wm + i * 16 + g + h * 8;
@@ -159,7 +174,8 @@ static __device__ void gemm_tc_impl(const T* __restrict__ A, const T* __restrict
   extern "C" __global__ void __launch_bounds__(TC_THREADS)                                    \
       NAME(const T* A, const T* W, const float* bias, const float* residual, TOUT* C, int M,  \
            int N, int K, int epi) {                                                           \
-    gemm_tc_impl<T, TOUT, K8>(A, W, bias, residual, C, M, N, K, epi);                         \
+    gemm_tc_impl<T, TOUT, K8, TC_BM, TC_BN, 2, 2, TC_STAGES, false>(A, W, bias, residual, C, \
+                                                                     M, N, K, epi);           \
   }
 GEMM_TC_ENTRY(gemm_f16_f16, f16, f16, false)
 GEMM_TC_ENTRY(gemm_f16_f32, f16, float, false)
@@ -169,6 +185,22 @@ GEMM_TC_ENTRY(gemm_f16_f16_k8, f16, f16, true)
 GEMM_TC_ENTRY(gemm_f16_f32_k8, f16, float, true)
 GEMM_TC_ENTRY(gemm_bf16_bf16_k8, bf16, bf16, true)
 GEMM_TC_ENTRY(gemm_bf16_f32_k8, bf16, float, true)
+
+// 128 x 128 tiles, 8 warps of 64 x 32, 4 stages (80 KB of dynamic shared memory), cp.async
+// only (K % 8 == 0): opt-in (`--kernel gemm=128`), not yet measured.
+#define GEMM_TC_BIG_ENTRY(NAME, T, TOUT)                                                      \
+  extern "C" __global__ void __launch_bounds__(TC_BIG_THREADS)                                \
+      NAME(const T* A, const T* W, const float* bias, const float* residual, TOUT* C, int M,  \
+           int N, int K, int epi) {                                                           \
+    gemm_tc_impl<T, TOUT, true, 128, 128, 2, 4, TC_BIG_STAGES, true>(A, W, bias, residual, C, \
+                                                                      M, N, K, epi);          \
+  }
+#define TC_BIG_THREADS 256
+#define TC_BIG_STAGES 4
+GEMM_TC_BIG_ENTRY(gemm_f16_f16_k8_128, f16, f16)
+GEMM_TC_BIG_ENTRY(gemm_f16_f32_k8_128, f16, float)
+GEMM_TC_BIG_ENTRY(gemm_bf16_bf16_k8_128, bf16, bf16)
+GEMM_TC_BIG_ENTRY(gemm_bf16_f32_k8_128, bf16, float)
 
 // ---------------------------------------------------------------------------------------------
 // fp32 SIMT GEMM (the exact validation path)

@@ -4,6 +4,31 @@
 
 #include "common.cuh"
 
+#ifdef DEBERTA_EMULATE
+// Host emulator (kernels/emu): the same wrappers, implemented from the PTX ISA's fragment
+// layouts in kernels/emu/runtime.cpp.
+static inline uint32_t smem_addr(const void* p) { return (uint32_t)(uintptr_t)p; }
+static inline void cp_async16(void* dst, const void* src, int src_bytes) {
+  emu::cp_async(dst, src, 16, src_bytes);
+}
+static inline void cp_async_commit() { emu::cp_async_commit(); }
+template <int N> static inline void cp_async_wait() { emu::cp_async_wait(N); }
+static inline void ldmatrix_x4(uint32_t (&r)[4], const void* p) { emu::ldmatrix(r, 4, false, p); }
+static inline void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+  emu::ldmatrix(r, 4, true, p);
+}
+template <typename T> struct Mma;
+template <> struct Mma<f16> {
+  static inline void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    emu::mma_m16n8k16_f16(c, a, b0, b1);
+  }
+};
+template <> struct Mma<bf16> {
+  static inline void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    emu::mma_m16n8k16_bf16(c, a, b0, b1);
+  }
+};
+#else
 static __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return (uint32_t)__cvta_generic_to_shared(p);
 }
@@ -19,6 +44,12 @@ template <int N> static __device__ __forceinline__ void cp_async_wait() {
 
 static __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+static __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_addr(p)));
 }
@@ -44,3 +75,4 @@ template <> struct Mma<bf16> {
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   }
 };
+#endif  // DEBERTA_EMULATE

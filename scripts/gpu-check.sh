@@ -146,6 +146,11 @@ for dt in f16 bf16; do
     bench_row "$dt/v2" $1 $2 --dtype $dt --kernel attention=v2
   done
 done
+say "-- bench, pipelined tensor-core attention (--kernel attention=v2-async), f16"
+for shape in "${SHAPES[@]}"; do
+  set -- $shape
+  bench_row "f16/v2-async" $1 $2 --dtype f16 --kernel attention=v2-async
+done
 say "-- bench, graphs off (--kernel graphs=off: every kernel launched from the host)"
 for shape in "1 16" "1 512" "256 32"; do
   set -- $shape

@@ -191,9 +191,11 @@ struct BenchArgs {
     #[arg(long)]
     ops: bool,
     /// Kernel variant (CUDA only): `attention=v2` is the tensor-core attention (f16/bf16,
-    /// head dim 64; otherwise v1 runs), default v1 (same as DEBERTA_CUDA_ATTENTION);
-    /// `graphs=off` launches every kernel instead of replaying CUDA graphs, default on (same
-    /// as DEBERTA_CUDA_GRAPHS=0). Repeatable.
+    /// head dim 64; otherwise v1 runs), `attention=v2-async` the same with cp.async
+    /// double-buffered K/V, default v1 (same as DEBERTA_CUDA_ATTENTION);
+    /// `gemm=128` runs 128x128 tensor-core GEMM tiles where K % 8 == 0, default 64 (same as
+    /// DEBERTA_CUDA_GEMM); `graphs=off` launches every kernel instead of replaying CUDA graphs,
+    /// default on (same as DEBERTA_CUDA_GRAPHS=0). Repeatable.
     #[arg(long, value_name = "OP=VARIANT")]
     kernel: Vec<String>,
 }
@@ -721,11 +723,18 @@ fn bench(a: BenchArgs) -> Result<()> {
         match op.trim() {
             "attention" => {
                 let v = variant.trim().to_ascii_lowercase();
-                if v != "v1" && v != "v2" {
-                    bail!("--kernel {spec}: attention variants are v1 and v2");
+                if !matches!(v.as_str(), "v1" | "v2" | "v2-async") {
+                    bail!("--kernel {spec}: attention variants are v1, v2 and v2-async");
                 }
                 // Read once when the device is opened (below); nothing else runs yet.
                 std::env::set_var("DEBERTA_CUDA_ATTENTION", v);
+            }
+            "gemm" => {
+                let v = variant.trim().to_ascii_lowercase();
+                if !matches!(v.as_str(), "64" | "64x64" | "128" | "128x128") {
+                    bail!("--kernel {spec}: gemm variants are 64 and 128");
+                }
+                std::env::set_var("DEBERTA_CUDA_GEMM", v);
             }
             "graphs" => {
                 let v = match variant.trim().to_ascii_lowercase().as_str() {
@@ -736,7 +745,7 @@ fn bench(a: BenchArgs) -> Result<()> {
                 std::env::set_var("DEBERTA_CUDA_GRAPHS", v);
             }
             other => {
-                bail!("--kernel {spec}: no variants of `{other}` (attention=v1|v2, graphs=on|off)")
+                bail!("--kernel {spec}: no variants of `{other}` (attention=v1|v2|v2-async, gemm=64|128, graphs=on|off)")
             }
         }
     }

@@ -19,7 +19,9 @@ use common::{cosine, max_abs_diff, model_names, Reference};
 use deberta_embed::backend::cpu::gemm::{reference_linear, Epilogue};
 use deberta_embed::backend::cpu::ops::{conv1d_act_into, layer_norm_rows};
 use deberta_embed::backend::cuda::launch::Packed;
-use deberta_embed::backend::cuda::{self, testbed, AttentionKernel, DevBuf, Dtype, Epi, Gpu};
+use deberta_embed::backend::cuda::{
+    self, testbed, AttentionKernel, DevBuf, Dtype, Epi, GemmKernel, Gpu,
+};
 use deberta_embed::config::{Activation, PoolingMode};
 use deberta_embed::relpos::RelPosTable;
 use deberta_embed::{Device, Embedder, EmbedderOptions, Precision};
@@ -181,15 +183,22 @@ fn gemm_matches_cpu() {
                             Epilogue::BiasResidual(&bias, &res),
                         ),
                     };
-                    g.gemm(dt, out_f32, &da, &dw, m, n, k, e, &c).unwrap();
-                    let got = g.download(out_dt, &c, m * n).unwrap();
                     let mut want = vec![0.0; m * n];
                     reference_linear(&a, m, &w, n, k, ep, &mut want);
-                    let err = rel_err(&got, &want);
-                    assert!(
-                        err <= tol(dt, !out_f32),
-                        "gemm {dt:?} -> {out_dt:?} m={m} n={n} k={k} epi={epi}: rel err {err:e}"
-                    );
+                    // both tile variants (128 x 128 runs where K % 8 == 0)
+                    for tiles in [GemmKernel::Tile64, GemmKernel::Tile128] {
+                        g.set_gemm_kernel(tiles);
+                        g.poison(&c).unwrap();
+                        g.gemm(dt, out_f32, &da, &dw, m, n, k, e, &c).unwrap();
+                        let got = g.download(out_dt, &c, m * n).unwrap();
+                        let err = rel_err(&got, &want);
+                        assert!(
+                            err <= tol(dt, !out_f32),
+                            "gemm {dt:?} -> {out_dt:?} {tiles:?} m={m} n={n} k={k} epi={epi}: \
+                             rel err {err:e}"
+                        );
+                    }
+                    g.set_gemm_kernel(GemmKernel::Tile64);
                 }
             }
         }
@@ -393,13 +402,21 @@ fn attention_matches_cpu() {
     check_attention(&g, AttentionKernel::V1);
 }
 
-/// The tensor-core attention (f16 / bf16, head dim 64; the other cases fall back to v1 and are
-/// checked again).
+/// The tensor-core attention, plain and pipelined (f16 / bf16, head dim 64; the other cases
+/// fall back to v1 and are checked again).
 #[test]
 fn attention_tc_matches_cpu() {
     let g = gpu_or_skip!();
-    g.set_attention_kernel(AttentionKernel::V2);
-    check_attention(&g, AttentionKernel::V2);
+    for kernel in [AttentionKernel::V2, AttentionKernel::V2Async] {
+        g.set_attention_kernel(kernel);
+        if g.attention_runs(Dtype::F16, 64) != kernel {
+            eprintln!(
+                "NOTE: {} lacks {kernel:?}'s shared memory: version 1 runs (and is checked) instead",
+                g.name()
+            );
+        }
+        check_attention(&g, kernel);
+    }
 }
 
 fn check_attention(g: &Gpu, kernel: AttentionKernel) {
@@ -763,28 +780,47 @@ fn synthetic_xsmall_matches_cpu() {
 
 /// A shape's second forward is captured into a CUDA graph and later ones replay it: the
 /// replays must give exactly the eager launches' result, for the batch captured and for
-/// another batch of the same shape (new ids uploaded into the same buffers).
+/// another batch of the same shape (new ids uploaded into the same buffers). A third batch
+/// has the same tokens, sequences and 16-row attention tiles but one more 64-row block of the
+/// tensor-core attention: it must get a graph of its own, not replay the first one's grid.
 #[test]
 fn graph_replays_equal_eager_launches() {
     let _g = gpu_or_skip!();
     let mut rng = Rng::new(11);
     let lens = [7usize, 64, 33, 20];
-    let (a, b) = (
+    let lens_c = [65usize, 16, 17, 26]; // 124 tokens, 10 tiles, as `lens`; 5 v2 blocks, not 4
+    let (a, b, c) = (
         ids_for(&mut rng, &lens, 128_100),
         ids_for(&mut rng, &lens, 128_100),
+        ids_for(&mut rng, &lens_c, 128_100),
     );
     let modes = [PoolingMode::Mean];
-    for precision in [Precision::F32, Precision::F16] {
+    for (precision, kernel, tiles) in [
+        (Precision::F32, AttentionKernel::V1, GemmKernel::Tile64),
+        (Precision::F16, AttentionKernel::V1, GemmKernel::Tile64),
+        (Precision::F16, AttentionKernel::V2, GemmKernel::Tile64),
+        (Precision::BF16, AttentionKernel::V2, GemmKernel::Tile64),
+        (
+            Precision::F16,
+            AttentionKernel::V2Async,
+            GemmKernel::Tile128,
+        ),
+    ] {
         let m = cuda::synthetic_xsmall(0, precision).unwrap();
+        m.gpu().set_attention_kernel(kernel);
+        m.gpu().set_gemm_kernel(tiles);
+        let precision = format!("{precision} attention {kernel:?} gemm {tiles:?}");
         let run = |ids: &[Vec<u32>]| m.encode_batches(ids, 8, usize::MAX, &modes).unwrap();
         m.gpu().set_graphs(false);
-        let (want_a, want_b) = (run(&a), run(&b));
+        let (want_a, want_b, want_c) = (run(&a), run(&b), run(&c));
         assert_ne!(want_a, want_b, "{precision}: the two batches must differ");
         m.gpu().set_graphs(true);
-        // eager (first sight), capture + replay, replay; then the other batch, twice
+        // eager (first sight), capture + replay, replay; then the other batch, twice; then the
+        // third shape: eager, capture + replay, replay
         for (round, (ids, want)) in [(&a, &want_a); 3]
             .into_iter()
             .chain([(&b, &want_b); 2])
+            .chain([(&c, &want_c); 3])
             .enumerate()
         {
             assert!(run(ids) == *want, "{precision}: round {round} differs");
@@ -796,7 +832,7 @@ fn graph_replays_equal_eager_launches() {
             "{precision}: {:?}",
             stats.failures
         );
-        assert_eq!(stats.captured, 1, "{precision}: one shape, one graph");
+        assert_eq!(stats.captured, 2, "{precision}: two shapes, two graphs");
     }
 }
 

@@ -169,6 +169,9 @@ pub struct DeviceBatch {
     pub tokens: usize,
     pub batch: usize,
     pub n_tiles: usize,
+    /// the leading tiles that the tensor-core attention launches
+    /// ([`launch::attention_tc_tiles`])
+    pub n_tiles_tc: usize,
     pub max_len: usize,
     pub vocab: usize,
 }
@@ -214,11 +217,13 @@ fn kernel_names() -> Vec<String> {
     }
     for s in ["f16", "bf16"] {
         v.push(format!("attention_tc_{s}"));
+        v.push(format!("attention_tc_async_{s}"));
     }
     for s in ["f16", "bf16"] {
         for o in [s, "f32"] {
             v.push(format!("gemm_{s}_{o}"));
             v.push(format!("gemm_{s}_{o}_k8"));
+            v.push(format!("gemm_{s}_{o}_k8_128"));
         }
     }
     for n in [
@@ -323,6 +328,8 @@ pub struct Gpu {
     profile: Option<Mutex<Profile>>,
     /// Which attention kernel runs where both can (`AttentionKernel as u8`).
     attention_kernel: AtomicU8,
+    /// Which tensor-core GEMM tiles run where both can (`GemmKernel as u8`).
+    gemm_kernel: AtomicU8,
     /// Forwards may be captured into CUDA graphs (`DEBERTA_CUDA_GRAPHS=0` turns it off).
     graphs: AtomicBool,
 }
@@ -338,8 +345,34 @@ pub struct GpuGraph(CudaGraph);
 // serializes its forwards.
 unsafe impl Send for GpuGraph {}
 
-/// The attention kernel variants (`bench --kernel attention=v1|v2`, or
-/// `DEBERTA_CUDA_ATTENTION=v1|v2` when the device is opened).
+/// The tensor-core GEMM tiles (`bench --kernel gemm=64|128`, or `DEBERTA_CUDA_GEMM=64|128`
+/// when the device is opened).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum GemmKernel {
+    /// 64 x 64 tiles, 4 warps, 3 stages (the default).
+    Tile64 = 1,
+    /// 128 x 128 tiles, 8 warps, 4 stages in 80 KB of dynamic shared memory, where the `_k8`
+    /// variant applies (K % 8 == 0, aligned operands) and the device allows that much shared
+    /// memory; otherwise 64 x 64. Not yet measured.
+    Tile128 = 2,
+}
+
+impl std::str::FromStr for GemmKernel {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "64" | "64x64" => Ok(GemmKernel::Tile64),
+            "128" | "128x128" => Ok(GemmKernel::Tile128),
+            other => Err(Error::Input(format!(
+                "unknown GEMM tiles `{other}` (expected 64 or 128)"
+            ))),
+        }
+    }
+}
+
+/// The attention kernel variants (`bench --kernel attention=v1|v2|v2-async`, or
+/// `DEBERTA_CUDA_ATTENTION=v1|v2|v2-async` when the device is opened).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum AttentionKernel {
@@ -348,6 +381,9 @@ pub enum AttentionKernel {
     /// kernels/attention_tc.cu: tensor cores, f16 / bf16 with head dim 64; other cases fall
     /// back to V1.
     V2 = 2,
+    /// V2 with K / V double-buffered and every operand staged with `cp.async`, the next key
+    /// tile's loads overlapping this one's work (`attention_tc_async_*`; not yet measured).
+    V2Async = 3,
 }
 
 impl std::str::FromStr for AttentionKernel {
@@ -356,8 +392,9 @@ impl std::str::FromStr for AttentionKernel {
         match s.trim().to_ascii_lowercase().as_str() {
             "v1" | "1" => Ok(AttentionKernel::V1),
             "v2" | "2" | "tc" => Ok(AttentionKernel::V2),
+            "v2-async" | "v2a" => Ok(AttentionKernel::V2Async),
             other => Err(Error::Input(format!(
-                "unknown attention kernel `{other}` (expected v1 or v2)"
+                "unknown attention kernel `{other}` (expected v1, v2 or v2-async)"
             ))),
         }
     }
@@ -452,6 +489,10 @@ impl Gpu {
             Ok(v) => v.parse::<AttentionKernel>()?,
             Err(_) => AttentionKernel::V1,
         };
+        let gemm_kernel = match std::env::var("DEBERTA_CUDA_GEMM") {
+            Ok(v) => v.parse::<GemmKernel>()?,
+            Err(_) => GemmKernel::Tile64,
+        };
         Ok(Gpu {
             ctx,
             stream,
@@ -464,6 +505,7 @@ impl Gpu {
             sync_each,
             profile,
             attention_kernel: AtomicU8::new(attention_kernel as u8),
+            gemm_kernel: AtomicU8::new(gemm_kernel as u8),
             graphs: AtomicBool::new(
                 std::env::var("DEBERTA_CUDA_GRAPHS").map_or(true, |v| v != "0"),
             ),
@@ -516,7 +558,42 @@ impl Gpu {
     pub fn attention_kernel(&self) -> AttentionKernel {
         match self.attention_kernel.load(Ordering::Relaxed) {
             2 => AttentionKernel::V2,
+            3 => AttentionKernel::V2Async,
             _ => AttentionKernel::V1,
+        }
+    }
+
+    /// Select the tensor-core GEMM tiles for the following launches.
+    pub fn set_gemm_kernel(&self, k: GemmKernel) {
+        self.gemm_kernel.store(k as u8, Ordering::Relaxed);
+    }
+
+    /// The tensor-core GEMM tiles selected (see [`GemmKernel`]).
+    pub fn gemm_kernel(&self) -> GemmKernel {
+        match self.gemm_kernel.load(Ordering::Relaxed) {
+            2 => GemmKernel::Tile128,
+            _ => GemmKernel::Tile64,
+        }
+    }
+
+    /// The attention kernel that [`Gpu::attention`] runs for `dt` and head dim `d`: the one
+    /// selected, except that version 2 (either variant) needs `d` = 64, f16 or bf16, and its
+    /// shared memory (117 KB, pipelined 135 KB) within the device's opt-in limit per block
+    /// (sm_86 / sm_89 have 99 KB): otherwise version 1 runs.
+    pub fn attention_runs(&self, dt: Dtype, d: usize) -> AttentionKernel {
+        let k = self.attention_kernel();
+        let smem = match k {
+            AttentionKernel::V1 => return k,
+            AttentionKernel::V2 => launch::attention_tc_smem_bytes(),
+            AttentionKernel::V2Async => launch::attention_tc_async_smem_bytes(),
+        };
+        if d == launch::ATT_TC_D
+            && matches!(dt, Dtype::F16 | Dtype::BF16)
+            && smem <= self.max_smem_optin
+        {
+            k
+        } else {
+            AttentionKernel::V1
         }
     }
 
@@ -687,6 +764,7 @@ impl Gpu {
             tokens: p.tokens(),
             batch: p.batch(),
             n_tiles: p.tiles.len(),
+            n_tiles_tc: launch::attention_tc_tiles(&p.tiles),
             max_len: p.max_len,
             vocab,
         });
@@ -985,23 +1063,38 @@ impl Gpu {
                 launch::SG_THREADS,
             ),
             _ => {
-                let k8 = if launch::gemm_k8_ok(k, a.ptr, w.ptr) {
-                    "_k8"
+                let k8 = launch::gemm_k8_ok(k, a.ptr, w.ptr);
+                let (s, dt_out) = (dt.suffix(), out_dt.suffix());
+                if k8
+                    && self.gemm_kernel() == GemmKernel::Tile128
+                    && launch::gemm_tc_big_smem_bytes() <= self.max_smem_optin
+                {
+                    (
+                        format!("gemm_{s}_{dt_out}_k8_128"),
+                        launch::gemm_grid(m, n, launch::TC_BIG, launch::TC_BIG)?,
+                        launch::TC_BIG_THREADS,
+                    )
                 } else {
-                    ""
-                };
-                (
-                    format!("gemm_{}_{}{k8}", dt.suffix(), out_dt.suffix()),
-                    launch::gemm_grid(m, n, launch::TC_BM, launch::TC_BN)?,
-                    launch::TC_THREADS,
-                )
+                    (
+                        format!("gemm_{s}_{dt_out}{}", if k8 { "_k8" } else { "" }),
+                        launch::gemm_grid(m, n, launch::TC_BM, launch::TC_BN)?,
+                        launch::TC_THREADS,
+                    )
+                }
             }
+        };
+        let smem = if name.ends_with("_128") {
+            launch::gemm_tc_big_smem_bytes()
+        } else {
+            0
         };
         // SAFETY: 9 args = (const T* A, const T* W, const float* bias, const float* residual,
         // Tout* C, int M, int N, int K, int epi); sizes checked above (bias / residual non-null
-        // whenever `epi` reads them); the _k8 variant only with K % 8 == 0 and 16-byte aligned
-        // A / W; static shared memory only.
-        unsafe { self.launch(&name, grid, (threads, 1, 1), 0, &args) }
+        // whenever `epi` reads them); the _k8 variants (incl. _k8_128) only with K % 8 == 0 and
+        // 16-byte aligned A / W; static shared memory, except _k8_128's dynamic ring of
+        // gemm_tc_big_smem_bytes() (raised above 48 KB in `launch`, checked against the
+        // device's limit above).
+        unsafe { self.launch(&name, grid, (threads, 1, 1), smem, &args) }
     }
 
     /// Disentangled attention: `ctx[T, H] = attention(qkv[T, 3H])` for every sequence of `b`.
@@ -1047,20 +1140,25 @@ impl Gpu {
             Arg::I(pq.is_some() as i32),
             Arg::P(ctx.need("attention output", b.tokens * h, dt)?),
         ];
-        let tensor_cores = self.attention_kernel() == AttentionKernel::V2
-            && d == launch::ATT_TC_D
-            && matches!(dt, Dtype::F16 | Dtype::BF16);
-        let (name, threads, smem) = if tensor_cores {
-            let smem = launch::attention_tc_smem_bytes();
-            (
+        let (name, threads, smem, blocks) = match self.attention_runs(dt, d) {
+            AttentionKernel::V2 => (
                 format!("attention_tc_{}", dt.suffix()),
                 launch::ATT_TC_THREADS,
-                smem,
-            )
-        } else {
-            let dpl = launch::attention_dpl(d)?;
-            let name = format!("attention_{}_dpl{dpl}", dt.suffix());
-            (name, launch::ATT_THREADS, launch::attention_smem_bytes(d))
+                launch::attention_tc_smem_bytes(),
+                b.n_tiles_tc,
+            ),
+            AttentionKernel::V2Async => (
+                format!("attention_tc_async_{}", dt.suffix()),
+                launch::ATT_TC_THREADS,
+                launch::attention_tc_async_smem_bytes(),
+                b.n_tiles_tc,
+            ),
+            AttentionKernel::V1 => {
+                let dpl = launch::attention_dpl(d)?;
+                let name = format!("attention_{}_dpl{dpl}", dt.suffix());
+                let smem = launch::attention_smem_bytes(d);
+                (name, launch::ATT_THREADS, smem, b.n_tiles)
+            }
         };
         // SAFETY: 12 args = (const T* qkv, const T* pk, const T* pq, const uint32_t* relidx,
         // int max_len, const int4* tiles, int heads, int d, float scale, int c2p, int p2c,
@@ -1070,11 +1168,12 @@ impl Gpu {
         // above. Version 1: d <= 32 * DPL. Version 2 (tensor cores): d = 64 and a 2-byte T as
         // it assumes, every row it reads or writes 16-byte aligned (d = 64 and 3H, H multiples
         // of 64 elements; device allocations are 256-byte aligned). smem as
-        // attention_smem_bytes(d) / attention_tc_smem_bytes() (raised above 48 KB in `launch`).
+        // attention_smem_bytes(d) / attention_tc_smem_bytes() / attention_tc_async_smem_bytes()
+        // (raised above 48 KB in `launch`).
         unsafe {
             self.launch(
                 &name,
-                (b.n_tiles as u32, heads as u32, 1),
+                (blocks as u32, heads as u32, 1),
                 (threads, 1, 1),
                 smem,
                 &args,

@@ -12,6 +12,15 @@ pub const TC_BM: usize = 64;
 pub const TC_BN: usize = 64;
 /// `TC_THREADS`.
 pub const TC_THREADS: u32 = 128;
+/// The opt-in large-tile variant (`gemm_*_k8_128`): 128 x 128 outputs, `TC_BIG_THREADS`.
+pub const TC_BIG: usize = 128;
+pub const TC_BIG_THREADS: u32 = 256;
+
+/// Dynamic shared memory of the large-tile GEMM: `TC_BIG_STAGES` (4) stages of a 128-row A
+/// and a 128-row W tile, 32 + 8 halves per row (`TC_LD`).
+pub const fn gemm_tc_big_smem_bytes() -> usize {
+    4 * (128 + 128) * 40 * 2
+}
 /// `SG_BM`, `SG_BN`, `SG_THREADS`: the fp32 SIMT GEMM.
 pub const SG_BM: usize = 64;
 pub const SG_BN: usize = 64;
@@ -35,6 +44,11 @@ pub const ATT_TC_BQ: usize = 64;
 /// scratch [64][132] in fp32 (`A2_*` in kernels/attention_tc.cu).
 pub const fn attention_tc_smem_bytes() -> usize {
     (3 * 64 + 2 * 128) * 72 * 2 + (4 * 16 * 84 + 64 * 132) * 4
+}
+
+/// The same for the pipelined variant (`attention_tc_async_*`): a second K and V buffer.
+pub const fn attention_tc_async_smem_bytes() -> usize {
+    attention_tc_smem_bytes() + 2 * 64 * 72 * 2
 }
 
 /// Threads per block of the pooling and conv kernels (one thread per column).
@@ -97,19 +111,36 @@ pub fn attention_smem_bytes(d: usize) -> usize {
     (ATT_BQ * d + ATT_BKV * ds + ATT_BKV * d + 2 * ATT_NB * ds) * 4
 }
 
-/// One attention block per (sequence, query tile): `[start, len, q0, 0]` for each, in order.
-/// Empty sequences get no block.
+/// One attention block per (sequence, query tile): `[start, len, q0, 0]` for each. Empty
+/// sequences get no block. The tiles that start a 64-row group (`q0 % ATT_TC_BQ == 0`) come
+/// first, in sequence order, then the others in sequence order: version 1 launches all of
+/// them, the tensor-core version 2 (64 query rows per block) only the first
+/// [`attention_tc_tiles`] of them, so that none of its blocks is idle.
 pub fn attention_tiles(offsets: &[usize]) -> Vec<[i32; 4]> {
-    let mut tiles = Vec::new();
+    let (mut lead, mut rest) = (Vec::new(), Vec::new());
     for w in offsets.windows(2) {
         let (start, len) = (w[0], w[1] - w[0]);
         let mut q0 = 0;
         while q0 < len {
-            tiles.push([start as i32, len as i32, q0 as i32, 0]);
+            let t = [start as i32, len as i32, q0 as i32, 0];
+            if q0.is_multiple_of(ATT_TC_BQ) {
+                lead.push(t);
+            } else {
+                rest.push(t);
+            }
             q0 += ATT_BQ;
         }
     }
+    lead.extend(rest);
+    lead
+}
+
+/// How many leading tiles of [`attention_tiles`] the tensor-core attention launches.
+pub fn attention_tc_tiles(tiles: &[[i32; 4]]) -> usize {
     tiles
+        .iter()
+        .take_while(|t| (t[2] as usize).is_multiple_of(ATT_TC_BQ))
+        .count()
 }
 
 /// A batch of sequences packed back to back, with everything the kernels index by.
@@ -383,6 +414,17 @@ mod tests {
         // the xsmall head dim fits the default 48 KB of shared memory
         assert!(attention_smem_bytes(64) <= 48 * 1024);
         assert!(attention_smem_bytes(128) > 48 * 1024);
+        // version 2: 117 KB, pipelined 135 KB (kernels/emu/check.cpp launches with these);
+        // both above sm_86 / sm_89's 99 KB opt-in limit (version 1 runs there), within
+        // sm_80 / sm_90's 163 / 227 KB
+        assert_eq!(attention_tc_smem_bytes(), 119_808);
+        assert_eq!(attention_tc_async_smem_bytes(), 138_240);
+        assert!(attention_tc_smem_bytes() > 99 * 1024);
+        assert!(attention_tc_async_smem_bytes() <= 163 * 1024);
+        // the 128 x 128 GEMM's ring (also in check.cpp) fits every supported device's opt-in
+        // limit, but not the 48 KB of static shared memory
+        assert_eq!(gemm_tc_big_smem_bytes(), 81_920);
+        assert!(gemm_tc_big_smem_bytes() > 48 * 1024 && gemm_tc_big_smem_bytes() <= 99 * 1024);
     }
 
     #[test]
@@ -400,6 +442,21 @@ mod tests {
         assert!(seen.iter().all(|&c| c == 1));
         // 1 + 0 + 2 + 2 + 32 tiles
         assert_eq!(tiles.len(), 1 + 2 + 2 + 32);
+        // the tensor-core attention's 64-row blocks come first and cover each query once too
+        let n2 = attention_tc_tiles(&tiles);
+        assert_eq!(n2, 1 + 1 + 1 + 8);
+        let mut seen2 = vec![0u32; 562];
+        for t in &tiles[..n2] {
+            let [start, len, q0, _] = *t;
+            assert_eq!(q0 as usize % ATT_TC_BQ, 0);
+            for i in q0..(q0 + ATT_TC_BQ as i32).min(len) {
+                seen2[(start + i) as usize] += 1;
+            }
+        }
+        assert!(seen2.iter().all(|&c| c == 1));
+        assert!(tiles[n2..]
+            .iter()
+            .all(|t| !(t[2] as usize).is_multiple_of(ATT_TC_BQ)));
     }
 
     #[test]

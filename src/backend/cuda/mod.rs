@@ -33,7 +33,9 @@ use crate::model::HostWeights;
 use crate::relpos::RelPosTable;
 use crate::Precision;
 
-pub use device::{AttentionKernel, DevBuf, DeviceBatch, DeviceRelPos, Dtype, Epi, Gpu, GpuGraph};
+pub use device::{
+    AttentionKernel, DevBuf, DeviceBatch, DeviceRelPos, Dtype, Epi, GemmKernel, Gpu, GpuGraph,
+};
 use launch::{Packed, Workspace};
 
 /// One layer's weights on the device. Matrices in the compute type, vectors fp32.
@@ -90,8 +92,34 @@ struct GraphKey {
     tokens: usize,
     batch: usize,
     tiles: usize,
-    pool_modes: u32,
+    /// the tiles that start a 64-row group: the grid of the tensor-core attention, which
+    /// `tokens`, `batch` and `tiles` do not fix (lengths 64 + 32 and 80 + 16 both make 6
+    /// tiles, but 2 and 3 such blocks)
+    tiles_tc: usize,
+    /// the packed mode codes and their count (the codes alone do not tell `[cls]` from
+    /// `[cls, cls]`: code 0 both, but a different output width)
+    pool_modes: (u32, i32),
     attention: AttentionKernel,
+    gemm: GemmKernel,
+}
+
+impl GraphKey {
+    fn new(
+        p: &Packed,
+        modes: &[PoolingMode],
+        attention: AttentionKernel,
+        gemm: GemmKernel,
+    ) -> Result<Self> {
+        Ok(GraphKey {
+            tokens: p.tokens(),
+            batch: p.batch(),
+            tiles: p.tiles.len(),
+            tiles_tc: launch::attention_tc_tiles(&p.tiles),
+            pool_modes: launch::pool_modes_code(modes)?,
+            attention,
+            gemm,
+        })
+    }
 }
 
 /// A shape seen once (run eagerly), or captured (the second time: shapes seen only once, such
@@ -333,13 +361,12 @@ impl Resident {
         if !self.gpu.graphs_enabled() {
             return run(st);
         }
-        let key = GraphKey {
-            tokens: p.tokens(),
-            batch: p.batch(),
-            tiles: p.tiles.len(),
-            pool_modes: launch::pool_modes_code(modes)?.0,
-            attention: self.gpu.attention_kernel(),
-        };
+        let key = GraphKey::new(
+            p,
+            modes,
+            self.gpu.attention_kernel(),
+            self.gpu.gemm_kernel(),
+        )?;
         match st.graphs.get(&key) {
             Some(Slot::Graph(g)) => self.gpu.replay(g),
             Some(Slot::Failed(_)) => run(st),
@@ -711,6 +738,45 @@ mod tests {
         fn check<T: Send + Sync>() {}
         check::<CudaModel>();
         check::<Gpu>();
+    }
+
+    #[test]
+    fn graph_key_tells_tensor_core_attention_grids_apart() {
+        let key = |lens: &[usize]| {
+            let ids: Vec<Vec<u32>> = lens.iter().map(|&l| vec![1u32; l]).collect();
+            GraphKey::new(
+                &Packed::new(&ids).unwrap(),
+                &[PoolingMode::Mean],
+                AttentionKernel::V2,
+                GemmKernel::Tile64,
+            )
+            .unwrap()
+        };
+        // same tokens (96), sequences (2) and 16-row tiles (6), but 2 and 3 blocks of version 2
+        let (a, b) = (key(&[64, 32]), key(&[80, 16]));
+        assert_eq!((a.tokens, a.batch, a.tiles), (b.tokens, b.batch, b.tiles));
+        assert_eq!((a.tiles_tc, b.tiles_tc), (2, 3));
+        assert_ne!(a, b);
+        assert_eq!(a, key(&[32, 64]));
+    }
+
+    #[test]
+    fn graph_key_tells_pooling_mode_counts_apart() {
+        let p = Packed::new(&[vec![1u32, 2, 3]]).unwrap();
+        let key = |m: &[PoolingMode]| {
+            GraphKey::new(&p, m, AttentionKernel::V1, GemmKernel::Tile64).unwrap()
+        };
+        // [cls] and [cls, cls] pack to the same code (0) but pool into different widths
+        let (one, two) = (key(&[PoolingMode::Cls]), key(&[PoolingMode::Cls; 2]));
+        assert_eq!(one.pool_modes.0, two.pool_modes.0);
+        assert_ne!(one, two);
+        assert_eq!(one, key(&[PoolingMode::Cls]));
+        // and the kernel variants, whose grids differ
+        let cls = [PoolingMode::Cls];
+        let v2 = GraphKey::new(&p, &cls, AttentionKernel::V2, GemmKernel::Tile64).unwrap();
+        let t128 = GraphKey::new(&p, &cls, AttentionKernel::V1, GemmKernel::Tile128).unwrap();
+        assert_ne!(one, v2);
+        assert_ne!(one, t128);
     }
 
     #[test]

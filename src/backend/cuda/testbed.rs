@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use super::device::{AttentionKernel, DevBuf, Dtype, Epi, Gpu};
+use super::device::{AttentionKernel, DevBuf, Dtype, Epi, GemmKernel, Gpu};
 use super::launch::Packed;
 use crate::backend::cpu::attention::{attention_reference, AttentionParams};
 use crate::backend::cpu::gemm::{reference_linear, Epilogue};
@@ -118,7 +118,16 @@ pub fn peaks(g: &Gpu, dt: Dtype) -> Result<Peaks> {
 /// The GEMM of one Linear layer as the forward runs it: `[m, k] x [n, k]^T` with its epilogue
 /// (QKV: bias, 16-bit out; FFN up: bias + GELU, 16-bit out; the two projections back to H:
 /// bias + fp32 residual, fp32 out).
-fn gemm_row(g: &Gpu, dt: Dtype, m: usize, k: usize, n: usize, what: &str) -> Result<Row> {
+fn gemm_row(
+    g: &Gpu,
+    dt: Dtype,
+    tiles: GemmKernel,
+    m: usize,
+    k: usize,
+    n: usize,
+    what: &str,
+) -> Result<Row> {
+    g.set_gemm_kernel(tiles);
     let mut rng = XorShift(0x6E44 + (m * 31 + k * 7 + n) as u64);
     let x = dt.round(&random(&mut rng, m * k, 1.0));
     let w = dt.round(&random(&mut rng, n * k, 1.0 / (k as f32).sqrt()));
@@ -158,11 +167,15 @@ fn gemm_row(g: &Gpu, dt: Dtype, m: usize, k: usize, n: usize, what: &str) -> Res
         got_all.extend_from_slice(&got[i * n..(i + 1) * n]);
     }
     let secs = time(g, 20, run)?;
+    g.set_gemm_kernel(GemmKernel::Tile64);
     let bytes =
         (m * k + n * k) * dt.size() + m * n * out_dt.size() + if out16 { 0 } else { m * n * 4 };
     Ok(Row {
         op: "gemm",
-        variant: format!("{what} mma.sync"),
+        variant: match tiles {
+            GemmKernel::Tile64 => format!("{what} mma.sync"),
+            GemmKernel::Tile128 => format!("{what} mma.sync 128x128"),
+        },
         shape: format!("{m} x {k} x {n}"),
         rel_err: rel_err(&got_all, &want_all),
         tolerance: tolerance(dt, out16),
@@ -185,6 +198,13 @@ fn attention_row(g: &Gpu, dt: Dtype, kernel: AttentionKernel, b: usize, l: usize
     let drel = g.upload_relpos(&rel, 2 * span)?;
     let (dpk, dpq) = (g.upload(dt, &pk, "pk")?, g.upload(dt, &pq, "pq")?);
     g.set_attention_kernel(kernel);
+    // version 2 falls back to version 1 where the device lacks its shared memory: say so
+    let ran = g.attention_runs(dt, d);
+    let variant = if ran == kernel {
+        format!("{kernel:?}").to_lowercase()
+    } else {
+        format!("{kernel:?} (ran {ran:?}: shared memory)").to_lowercase()
+    };
     let launch = |nseq: usize, qkv: &DevBuf, ctx: &DevBuf| -> Result<()> {
         let ids = vec![vec![0u32; l]; nseq];
         let db = g.upload_batch(&Packed::new(&ids)?, 1)?;
@@ -248,7 +268,7 @@ fn attention_row(g: &Gpu, dt: Dtype, kernel: AttentionKernel, b: usize, l: usize
     let bytes = (t * 3 * h + t * h) * dt.size();
     Ok(Row {
         op: "attention",
-        variant: format!("{kernel:?}").to_lowercase(),
+        variant,
         shape: format!("{b} x {l}"),
         rel_err: rel_err(&got, &want),
         tolerance: tolerance(dt, true),
@@ -274,11 +294,17 @@ pub fn run(g: &Gpu, dt: Dtype) -> Result<(Peaks, Vec<Row>)> {
             (384, 1536, "ffn-up"),
             (1536, 384, "out"),
         ] {
-            rows.push(gemm_row(g, dt, m, k, n, what)?);
+            for tiles in [GemmKernel::Tile64, GemmKernel::Tile128] {
+                rows.push(gemm_row(g, dt, tiles, m, k, n, what)?);
+            }
         }
     }
     for (b, l) in [(256, 32), (64, 128), (16, 512)] {
-        for kernel in [AttentionKernel::V1, AttentionKernel::V2] {
+        for kernel in [
+            AttentionKernel::V1,
+            AttentionKernel::V2,
+            AttentionKernel::V2Async,
+        ] {
             rows.push(attention_row(g, dt, kernel, b, l)?);
         }
     }
