@@ -32,8 +32,8 @@ pub struct ServeArgs {
     /// Requests that may wait for the batcher (more are refused with 429).
     #[arg(long, default_value_t = 512)]
     max_queued_requests: usize,
-    /// Model name that /v1/embeddings reports when a request names none (default: the name of
-    /// the model directory).
+    /// Model name that /v1/embeddings reports when a request names none (default: the hub id
+    /// of an org/name model, else the name of the model directory).
     #[arg(long, value_name = "NAME")]
     served_model_name: Option<String>,
 }
@@ -50,8 +50,11 @@ pub fn run(a: ServeArgs) -> Result<()> {
         precision: crate::parse_precision(a.common.dtype.as_deref(), device)?,
         max_batch_tokens: a.max_batch_tokens,
     };
-    let embedder = Embedder::load_with(&a.common.model, device, opts)?;
-    let model_name = a.served_model_name.clone().unwrap_or_else(|| {
+    let dir = crate::model_dir(&a.common.model, &a.common.revision, false)?;
+    let embedder = Embedder::load_with(&dir, device, opts)?;
+    // A model loaded by hub id is served under that id, not its snapshot's commit hash.
+    let by_id = (dir != a.common.model).then(|| a.common.model.display().to_string());
+    let model_name = a.served_model_name.clone().or(by_id).unwrap_or_else(|| {
         a.common
             .model
             .canonicalize()

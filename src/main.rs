@@ -45,9 +45,13 @@ enum Command {
 
 #[derive(clap::Args)]
 struct CommonModel {
-    /// Model directory (sentence-transformers or transformers layout).
-    #[arg(long, value_name = "DIR")]
+    /// Model directory (sentence-transformers or transformers layout), or a Hugging Face hub id
+    /// (org/name), downloaded into the Hugging Face cache on first use.
+    #[arg(long, value_name = "DIR|ORG/NAME")]
     model: PathBuf,
+    /// Hub revision of an org/name model: branch, tag or commit.
+    #[arg(long, default_value = deberta_embed::hub::DEFAULT_REVISION)]
+    revision: String,
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -120,9 +124,13 @@ struct SimilarityArgs {
 
 #[derive(clap::Args)]
 struct TokenizeArgs {
-    /// Model directory (only its tokenizer and configs are read, not the weights).
-    #[arg(long, value_name = "DIR")]
+    /// Model directory (only its tokenizer and configs are read, not the weights), or a hub id
+    /// (org/name).
+    #[arg(long, value_name = "DIR|ORG/NAME")]
     model: PathBuf,
+    /// Hub revision of an org/name model: branch, tag or commit.
+    #[arg(long, default_value = deberta_embed::hub::DEFAULT_REVISION)]
+    revision: String,
     /// Input, read as `embed` reads it: .txt, .jsonl, or - for stdin.
     #[arg(long, value_name = "FILE")]
     input: PathBuf,
@@ -133,9 +141,12 @@ struct TokenizeArgs {
 
 #[derive(clap::Args)]
 struct InfoArgs {
-    /// Model directory.
-    #[arg(long, value_name = "DIR")]
+    /// Model directory, or a hub id (org/name).
+    #[arg(long, value_name = "DIR|ORG/NAME")]
     model: PathBuf,
+    /// Hub revision of an org/name model: branch, tag or commit.
+    #[arg(long, default_value = deberta_embed::hub::DEFAULT_REVISION)]
+    revision: String,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -143,14 +154,18 @@ struct InfoArgs {
 
 #[derive(clap::Args)]
 struct BenchArgs {
-    /// Model directory to time (its tokenizer is not used: inputs are fixed-length id runs).
+    /// Model directory to time (its tokenizer is not used: inputs are fixed-length id runs), or
+    /// a hub id (org/name).
     #[arg(
         long,
-        value_name = "DIR",
+        value_name = "DIR|ORG/NAME",
         conflicts_with = "synthetic",
         required_unless_present_any = ["synthetic", "ops"]
     )]
     model: Option<PathBuf>,
+    /// Hub revision of an org/name model: branch, tag or commit.
+    #[arg(long, default_value = deberta_embed::hub::DEFAULT_REVISION)]
+    revision: String,
     /// Built-in architecture with deterministic random weights (no download needed).
     #[arg(long, value_name = "ARCH", value_parser = ["xsmall"])]
     synthetic: Option<String>,
@@ -259,9 +274,26 @@ fn parse_precision(dtype: Option<&str>, device: Device) -> Result<Precision> {
     }
 }
 
-fn load(common: &CommonModel, batch_size: usize, normalize: Option<bool>) -> Result<Embedder> {
+/// `--model` as a local directory: an existing path as it is, an org/name hub id as its
+/// snapshot in the Hugging Face cache (downloaded first if needed, with a progress bar on a
+/// terminal unless `quiet`).
+fn model_dir(model: &Path, revision: &str, quiet: bool) -> Result<PathBuf> {
+    let opts = deberta_embed::hub::HubOptions {
+        revision: revision.to_string(),
+        progress: !quiet,
+        ..Default::default()
+    };
+    Ok(deberta_embed::hub::resolve_model(model, &opts)?)
+}
+
+fn load(
+    common: &CommonModel,
+    batch_size: usize,
+    normalize: Option<bool>,
+    quiet: bool,
+) -> Result<Embedder> {
     let max_batch_tokens = EmbedderOptions::default().max_batch_tokens;
-    load_budget(common, batch_size, max_batch_tokens, normalize)
+    load_budget(common, batch_size, max_batch_tokens, normalize, quiet)
 }
 
 /// [`load`] with a token budget per batch.
@@ -270,6 +302,7 @@ fn load_budget(
     batch_size: usize,
     max_batch_tokens: usize,
     normalize: Option<bool>,
+    quiet: bool,
 ) -> Result<Embedder> {
     let device = parse_device(&common.device)?;
     let opts = EmbedderOptions {
@@ -279,7 +312,8 @@ fn load_budget(
         precision: parse_precision(common.dtype.as_deref(), device)?,
         max_batch_tokens,
     };
-    Ok(Embedder::load_with(&common.model, device, opts)?)
+    let dir = model_dir(&common.model, &common.revision, quiet)?;
+    Ok(Embedder::load_with(dir, device, opts)?)
 }
 
 /// Read the input sentences: text lines, or JSONL strings / {"text": ...} objects.
@@ -343,6 +377,7 @@ fn embed(a: EmbedArgs) -> Result<()> {
         a.batch_size,
         a.max_batch_tokens,
         a.normalize.then_some(true),
+        a.quiet,
     )?;
     let dim = embedder.dim();
     let sink: Box<dyn Write> = match &a.output {
@@ -388,7 +423,8 @@ fn embed(a: EmbedArgs) -> Result<()> {
 
 fn tokenize(a: TokenizeArgs) -> Result<()> {
     let inputs = read_inputs(&a.input)?;
-    let tokenizer = deberta_embed::tokenize::TextTokenizer::load(&a.model)?;
+    let dir = model_dir(&a.model, &a.revision, false)?;
+    let tokenizer = deberta_embed::tokenize::TextTokenizer::load(&dir)?;
     let sink: Box<dyn Write> = match &a.output {
         Some(p) => Box::new(
             std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
@@ -440,7 +476,7 @@ fn write_npy_header(w: &mut impl Write, rows: usize, cols: usize) -> Result<()> 
 }
 
 fn similarity(a: SimilarityArgs) -> Result<()> {
-    let embedder = load(&a.common, 32, None)?;
+    let embedder = load(&a.common, 32, None, false)?;
     let texts: Vec<&str> = a.sentences.iter().map(String::as_str).collect();
     let emb = embedder.encode(&texts)?;
     let f = match a.func {
@@ -468,7 +504,8 @@ fn similarity(a: SimilarityArgs) -> Result<()> {
 }
 
 fn info(a: InfoArgs) -> Result<()> {
-    let e = Embedder::load(&a.model, Device::Cpu)?;
+    let dir = model_dir(&a.model, &a.revision, false)?;
+    let e = Embedder::load(&dir, Device::Cpu)?;
     let c = e.config();
     let p = e.pipeline();
     let pooling: Vec<&str> = p.pooling.iter().map(|m| m.name()).collect();
@@ -478,7 +515,8 @@ fn info(a: InfoArgs) -> Result<()> {
         .map(|x| x.0)
         .collect();
     let v = serde_json::json!({
-        "model_dir": a.model.display().to_string(),
+        "model": a.model.display().to_string(),
+        "model_dir": dir.display().to_string(),
         "layout": format!("{:?}", p.layout),
         "dim": e.dim(),
         "pooling": pooling,
@@ -515,6 +553,9 @@ fn info(a: InfoArgs) -> Result<()> {
         return Ok(());
     }
     println!("model            {}", a.model.display());
+    if dir != a.model {
+        println!("directory        {}", dir.display());
+    }
     println!("layout           {:?}", p.layout);
     println!("embedding dim    {}", e.dim());
     println!("pooling          {}", pooling.join(" + "));
@@ -727,7 +768,11 @@ fn bench(a: BenchArgs) -> Result<()> {
         // one forward over the whole B x L batch, as the peers run it
         max_batch_tokens: a.batch_size.saturating_mul(a.seq_len),
     };
-    if let (Some(corpus), Some(dir)) = (&a.corpus, &a.model) {
+    let dir = match &a.model {
+        Some(m) => Some(model_dir(m, &a.revision, false)?),
+        None => None,
+    };
+    if let (Some(corpus), Some(dir)) = (&a.corpus, &dir) {
         return bench_corpus(&a, corpus, dir, device, opts);
     }
     // Inputs: [CLS] random pieces [SEP], exactly seq_len tokens each.
@@ -750,7 +795,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     };
     // (label, model FLOPs per token at --seq-len, one timed call)
     type Run = Box<dyn Fn() -> Result<()>>;
-    let (label, flops_per_token, run): (String, f64, Run) = match (&a.model, &a.synthetic) {
+    let (label, flops_per_token, run): (String, f64, Run) = match (&dir, &a.synthetic) {
         (Some(dir), _) => {
             let e = Embedder::load_with(dir, device, opts)?;
             if a.seq_len > e.max_seq_length() {
