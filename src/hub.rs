@@ -34,7 +34,9 @@
 //!   interrupted) is completed, fetching only what it lacks;
 //! * tidying: `hf-hub` leaves `blobs/<etag>.lock`, and after a failed transfer a
 //!   `blobs/<etag>.part` it would resume from; both are removed, so an interrupted download
-//!   leaves only complete blobs, and a retry starts the file afresh;
+//!   leaves only complete blobs, and a retry starts the file afresh; and a blob that hf-hub
+//!   names after a weak ETag (`blobs/W/<etag>`) is moved to `blobs/<etag>`, where Python
+//!   looks;
 //! * one progress bar on stderr, only for large files and only on a terminal;
 //! * one-line errors naming the repo (not found, revision or file not found, token refused,
 //!   hub unreachable, interrupted).
@@ -488,7 +490,7 @@ mod net {
             let before = names_in(&blobs);
             let bar = Bar {
                 show: self.progress,
-                label: format!("{}: {file}", self.repo),
+                label: format!("{file} from {}", self.repo),
                 bar: None,
             };
             let got = self.api.download_with_progress(file, bar);
@@ -505,6 +507,7 @@ mod net {
                     self.revision
                 )));
             }
+            flatten_blob(&blobs, &pointer)?;
             Ok(path)
         }
 
@@ -583,15 +586,62 @@ mod net {
         }
     }
 
-    /// The names in a directory (none if it does not exist yet).
+    /// The files in `dir` and in its subfolders one level down (hf-hub names a blob after the
+    /// ETag, so a weak `W/"x"` lands in `blobs/W/`), as relative paths; none if `dir` does not
+    /// exist yet.
     fn names_in(dir: &Path) -> HashSet<String> {
-        std::fs::read_dir(dir)
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
+        let mut out = HashSet::new();
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                for sub in std::fs::read_dir(e.path()).into_iter().flatten().flatten() {
+                    out.insert(format!("{name}/{}", sub.file_name().to_string_lossy()));
+                }
+            } else {
+                out.insert(name);
+            }
+        }
+        out
+    }
+
+    /// Move a blob that hf-hub put below `blobs/` (`blobs/W/x` for a weak ETag `W/"x"`) to
+    /// `blobs/x`, where Python's huggingface_hub, which drops the `W/`, looks for it, and point
+    /// the snapshot's link there.
+    fn flatten_blob(blobs: &Path, pointer: &Path) -> Result<()> {
+        let Ok(target) = std::fs::read_link(pointer) else {
+            return Ok(()); // a copy, not a link (where symlinks are unavailable)
+        };
+        let parts: Vec<_> = target.components().collect();
+        let Some(at) = parts.iter().rposition(|c| c.as_os_str() == "blobs") else {
+            return Ok(());
+        };
+        if at + 2 >= parts.len() {
+            return Ok(()); // already `.../blobs/<etag>`
+        }
+        let Some(name) = target.file_name() else {
+            return Ok(());
+        };
+        let nested = pointer.parent().unwrap_or(Path::new(".")).join(&target);
+        let flat = blobs.join(name);
+        if flat.is_file() {
+            std::fs::remove_file(&nested).map_err(|e| Error::io(&nested, e))?;
+        } else {
+            std::fs::rename(&nested, &flat).map_err(|e| Error::io(&flat, e))?;
+        }
+        let mut relinked: PathBuf = parts[..=at].iter().collect();
+        relinked.push(name);
+        std::fs::remove_file(pointer).map_err(|e| Error::io(pointer, e))?;
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(&relinked, pointer).map_err(|e| Error::io(pointer, e))?;
+        #[cfg(windows)]
+        std::os::windows::fs::symlink_file(&relinked, pointer)
+            .or_else(|_| std::fs::copy(&flat, pointer).map(|_| ()))
+            .map_err(|e| Error::io(pointer, e))?;
+        // the emptied `blobs/W/` (its lock files are gone by now)
+        if let Some(dir) = nested.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+        Ok(())
     }
 
     /// hf-hub's progress hook: a bar on stderr for files of [`BAR_BYTES`] or more, cleared when
@@ -614,7 +664,7 @@ mod net {
                 let b = indicatif::ProgressBar::new(size as u64);
                 b.set_style(
                     indicatif::ProgressStyle::with_template(
-                        "{msg} {bar:40} {bytes}/{total_bytes}  {bytes_per_sec}  eta {eta}",
+                        "{bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {wide_msg}",
                     )
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
                 );

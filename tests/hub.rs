@@ -523,6 +523,35 @@ fn an_interrupted_download_leaves_nothing_and_a_retry_succeeds() {
 }
 
 #[test]
+fn weak_etags_name_blobs_as_huggingface_hub_does() {
+    let h = HubStandIn::start();
+    h.weak_etags();
+    let name = "st6_pool_max";
+    let repo = fixture_repo(name);
+    let commit = h.publish_dir(&repo, "main", &fixture_model(name), &[]);
+    let env = Env::new();
+    assert_eq!(
+        ok_stdout(&env.embed(&h.url(), &repo, &[])),
+        local_embedding(&env, name)
+    );
+    // `W/"x"` is the blob `blobs/x` (huggingface_hub drops the `W/`), linked from the snapshot
+    let rd = env.repo_dir(&repo);
+    let files = h.files(&repo, "main");
+    let blobs: Vec<PathBuf> = walk(&rd.join("blobs"));
+    assert_eq!(blobs.len(), 8, "{blobs:?}");
+    for (f, (etag, bytes)) in &files {
+        let blob = rd.join("blobs").join(etag);
+        assert_eq!(&std::fs::read(&blob).unwrap(), bytes, "{f}");
+        let p = rd.join("snapshots").join(&commit).join(f);
+        assert_eq!(
+            std::fs::canonicalize(&p).unwrap(),
+            std::fs::canonicalize(&blob).unwrap(),
+            "{f}"
+        );
+    }
+}
+
+#[test]
 fn serve_names_the_model_by_its_id() {
     let h = HubStandIn::start();
     let repo = fixture_repo("st6_pool_max");

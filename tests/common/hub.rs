@@ -62,6 +62,8 @@ struct State {
     cut: HashMap<String, usize>,
     /// (repo, path) listed in the repo but answered with 404
     broken: Vec<(String, String)>,
+    /// Send weak ETags (`W/"..."`) for the files served directly.
+    weak_etags: bool,
 }
 
 /// The stand-in; stopped and joined on drop.
@@ -225,6 +227,11 @@ impl HubStandIn {
             .unwrap()
             .cut
             .insert(name.to_string(), times);
+    }
+
+    /// ETags of the files served directly become weak (`W/"<etag>"`), as HTTP allows.
+    pub fn weak_etags(&self) {
+        self.state.lock().unwrap().weak_etags = true;
     }
 
     /// `path` stays in `repo`'s listing but its download answers 404.
@@ -507,8 +514,9 @@ fn file_reply(
     range: Option<&str>,
 ) -> Reply {
     let base = name.rsplit('/').next().unwrap_or(name).to_string();
+    let weak = if st.weak_etags { "W/" } else { "" };
     let mut reply = Reply::new(200)
-        .header("ETag", format!("\"{}\"", f.etag))
+        .header("ETag", format!("{weak}\"{}\"", f.etag))
         .header("Accept-Ranges", "bytes")
         .header("Content-Type", "application/octet-stream");
     if let Some(c) = commit {
