@@ -142,10 +142,10 @@ pub fn resolve_model(spec: &Path, opts: &HubOptions) -> Result<PathBuf> {
     download(repo, revision, &cache, opts)
 }
 
-/// The cache directory: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else
-/// `$XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub`.
+/// The cache directory: `$HF_HUB_CACHE` (or the older `$HUGGINGFACE_HUB_CACHE`), else
+/// `$HF_HOME/hub`, else `$XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub`.
 pub fn cache_dir() -> PathBuf {
-    match env_nonempty("HF_HUB_CACHE") {
+    match env_nonempty("HF_HUB_CACHE").or_else(|| env_nonempty("HUGGINGFACE_HUB_CACHE")) {
         Some(p) => PathBuf::from(p),
         None => hf_home().join("hub"),
     }
@@ -168,8 +168,11 @@ fn env_nonempty(key: &str) -> Option<String> {
     std::env::var(key).ok().filter(|v| !v.trim().is_empty())
 }
 
+/// `HF_HUB_OFFLINE`, else the older `TRANSFORMERS_OFFLINE`, as huggingface_hub reads them.
 fn offline_from_env() -> bool {
-    env_nonempty("HF_HUB_OFFLINE").is_some_and(|v| is_truthy(&v))
+    env_nonempty("HF_HUB_OFFLINE")
+        .or_else(|| env_nonempty("TRANSFORMERS_OFFLINE"))
+        .is_some_and(|v| is_truthy(&v))
 }
 
 /// A boolean environment value as huggingface_hub reads one.

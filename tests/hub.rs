@@ -15,7 +15,7 @@ const SENTENCES: &str =
     "A man is eating food.\nSomeone eats.\nThe sky is blue over the quiet sea.\n";
 
 /// The variables that steer the hub client, all cleared so the test's own say.
-const HF_VARS: [&str; 9] = [
+const HF_VARS: [&str; 10] = [
     "HF_HOME",
     "HF_HUB_CACHE",
     "HF_ENDPOINT",
@@ -25,6 +25,7 @@ const HF_VARS: [&str; 9] = [
     "HUGGING_FACE_HUB_TOKEN",
     "XDG_CACHE_HOME",
     "HUGGINGFACE_HUB_CACHE",
+    "TRANSFORMERS_OFFLINE",
 ];
 
 struct Env {
