@@ -497,9 +497,12 @@ mod net {
                 bar: None,
             };
             let got = self.api.download_with_progress(file, bar);
-            for name in names_in(&blobs).difference(&before) {
-                if name.ends_with(".lock") || (got.is_err() && name.ends_with(".part")) {
-                    let _ = std::fs::remove_file(blobs.join(name));
+            // (Not when another process holds the lock: the files are its own.)
+            if !matches!(got, Err(ApiError::LockAcquisition(_))) {
+                for name in names_in(&blobs).difference(&before) {
+                    if name.ends_with(".lock") || (got.is_err() && name.ends_with(".part")) {
+                        let _ = std::fs::remove_file(blobs.join(name));
+                    }
                 }
             }
             let path = got.map_err(|e| self.api_error(e, Some(file)))?;

@@ -524,6 +524,59 @@ fn an_interrupted_download_leaves_nothing_and_a_retry_succeeds() {
 }
 
 #[test]
+fn a_snapshot_whose_blob_was_deleted_is_mended() {
+    let h = HubStandIn::start();
+    let name = "st6_pool_max";
+    let repo = fixture_repo(name);
+    h.publish_dir(&repo, "main", &fixture_model(name), &[]);
+    let env = Env::new();
+    let want = local_embedding(&env, name);
+    assert_eq!(ok_stdout(&env.embed(&h.url(), &repo, &[])), want);
+    // someone cleans blobs/ by hand: the tokenizer's link dangles
+    let (etag, _) = &h.files(&repo, "main")["tokenizer.json"];
+    std::fs::remove_file(env.repo_dir(&repo).join("blobs").join(etag)).unwrap();
+    let n = h.requests().len();
+    assert_eq!(ok_stdout(&env.embed(&h.url(), &repo, &[])), want);
+    let mut again: Vec<String> = h.requests()[n..]
+        .iter()
+        .filter(|r| r.path.contains("/resolve/"))
+        .map(|r| r.path.clone())
+        .collect();
+    again.dedup();
+    assert_eq!(again, vec![format!("/{repo}/resolve/main/tokenizer.json")]);
+}
+
+#[test]
+fn a_file_another_process_is_downloading_is_left_to_it() {
+    let h = HubStandIn::start();
+    let name = "st6_pool_max";
+    let repo = fixture_repo(name);
+    h.publish_dir(&repo, "main", &fixture_model(name), &[]);
+    let env = Env::new();
+    // another download of the tokenizer holds hf-hub's lock on its blob
+    let (etag, _) = &h.files(&repo, "main")["tokenizer.json"];
+    let blobs = env.repo_dir(&repo).join("blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let lock_path = blobs.join(format!("{etag}.lock"));
+    let lock = std::fs::File::create(&lock_path).unwrap();
+    lock.lock().unwrap();
+    let o = env.embed(&h.url(), &repo, &[]);
+    assert_clean_failure(
+        &o,
+        &[&repo, "another process is downloading tokenizer.json"],
+    );
+    assert!(
+        lock_path.exists(),
+        "the other process's lock file is left alone"
+    );
+    drop(lock);
+    assert_eq!(
+        ok_stdout(&env.embed(&h.url(), &repo, &[])),
+        local_embedding(&env, name)
+    );
+}
+
+#[test]
 fn weak_etags_name_blobs_as_huggingface_hub_does() {
     let h = HubStandIn::start();
     h.weak_etags();
