@@ -195,19 +195,25 @@ fn hub_err(repo: &str, msg: impl Into<String>) -> Error {
     }
 }
 
-fn is_commit_hash(s: &str) -> bool {
-    s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
+/// Whether a commit id from the hub or a ref file can name a snapshot folder: one plain path
+/// segment. (The hub's commits are 40 hex digits, but neither Python nor hf-hub insists.)
+fn is_snapshot_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && !s.starts_with('.')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// The snapshot folder a revision points to, if the cache has one: through `refs/<revision>`,
-/// or directly for a commit hash (Python writes no ref for those).
+/// else the revision taken as a commit (Python writes no ref for a commit), as
+/// huggingface_hub's `try_to_load_from_cache` looks.
 fn cached_snapshot(repo_dir: &Path, revision: &str) -> Option<PathBuf> {
     let commit = match std::fs::read_to_string(repo_dir.join("refs").join(revision)) {
         Ok(c) => c.trim().to_string(),
-        Err(_) if is_commit_hash(revision) => revision.to_string(),
-        Err(_) => return None,
+        Err(_) => revision.to_string(),
     };
-    if !is_commit_hash(&commit) {
+    if !is_snapshot_name(&commit) {
         return None;
     }
     let dir = repo_dir.join("snapshots").join(commit);
@@ -361,7 +367,7 @@ mod net {
     use hf_hub::api::Progress;
     use hf_hub::{Cache, Repo, RepoType};
 
-    use super::{folder_name, hub_err, is_commit_hash, plan, HubOptions};
+    use super::{folder_name, hub_err, is_snapshot_name, plan, HubOptions};
     use crate::error::{Error, Result};
 
     /// Files at least this large get a progress bar.
@@ -468,9 +474,9 @@ mod net {
         /// The commit the revision points to, and the repo's file list.
         fn info(&self) -> Result<(String, Vec<String>)> {
             let info = self.api.info().map_err(|e| self.api_error(e, None))?;
-            if !is_commit_hash(&info.sha) {
+            if !is_snapshot_name(&info.sha) {
                 return Err(self.err(format!(
-                    "unexpected answer from {}: `{}` is not a commit hash",
+                    "unexpected answer from {}: `{}` is not a commit id",
                     self.endpoint, info.sha
                 )));
             }
