@@ -435,9 +435,16 @@ mod net {
                 "{missing} not found at revision `{revision}`: not a DeBERTa model repository"
             ))
         })?;
-        for f in &files {
+        // the weights come last: check the configs first, so that an unsupported model (a
+        // Dense module, a config this engine refuses) fails before the large download
+        let Some((weights, small)) = files.split_last() else {
+            return Err(s.err("no file to download")); // plan() always names the weights
+        };
+        for f in small {
             s.fetch(&snapshot, f)?;
         }
+        crate::config::PipelineConfig::load(&snapshot)?;
+        s.fetch(&snapshot, weights)?;
         if revision == commit {
             // hf-hub writes `refs/<revision>` even for a commit hash; Python writes no ref then
             // (a snapshot named by its commit needs none), and neither do we.

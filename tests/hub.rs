@@ -423,6 +423,37 @@ fn missing_repos_and_files_fail_in_one_line() {
 }
 
 #[test]
+fn an_unsupported_model_fails_before_its_weights_are_downloaded() {
+    let h = HubStandIn::start();
+    let repo = "test-org/with-dense";
+    let mut files = standin::files_of(&fixture_model("st6_pool_max"));
+    let modules = r#"[
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}
+    ]"#;
+    files.insert("modules.json".into(), modules.as_bytes().to_vec());
+    files.insert(
+        "2_Dense/config.json".into(),
+        br#"{"in_features": 32, "out_features": 8}"#.to_vec(),
+    );
+    files.insert("2_Dense/model.safetensors".into(), vec![0; 64]);
+    h.publish(repo, "main", files);
+    let env = Env::new();
+    let o = env.embed(&h.url(), repo, &[]);
+    assert_clean_failure(&o, &["Dense"]);
+    let got = downloads(&h);
+    assert!(
+        got.contains(&"main/2_Dense/config.json".to_string()),
+        "{got:?}"
+    );
+    assert!(
+        got.iter().all(|p| !p.ends_with(".safetensors")),
+        "no weights fetched: {got:?}"
+    );
+}
+
+#[test]
 fn tokens_from_the_environment_and_the_token_file() {
     let h = HubStandIn::start();
     let repo = "test-org/private";
