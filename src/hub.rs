@@ -34,7 +34,9 @@
 //!   interrupted) is completed, fetching only what it lacks;
 //! * tidying: `hf-hub` leaves `blobs/<etag>.lock`, and after a failed transfer a
 //!   `blobs/<etag>.part` it would resume from; both are removed, so an interrupted download
-//!   leaves only complete blobs, and a retry starts the file afresh; and a blob that hf-hub
+//!   leaves only complete blobs, and a retry starts the file afresh (a `.part` left by a
+//!   killed process is removed before the next download: resuming appends unchecked, which a
+//!   server ignoring the range would turn into a corrupt blob); and a blob that hf-hub
 //!   names after a weak ETag (`blobs/W/<etag>`) is moved to `blobs/<etag>`, where Python
 //!   looks;
 //! * one progress bar on stderr, only for large files and only on a terminal;
@@ -503,6 +505,7 @@ mod net {
                 return Ok(pointer);
             }
             let blobs = self.repo_dir.join("blobs");
+            clear_stale_parts(&blobs);
             let before = names_in(&blobs);
             let bar = Bar {
                 show: self.progress,
@@ -621,6 +624,27 @@ mod net {
             }
         }
         out
+    }
+
+    /// Remove the `.part` files that a process killed mid-transfer left (those whose lock no
+    /// process holds). hf-hub would resume from one with a range request and append what comes
+    /// back, unchecked: a server that ignores the range, or a `.part` that is not a prefix of
+    /// the file, would leave a corrupt blob. A retry starts the file afresh instead.
+    fn clear_stale_parts(blobs: &Path) {
+        for name in names_in(blobs) {
+            let Some(stem) = name.strip_suffix(".part") else {
+                continue;
+            };
+            let lock_path = blobs.join(format!("{stem}.lock"));
+            let Ok(lock) = std::fs::File::create(&lock_path) else {
+                continue;
+            };
+            if lock.try_lock().is_ok() {
+                let _ = std::fs::remove_file(blobs.join(&name));
+                drop(lock);
+                let _ = std::fs::remove_file(&lock_path);
+            }
+        }
     }
 
     /// Move a blob that hf-hub put below `blobs/` (`blobs/W/x` for a weak ETag `W/"x"`) to

@@ -578,6 +578,36 @@ fn a_snapshot_whose_blob_was_deleted_is_mended() {
 }
 
 #[test]
+fn a_partial_file_left_by_a_killed_run_is_not_resumed_into_a_corrupt_blob() {
+    let h = HubStandIn::start();
+    let name = "st6_pool_max";
+    let repo = fixture_repo(name);
+    h.publish_dir(&repo, "main", &fixture_model(name), &[]);
+    let env = Env::new();
+    // what a run killed during the weights leaves: hf-hub's .part and .lock, here with bytes
+    // that are not a prefix of the file
+    let (etag, bytes) = &h.files(&repo, "main")["model.safetensors"];
+    let blobs = env.repo_dir(&repo).join("blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::write(
+        blobs.join(format!("{etag}.part")),
+        vec![0xAB; bytes.len() / 3],
+    )
+    .unwrap();
+    std::fs::write(blobs.join(format!("{etag}.lock")), b"").unwrap();
+    assert_eq!(
+        ok_stdout(&env.embed(&h.url(), &repo, &[])),
+        local_embedding(&env, name)
+    );
+    assert_eq!(&std::fs::read(blobs.join(etag)).unwrap(), bytes);
+    let left: Vec<PathBuf> = walk(&blobs)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "part" || e == "lock"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
 fn a_file_another_process_is_downloading_is_left_to_it() {
     let h = HubStandIn::start();
     let name = "st6_pool_max";
