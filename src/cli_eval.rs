@@ -76,7 +76,7 @@ fn sts(a: EvalDataArgs) -> Result<()> {
     // data errors first, before the model is loaded
     let data = eval::read_sts(&a.data)?;
     eval::check_sts(&data).map_err(|e| anyhow::anyhow!("{}: {e}", a.data.display()))?;
-    let embedder = crate::load(&a.common, a.batch_size, None)?;
+    let embedder = crate::load(&a.common, a.batch_size, None, a.quiet)?;
     let bar = progress_bar(a.quiet);
     let report = eval::evaluate_sts(&embedder, &data, chunk(a.batch_size), &mut |done, total| {
         bar.set_length(total as u64);
@@ -93,7 +93,7 @@ fn sts(a: EvalDataArgs) -> Result<()> {
 fn pairs(a: EvalDataArgs) -> Result<()> {
     let data = eval::read_pairs(&a.data)?;
     eval::check_pairs(&data).map_err(|e| anyhow::anyhow!("{}: {e}", a.data.display()))?;
-    let embedder = crate::load(&a.common, a.batch_size, None)?;
+    let embedder = crate::load(&a.common, a.batch_size, None, a.quiet)?;
     let bar = progress_bar(a.quiet);
     let report =
         eval::evaluate_pairs(&embedder, &data, chunk(a.batch_size), &mut |done, total| {

@@ -51,8 +51,8 @@ pub struct ServeArgs {
     /// Seconds a connection may wait for its next (or first) request before it is closed.
     #[arg(long, default_value_t = 60.0, value_name = "SECONDS", value_parser = parse_seconds)]
     idle_timeout: f64,
-    /// Model name that /v1/embeddings reports when a request names none (default: the name of
-    /// the model directory).
+    /// Model name that /v1/embeddings reports when a request names none (default: the hub id
+    /// of an org/name model, else the name of the model directory).
     #[arg(long, value_name = "NAME")]
     served_model_name: Option<String>,
 }
@@ -69,8 +69,11 @@ pub fn run(a: ServeArgs) -> Result<()> {
         precision: crate::parse_precision(a.common.dtype.as_deref(), device)?,
         max_batch_tokens: a.max_batch_tokens,
     };
-    let embedder = Embedder::load_with(&a.common.model, device, opts)?;
-    let model_name = a.served_model_name.clone().unwrap_or_else(|| {
+    let dir = crate::model_dir(&a.common.model, &a.common.revision, false)?;
+    let embedder = Embedder::load_with(&dir, device, opts)?;
+    // A model loaded by hub id is served under that id, not its snapshot's commit hash.
+    let by_id = (dir != a.common.model).then(|| a.common.model.display().to_string());
+    let model_name = a.served_model_name.clone().or(by_id).unwrap_or_else(|| {
         a.common
             .model
             .canonicalize()

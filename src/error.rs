@@ -36,6 +36,10 @@ pub enum Error {
     /// A caller-supplied argument or input is invalid.
     #[error("{0}")]
     Input(String),
+    /// A model named by hub id could not be fetched or found in the cache (repository, revision
+    /// or file not found, token refused, no network, offline, interrupted download).
+    #[error("{repo}: {msg}")]
+    Hub { repo: String, msg: String },
     /// The requested device is unavailable or failed.
     #[error("device: {0}")]
     Device(String),

@@ -19,6 +19,10 @@
 //! # }
 //! ```
 //!
+//! A hub id works wherever a directory does: `Embedder::load("org/name", Device::Cpu)` fetches
+//! the model into the Hugging Face cache on first use and reads it from there after (see
+//! [`hub`]; [`hub::resolve_model`] picks another revision).
+//!
 //! Options (threads, batch size, normalization) go through [`EmbedderOptions`]:
 //!
 //! ```no_run
@@ -38,6 +42,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod eval;
+pub mod hub;
 pub mod model;
 pub mod pooling;
 pub mod relpos;
@@ -235,15 +240,19 @@ pub struct Embedder {
 }
 
 impl Embedder {
-    /// Load a model directory with default options.
+    /// Load a model directory, or a hub id (`org/name`, revision `main`), with default options.
     pub fn load(dir: impl AsRef<Path>, device: Device) -> Result<Self> {
         Self::load_with(dir, device, EmbedderOptions::default())
     }
 
-    /// Load a model directory.
+    /// Load a model directory, or a hub id (`org/name`, revision `main`): an existing path
+    /// wins; an id is taken from the Hugging Face cache, downloaded there first if needed
+    /// ([`hub::resolve_model`] with [`hub::HubOptions::default`], which follows `HF_ENDPOINT`,
+    /// `HF_HOME`, `HF_TOKEN`, `HF_HUB_OFFLINE`; resolve with it yourself for another revision).
     pub fn load_with(dir: impl AsRef<Path>, device: Device, opts: EmbedderOptions) -> Result<Self> {
         check_device(device, opts.precision)?;
-        let (pipeline, cfg) = PipelineConfig::load(dir.as_ref())?;
+        let dir = hub::resolve_model(dir.as_ref(), &hub::HubOptions::default())?;
+        let (pipeline, cfg) = PipelineConfig::load(&dir)?;
         let tokenizer = TextTokenizer::for_pipeline(&pipeline, &cfg)?;
         let ck = Checkpoint::open_dir(&pipeline.transformer_dir)?;
         let weights = HostWeights::load(&ck, &cfg)?;

@@ -46,9 +46,13 @@ enum Command {
 
 #[derive(clap::Args)]
 struct CommonModel {
-    /// Model directory (sentence-transformers or transformers layout).
-    #[arg(long, value_name = "DIR")]
+    /// Model directory (sentence-transformers or transformers layout), or a Hugging Face hub id
+    /// (org/name), downloaded into the Hugging Face cache on first use.
+    #[arg(long, value_name = "DIR|ORG/NAME")]
     model: PathBuf,
+    /// Hub revision of an org/name model: branch, tag or commit.
+    #[arg(long, default_value = deberta_embed::hub::DEFAULT_REVISION)]
+    revision: String,
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -122,9 +126,13 @@ struct SimilarityArgs {
 
 #[derive(clap::Args)]
 struct TokenizeArgs {
-    /// Model directory (only its tokenizer and configs are read, not the weights).
-    #[arg(long, value_name = "DIR")]
+    /// Model directory (only its tokenizer and configs are read, not the weights), or a hub id
+    /// (org/name).
+    #[arg(long, value_name = "DIR|ORG/NAME")]
     model: PathBuf,
+    /// Hub revision of an org/name model: branch, tag or commit.
+    #[arg(long, default_value = deberta_embed::hub::DEFAULT_REVISION)]
+    revision: String,
     /// Input, read as `embed` reads it: .txt, .jsonl, or - for stdin.
     #[arg(long, value_name = "FILE")]
     input: PathBuf,
@@ -135,9 +143,12 @@ struct TokenizeArgs {
 
 #[derive(clap::Args)]
 struct InfoArgs {
-    /// Model directory.
-    #[arg(long, value_name = "DIR")]
+    /// Model directory, or a hub id (org/name).
+    #[arg(long, value_name = "DIR|ORG/NAME")]
     model: PathBuf,
+    /// Hub revision of an org/name model: branch, tag or commit.
+    #[arg(long, default_value = deberta_embed::hub::DEFAULT_REVISION)]
+    revision: String,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -145,14 +156,18 @@ struct InfoArgs {
 
 #[derive(clap::Args)]
 struct BenchArgs {
-    /// Model directory to time (its tokenizer is not used: inputs are fixed-length id runs).
+    /// Model directory to time (its tokenizer is not used: inputs are fixed-length id runs), or
+    /// a hub id (org/name).
     #[arg(
         long,
-        value_name = "DIR",
+        value_name = "DIR|ORG/NAME",
         conflicts_with = "synthetic",
         required_unless_present_any = ["synthetic", "ops"]
     )]
     model: Option<PathBuf>,
+    /// Hub revision of an org/name model: branch, tag or commit.
+    #[arg(long, default_value = deberta_embed::hub::DEFAULT_REVISION)]
+    revision: String,
     /// Built-in architecture with deterministic random weights (no download needed).
     #[arg(long, value_name = "ARCH", value_parser = ["xsmall"])]
     synthetic: Option<String>,
@@ -283,9 +298,26 @@ fn parse_precision(dtype: Option<&str>, device: Device) -> Result<Precision> {
     }
 }
 
-fn load(common: &CommonModel, batch_size: usize, normalize: Option<bool>) -> Result<Embedder> {
+/// `--model` as a local directory: an existing path as it is, an org/name hub id as its
+/// snapshot in the Hugging Face cache (downloaded first if needed, with a progress bar on a
+/// terminal unless `quiet`).
+fn model_dir(model: &Path, revision: &str, quiet: bool) -> Result<PathBuf> {
+    let opts = deberta_embed::hub::HubOptions {
+        revision: revision.to_string(),
+        progress: !quiet,
+        ..Default::default()
+    };
+    Ok(deberta_embed::hub::resolve_model(model, &opts)?)
+}
+
+fn load(
+    common: &CommonModel,
+    batch_size: usize,
+    normalize: Option<bool>,
+    quiet: bool,
+) -> Result<Embedder> {
     let max_batch_tokens = EmbedderOptions::default().max_batch_tokens;
-    load_budget(common, batch_size, max_batch_tokens, normalize)
+    load_budget(common, batch_size, max_batch_tokens, normalize, quiet)
 }
 
 /// [`load`] with a token budget per batch.
@@ -294,6 +326,7 @@ fn load_budget(
     batch_size: usize,
     max_batch_tokens: usize,
     normalize: Option<bool>,
+    quiet: bool,
 ) -> Result<Embedder> {
     let device = parse_device(&common.device)?;
     let opts = EmbedderOptions {
@@ -303,7 +336,8 @@ fn load_budget(
         precision: parse_precision(common.dtype.as_deref(), device)?,
         max_batch_tokens,
     };
-    Ok(Embedder::load_with(&common.model, device, opts)?)
+    let dir = model_dir(&common.model, &common.revision, quiet)?;
+    Ok(Embedder::load_with(dir, device, opts)?)
 }
 
 /// Sentences embedded per step of the progress bar (and per write).
@@ -344,6 +378,7 @@ fn embed(a: EmbedArgs) -> Result<()> {
         a.batch_size,
         a.max_batch_tokens,
         a.normalize.then_some(true),
+        a.quiet,
     )?;
     let mut inputs = cli_input::Inputs::open(&a.input, Some(line_bound(embedder.tokenizer())))?;
     let dim = embedder.dim();
@@ -408,7 +443,8 @@ fn embed(a: EmbedArgs) -> Result<()> {
 }
 
 fn tokenize(a: TokenizeArgs) -> Result<()> {
-    let tokenizer = deberta_embed::tokenize::TextTokenizer::load(&a.model)?;
+    let dir = model_dir(&a.model, &a.revision, false)?;
+    let tokenizer = deberta_embed::tokenize::TextTokenizer::load(&dir)?;
     let mut inputs = cli_input::Inputs::open(&a.input, Some(line_bound(&tokenizer)))?;
     let sink: Box<dyn Write> = match &a.output {
         Some(p) => Box::new(
@@ -466,7 +502,7 @@ fn npy_header(rows: usize, cols: usize) -> Vec<u8> {
 }
 
 fn similarity(a: SimilarityArgs) -> Result<()> {
-    let embedder = load(&a.common, 32, None)?;
+    let embedder = load(&a.common, 32, None, false)?;
     let texts: Vec<&str> = a.sentences.iter().map(String::as_str).collect();
     let emb = embedder.encode(&texts)?;
     let f = match a.func {
@@ -494,7 +530,8 @@ fn similarity(a: SimilarityArgs) -> Result<()> {
 }
 
 fn info(a: InfoArgs) -> Result<()> {
-    let e = Embedder::load(&a.model, Device::Cpu)?;
+    let dir = model_dir(&a.model, &a.revision, false)?;
+    let e = Embedder::load(&dir, Device::Cpu)?;
     let c = e.config();
     let p = e.pipeline();
     let pooling: Vec<&str> = p.pooling.iter().map(|m| m.name()).collect();
@@ -504,7 +541,8 @@ fn info(a: InfoArgs) -> Result<()> {
         .map(|x| x.0)
         .collect();
     let v = serde_json::json!({
-        "model_dir": a.model.display().to_string(),
+        "model": a.model.display().to_string(),
+        "model_dir": dir.display().to_string(),
         "layout": format!("{:?}", p.layout),
         "dim": e.dim(),
         "pooling": pooling,
@@ -541,6 +579,9 @@ fn info(a: InfoArgs) -> Result<()> {
         return Ok(());
     }
     println!("model            {}", a.model.display());
+    if dir != a.model {
+        println!("directory        {}", dir.display());
+    }
     println!("layout           {:?}", p.layout);
     println!("embedding dim    {}", e.dim());
     println!("pooling          {}", pooling.join(" + "));
@@ -760,7 +801,11 @@ fn bench(a: BenchArgs) -> Result<()> {
         // one forward over the whole B x L batch, as the peers run it
         max_batch_tokens: a.batch_size.saturating_mul(a.seq_len),
     };
-    if let (Some(corpus), Some(dir)) = (&a.corpus, &a.model) {
+    let dir = match &a.model {
+        Some(m) => Some(model_dir(m, &a.revision, false)?),
+        None => None,
+    };
+    if let (Some(corpus), Some(dir)) = (&a.corpus, &dir) {
         return bench_corpus(&a, corpus, dir, device, opts);
     }
     // Inputs: [CLS] random pieces [SEP], exactly seq_len tokens each.
@@ -783,7 +828,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     };
     // (label, model FLOPs per token at --seq-len, one timed call)
     type Run = Box<dyn Fn() -> Result<()>>;
-    let (label, flops_per_token, run): (String, f64, Run) = match (&a.model, &a.synthetic) {
+    let (label, flops_per_token, run): (String, f64, Run) = match (&dir, &a.synthetic) {
         (Some(dir), _) => {
             let e = Embedder::load_with(dir, device, opts)?;
             if a.seq_len > e.max_seq_length() {

@@ -271,10 +271,11 @@ fn read_optional_json(path: &Path) -> Result<Option<Value>> {
 }
 
 impl TextTokenizer {
-    /// The tokenizer of a model directory exactly as [`crate::Embedder::load`] sets it up,
-    /// without reading the weights.
+    /// The tokenizer of a model directory (or hub id, see [`crate::hub`]) exactly as
+    /// [`crate::Embedder::load`] sets it up, without reading the weights.
     pub fn load(model_dir: &Path) -> Result<Self> {
-        let (pipeline, cfg) = crate::config::PipelineConfig::load(model_dir)?;
+        let dir = crate::hub::resolve_model(model_dir, &crate::hub::HubOptions::default())?;
+        let (pipeline, cfg) = crate::config::PipelineConfig::load(&dir)?;
         Self::for_pipeline(&pipeline, &cfg)
     }
 
