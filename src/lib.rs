@@ -38,6 +38,8 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod eval;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod model;
 pub mod pooling;
 pub mod relpos;
