@@ -42,7 +42,7 @@ cargo build --manifest-path fuzz/Cargo.toml --locked --release --target "$TRIPLE
 
 status=0
 for t in "${TARGETS[@]}"; do
-    bin=fuzz/target/$TRIPLE/release/$t
+    bin=${CARGO_TARGET_DIR:-fuzz/target}/$TRIPLE/release/$t
     corpus=fuzz/corpus/$t
     scratch=$(mktemp -d)
     mkdir -p "fuzz/artifacts/$t"
