@@ -36,6 +36,7 @@ export RUSTFLAGS="-Cpasses=sancov-module \
  -Cllvm-args=-sanitizer-coverage-stack-depth \
  -Cllvm-args=-simplifycfg-branch-fold-threshold=0 \
  --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 bins=()
 for t in "${TARGETS[@]}"; do bins+=(--bin "$t"); done
 cargo build --manifest-path fuzz/Cargo.toml --locked --release --target "$TRIPLE" "${bins[@]}"
