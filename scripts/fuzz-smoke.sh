@@ -52,7 +52,8 @@ for t in "${TARGETS[@]}"; do
         -timeout="$TIMEOUT_S" -print_final_stats=1 -artifact_prefix="fuzz/artifacts/$t/" \
         2>"$scratch.log"; then
         status=1
-        tail -n 40 "$scratch.log"
+        grep -m1 -A1 'panicked at' "$scratch.log" || true
+        grep -v -E '^ +(at |[0-9]+: )' "$scratch.log" | tail -n 15
         for a in "fuzz/artifacts/$t"/*; do
             [[ -f $a ]] || continue
             echo "-- $a (base64):"
