@@ -42,6 +42,8 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod eval;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hub;
 pub mod model;
 pub mod pooling;

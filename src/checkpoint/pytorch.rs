@@ -68,6 +68,12 @@ pub fn load(path: &Path) -> Result<Vec<(String, OwnedTensor)>> {
     load_zip(BufReader::new(file), file_len).map_err(|msg| Error::checkpoint(path, msg))
 }
 
+/// [`load`] on a file already in memory (the fuzzer's entry; errors carry no path).
+pub(crate) fn load_slice(bytes: &[u8]) -> Result<Vec<(String, OwnedTensor)>, String> {
+    check_signature(&bytes[..bytes.len().min(512)])?;
+    load_zip(std::io::Cursor::new(bytes), bytes.len() as u64)
+}
+
 /// Recognizes the file kind from its first bytes; only a zip archive passes.
 fn check_signature(head: &[u8]) -> Result<(), String> {
     const LEGACY: &str = "legacy torch.save format (PyTorch < 1.6, or saved with \

@@ -1153,6 +1153,15 @@ fn escape_label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+#[doc(hidden)]
+impl Server {
+    /// The routes that [`serve`] serves, as a service to call in-process (the HTTP fuzz target
+    /// drives it with requests that never touch a socket).
+    pub fn router(&self) -> Router {
+        router(self.shared.clone())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
