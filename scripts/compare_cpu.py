@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Time PyTorch, ONNX Runtime and `deberta-embed bench` on the same checkpoint, shapes and threads.
 
-    /work/venv-fixtures/bin/pip install -r scripts/requirements-compare.txt
-    /work/venv-fixtures/bin/python scripts/make_xsmall_checkpoint.py /tmp/xsmall
+    venv/bin/pip install -r scripts/requirements-compare.txt
+    venv/bin/python scripts/make_xsmall_checkpoint.py /tmp/xsmall
     cargo build --release
-    /work/venv-fixtures/bin/python scripts/compare_cpu.py --model /tmp/xsmall --threads 2 \
+    venv/bin/python scripts/compare_cpu.py --model /tmp/xsmall --threads 2 \
         [--shapes 1x16,32x128,256x32] [--rounds 3] [--bin target/release/deberta-embed] [--json-out FILE]
 
 Workload (the one `deberta-embed bench` times): B sequences of exactly L tokens, [CLS]=1, random

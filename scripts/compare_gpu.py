@@ -9,7 +9,7 @@ On the GPU machine (no network there: the peers travel as wheels, scripts/fetch-
 
 Debug mode on a machine without a GPU (argument handling, checks, tables, file writing):
 
-    /work/venv-fixtures/bin/python scripts/compare_gpu.py --device cpu --model /tmp/xsmall \
+    venv/bin/python scripts/compare_gpu.py --device cpu --model /tmp/xsmall \
         --shapes 1x16 --rounds 2 --out /tmp/compare_gpu_cpu.md [--wheels .carry/peers] [--binary BIN]
 
 Workload (the one `deberta-embed bench` times): B sequences of exactly L tokens, [CLS]=1, random

@@ -17,7 +17,7 @@ Values come from a fixed seed, and the zip files come out byte-identical on ever
 legacy.bin differs between runs (the legacy format names storages by their memory addresses).
 
 Run from anywhere, with the fixture venv (see scripts/requirements-fixtures.txt):
-    /work/venv-fixtures/bin/python scripts/make_bin_fixtures.py
+    venv/bin/python scripts/make_bin_fixtures.py
 """
 
 from collections import OrderedDict

@@ -4,7 +4,7 @@
 Benchmarks (scripts/compare_cpu.py, `deberta-embed bench --model`) need a real-sized model on
 disk but no hub access. This builds one locally from a seed:
 
-    /work/venv-fixtures/bin/python scripts/make_xsmall_checkpoint.py /tmp/xsmall [--seed 0] [--layout st|hf]
+    venv/bin/python scripts/make_xsmall_checkpoint.py /tmp/xsmall [--seed 0] [--layout st|hf]
 
   --layout st (default)  a sentence-transformers 6 model dir (Transformer + mean Pooling),
                          as `SentenceTransformer.save` writes it, with model.safetensors
