@@ -43,7 +43,7 @@ Runners (--device cuda):
                        * kernel configs: mode "auto" = a bundled profile when it matches exactly
                          (GPU name and capability, torch, Triton, kernel digest: its one profile
                          is H200 + torch 2.14 + Triton 3.8), else a built-in heuristic.
-                     Timed in fp16 (as in DESIGN.md section 6).
+                     Timed in fp16 (as the GPU figures in BENCHMARKS.md are).
   FlashDeBERTa       PyPI flashdeberta (pinned likewise). Its 0.0.8 source:
                        * `FlashDebertaV2Model` is a transformers PreTrainedModel whose encoder
                          layers use `FlashDisentangledSelfAttention` (a subclass of HF's

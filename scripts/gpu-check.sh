@@ -6,7 +6,7 @@
 #   2. compute-sanitizer memcheck and racecheck over the kernel tests (GPU_TEST_QUICK=1);
 #   3. the CLI: `embed --device cuda --dtype f32|f16|bf16` on every fixture model vs the
 #      sentence-transformers reference embeddings (python3 + numpy + safetensors there);
-#   4. `bench --synthetic xsmall --device cuda` at the DESIGN.md section 6 shapes (graphs on,
+#   4. `bench --synthetic xsmall --device cuda` at the BENCHMARKS.md GPU shapes (graphs on,
 #      the default; attention v1 and v2; a few shapes with graphs off);
 #   5. the kernel testbed (`bench --ops`, f16 and bf16) and one profiled bench (device time
 #      per kernel);
@@ -109,7 +109,7 @@ for dtype, max_abs, min_cos in [("f32", 1e-4, 0.99999), ("f16", None, 0.999), ("
         print(f"{n:<32} {dtype:<5} {d:>10.2e} {cos:>9.6f}  {'ok' if ok else 'FAIL'}")
 PY
 
-# 4. bench (the DESIGN.md section 6 shapes)
+# 4. bench (the BENCHMARKS.md GPU shapes)
 # bench_row LABEL B L ARGS...: one `bench --synthetic xsmall --device cuda` line in the summary
 bench_row() {
   local label=$1 b=$2 l=$3

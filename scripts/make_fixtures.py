@@ -742,7 +742,7 @@ def layer_norm(x, w, b, eps):
 
 
 def bucket_design(r: np.ndarray, pb: int, max_rel: int) -> np.ndarray:
-    """bucket(r) exactly as written in DESIGN.md (float32 arithmetic)."""
+    """bucket(r) exactly as transformers computes it (float32 arithmetic)."""
     if pb <= 0:
         return r.astype(np.int64)
     mid = pb // 2
@@ -754,7 +754,7 @@ def bucket_design(r: np.ndarray, pb: int, max_rel: int) -> np.ndarray:
 
 
 def design_forward(sd: dict, cfg, ids: list[int]) -> list[torch.Tensor]:
-    """Independent float64 forward following DESIGN.md section 1; returns all hidden states."""
+    """Independent float64 forward written from the model math; returns all hidden states."""
     W = {k: v.double() for k, v in sd.items()}
     eps = cfg.layer_norm_eps
     L = len(ids)
@@ -931,11 +931,11 @@ def make_reference(name: str, d: Path, sentences: list[str], with_hidden: bool, 
         if with_hidden and si < N_HIDDEN_SENTENCES:
             for l, h in enumerate(hs):
                 tensors[f"hidden.{l}.{si}"] = h.contiguous()
-    print(f"  {name}: DESIGN.md forward vs transformers max|diff| = {worst_hidden:.2e}, pooled vs encode = {worst_pool:.2e}")
+    print(f"  {name}: float64 forward vs transformers max|diff| = {worst_hidden:.2e}, pooled vs encode = {worst_pool:.2e}")
     if worst_hidden > 1e-4:
-        problem(f"{name}: DESIGN.md forward differs from transformers by {worst_hidden:.2e}")
+        problem(f"{name}: float64 forward differs from transformers by {worst_hidden:.2e}")
     if worst_pool > 1e-4:
-        problem(f"{name}: DESIGN.md pooling differs from sentence-transformers by {worst_pool:.2e}")
+        problem(f"{name}: float64 pooling differs from sentence-transformers by {worst_pool:.2e}")
     REF.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(REF / f"{name}.safetensors"))
     meta = {
@@ -1064,7 +1064,7 @@ def make_relpos() -> None:
         bucket[L - 1 :] = full[:, 0]  # r = 0..L-1
         ii, jj = np.meshgrid(np.arange(L), np.arange(L), indexing="ij")
         assert np.array_equal(full, bucket[(ii - jj) + (L - 1)]), (L, pb, mr)
-        # also: DESIGN.md's formula, and oddness (so p2c_idx == c2p_idx)
+        # also: the float32 formula, and oddness (so p2c_idx == c2p_idx)
         assert np.array_equal(bucket_design(r, pb, mr), bucket), (L, pb, mr)
         assert np.array_equal(bucket, -bucket[::-1]), (L, pb, mr)
         # float32 vs exact arithmetic: report where they would differ

@@ -555,7 +555,7 @@ fn read_json(path: &Path) -> Result<Value> {
 }
 
 impl PipelineConfig {
-    /// Resolve a model directory as sentence-transformers would (DESIGN.md section 2): find the
+    /// Resolve a model directory as sentence-transformers would: find the
     /// Transformer, Pooling and Normalize modules (or fall back to mean pooling for a plain
     /// transformers checkpoint), read and validate config.json, and resolve max_seq_length.
     pub fn load(dir: &Path) -> Result<(PipelineConfig, ModelConfig)> {

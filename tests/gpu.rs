@@ -341,7 +341,7 @@ fn embeddings_match_cpu() {
     }
 }
 
-/// Plain f64 disentangled attention over packed sequences (the definition, DESIGN.md 1).
+/// Plain f64 disentangled attention over packed sequences (the definition).
 #[allow(clippy::too_many_arguments)]
 fn attention_ref(
     qkv: &[f32],

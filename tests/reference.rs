@@ -1,4 +1,4 @@
-//! The numerics contract (DESIGN.md section 3) against sentence-transformers / transformers
+//! The numerics contract (README, Numerics guarantee) against sentence-transformers / transformers
 //! references produced by scripts/make_fixtures.py: token ids equal, embeddings within
 //! max |diff| <= 1e-4 and cosine >= 0.99999, per-layer hidden states close, batch invariance.
 
