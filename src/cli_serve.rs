@@ -13,47 +13,56 @@ pub struct ServeArgs {
     common: crate::CommonModel,
     /// Address to bind. Loopback by default: the server has no authentication, so put a proxy
     /// in front of it to expose it.
-    #[arg(long, default_value = "127.0.0.1")]
+    #[arg(long, default_value = "127.0.0.1", env = "DEBERTA_EMBED_HOST")]
     host: String,
     /// Port to listen on (0: any free port; the address is printed at startup).
-    #[arg(long, default_value_t = 8080)]
+    #[arg(long, default_value_t = 8080, env = "DEBERTA_EMBED_PORT")]
     port: u16,
     /// Token budget of one batch (special tokens included): requests that arrive together are
     /// embedded together until the next one would exceed it.
-    #[arg(long, default_value_t = 16384)]
+    #[arg(long, default_value_t = 16384, env = "DEBERTA_EMBED_MAX_BATCH_TOKENS")]
     max_batch_tokens: usize,
     /// Sentences per forward pass (a batch of more runs as several forwards).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, env = "DEBERTA_EMBED_BATCH_SIZE")]
     batch_size: usize,
     /// Most texts in one request (more is refused with 413).
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = 2048, env = "DEBERTA_EMBED_MAX_INPUTS")]
     max_inputs: usize,
     /// Largest request body in bytes (larger is refused with 413).
-    #[arg(long, default_value_t = 2 * 1024 * 1024)]
+    #[arg(long, default_value_t = 2 * 1024 * 1024, env = "DEBERTA_EMBED_MAX_BODY_BYTES")]
     max_body_bytes: usize,
     /// Requests that may wait for the batcher (more are refused with 429).
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, env = "DEBERTA_EMBED_MAX_QUEUED_REQUESTS")]
     max_queued_requests: usize,
     /// Tokens the requests in flight may hold (counted before tokenizing as min(bytes + 2,
     /// max_seq_length) per input); a request that would exceed it waits. Bounds memory.
-    #[arg(long, default_value_t = 1 << 18)]
+    #[arg(long, default_value_t = 1 << 18, env = "DEBERTA_EMBED_MAX_TOKENS_IN_FLIGHT")]
     max_tokens_in_flight: usize,
     /// Connections served at once; one more is answered 503. Default: 1024, or less when the
     /// open-file limit (`ulimit -n`) leaves room for fewer.
-    #[arg(long)]
+    #[arg(long, env = "DEBERTA_EMBED_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
     /// Seconds for a request head to arrive once its first byte has.
-    #[arg(long, default_value_t = 10.0, value_name = "SECONDS", value_parser = parse_seconds)]
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS", value_parser = parse_seconds, env = "DEBERTA_EMBED_HEADER_TIMEOUT")]
     header_timeout: f64,
     /// Seconds for a request body to arrive once its head has (then 408).
-    #[arg(long, default_value_t = 30.0, value_name = "SECONDS", value_parser = parse_seconds)]
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS", value_parser = parse_seconds, env = "DEBERTA_EMBED_BODY_TIMEOUT")]
     body_timeout: f64,
     /// Seconds a connection may wait for its next (or first) request before it is closed.
-    #[arg(long, default_value_t = 60.0, value_name = "SECONDS", value_parser = parse_seconds)]
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS", value_parser = parse_seconds, env = "DEBERTA_EMBED_IDLE_TIMEOUT")]
     idle_timeout: f64,
+    /// Require `Authorization: Bearer KEY` on every route but /health and /metrics (401
+    /// otherwise). Prefer the environment variable: a flag shows in the process list.
+    #[arg(
+        long,
+        env = "DEBERTA_EMBED_API_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    api_key: Option<String>,
     /// Model name that /v1/embeddings reports when a request names none (default: the hub id
     /// of an org/name model, else the name of the model directory).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", env = "DEBERTA_EMBED_SERVED_MODEL_NAME")]
     served_model_name: Option<String>,
 }
 
@@ -97,6 +106,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             header_timeout: Duration::from_secs_f64(a.header_timeout),
             body_timeout: Duration::from_secs_f64(a.body_timeout),
             idle_timeout: Duration::from_secs_f64(a.idle_timeout),
+            api_key: a.api_key.clone(),
         },
     )?;
     limit_malloc_arenas();

@@ -350,6 +350,11 @@ impl Embedder {
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
     }
+    /// The options it was loaded with.
+    pub fn options(&self) -> &EmbedderOptions {
+        &self.opts
+    }
+
     /// The device the forward runs on.
     pub fn device(&self) -> Device {
         self.device

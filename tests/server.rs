@@ -910,7 +910,16 @@ impl Drop for Running {
 /// Start `serve --port 0` on a fixture model; return the child, its stderr and its address.
 #[cfg(unix)]
 fn spawn_binary(name: &str) -> (Running, BufReader<std::process::ChildStderr>, SocketAddr) {
+    spawn_binary_env(name, &[])
+}
+
+/// [`spawn_binary`] with extra environment variables.
+fn spawn_binary_env(
+    name: &str,
+    env: &[(&str, &str)],
+) -> (Running, BufReader<std::process::ChildStderr>, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_deberta-embed"))
+        .envs(env.iter().copied())
         .args(["serve", "--model"])
         .arg(model_dir(name))
         .args(["--port", "0", "--threads", "2"])
@@ -999,4 +1008,27 @@ fn binary_refuses_bad_serve_flags_in_one_line() {
         err.starts_with("error: ") && err.contains("at least 1"),
         "{err}"
     );
+}
+
+/// Every `serve` flag can come from a `DEBERTA_EMBED_*` variable: here the API key, a limit and
+/// the served model name.
+#[cfg(unix)]
+#[test]
+fn binary_takes_serve_settings_from_the_environment() {
+    let (child, _stderr, addr) = spawn_binary_env(
+        "st2_v3like",
+        &[
+            ("DEBERTA_EMBED_API_KEY", "k-123"),
+            ("DEBERTA_EMBED_MAX_INPUTS", "2"),
+            ("DEBERTA_EMBED_SERVED_MODEL_NAME", "from-env"),
+        ],
+    );
+    assert_eq!(http::get(addr, "/info").status, 401);
+    let mut c = http::Conn::connect(addr).unwrap();
+    c.send("GET", "/info", b"", &[("Authorization", "Bearer k-123")])
+        .unwrap();
+    let info = c.read_response().unwrap().json();
+    assert_eq!(info["model_id"], "from-env");
+    assert_eq!(info["max_client_batch_size"], 2);
+    drop(child);
 }

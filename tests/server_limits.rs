@@ -257,3 +257,91 @@ fn limits_are_checked_when_the_server_is_built() {
         assert!(Server::new(load(), opts).is_err(), "accepted {what}");
     }
 }
+
+#[test]
+fn an_api_key_guards_every_route_but_health_and_metrics() {
+    let srv = start(ServerOptions {
+        api_key: Some("s3cret-key".into()),
+        model_name: "m".into(),
+        ..Default::default()
+    });
+    let body = json!({"input": ["hello"]}).to_string();
+    let send = |auth: Option<&str>, method: &str, path: &str, body: &[u8]| {
+        let mut c = http::Conn::connect(srv.addr).unwrap();
+        let extra: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
+        c.send(method, path, body, &extra).unwrap();
+        c.read_response().unwrap()
+    };
+    for (method, path, b) in [
+        ("POST", "/v1/embeddings", body.as_bytes()),
+        ("POST", "/embed", br#"{"inputs": "hello"}"#.as_slice()),
+        ("POST", "/tokenize", br#"{"inputs": "hello"}"#.as_slice()),
+        ("GET", "/info", b"".as_slice()),
+        ("GET", "/v1/models", b"".as_slice()),
+        ("GET", "/nope", b"".as_slice()),
+    ] {
+        for bad in [
+            None,
+            Some("Bearer wrong"),
+            Some("Bearer s3cret-ke"),
+            Some("Bearer s3cret-keyy"),
+            Some("s3cret-key"),
+            Some("Basic s3cret-key"),
+        ] {
+            let r = send(bad, method, path, b);
+            assert_eq!(r.status, 401, "{path} with {bad:?}: {}", r.text());
+            assert!(r.text().contains("API key"), "{}", r.text());
+            assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+        }
+        let r = send(Some("Bearer s3cret-key"), method, path, b);
+        let want = if path == "/nope" { 404 } else { 200 };
+        assert_eq!(r.status, want, "{path}: {}", r.text());
+    }
+    for path in ["/health", "/metrics"] {
+        assert_eq!(send(None, "GET", path, b"").status, 200, "{path}");
+    }
+    assert!(Server::new(
+        load(),
+        ServerOptions {
+            api_key: Some("  ".into()),
+            ..Default::default()
+        }
+    )
+    .is_err());
+    // the key never shows in the options' Debug form
+    let dbg = format!(
+        "{:?}",
+        ServerOptions {
+            api_key: Some("s3cret-key".into()),
+            ..Default::default()
+        }
+    );
+    assert!(!dbg.contains("s3cret"), "{dbg}");
+}
+
+#[test]
+fn info_and_models_describe_what_is_served() {
+    let srv = start(ServerOptions {
+        model_name: "my-model".into(),
+        max_inputs: 77,
+        ..Default::default()
+    });
+    let e = load();
+    let info = http::get(srv.addr, "/info");
+    assert_eq!(info.status, 200, "{}", info.text());
+    let v = info.json();
+    assert_eq!(v["model_id"], "my-model");
+    assert_eq!(v["dim"], e.dim());
+    assert_eq!(v["max_seq_length"], e.max_seq_length());
+    assert_eq!(v["max_client_batch_size"], 77);
+    assert_eq!(v["dtype"], "f32");
+    assert_eq!(v["device"], "cpu");
+    assert_eq!(v["pooling"], json!(["mean"]));
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    let m = http::get(srv.addr, "/v1/models");
+    assert_eq!(m.status, 200, "{}", m.text());
+    let m = m.json();
+    assert_eq!(m["object"], "list");
+    assert_eq!(m["data"][0]["id"], "my-model");
+    assert_eq!(m["data"][0]["object"], "model");
+}

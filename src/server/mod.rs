@@ -55,7 +55,7 @@ mod listen;
 pub use listen::{connection_limit, default_max_connections};
 
 /// Limits and names of a [`Server`]. The defaults are those of `deberta-embed serve`.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ServerOptions {
     /// Reported as `model` by `/v1/embeddings` when a request names none (a request that names
     /// one gets its own string back).
@@ -85,6 +85,28 @@ pub struct ServerOptions {
     pub body_timeout: std::time::Duration,
     /// Time a connection may wait for its next (or first) request before it is closed.
     pub idle_timeout: std::time::Duration,
+    /// When set, every route but `/health` and `/metrics` needs `Authorization: Bearer <key>`
+    /// (401 otherwise).
+    pub api_key: Option<String>,
+}
+
+impl std::fmt::Debug for ServerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerOptions")
+            .field("model_name", &self.model_name)
+            .field("max_batch_tokens", &self.max_batch_tokens)
+            .field("max_inputs", &self.max_inputs)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_queued_requests", &self.max_queued_requests)
+            .field("max_tokens_in_flight", &self.max_tokens_in_flight)
+            .field("max_connections", &self.max_connections)
+            .field("header_timeout", &self.header_timeout)
+            .field("body_timeout", &self.body_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            // never the key itself
+            .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
+            .finish()
+    }
 }
 
 impl Default for ServerOptions {
@@ -100,6 +122,7 @@ impl Default for ServerOptions {
             header_timeout: std::time::Duration::from_secs(10),
             body_timeout: std::time::Duration::from_secs(30),
             idle_timeout: std::time::Duration::from_secs(60),
+            api_key: None,
         }
     }
 }
@@ -159,6 +182,9 @@ impl Server {
         }
         if opts.max_tokens_in_flight > u32::MAX as usize {
             return Err(Error::Input("max_tokens_in_flight is too large".into()));
+        }
+        if opts.api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
+            return Err(Error::Input("api_key must not be empty".into()));
         }
         for (name, t) in [
             ("header_timeout", opts.header_timeout),
@@ -258,8 +284,11 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/tokenize", post(tei_tokenize))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/info", get(info))
+        .route("/v1/models", get(models))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(shared.clone(), authorize))
         .layer(middleware::from_fn_with_state(shared.clone(), track))
         .with_state(shared)
 }
@@ -906,6 +935,84 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
     .openai()
 }
 
+/// Middleware: with an API key set, refuse requests without it (401) on every route but
+/// `/health` and `/metrics` (probes and scrapers; neither reveals request data).
+async fn authorize(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let Some(key) = &s.opts.api_key else {
+        return next.run(req).await;
+    };
+    if matches!(req.uri().path(), "/health" | "/metrics") {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if same_secret(given.trim().as_bytes(), key.as_bytes()) {
+        return next.run(req).await;
+    }
+    let mut resp = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong API key: send `Authorization: Bearer <key>`",
+    )
+    .openai();
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    resp
+}
+
+/// `a == b` in time that depends only on the lengths (an attacker learns nothing from timing
+/// about how much of a guessed key was right).
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    // (black_box: keep the compiler from ending the fold at the first difference)
+    std::hint::black_box(diff) == 0 && a.len() == b.len()
+}
+
+/// `GET /info`: what is served and with which limits.
+async fn info(State(s): State<Arc<Shared>>) -> Response {
+    let e = &s.embedder;
+    let p = e.pipeline();
+    let o = &s.opts;
+    Json(serde_json::json!({
+        "model_id": o.model_name,
+        "model_type": "embedding",
+        "dim": e.dim(),
+        "max_seq_length": e.max_seq_length(),
+        "max_input_length": e.max_seq_length(),
+        "pooling": p.pooling.iter().map(|m| m.name()).collect::<Vec<_>>(),
+        "normalize": p.normalize,
+        "dtype": e.options().precision.to_string(),
+        "device": e.device().to_string(),
+        "max_batch_tokens": o.max_batch_tokens,
+        "max_client_batch_size": o.max_inputs,
+        "max_body_bytes": o.max_body_bytes,
+        "max_queued_requests": o.max_queued_requests,
+        "max_tokens_in_flight": o.max_tokens_in_flight,
+        "max_connections": o.max_connections,
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+    .into_response()
+}
+
+/// `GET /v1/models`: the one model, in OpenAI's list shape.
+async fn models(State(s): State<Arc<Shared>>) -> Response {
+    Json(serde_json::json!({
+        "object": "list",
+        "data": [{
+            "id": s.opts.model_name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "deberta-embed",
+        }],
+    }))
+    .into_response()
+}
+
 /// Middleware: count and time every request by route and status.
 async fn track(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
     let route = route_label(req.uri().path());
@@ -925,6 +1032,8 @@ fn route_label(path: &str) -> &'static str {
         "/tokenize" => "/tokenize",
         "/health" => "/health",
         "/metrics" => "/metrics",
+        "/info" => "/info",
+        "/v1/models" => "/v1/models",
         _ => "other",
     }
 }
