@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// Seconds a connection may wait for its next (or first) request before it is closed.
     #[arg(long, default_value_t = 60.0, value_name = "SECONDS", value_parser = parse_seconds, env = "DEBERTA_EMBED_IDLE_TIMEOUT")]
     idle_timeout: f64,
+    /// Truncate over-long inputs on /embed when a request does not say `truncate` (instead of
+    /// answering 413), as text-embeddings-inference's --auto-truncate.
+    #[arg(long, env = "DEBERTA_EMBED_AUTO_TRUNCATE")]
+    auto_truncate: bool,
     /// Require `Authorization: Bearer KEY` on every route but /health and /metrics (401
     /// otherwise). Prefer the environment variable: a flag shows in the process list.
     #[arg(
@@ -106,6 +110,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             header_timeout: Duration::from_secs_f64(a.header_timeout),
             body_timeout: Duration::from_secs_f64(a.body_timeout),
             idle_timeout: Duration::from_secs_f64(a.idle_timeout),
+            auto_truncate: a.auto_truncate,
             api_key: a.api_key.clone(),
         },
     )?;

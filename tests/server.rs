@@ -496,6 +496,26 @@ fn over_long_inputs_are_refused_by_embed_unless_truncated() {
     let exact = words.join(" ");
     let resp = http::post_json(srv.addr, "/embed", &json!({"inputs": exact}));
     tei_rows(&resp, 1);
+
+    // --auto-truncate: a request that does not say `truncate` is truncated; one that says false
+    // is still refused
+    let auto = start(
+        name,
+        ServerOptions {
+            auto_truncate: true,
+            ..Default::default()
+        },
+    );
+    let resp = http::post_json(auto.addr, "/embed", &json!({"inputs": [short, long]}));
+    let rows = tei_rows(&resp, 2);
+    assert_close(&rows[1], want.row(1), VS_ENCODE, "auto-truncated");
+    let resp = http::post_json(
+        auto.addr,
+        "/embed",
+        &json!({"inputs": long, "truncate": false}),
+    );
+    assert_eq!(resp.status, 413, "{}", resp.text());
+    assert_eq!(http::get(auto.addr, "/info").json()["auto_truncate"], true);
 }
 
 /// Distinct texts for client `c`, request `k`: 1 to 4 sentences.

@@ -85,6 +85,9 @@ pub struct ServerOptions {
     pub body_timeout: std::time::Duration,
     /// Time a connection may wait for its next (or first) request before it is closed.
     pub idle_timeout: std::time::Duration,
+    /// `/embed`'s `truncate` when a request does not send one (text-embeddings-inference's
+    /// `--auto-truncate`): true truncates over-long inputs instead of answering 413.
+    pub auto_truncate: bool,
     /// When set, every route but `/health` and `/metrics` needs `Authorization: Bearer <key>`
     /// (401 otherwise).
     pub api_key: Option<String>,
@@ -103,6 +106,7 @@ impl std::fmt::Debug for ServerOptions {
             .field("header_timeout", &self.header_timeout)
             .field("body_timeout", &self.body_timeout)
             .field("idle_timeout", &self.idle_timeout)
+            .field("auto_truncate", &self.auto_truncate)
             // never the key itself
             .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
             .finish()
@@ -122,6 +126,7 @@ impl Default for ServerOptions {
             header_timeout: std::time::Duration::from_secs(10),
             body_timeout: std::time::Duration::from_secs(30),
             idle_timeout: std::time::Duration::from_secs(60),
+            auto_truncate: false,
             api_key: None,
         }
     }
@@ -787,7 +792,7 @@ async fn tei_inner(s: &Shared, req: Request) -> std::result::Result<Response, Ap
     let mut obj = parse_object(&read_body(s, req).await?)?;
     let texts = texts_field(&mut obj, "inputs", s.opts.max_inputs)?;
     let normalize = bool_field(&obj, "normalize", true)?;
-    let truncate = bool_field(&obj, "truncate", false)?;
+    let truncate = bool_field(&obj, "truncate", s.opts.auto_truncate)?;
     match str_field(&obj, "truncation_direction")? {
         None => {}
         Some(d) if d.eq_ignore_ascii_case("right") => {}
@@ -994,6 +999,7 @@ async fn info(State(s): State<Arc<Shared>>) -> Response {
         "max_queued_requests": o.max_queued_requests,
         "max_tokens_in_flight": o.max_tokens_in_flight,
         "max_connections": o.max_connections,
+        "auto_truncate": o.auto_truncate,
         "version": env!("CARGO_PKG_VERSION"),
     }))
     .into_response()
