@@ -55,6 +55,14 @@ pub struct ServeArgs {
     /// answering 413), as text-embeddings-inference's --auto-truncate.
     #[arg(long, env = "DEBERTA_EMBED_AUTO_TRUNCATE")]
     auto_truncate: bool,
+    /// Log filter: a level (error, warn, info, debug, trace) or tracing directives. At info,
+    /// one line per request (route, status, inputs, tokens, queue / compute / total ms; never
+    /// the text). RUST_LOG is not read; use this flag or its variable.
+    #[arg(long, default_value = "info", env = "DEBERTA_EMBED_LOG_LEVEL")]
+    log_level: String,
+    /// Log line format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "DEBERTA_EMBED_LOG_FORMAT")]
+    log_format: LogFormat,
     /// Require `Authorization: Bearer KEY` on every route but /health and /metrics (401
     /// otherwise). Prefer the environment variable: a flag shows in the process list.
     #[arg(
@@ -70,7 +78,29 @@ pub struct ServeArgs {
     served_model_name: Option<String>,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Send `tracing` events (the per-request lines) to stderr.
+fn init_logging(level: &str, format: LogFormat) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .map_err(|e| anyhow::anyhow!("--log-level {level:?}: {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let set = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    set.map_err(|e| anyhow::anyhow!("cannot start logging: {e}"))
+}
+
 pub fn run(a: ServeArgs) -> Result<()> {
+    init_logging(&a.log_level, a.log_format)?;
     if a.max_batch_tokens == 0 || a.batch_size == 0 {
         bail!("--max-batch-tokens and --batch-size must be at least 1");
     }

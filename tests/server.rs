@@ -1052,3 +1052,48 @@ fn binary_takes_serve_settings_from_the_environment() {
     assert_eq!(info["max_client_batch_size"], 2);
     drop(child);
 }
+
+/// `--log-format json`: one line per request with route, status, inputs, tokens and timings,
+/// and never the request's text.
+#[cfg(unix)]
+#[test]
+fn binary_logs_one_json_line_per_request_without_the_text() {
+    let (child, mut stderr, addr) =
+        spawn_binary_env("st2_v3like", &[("DEBERTA_EMBED_LOG_FORMAT", "json")]);
+    let secret = "confidential sentence about zebras";
+    let resp = http::post_json(addr, "/embed", &json!({"inputs": [secret, "two"]}));
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(http::get(addr, "/nope").status, 404);
+    let mut lines: Vec<Value> = Vec::new();
+    let mut line = String::new();
+    while lines.len() < 2 {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "serve closed stderr"
+        );
+        assert!(!line.contains("zebras"), "request text logged: {line}");
+        if let Ok(v) = serde_json::from_str::<Value>(&line) {
+            if v["message"] == "request" {
+                lines.push(v);
+            }
+        }
+    }
+    let e = &lines[0];
+    assert_eq!(e["route"], "/embed", "{e}");
+    assert_eq!(e["status"], 200, "{e}");
+    assert_eq!(e["inputs"], 2, "{e}");
+    let want_tokens: usize = load("st2_v3like", None)
+        .token_ids(&[secret, "two"])
+        .unwrap()
+        .iter()
+        .map(Vec::len)
+        .sum();
+    assert_eq!(e["tokens"], want_tokens, "{e}");
+    for k in ["queue_ms", "compute_ms", "total_ms"] {
+        assert!(e[k].as_f64().is_some_and(|x| x >= 0.0), "{k} in {e}");
+    }
+    assert_eq!(lines[1]["route"], "other");
+    assert_eq!(lines[1]["status"], 404);
+    drop(child);
+}

@@ -154,7 +154,8 @@ struct Job {
     tokens: usize,
     normalize: bool,
     /// The request's rows (row-major, `ids.len() * dim`), or why the forward failed.
-    reply: oneshot::Sender<std::result::Result<Vec<f32>, String>>,
+    /// (and the seconds the forward of its batch took)
+    reply: oneshot::Sender<std::result::Result<(Vec<f32>, f64), String>>,
 }
 
 // Handlers tokenize on other threads while the batcher runs the forward: the embedder is shared.
@@ -335,7 +336,9 @@ fn run_batch(embedder: &Embedder, metrics: &Metrics, mut jobs: Vec<Job>) {
         .iter_mut()
         .flat_map(|j| std::mem::take(&mut j.ids))
         .collect();
+    let t0 = Instant::now();
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| embedder.encode_ids_pooled(&ids)));
+    let compute = t0.elapsed().as_secs_f64();
     let rows = match result {
         Ok(Ok(e)) => e.into_vec(),
         Ok(Err(e)) => return fail_all(jobs, &e.to_string()),
@@ -350,7 +353,7 @@ fn run_batch(embedder: &Embedder, metrics: &Metrics, mut jobs: Vec<Job>) {
             mine.chunks_exact_mut(dim).for_each(pooling::l2_normalize);
         }
         // the client may have gone away meanwhile: nothing to do then
-        let _ = job.reply.send(Ok(mine));
+        let _ = job.reply.send(Ok((mine, compute)));
     }
 }
 
@@ -660,13 +663,41 @@ async fn tokenize_with(
     }
 }
 
+/// What a request cost, for its log line: a response extension that [`track`] reads.
+#[derive(Clone, Copy, Debug, Default)]
+struct RequestStats {
+    inputs: usize,
+    tokens: usize,
+    /// Seconds waiting for the batcher, and in the forward of the batch it joined.
+    queue_s: f64,
+    compute_s: f64,
+}
+
+impl RequestStats {
+    fn of(tokenized: &[Vec<u32>]) -> Self {
+        RequestStats {
+            inputs: tokenized.len(),
+            tokens: tokenized.iter().map(Vec::len).sum(),
+            ..Default::default()
+        }
+    }
+}
+
+/// `resp` carrying `stats` for its log line.
+fn with_stats(mut resp: Response, stats: RequestStats) -> Response {
+    resp.extensions_mut().insert(stats);
+    resp
+}
+
 /// Queue `ids` for the batcher and wait for their rows (row-major, `ids.len() * dim`).
 async fn embed_ids(
     s: &Shared,
     ids: Vec<Vec<u32>>,
     normalize: bool,
-) -> std::result::Result<Vec<f32>, ApiError> {
-    let (inputs, tokens) = (ids.len(), ids.iter().map(Vec::len).sum());
+) -> std::result::Result<(Vec<f32>, RequestStats), ApiError> {
+    let mut stats = RequestStats::of(&ids);
+    let (inputs, tokens) = (stats.inputs, stats.tokens);
+    let sent = Instant::now();
     let (reply, rx) = oneshot::channel();
     let job = Job {
         ids,
@@ -688,9 +719,11 @@ async fn embed_ids(
         ),
     })?;
     match rx.await {
-        Ok(Ok(rows)) => {
+        Ok(Ok((rows, compute))) => {
             s.metrics.record_embedded(inputs, tokens);
-            Ok(rows)
+            stats.compute_s = compute;
+            stats.queue_s = (sent.elapsed().as_secs_f64() - compute).max(0.0);
+            Ok((rows, stats))
         }
         Ok(Err(msg)) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, msg)),
         Err(_) => Err(ApiError::new(
@@ -757,7 +790,7 @@ async fn openai_inner(s: &Shared, req: Request) -> std::result::Result<Response,
         .map(|t| t.ids)
         .collect();
     let tokens: usize = ids.iter().map(Vec::len).sum();
-    let rows = embed_ids(s, ids, s.embedder.normalizes()).await?;
+    let (rows, stats) = embed_ids(s, ids, s.embedder.normalizes()).await?;
     let data = rows
         .chunks_exact(dim)
         .enumerate()
@@ -781,7 +814,10 @@ async fn openai_inner(s: &Shared, req: Request) -> std::result::Result<Response,
             total_tokens: tokens,
         },
     };
-    Ok(holding(Json(resp).into_response(), admitted))
+    Ok(with_stats(
+        holding(Json(resp).into_response(), admitted),
+        stats,
+    ))
 }
 
 async fn tei_embed(State(s): State<Arc<Shared>>, req: Request) -> Response {
@@ -823,9 +859,12 @@ async fn tei_inner(s: &Shared, req: Request) -> std::result::Result<Response, Ap
         }
     }
     let ids = tokenized.into_iter().map(|t| t.ids).collect();
-    let rows = embed_ids(s, ids, normalize).await?;
+    let (rows, stats) = embed_ids(s, ids, normalize).await?;
     let out: Vec<&[f32]> = rows.chunks_exact(dim).collect();
-    Ok(holding(Json(out).into_response(), admitted))
+    Ok(with_stats(
+        holding(Json(out).into_response(), admitted),
+        stats,
+    ))
 }
 
 async fn tei_tokenize(State(s): State<Arc<Shared>>, req: Request) -> Response {
@@ -859,7 +898,15 @@ async fn tokenize_inner(s: &Shared, req: Request) -> std::result::Result<Respons
         .zip(texts.iter())
         .map(|(t, text)| simple_tokens(t, text, add_special))
         .collect();
-    Ok(holding(Json(out).into_response(), admitted))
+    let stats = RequestStats {
+        inputs: tokenized.len(),
+        tokens: tokenized.iter().map(|t| t.ids.len()).sum(),
+        ..Default::default()
+    };
+    Ok(with_stats(
+        holding(Json(out).into_response(), admitted),
+        stats,
+    ))
 }
 
 /// A tokenized text as `/tokenize` answers it: each token with the characters it covers.
@@ -1022,10 +1069,30 @@ async fn models(State(s): State<Arc<Shared>>) -> Response {
 /// Middleware: count and time every request by route and status.
 async fn track(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
     let route = route_label(req.uri().path());
+    let method = req.method().clone();
     let start = Instant::now();
     let resp = next.run(req).await;
-    s.metrics
-        .record_request(route, resp.status().as_u16(), start.elapsed().as_secs_f64());
+    let seconds = start.elapsed().as_secs_f64();
+    let status = resp.status().as_u16();
+    s.metrics.record_request(route, status, seconds);
+    // one line per request; never the request's text
+    let st = resp
+        .extensions()
+        .get::<RequestStats>()
+        .copied()
+        .unwrap_or_default();
+    tracing::info!(
+        target: "deberta_embed::request",
+        method = %method,
+        route,
+        status,
+        inputs = st.inputs,
+        tokens = st.tokens,
+        queue_ms = st.queue_s * 1e3,
+        compute_ms = st.compute_s * 1e3,
+        total_ms = seconds * 1e3,
+        "request"
+    );
     resp
 }
 
