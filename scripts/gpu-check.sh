@@ -16,7 +16,7 @@
 #      `deberta-embed bench`) on a random-weight xsmall checkpoint made there, bounded to
 #      COMPARE_GPU_BUDGET_S seconds (default 240) -> $OUT/compare_gpu.{md,json,log}.
 #      GPU_CHECK_COMPARE=0 skips it; GPU_CHECK_ONLY=compare runs it alone (steps 1-5 skipped).
-# Time caps (seconds, for short device sessions): GPU_TESTS_TIMEOUT_S (240), MEMCHECK_TIMEOUT_S
+# Time caps (seconds, for short device windows): GPU_TESTS_TIMEOUT_S (240), MEMCHECK_TIMEOUT_S
 # (150), RACECHECK_TIMEOUT_S (120), COMPARE_GPU_BUDGET_S (240); GPU_CHECK_SANITIZERS lists the
 # compute-sanitizer tools to run (default "memcheck racecheck"; empty runs none).
 # Logs go to $OUT (or ./gpu-check-out); $OUT/summary.txt is the short table, printed last. The
@@ -203,7 +203,7 @@ if [[ ${GPU_CHECK_COMPARE:-1} == 0 ]]; then
 elif ! compgen -G "$C/peers/*.whl" > /dev/null; then
   say "-- compare_gpu: skipped (no .carry/peers/*.whl: run scripts/fetch-gpu-peers.sh before carrying)"
 else
-  # The whole step (checkpoint included) stays within BUDGET seconds: the device session is 15
+  # The whole step (checkpoint included) stays within BUDGET seconds: the device window is 15
   # minutes in all. compare_gpu.py starts no new shape / round after --deadline-s and rewrites its
   # .md after every shape, so the outer timeout only ever cuts a shape in flight.
   BUDGET="${COMPARE_GPU_BUDGET_S:-240}"

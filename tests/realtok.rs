@@ -286,6 +286,33 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_deberta-embed"))
 }
 
+/// `deberta-embed tokenize --model MODEL --input INPUT`: the ids of each output line (whose
+/// `tokens` must match them in number).
+fn cli_tokenize(model: &Path, input: &Path) -> Vec<Vec<u32>> {
+    let out = bin()
+        .args(["tokenize", "--model"])
+        .arg(model)
+        .arg("--input")
+        .arg(input)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            let ids = ids_of(&v["ids"]);
+            assert_eq!(v["tokens"].as_array().unwrap().len(), ids.len());
+            ids
+        })
+        .collect()
+}
+
 #[test]
 fn cli_tokenize_and_embed_equal_the_references() {
     let r = RealTok::load();
@@ -297,28 +324,7 @@ fn cli_tokenize_and_embed_equal_the_references() {
     std::fs::write(&input, lines.join("\n") + "\n").unwrap();
     let model = dir().join("model");
 
-    let out = bin()
-        .args(["tokenize", "--model"])
-        .arg(&model)
-        .arg("--input")
-        .arg(&input)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let got: Vec<Vec<u32>> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap();
-            let ids = ids_of(&v["ids"]);
-            assert_eq!(v["tokens"].as_array().unwrap().len(), ids.len());
-            ids
-        })
-        .collect();
+    let got = cli_tokenize(&model, &input);
     assert_ids("cli tokenize", &got, &r.hub_ids, &r.sentences);
 
     let emb_in = tmp.path().join("emb.jsonl");
@@ -637,23 +643,7 @@ fn cli_streaming_bounds_lines_without_changing_ids() {
                 .into_iter()
                 .map(|t| t.ids)
                 .collect();
-            let out = bin()
-                .args(["tokenize", "--model"])
-                .arg(d.path())
-                .arg("--input")
-                .arg(input)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let got: Vec<Vec<u32>> = String::from_utf8(out.stdout)
-                .unwrap()
-                .lines()
-                .map(|l| ids_of(&serde_json::from_str::<Value>(l).unwrap()["ids"]))
-                .collect();
+            let got = cli_tokenize(d.path(), input);
             assert_eq!(got.len(), want.len(), "{}", input.display());
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert_eq!(g, w, "msl {msl}, {} line {}", input.display(), i + 1);
