@@ -14,9 +14,19 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use deberta_embed::backend::cpu::gemm::{
-    bf16_dot_available, linear_with, reference_linear, simd_level, Epilogue, PackedWeight,
-    SimdLevel,
+    amx_available, bf16_dot_available, linear_with, reference_linear, simd_level, Epilogue,
+    PackedWeight, SimdLevel,
 };
+
+/// Which stored form of the weight a run uses.
+#[derive(Clone, Copy, PartialEq)]
+enum Form {
+    F32,
+    /// bf16 pairs for the `avx512_bf16` dot-product kernel
+    Dot,
+    /// bf16 tiles for the AMX kernel
+    Tiles,
+}
 
 const MS: [usize; 3] = [16, 512, 4096];
 /// (k, n) pairs of the model's Linear layers.
@@ -42,6 +52,8 @@ struct Case {
     w: PackedWeight,
     /// the same weight for the `avx512_bf16` dot-product kernel, where the CPU has it
     w_dot: Option<PackedWeight>,
+    /// the same weight for the AMX-BF16 tile kernel, where the CPU has it
+    w_tiles: Option<PackedWeight>,
     bias: Vec<f32>,
     out: Vec<f32>,
 }
@@ -53,6 +65,7 @@ impl Case {
         let bias = fill(n, 3);
         let w = PackedWeight::new(&w_torch, n, k);
         let w_dot = bf16_dot_available().then(|| PackedWeight::new(&w_torch, n, k).with_bf16_dot());
+        let w_tiles = amx_available().then(|| bf16_tiles(&w_torch, n, k));
         let case = Case {
             m,
             k,
@@ -60,6 +73,7 @@ impl Case {
             x,
             w,
             w_dot,
+            w_tiles,
             bias,
             out: vec![0.0; m * n],
         };
@@ -84,7 +98,8 @@ impl Case {
                 );
             }
         }
-        if let Some(w_dot) = &self.w_dot {
+        for (name, w_bf16) in [("bf16 dot", &self.w_dot), ("bf16 tiles", &self.w_tiles)] {
+            let Some(w_bf16) = w_bf16 else { continue };
             // against the reference on the bf16-rounded operands
             let round = |v: &[f32]| -> Vec<f32> {
                 v.iter()
@@ -94,11 +109,11 @@ impl Case {
             let (x, w) = (round(&self.x[..rows * k]), round(w_torch));
             reference_linear(&x, rows, &w, n, k, ep, &mut want);
             let mut got = vec![0.0; self.m * n];
-            linear_with(SimdLevel::Avx512, &self.x, self.m, w_dot, ep, &mut got);
+            linear_with(SimdLevel::Avx512, &self.x, self.m, w_bf16, ep, &mut got);
             for (g, e) in got.iter().zip(&want) {
                 assert!(
                     (g - e).abs() <= 1e-4 * (1.0 + e.abs()),
-                    "bf16 dot: {g} vs {e}"
+                    "{name}: {g} vs {e}"
                 );
             }
         }
@@ -109,19 +124,19 @@ impl Case {
     }
 
     fn run(&mut self, level: SimdLevel) {
-        self.run_ep(level, false, false);
+        self.run_ep(level, Form::F32, false);
     }
 
-    /// One product with the bias epilogue, or bias + GELU; `dot`: with the bf16 dot-product
-    /// weight (on the AVX-512 level).
-    fn run_ep(&mut self, level: SimdLevel, dot: bool, gelu: bool) {
+    /// One product with the bias epilogue, or bias + GELU, with the weight in `form` (the bf16
+    /// forms on the AVX-512 level).
+    fn run_ep(&mut self, level: SimdLevel, form: Form, gelu: bool) {
         let ep = if gelu {
             Epilogue::BiasGelu(&self.bias)
         } else {
             Epilogue::Bias(&self.bias)
         };
-        let w = match (&self.w_dot, dot) {
-            (Some(w), true) => w,
+        let w = match (form, &self.w_dot, &self.w_tiles) {
+            (Form::Dot, Some(w), _) | (Form::Tiles, _, Some(w)) => w,
             _ => &self.w,
         };
         linear_with(level, black_box(&self.x), self.m, w, ep, &mut self.out);
@@ -132,14 +147,14 @@ impl Case {
 /// Median seconds per call over `samples` samples of at least `min_sample` each.
 fn median_secs(
     case: &mut Case,
-    (level, dot): (SimdLevel, bool),
+    (level, form): (SimdLevel, Form),
     gelu: bool,
     samples: usize,
     min_sample: Duration,
 ) -> f64 {
-    case.run_ep(level, dot, gelu);
+    case.run_ep(level, form, gelu);
     let t = Instant::now();
-    case.run_ep(level, dot, gelu);
+    case.run_ep(level, form, gelu);
     let once = t.elapsed().max(Duration::from_nanos(100));
     let iters = (min_sample.as_secs_f64() / once.as_secs_f64())
         .ceil()
@@ -148,7 +163,7 @@ fn median_secs(
         .map(|_| {
             let t = Instant::now();
             for _ in 0..iters {
-                case.run_ep(level, dot, gelu);
+                case.run_ep(level, form, gelu);
             }
             t.elapsed().as_secs_f64() / f64::from(iters)
         })
@@ -171,21 +186,29 @@ fn summary() {
         rayon::current_num_threads(),
         simd_level()
     );
-    // (level, bf16 dot-product weights): the levels, then the bf16 kernel where the CPU has it
-    let mut runs: Vec<(SimdLevel, bool)> = levels.iter().map(|&l| (l, false)).collect();
+    // (level, weight form): the levels, then the bf16 kernels where the CPU has them
+    let mut runs: Vec<(SimdLevel, Form)> = levels.iter().map(|&l| (l, Form::F32)).collect();
     if bf16_dot_available() && levels.contains(&SimdLevel::Avx512) {
-        runs.push((SimdLevel::Avx512, true));
+        runs.push((SimdLevel::Avx512, Form::Dot));
+    }
+    if amx_available() && levels.contains(&SimdLevel::Avx512) {
+        runs.push((SimdLevel::Avx512, Form::Tiles));
     }
     for m in MS {
         for (k, n) in KN {
             let mut case = Case::new(m, k, n);
-            for &(level, dot) in &runs {
-                let secs =
-                    median_secs(&mut case, (level, dot), false, 9, Duration::from_millis(40));
-                let name = if dot {
-                    "bf16dot".to_string()
-                } else {
-                    level.to_string()
+            for &(level, form) in &runs {
+                let secs = median_secs(
+                    &mut case,
+                    (level, form),
+                    false,
+                    9,
+                    Duration::from_millis(40),
+                );
+                let name = match form {
+                    Form::F32 => level.to_string(),
+                    Form::Dot => "bf16dot".to_string(),
+                    Form::Tiles => "amx".to_string(),
                 };
                 println!(
                     "gemm {m:>5} x {k:>4} x {n:>4} [{name:>8}]: {:>9.1} us  {:>6.1} GFLOP/s{}",
@@ -206,7 +229,7 @@ fn summary() {
     let mut case = Case::new(4096, 384, 1536);
     let secs = median_secs(
         &mut case,
-        (level, false),
+        (level, Form::F32),
         true,
         9,
         Duration::from_millis(40),
@@ -290,7 +313,7 @@ fn criterion_benches(c: &mut Criterion) {
     group.throughput(Throughput::Elements(case.flops()));
     group.sample_size(10);
     group.bench_function(BenchmarkId::new("4096x384x1536", "bias_gelu"), |b| {
-        b.iter(|| case.run_ep(level, false, true))
+        b.iter(|| case.run_ep(level, Form::F32, true))
     });
     group.finish();
 }
@@ -310,4 +333,15 @@ fn main() {
         .configure_from_args();
     criterion_benches(&mut c);
     c.final_summary();
+}
+
+/// `w` packed for the AMX kernel (x86-64 only; callers check `amx_available` first).
+#[cfg(target_arch = "x86_64")]
+fn bf16_tiles(w: &[f32], n: usize, k: usize) -> PackedWeight {
+    PackedWeight::new(w, n, k).with_bf16_tiles()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn bf16_tiles(_: &[f32], _: usize, _: usize) -> PackedWeight {
+    unreachable!("amx_available is false off x86-64")
 }

@@ -80,6 +80,9 @@ macro_rules! by_mr {
     };
 }
 
+#[clippy::msrv = "1.89"]
+#[cfg(target_arch = "x86_64")]
+mod amx;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 mod portable;
@@ -217,6 +220,66 @@ pub fn bf16_dot_available() -> bool {
     simd_level() == SimdLevel::Avx512 && bf16_dot_detected()
 }
 
+/// Whether [`linear`] can run weights laid out by [`PackedWeight::with_bf16_tiles`]: the
+/// dispatched level is AVX-512, the CPU has AMX-BF16 and `avx512_bf16`, Linux granted the tile
+/// state, and `DEBERTA_GEMM_AMX` does not turn it off (see `amx.rs`).
+pub fn amx_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        simd_level() == SimdLevel::Avx512 && amx::amx_available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub use amx::AMX_ENV;
+
+/// How bf16 GEMM weights are stored and multiplied on this CPU (`--dtype bf16`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bf16Form {
+    /// AMX-BF16 tiles ([`PackedWeight::with_bf16_tiles`]).
+    Tiles,
+    /// `avx512_bf16` dot products ([`PackedWeight::with_bf16_dot`]).
+    Dot,
+    /// bf16 storage widened to f32 for the fp32 kernels ([`PackedWeight::with_bf16_storage`]).
+    Storage,
+}
+
+/// The one place that picks the bf16 form: AMX tiles where [`amx_available`]; else the
+/// `avx512_bf16` dot products on CPUs where `vdpbf16ps` runs at the fp32 FMA's rate or better
+/// (AMD Zen 4 and later), but not on Intel cores, where it issues on one port against the
+/// two that fp32 FMAs use, so the dot kernel loses to fp32 (BENCHMARKS.md, "bf16 on Intel");
+/// else bf16 storage widened to f32 (half the weight bytes, fp32 arithmetic).
+pub fn bf16_gemm_form() -> Bf16Form {
+    if amx_available() {
+        Bf16Form::Tiles
+    } else if bf16_dot_available() && !cpu_is_intel() {
+        Bf16Form::Dot
+    } else {
+        Bf16Form::Storage
+    }
+}
+
+/// Whether CPUID names the vendor GenuineIntel.
+fn cpu_is_intel() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let v = std::arch::x86_64::__cpuid(0);
+        let mut name = [0u8; 12];
+        name[..4].copy_from_slice(&v.ebx.to_le_bytes());
+        name[4..8].copy_from_slice(&v.edx.to_le_bytes());
+        name[8..].copy_from_slice(&v.ecx.to_le_bytes());
+        &name == b"GenuineIntel"
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Whether the CPU has the `avx512_bf16` instructions the dot-product kernel uses.
 fn bf16_dot_detected() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -255,6 +318,9 @@ enum Storage {
     /// (`with_bf16_dot`): panel `q` holds, for each pair `pp` in `0..ceil(k / 2)`, 32 words,
     /// word `c` = `W[32q + c, 2pp]` (low half) and `W[32q + c, 2pp + 1]` (high half; 0 past k).
     Bf16Pairs(Vec<u32>),
+    /// As `Bf16Pairs` with the pairs zero-padded to a multiple of 16 per panel and the panels
+    /// 64-byte aligned, for the AMX kernel (`with_bf16_tiles`, see `amx.rs`).
+    Bf16Tiles(Vec<Line>),
 }
 
 /// Where a tile reads one k-block of W panels from.
@@ -317,7 +383,9 @@ impl PackedWeight {
                 .map(|&v| half::bf16::from_f32(v).to_bits())
                 .collect(),
             Storage::Bf16(bits) => bits.clone(),
-            Storage::Bf16Pairs(_) => return self.with_f32_storage().with_bf16_storage(),
+            Storage::Bf16Pairs(_) | Storage::Bf16Tiles(_) => {
+                return self.with_f32_storage().with_bf16_storage()
+            }
         };
         PackedWeight {
             storage: Storage::Bf16(bits),
@@ -359,12 +427,53 @@ impl PackedWeight {
         }
     }
 
+    /// Keep the weight as bf16 pairs laid out for the AMX-BF16 tile kernel (see
+    /// [`amx_available`]): as [`with_bf16_dot`](Self::with_bf16_dot), with each panel's pairs
+    /// padded with zeros to a multiple of 16 (one B tile) and 64-byte aligned. Same numerics as
+    /// the dot-product kernel (bf16 operands, fp32 sums). Only a CPU where [`amx_available`]
+    /// holds runs such a weight.
+    #[cfg(target_arch = "x86_64")]
+    pub fn with_bf16_tiles(self) -> Self {
+        let (n, k) = (self.n, self.k);
+        let w = self.with_bf16_dot();
+        let Storage::Bf16Pairs(words) = &w.storage else {
+            unreachable!("with_bf16_dot gives pair panels")
+        };
+        let (k2, k2p) = (k.div_ceil(2), amx::padded_pairs(k));
+        let mut lines = vec![Line([0.0; 16]); n.div_ceil(NR) * k2p * NR / 16];
+        let dst = lines_as_mut_slice(&mut lines);
+        for (src, panel) in words
+            .chunks_exact((k2 * NR).max(1))
+            .zip(dst.chunks_exact_mut((k2p * NR).max(1)))
+        {
+            for (d, &word) in panel.iter_mut().zip(src) {
+                *d = f32::from_bits(word);
+            }
+        }
+        PackedWeight {
+            storage: Storage::Bf16Tiles(lines),
+            ..w
+        }
+    }
+
     /// The panels as f32 (bf16 widened exactly).
     fn with_f32_storage(self) -> Self {
         let widen = |b: u16| f32::from_bits(u32::from(b) << 16);
         let floats: Vec<f32> = match &self.storage {
             Storage::F32(_) => return self,
             Storage::Bf16(bits) => bits.iter().map(|&b| widen(b)).collect(),
+            Storage::Bf16Tiles(lines) => {
+                let (k2, k2p) = (self.k.div_ceil(2), self.k.div_ceil(2).div_ceil(16) * 16);
+                let words: Vec<u32> = lines_as_slice(lines)
+                    .chunks_exact((k2p * NR).max(1))
+                    .flat_map(|panel| panel[..k2 * NR].iter().map(|v| v.to_bits()))
+                    .collect();
+                return PackedWeight {
+                    storage: Storage::Bf16Pairs(words),
+                    ..self
+                }
+                .with_f32_storage();
+            }
             Storage::Bf16Pairs(words) => {
                 let (k, k2) = (self.k, self.k.div_ceil(2));
                 let mut out = vec![0.0; self.n.div_ceil(NR) * k * NR];
@@ -392,7 +501,15 @@ impl PackedWeight {
 
     /// Whether the weight is stored as bf16 (either layout).
     pub fn is_bf16(&self) -> bool {
-        matches!(self.storage, Storage::Bf16(_) | Storage::Bf16Pairs(_))
+        matches!(
+            self.storage,
+            Storage::Bf16(_) | Storage::Bf16Pairs(_) | Storage::Bf16Tiles(_)
+        )
+    }
+
+    /// Whether the weight is laid out for the AMX tile kernel (`with_bf16_tiles`).
+    pub fn is_bf16_tiles(&self) -> bool {
+        matches!(self.storage, Storage::Bf16Tiles(_))
     }
 
     /// Whether the weight is laid out for the bf16 dot-product kernel (`with_bf16_dot`).
@@ -405,6 +522,7 @@ impl PackedWeight {
             Storage::F32(lines) => WPanels::F32(lines_as_slice(lines)),
             Storage::Bf16(bits) => WPanels::Bf16(bits),
             Storage::Bf16Pairs(words) => WPanels::Pairs(words),
+            Storage::Bf16Tiles(_) => unreachable!("tile weights run on the AMX kernel"),
         }
     }
     /// Out features.
@@ -423,6 +541,14 @@ fn lines_as_slice(lines: &[Line]) -> &[f32] {
     // so the buffer is `16 * len` contiguous, initialised f32 with no padding; the returned
     // slice borrows `lines`, so the buffer outlives it.
     unsafe { std::slice::from_raw_parts(lines.as_ptr().cast::<f32>(), lines.len() * 16) }
+}
+
+/// The lines as 32-bit words (the AMX tile panels).
+#[cfg(target_arch = "x86_64")]
+fn lines_as_u32(lines: &[Line]) -> &[u32] {
+    // SAFETY: as in `lines_as_slice`; u32 has the size and alignment of f32 and every bit
+    // pattern is a valid u32.
+    unsafe { std::slice::from_raw_parts(lines.as_ptr().cast::<u32>(), lines.len() * 16) }
 }
 
 fn lines_as_mut_slice(lines: &mut [Line]) -> &mut [f32] {
@@ -479,10 +605,22 @@ pub fn linear_with(
             assert!(r.len() >= m * n, "residual shorter than m * n");
         }
     }
+    assert!(
+        !w.is_bf16_tiles() || (level == SimdLevel::Avx512 && amx_available()),
+        "bf16 tile weights need the AVX-512 level on a CPU with AMX-BF16"
+    );
     if m == 0 || n == 0 {
         return;
     }
     let out = &mut out[..m * n];
+    #[cfg(target_arch = "x86_64")]
+    if let Storage::Bf16Tiles(lines) = &w.storage {
+        if k > 0 {
+            let words = lines_as_u32(lines);
+            amx::linear(x, m, n, k, words, ep, out, rayon::current_num_threads());
+            return;
+        }
+    }
     if k == 0 {
         out.fill(0.0);
         for (i, row) in out.chunks_exact_mut(n).enumerate() {
@@ -728,18 +866,24 @@ fn apply_epilogue_row<const FMA: bool>(
             }
         }
         Epilogue::BiasGelu(b) => {
-            for (o, &bj) in row.iter_mut().zip(&b[j0..j0 + len]) {
-                *o += bj;
+            // GELU_LANES values at a time (independent dependency chains), then one vector of
+            // 16 at a time (32-wide tiles), the rest one by one; the bias is added in the same
+            // pass, so each value is loaded once (a separate bias loop's narrower stores would
+            // also keep the GELU's wider loads from being forwarded).
+            let b = &b[j0..j0 + len];
+            let (mut at, mut rest) = (0, &mut row[..]);
+            while rest.len() >= GELU_LANES {
+                let (ch, tail) = rest.split_at_mut(GELU_LANES);
+                bias_gelu_lanes::<FMA, GELU_LANES>(ch, &b[at..at + GELU_LANES]);
+                (at, rest) = (at + GELU_LANES, tail);
             }
-            // GELU_LANES values at a time (independent dependency chains), the rest one by one
-            let mut chunks = row.chunks_exact_mut(GELU_LANES);
-            for ch in &mut chunks {
-                if let Ok(ch) = <&mut [f32; GELU_LANES]>::try_from(ch) {
-                    super::ops::gelu_lanes::<FMA>(ch);
-                }
+            while rest.len() >= 16 {
+                let (ch, tail) = rest.split_at_mut(16);
+                bias_gelu_lanes::<FMA, 16>(ch, &b[at..at + 16]);
+                (at, rest) = (at + 16, tail);
             }
-            for o in chunks.into_remainder() {
-                *o = super::ops::gelu_with::<FMA>(*o);
+            for (o, &bj) in rest.iter_mut().zip(&b[at..]) {
+                *o = super::ops::gelu_with::<FMA>(*o + bj);
             }
         }
         Epilogue::BiasResidual(b, r) => {
@@ -748,6 +892,18 @@ fn apply_epilogue_row<const FMA: bool>(
                 *o = *o + bj + rj;
             }
         }
+    }
+}
+
+/// `o = gelu(o + b)` on `N` values (`o`, `b`: exactly `N` long) with [`super::ops::gelu_lanes`].
+#[inline(always)]
+fn bias_gelu_lanes<const FMA: bool, const N: usize>(o: &mut [f32], b: &[f32]) {
+    // (fixed-size arrays: the add is N / 16 whole vectors, the width the GELU then loads)
+    if let (Ok(o), Ok(b)) = (<&mut [f32; N]>::try_from(o), <&[f32; N]>::try_from(b)) {
+        for i in 0..N {
+            o[i] += b[i];
+        }
+        super::ops::gelu_lanes::<FMA, N>(o);
     }
 }
 
@@ -943,7 +1099,8 @@ fn pack_panel<const PR: usize>(src: &[f32], k: usize, kc: usize, d: &mut [f32]) 
 /// A buffer pointer shared by the parallel jobs: `out`, or the shared packed x.
 #[derive(Clone, Copy)]
 struct SharedPtr(*mut f32);
-// SAFETY: the pointers are only dereferenced in `TaskCtx::run_with` and `TaskCtx::pack_unit`.
+// SAFETY: the pointers are only dereferenced in `TaskCtx::run_with`, `TaskCtx::pack_unit` and
+// the rounding units and tiles of `amx::linear`.
 // Distinct tiles write disjoint rectangles of `out`; distinct pack units write disjoint
 // ranges of the packed x, and tiles only read it after the barrier in `run_jobs`; both
 // buffers are exclusively borrowed by `linear_with` for the whole parallel section. So
@@ -951,6 +1108,14 @@ struct SharedPtr(*mut f32);
 unsafe impl Send for SharedPtr {}
 // SAFETY: see `Send` above.
 unsafe impl Sync for SharedPtr {}
+
+impl SharedPtr {
+    /// The pointer (a method, so that closures capture the whole `Sync` wrapper rather than
+    /// its raw-pointer field).
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// Everything one tile needs.
 struct TaskCtx<'a> {

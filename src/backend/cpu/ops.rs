@@ -48,8 +48,9 @@ pub const GELU_LANES: usize = 64;
 /// value with AVX-512). The same operations per value in the same order: bit-identical to
 /// [`gelu_with`].
 #[inline(always)]
-pub fn gelu_lanes<const FMA: bool>(x: &mut [f32; GELU_LANES]) {
-    const N: usize = GELU_LANES;
+/// `N` is [`GELU_LANES`] in the main loops; 16 (one vector) for the short tails of rows whose
+/// width is not a multiple of it.
+pub fn gelu_lanes<const FMA: bool, const N: usize>(x: &mut [f32; N]) {
     let z: [f32; N] = std::array::from_fn(|i| (x[i] * std::f32::consts::FRAC_1_SQRT_2).abs());
     let t: [f32; N] = std::array::from_fn(|i| 1.0 / (1.0 + 0.5 * z[i]));
     let mut e = horner_lanes::<FMA, N>(&t, &ERFC);
@@ -346,8 +347,23 @@ mod tests {
         for ch in xs.chunks_exact(GELU_LANES) {
             let mut a: [f32; GELU_LANES] = ch.try_into().expect("chunk");
             let mut b = a;
-            gelu_lanes::<false>(&mut a);
-            gelu_lanes::<true>(&mut b);
+            gelu_lanes::<false, GELU_LANES>(&mut a);
+            gelu_lanes::<true, GELU_LANES>(&mut b);
+            // and one vector at a time (the tails of rows)
+            for part in ch.chunks_exact(16) {
+                let mut c: [f32; 16] = part.try_into().expect("chunk");
+                let mut d = c;
+                gelu_lanes::<false, 16>(&mut c);
+                gelu_lanes::<true, 16>(&mut d);
+                for ((&x, &g), &gf) in part.iter().zip(&c).zip(&d) {
+                    assert_eq!(g.to_bits(), gelu(x).to_bits(), "x = {x} (16 lanes)");
+                    assert_eq!(
+                        gf.to_bits(),
+                        gelu_with::<true>(x).to_bits(),
+                        "x = {x} (16 lanes, fma)"
+                    );
+                }
+            }
             for ((&x, &g), &gf) in ch.iter().zip(&a).zip(&b) {
                 assert_eq!(g.to_bits(), gelu(x).to_bits(), "x = {x}");
                 assert_eq!(

@@ -30,6 +30,9 @@ enum Stored {
     Bf16,
     /// `with_bf16_dot`: bf16 pairs for `vdpbf16ps`, x rounded to bf16 as well
     Bf16Dot,
+    /// `with_bf16_tiles`: bf16 pair tiles for the AMX kernel, x rounded to bf16 as well
+    #[cfg(target_arch = "x86_64")]
+    Bf16Tiles,
 }
 
 /// Run every available level and epilogue on one shape and compare with the reference.
@@ -64,6 +67,14 @@ fn check_shape_with(m: usize, n: usize, k: usize, stored: Stored) {
             assert!(packed.is_bf16_dot());
             round(&mut w);
             // (x is rounded by the kernel's packing; the reference rounds it up front)
+            round(&mut x);
+            levels = vec![SimdLevel::Avx512];
+        }
+        #[cfg(target_arch = "x86_64")]
+        Stored::Bf16Tiles => {
+            packed = packed.with_bf16_tiles();
+            assert!(packed.is_bf16_tiles() && packed.is_bf16());
+            round(&mut w);
             round(&mut x);
             levels = vec![SimdLevel::Avx512];
         }
@@ -206,6 +217,64 @@ fn gemm_bf16_dot() {
         (Storage::Bf16(a), Storage::Bf16(b)) => assert_eq!(a, b),
         _ => panic!("with_bf16_storage gives bf16 panels"),
     }
+}
+
+/// The AMX-BF16 tile kernel (skipped, saying so, where the CPU lacks it or Linux refuses the
+/// tile state): k not a multiple of 32 (zero-padded pairs, odd k), rows and columns past
+/// whole 32 x 32 blocks (the scratch path), one row block split by columns, many row blocks
+/// in parallel, every epilogue; and the layout round trips back to the other bf16 forms.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn gemm_bf16_tiles() {
+    if !amx::amx_available() {
+        eprintln!("SKIPPED gemm_bf16_tiles: no AMX-BF16 here (or the tile state was refused)");
+        return;
+    }
+    for m in [1, 16, 31, 32, 33, 129, 300] {
+        for n in [5, 32, 383, 384, 1152] {
+            for k in [1, 3, 32, 384, 385, 999, 1536] {
+                check_shape_with(m, n, k, Stored::Bf16Tiles);
+            }
+        }
+    }
+    let w = Rng(5).vec(40 * 37);
+    let via_tiles = PackedWeight::new(&w, 40, 37)
+        .with_bf16_tiles()
+        .with_bf16_storage();
+    let direct = PackedWeight::new(&w, 40, 37).with_bf16_storage();
+    match (&via_tiles.storage, &direct.storage) {
+        (Storage::Bf16(a), Storage::Bf16(b)) => assert_eq!(a, b),
+        _ => panic!("with_bf16_storage gives bf16 panels"),
+    }
+    let (a, b) = (
+        PackedWeight::new(&w, 40, 37)
+            .with_bf16_tiles()
+            .with_bf16_dot(),
+        PackedWeight::new(&w, 40, 37).with_bf16_dot(),
+    );
+    match (&a.storage, &b.storage) {
+        (Storage::Bf16Pairs(a), Storage::Bf16Pairs(b)) => assert_eq!(a, b),
+        _ => panic!("with_bf16_dot gives pair panels"),
+    }
+}
+
+/// The tile configuration the AMX kernel loads: palette 1, eight tiles of 16 rows x 64 bytes,
+/// reserved bytes zero (`ldtilecfg` faults on anything else); checked on any x86 CPU.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn amx_tile_config_layout() {
+    let cfg = amx::TileConfig::all_16x64().0;
+    assert_eq!(cfg[0], 1);
+    assert!(cfg[1..16].iter().all(|&b| b == 0));
+    for t in 0..8 {
+        assert_eq!(u16::from_le_bytes([cfg[16 + 2 * t], cfg[17 + 2 * t]]), 64);
+        assert_eq!(cfg[48 + t], 16);
+    }
+    assert!(cfg[32..48].iter().all(|&b| b == 0) && cfg[56..].iter().all(|&b| b == 0));
+    assert_eq!(amx::padded_pairs(1), 16);
+    assert_eq!(amx::padded_pairs(32), 16);
+    assert_eq!(amx::padded_pairs(33), 32);
+    assert_eq!(amx::padded_pairs(384), 192);
 }
 
 #[test]

@@ -1,0 +1,356 @@
+//! The AMX-BF16 GEMM: `out[m, n] = epilogue(x[m, k] . W[n, k]^T)` on the tile unit of Intel
+//! Xeons from Sapphire Rapids on (`tdpbf16ps`), for weights packed by
+//! [`PackedWeight::with_bf16_tiles`](super::PackedWeight::with_bf16_tiles).
+//!
+//! # Layout
+//!
+//! * **Tiles.** `tdpbf16ps C, A, B` adds to the 16 x 16 fp32 tile C the products of A (16 rows
+//!   x 32 bf16 of k) and B (16 pairs of k x 16 columns, each entry the two bf16 of a pair in
+//!   one 32-bit word): 8,192 multiply-adds per instruction. The micro-kernel keeps a 32 x 32
+//!   block of `out` in four C tiles (tmm0-3) and, per 32 values of k, loads two A tiles (rows
+//!   0-15 and 16-31: tmm4-5) and two B tiles (columns 0-15 and 16-31: tmm6-7): four loads for
+//!   four products, the most reuse eight tile registers allow.
+//! * **W** keeps the bf16-pair panels of the `avx512_bf16` kernel (panel `q`: 32 words per pair
+//!   of k, word `c` = `W[32q + c, 2pp]` | `W[32q + c, 2pp + 1] << 16`), with the pairs padded
+//!   with zeros to a multiple of 16 and 64-byte aligned, so a B tile is 16 rows of 64 bytes at
+//!   a stride of 128 bytes and never reads past the panel.
+//! * **x** is rounded to bf16 (nearest even) once per call into a row-major buffer whose rows
+//!   are padded with zeros to the same multiple of 32 values, and whose row count is padded to
+//!   a multiple of 32: an A tile is 16 rows of that buffer. The rounding is split among the
+//!   threads before the products start.
+//! * **Work split**: tiles are (block of rows, group of W panels); each walks its panels, and
+//!   for each panel its 32-row blocks, the whole of k at once (the panel stays in L1/L2 while
+//!   the row blocks stream past it). A full 32 x 32 block is stored straight into `out`; edge
+//!   blocks (rows past m, columns past n) go through a scratch block. The epilogue runs on each
+//!   block right after it is stored, as in the other kernels.
+//!
+//! # Permission
+//!
+//! Linux hands out the 8 KB of tile state per thread only to a process that asked for it
+//! (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`); [`amx_available`] asks once, and
+//! reports false, so that bf16 runs on the other kernels, where the CPU lacks AMX-BF16, the
+//! kernel refuses, or [`AMX_ENV`] turns it off.
+
+use std::arch::asm;
+use std::arch::x86_64::__cpuid_count;
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+use super::{epilogue_tile, run_jobs, Epilogue, Line, SharedPtr, SimdLevel, NR};
+
+/// Environment variable: `0`/`off`/`false` keeps bf16 weights off the AMX kernel (they then run
+/// on the `avx512_bf16` or widening kernels). Read once.
+pub const AMX_ENV: &str = "DEBERTA_GEMM_AMX";
+
+/// Rows (and columns) of `out` one micro-kernel call computes: 2 x 2 tiles of 16 x 16.
+pub(super) const BLOCK: usize = 32;
+/// Values of k one A tile holds (16 pairs of bf16), so pairs of k are padded to 16.
+pub(super) const K_STEP: usize = 32;
+
+/// `ARCH_REQ_XCOMP_PERM` and the AMX tile-data state component (Linux `asm/prctl.h`, x86).
+const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+const XFEATURE_XTILEDATA: libc::c_long = 18;
+
+/// Whether the CPU has AMX-TILE and AMX-BF16 (CPUID leaf 7, EDX bits 24 and 22). Says nothing
+/// about the operating system's permission: see [`amx_available`].
+pub fn amx_bf16_detected() -> bool {
+    // (CPUID leaf 7 exists on every x86-64 CPU that has AVX-512, checked first)
+    SimdLevel::Avx512.is_available() && {
+        let leaf7 = __cpuid_count(7, 0);
+        leaf7.edx & (1 << 24) != 0 && leaf7.edx & (1 << 22) != 0
+    }
+}
+
+/// Whether bf16 tile weights can run here: the CPU has AMX-BF16, `avx512_bf16` (x is rounded
+/// with `vcvtne2ps2bf16`), the kernel granted this process the tile data state, and
+/// [`AMX_ENV`] does not turn it off. Decided once per process (the request is made then).
+pub fn amx_available() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| {
+        let off = std::env::var(AMX_ENV).is_ok_and(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "0" | "off" | "false" | "no"
+            )
+        });
+        !off && amx_bf16_detected() && super::bf16_dot_detected() && request_tile_permission()
+    })
+}
+
+/// Ask Linux for the tile data state (once per process; later threads inherit it).
+fn request_tile_permission() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: arch_prctl with ARCH_REQ_XCOMP_PERM only changes which XSAVE components the
+        // process may use; it reads no memory of ours. A kernel without AMX support answers
+        // an error, which is reported as "not available".
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_REQ_XCOMP_PERM,
+                XFEATURE_XTILEDATA,
+            )
+        };
+        rc == 0
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        false
+    }
+}
+
+/// Pairs of k padded to a multiple of 16 (one B tile holds 16 pairs).
+pub(super) fn padded_pairs(k: usize) -> usize {
+    k.div_ceil(2).div_ceil(K_STEP / 2) * (K_STEP / 2)
+}
+
+/// The 64-byte tile configuration: palette 1, all eight tiles 16 rows of 64 bytes.
+#[repr(C, align(64))]
+pub(super) struct TileConfig(pub(super) [u8; 64]);
+
+impl TileConfig {
+    pub(super) const fn all_16x64() -> TileConfig {
+        let mut b = [0u8; 64];
+        b[0] = 1; // palette
+        let mut t = 0;
+        while t < 8 {
+            b[16 + 2 * t] = 64; // bytes per row (little-endian u16)
+            b[48 + t] = 16; // rows
+            t += 1;
+        }
+        TileConfig(b)
+    }
+}
+
+static CONFIG: TileConfig = TileConfig::all_16x64();
+
+thread_local! {
+    /// x rounded to bf16 (`[m padded to 32][kp]`, as lines so rows are 64-byte aligned),
+    /// owned by the thread that calls `linear`.
+    static X_BF16: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `out = epilogue(x . W^T)` with `w` the bf16 tile panels of an `[n, k]` weight (`pairs`:
+/// `padded_pairs(k)` words of 32 per panel row... see the module docs).
+///
+/// # Panics
+/// If [`amx_available`] is false, or slice lengths disagree with the shapes (checked by the
+/// caller, `linear_with`).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn linear(
+    x: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    w: &[u32],
+    ep: Epilogue<'_>,
+    out: &mut [f32],
+    threads: usize,
+) {
+    assert!(
+        amx_available(),
+        "the AMX kernel needs AMX-BF16 and the tile permission"
+    );
+    let k2p = padded_pairs(k);
+    let kp = 2 * k2p;
+    let panels = n.div_ceil(NR);
+    assert!(
+        w.len() >= panels * k2p * NR,
+        "tile panels shorter than the weight"
+    );
+    assert!(x.len() >= m * k && out.len() >= m * n);
+    let m_pad = m.div_ceil(BLOCK) * BLOCK;
+    // Row blocks: at least four tiles per thread when m allows (balance), at most 8 blocks of
+    // 32 rows (the rows a tile streams past each W panel stay in L2).
+    let blocks = m_pad / BLOCK;
+    let per_tile = blocks.div_ceil(4 * threads.max(1)).clamp(1, 8);
+    let m_tiles = blocks.div_ceil(per_tile);
+    // Too few row tiles for the threads: split the panels too.
+    let n_groups = (2 * threads).div_ceil(m_tiles).clamp(1, panels);
+    let group = panels.div_ceil(n_groups);
+    let n_groups = panels.div_ceil(group);
+
+    X_BF16.with(|cell| {
+        let mut private = Vec::new();
+        let mut borrowed = cell.try_borrow_mut();
+        let buf: &mut Vec<Line> = match borrowed {
+            Ok(ref mut b) => b,
+            Err(_) => &mut private,
+        };
+        // kp bf16 = kp / 32 lines per row; every line is written by the rounding units.
+        let row_lines = kp / 32;
+        if buf.len() < m_pad * row_lines {
+            buf.resize(m_pad * row_lines, Line([0.0; 16]));
+        }
+        let xb = SharedPtr(buf.as_mut_ptr().cast::<f32>());
+        let out_ptr = SharedPtr(out.as_mut_ptr());
+        // Rounding units of 32 rows (the padded rows are zeroed).
+        let round = |u: usize| {
+            for r in u * BLOCK..(u + 1) * BLOCK {
+                // SAFETY: row r of the buffer (`kp / 2` words from `r * kp / 2`) is inside its
+                // `m_pad * kp / 2` words; each unit writes only its own rows, and no tile reads
+                // the buffer before every unit has finished (`run_jobs` barrier).
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(xb.get().add(r * kp / 2), kp / 2) };
+                if r < m {
+                    let src = &x[r * k..(r + 1) * k];
+                    let words = k.div_ceil(2);
+                    // SAFETY: `amx_available` implies AVX-512F and AVX512_BF16.
+                    unsafe { super::x86::round_to_bf16_pairs(src, &mut dst[..words]) };
+                    dst[words..].fill(0.0);
+                } else {
+                    dst.fill(0.0);
+                }
+            }
+        };
+        let tile = |t: usize, _next: Option<usize>| {
+            let (mt, ng) = (t / n_groups, t % n_groups);
+            let b0 = mt * per_tile;
+            let b1 = (b0 + per_tile).min(blocks);
+            let q0 = ng * group;
+            let q1 = (q0 + group).min(panels);
+            // SAFETY: AMX is available (asserted above) and the permission was granted; the
+            // configuration is the one every asm block below assumes.
+            unsafe {
+                asm!("ldtilecfg [{0}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly))
+            };
+            // Each block's epilogue (and, for an edge block, its copy out of the scratch) runs
+            // after the next block's products: values just written by `tilestored` are not
+            // forwarded to ordinary loads, so reading them back at once stalls.
+            let mut scratch = [[0.0f32; BLOCK * BLOCK]; 2];
+            let mut pending: Option<Pending> = None;
+            let finish = |p: Pending, scratch: &[[f32; BLOCK * BLOCK]; 2]| {
+                // SAFETY: the block at (p.i0, p.j0) is inside out (p.rows x p.cols in range)
+                // and owned by this tile; its products were stored (into out, or into the
+                // scratch it names) by an earlier `block` call on this thread.
+                unsafe {
+                    let c = out_ptr.get().add(p.i0 * n + p.j0);
+                    if let Some(s) = p.scratch {
+                        for r in 0..p.rows {
+                            std::ptr::copy_nonoverlapping(
+                                scratch[s].as_ptr().add(r * BLOCK),
+                                c.add(r * n),
+                                p.cols,
+                            );
+                        }
+                    }
+                    epilogue_tile(SimdLevel::Avx512, ep, c, p.rows, p.cols, p.i0, p.j0, n);
+                }
+            };
+            for q in q0..q1 {
+                let j0 = q * NR;
+                let cols = NR.min(n - j0);
+                let b_panel = &w[q * k2p * NR..(q + 1) * k2p * NR];
+                for b in b0..b1 {
+                    let i0 = b * BLOCK;
+                    let rows = BLOCK.min(m - i0);
+                    // SAFETY: rows i0 .. i0 + 32 of the rounded buffer exist (m_pad rows,
+                    // written before the tiles started, read-only now).
+                    let a = unsafe { xb.get().add(i0 * kp / 2).cast::<u16>().cast_const() };
+                    // A full block goes straight into out; an edge block into the scratch
+                    // the pending block (if any) is not using.
+                    let edge = (rows < BLOCK || cols < NR)
+                        .then(|| pending.as_ref().map_or(0, |p| 1 - p.scratch.unwrap_or(1)));
+                    // SAFETY: a and b_panel hold 32 rows of kp values and k2p pair rows (see
+                    // `block`'s contract); the 32 x 32 destination is either the block at
+                    // (i0, j0), inside out (rows and columns in range) and owned by this tile,
+                    // or a scratch block no pending block still needs.
+                    unsafe {
+                        match edge {
+                            None => {
+                                let c = out_ptr.get().add(i0 * n + j0);
+                                block(a, kp, b_panel.as_ptr(), k2p, c, n);
+                            }
+                            Some(s) => {
+                                let c = scratch[s].as_mut_ptr();
+                                block(a, kp, b_panel.as_ptr(), k2p, c, BLOCK);
+                            }
+                        }
+                    }
+                    let this = Pending {
+                        i0,
+                        j0,
+                        rows,
+                        cols,
+                        scratch: edge,
+                    };
+                    if let Some(p) = pending.replace(this) {
+                        finish(p, &scratch);
+                    }
+                }
+            }
+            if let Some(p) = pending {
+                finish(p, &scratch);
+            }
+            // SAFETY: releases this thread's tile state (no tile is live past this point).
+            unsafe { asm!("tilerelease", options(nostack, nomem)) };
+        };
+        run_jobs(threads, blocks, &round, m_tiles * n_groups, &tile);
+    });
+}
+
+/// A stored block whose epilogue has not run yet.
+struct Pending {
+    i0: usize,
+    j0: usize,
+    rows: usize,
+    cols: usize,
+    /// which scratch block holds it (edge blocks), or None: stored in out
+    scratch: Option<usize>,
+}
+
+/// One 32 x 32 block: `c[r, j] = sum_p a[r, p] * B[p, j]` over `kp` values of k, with `a` the
+/// bf16 rows (stride `kp` values) and `b` a tile panel of `k2p` pair rows (128 bytes each).
+///
+/// # Safety
+/// The tile configuration [`CONFIG`] is loaded on this thread (AMX available and permitted);
+/// `a .. a + 32 * kp` bf16 readable; `b .. b + k2p * 32` words readable; `kp = 2 * k2p`,
+/// `k2p` a positive multiple of 16; the 32 rows of 32 floats at `c` (row stride `ldc` floats)
+/// writable and not accessed otherwise meanwhile.
+#[inline]
+unsafe fn block(a: *const u16, kp: usize, b: *const u32, k2p: usize, c: *mut f32, ldc: usize) {
+    let steps = k2p / 16;
+    let sa = kp * 2; // bytes per row of x
+    let sc = ldc * 4; // bytes per row of out
+                      // SAFETY: caller contract. Per step: A tiles read rows 0-15 and 16-31 (64 bytes each at
+                      // the step's k offset), B tiles 16 pair rows (columns 0-15 at +0, 16-31 at +64 in each
+                      // 128-byte row); the pointers advance by 64 bytes (A) and 2048 bytes (B) per step, `steps`
+                      // times, staying inside the buffers; the stores write the four 16 x 16 quarters of the
+                      // 32 x 32 block at c.
+    unsafe {
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            "2:",
+            "tileloadd tmm4, [{a0} + {sa}*1]",
+            "tileloadd tmm6, [{b} + {sb}*1]",
+            "tileloadd tmm5, [{a1} + {sa}*1]",
+            "tileloadd tmm7, [{b} + {sb}*1 + 64]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "add {a0}, 64",
+            "add {a1}, 64",
+            "add {b}, 2048",
+            "dec {steps}",
+            "jnz 2b",
+            "tilestored [{c0} + {sc}*1], tmm0",
+            "tilestored [{c0} + {sc}*1 + 64], tmm1",
+            "tilestored [{c1} + {sc}*1], tmm2",
+            "tilestored [{c1} + {sc}*1 + 64], tmm3",
+            a0 = inout(reg) a => _,
+            a1 = inout(reg) a.add(16 * kp) => _,
+            b = inout(reg) b => _,
+            steps = inout(reg) steps => _,
+            sa = in(reg) sa,
+            sb = in(reg) 128usize,
+            c0 = in(reg) c,
+            c1 = in(reg) c.add(16 * ldc),
+            sc = in(reg) sc,
+            options(nostack),
+        );
+    }
+}
