@@ -10,7 +10,7 @@
 use rayon::prelude::*;
 
 use crate::backend::cpu::attention::{self, AttentionParams, PosTable};
-use crate::backend::cpu::gemm::{bf16_dot_available, linear, Epilogue, PackedWeight};
+use crate::backend::cpu::gemm::{bf16_gemm_form, linear, Bf16Form, Epilogue, PackedWeight};
 use crate::backend::cpu::ops::{conv1d_act_into, layer_norm_rows};
 use crate::checkpoint::{Checkpoint, F32Tensor};
 use crate::config::ModelConfig;
@@ -428,8 +428,14 @@ pub struct RunState {
     ctx: Vec<f32>,    // [T, H]  attention context, heads side by side
     keys_t: Vec<f32>, // keys transposed per sequence and head (attention scratch, grown there)
     attn: Vec<f32>,   // [T, H]  post-attention LayerNorm output
-    ffn: Vec<f32>,    // [T, I]
+    ffn: Vec<f32>,    // [min(T, FFN_ROWS), I]  one row chunk of the FFN's inner activations
 }
+
+/// Rows the feed-forward block runs at a time (FFN up + GELU, FFN down + residual, LayerNorm):
+/// its [rows, I] inner activations then stay in the cores' caches between the two products
+/// instead of making a round trip through memory (at T = 4096 they would be 25 MB), and the
+/// buffer stays small. Rows are independent here, so the result is the same for any chunking.
+pub const FFN_ROWS: usize = 256;
 
 impl RunState {
     fn ensure(&mut self, cfg: &ModelConfig, tokens: usize) {
@@ -444,7 +450,7 @@ impl RunState {
         self.qkv = vec![0.0; cap * 3 * h];
         self.ctx = vec![0.0; cap * h];
         self.attn = vec![0.0; cap * h];
-        self.ffn = vec![0.0; cap * i];
+        self.ffn = vec![0.0; cap.min(FFN_ROWS) * i];
         self.cap = cap;
     }
 
@@ -458,17 +464,20 @@ impl CpuModel {
     /// Build the CPU layout: fused QKV, packed GEMM weights, PK/PQ precomputed per layer.
     /// `max_len` bounds the sequence length (sizes the relative-position table). With
     /// `bf16_weights` the GEMM weights are stored as bf16 (opt-in: half the weight traffic;
-    /// embeddings, LayerNorms, biases, PK/PQ and attention stay f32): on a CPU with
-    /// `avx512_bf16` the products run as bf16 dot products (each Linear's input rounded to
-    /// bf16 too, fp32 sums), elsewhere the weights are widened to f32 inside fp32 products.
+    /// embeddings, LayerNorms, biases, PK/PQ and attention stay f32), in the form
+    /// [`bf16_gemm_form`] picks for this CPU: AMX-BF16 tiles or `avx512_bf16` dot products
+    /// (each Linear's input rounded to bf16 too, fp32 sums), else widened to f32 inside fp32
+    /// products.
     pub fn new(cfg: ModelConfig, w: HostWeights, max_len: usize, bf16_weights: bool) -> Self {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         let pack = |w: &[f32], n: usize, k: usize| {
             let p = PackedWeight::new(w, n, k);
-            match (bf16_weights, bf16_dot_available()) {
+            match (bf16_weights, bf16_gemm_form()) {
                 (false, _) => p,
-                (true, true) => p.with_bf16_dot(),
-                (true, false) => p.with_bf16_storage(),
+                #[cfg(target_arch = "x86_64")]
+                (true, Bf16Form::Tiles) => p.with_bf16_tiles(),
+                (true, Bf16Form::Dot) => p.with_bf16_dot(),
+                (true, Bf16Form::Storage) => p.with_bf16_storage(),
             }
         };
         let s2 = 2 * cfg.att_span;
@@ -668,27 +677,33 @@ impl CpuModel {
                 &layer.attn_ln_b,
                 cfg.layer_norm_eps,
             );
-            linear(
-                &st.attn,
-                t,
-                &layer.inter,
-                Epilogue::BiasGelu(&layer.inter_b),
-                &mut st.ffn[..t * cfg.intermediate_size],
-            );
-            linear(
-                &st.ffn,
-                t,
-                &layer.out,
-                Epilogue::BiasResidual(&layer.out_b, &st.attn[..t * h]),
-                &mut st.x[..t * h],
-            );
-            layer_norm_rows(
-                &mut st.x[..t * h],
-                h,
-                &layer.out_ln_w,
-                &layer.out_ln_b,
-                cfg.layer_norm_eps,
-            );
+            // FFN, FFN_ROWS rows at a time
+            let inter = cfg.intermediate_size;
+            for r0 in (0..t).step_by(FFN_ROWS) {
+                let rows = FFN_ROWS.min(t - r0);
+                let (x, attn) = (r0 * h..(r0 + rows) * h, &st.attn[r0 * h..(r0 + rows) * h]);
+                linear(
+                    attn,
+                    rows,
+                    &layer.inter,
+                    Epilogue::BiasGelu(&layer.inter_b),
+                    &mut st.ffn[..rows * inter],
+                );
+                linear(
+                    &st.ffn[..rows * inter],
+                    rows,
+                    &layer.out,
+                    Epilogue::BiasResidual(&layer.out_b, attn),
+                    &mut st.x[x.clone()],
+                );
+                layer_norm_rows(
+                    &mut st.x[x],
+                    h,
+                    &layer.out_ln_w,
+                    &layer.out_ln_b,
+                    cfg.layer_norm_eps,
+                );
+            }
 
             if li == 0 {
                 if let (Some(conv), Some(cc)) = (&self.conv, &cfg.conv) {
