@@ -1,11 +1,20 @@
 #!/usr/bin/env python3
-"""Time PyTorch, ONNX Runtime and `deberta-embed bench` on the same checkpoint, shapes and threads.
+"""Time PyTorch, ONNX Runtime, OpenVINO and `deberta-embed bench` on the same checkpoint, shapes and threads.
 
     venv/bin/pip install -r scripts/requirements-compare.txt
     venv/bin/python scripts/make_xsmall_checkpoint.py /tmp/xsmall
     cargo build --release
     venv/bin/python scripts/compare_cpu.py --model /tmp/xsmall --threads 2 \
-        [--shapes 1x16,32x128,256x32] [--rounds 3] [--bin target/release/deberta-embed] [--json-out FILE]
+        [--shapes 1x16,32x128,256x32] [--rounds 3] [--bin target/release/deberta-embed] [--json-out FILE] \
+        [--runtimes pytorch,ort,ort-int8,openvino-f32,openvino-bf16,deberta-embed,deberta-embed-bf16]
+
+  ONNX Runtime int8  the same export through onnxruntime.quantization.quantize_dynamic
+                 (QInt8 weights, activations quantized at run time; cached as <DIR>.backbone.int8.onnx).
+  OpenVINO       the same export through OpenVINO's ONNX reader, CPU plugin, INFERENCE_NUM_THREADS T,
+                 NUM_STREAMS 1, PERFORMANCE_HINT LATENCY, INFERENCE_PRECISION_HINT f32 or bf16 (bf16 runs
+                 on AMX / avx512_bf16 where the CPU has them; the compiled model's precision is checked).
+  Each peer's pooled output is checked against PyTorch fp32 per shape before timing: cosine >= 0.9999
+  (fp32), >= 0.999 (bf16), >= 0.99 (int8), else its column is dropped with a message.
 
 Workload (the one `deberta-embed bench` times): B sequences of exactly L tokens, [CLS]=1, random
 ids, [SEP]=2, attention mask all ones; forward of the backbone + mean pooling, fp32, CPU.
@@ -53,10 +62,18 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-RUNTIMES = ("pytorch", "ort", "deberta-embed")
-LABEL = {"pytorch": "PyTorch", "ort": "ONNX Runtime", "deberta-embed": "deberta-embed"}
+RUNTIMES = ("pytorch", "ort", "ort-int8", "openvino-f32", "openvino-bf16", "deberta-embed", "deberta-embed-bf16")
+LABEL = {"pytorch": "PyTorch", "ort": "ONNX Runtime", "ort-int8": "ONNX Runtime int8 (dynamic)",
+         "openvino-f32": "OpenVINO f32", "openvino-bf16": "OpenVINO bf16",
+         "deberta-embed": "deberta-embed", "deberta-embed-bf16": "deberta-embed bf16"}
+OURS = ("deberta-embed", "deberta-embed-bf16")
+# deberta-embed's --dtype per column
+OUR_DTYPE = {"deberta-embed": "f32", "deberta-embed-bf16": "bf16"}
 COS_MIN = 0.9999
 COS_MIN_BF16 = 0.999  # the bf16 weight path's contract (issue 3)
+COS_MIN_INT8 = 0.99  # a peer's int8 column is timed only when it is at least this close
+# Each peer's accuracy floor against PyTorch fp32 (checked on every shape before timing).
+PEER_COS_MIN = {"ort": COS_MIN, "openvino-f32": COS_MIN, "openvino-bf16": COS_MIN_BF16, "ort-int8": COS_MIN_INT8}
 SENTENCES = [
     "A man is eating food.",
     "The quick brown fox jumps over the lazy dog, and then it runs away into the forest.",
@@ -78,10 +95,13 @@ def parse_args(argv=None):
     ap.add_argument("--max-iters", type=int, default=200, help="iterations per measurement, at most (default 200)")
     ap.add_argument("--onnx", type=Path, help="cached export path (default: <model dir>.backbone.onnx)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random token ids")
-    ap.add_argument("--dtype", default="f32", choices=["f32", "bf16"],
-                    help="deberta-embed's --dtype (bf16: opt-in bf16 weights, bf16 dot products where "
-                         "the CPU has avx512_bf16; the peers stay fp32)")
-    ap.add_argument("--skip", default="", help="comma-separated runtimes to leave out: pytorch,ort,deberta-embed")
+    ap.add_argument("--runtimes", default="pytorch,ort,deberta-embed",
+                    help="comma-separated columns: " + ",".join(RUNTIMES) + " (default pytorch,ort,deberta-embed; "
+                         "ort-int8 is the exported backbone through onnxruntime's quantize_dynamic, cached next to "
+                         "it; openvino-* read the same .onnx; deberta-embed-bf16 is `bench --dtype bf16`)")
+    ap.add_argument("--dtype", default=None, choices=["f32", "bf16"],
+                    help="shorthand: bf16 replaces the deberta-embed column with deberta-embed-bf16")
+    ap.add_argument("--skip", default="", help="comma-separated runtimes to leave out of --runtimes")
     ap.add_argument("--quiet-threshold", type=float, default=0.10,
                     help="a measurement is 'quiet' when other processes took at most this share of the CPUs (default 0.10)")
     ap.add_argument("--report", type=Path, help="re-print the tables of a saved --json-out file and exit")
@@ -198,7 +218,7 @@ def versions() -> dict:
     import transformers
 
     v = {"torch": torch.__version__, "transformers": transformers.__version__, "numpy": np.__version__}
-    for mod in ("onnxruntime", "onnx", "onnxscript", "sentence_transformers"):
+    for mod in ("onnxruntime", "onnx", "onnxscript", "sentence_transformers", "openvino"):
         try:
             v[mod] = __import__(mod).__version__
         except ImportError:
@@ -309,11 +329,56 @@ class OrtRunner:
         return (h * m).sum(1) / np.maximum(m.sum(1), 1e-9)
 
 
-def rust_bench(b: int, l: int, iters: int, warmup: int) -> dict:
+class OpenVinoRunner:
+    """The exported backbone through OpenVINO's ONNX reader, CPU plugin, one stream, T threads,
+    inference precision f32 or bf16 (bf16 runs on AMX / avx512_bf16 where the CPU has them)."""
+
+    def __init__(self, onnx_path: Path, threads: int, precision: str):
+        import openvino as ov
+
+        core = ov.Core()
+        cfg = {
+            "INFERENCE_NUM_THREADS": threads,
+            "NUM_STREAMS": 1,
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": precision,
+        }
+        self.model = core.compile_model(core.read_model(str(onnx_path)), "CPU", cfg)
+        self.req = self.model.create_infer_request()
+        got = str(self.model.get_property("INFERENCE_PRECISION_HINT"))
+        if {"f32": "float32", "bf16": "bfloat16"}[precision] not in got:
+            raise RuntimeError(f"OpenVINO ran at {got}, not {precision}")
+
+    def prepare(self, ids: np.ndarray):
+        self.feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+
+    def run(self) -> np.ndarray:
+        h = self.req.infer(self.feed)[self.model.output(0)]
+        m = self.feed["attention_mask"][:, :, None].astype(h.dtype)
+        return (h * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+
+
+def ensure_int8(onnx_path: Path) -> Path:
+    """onnxruntime.quantization.quantize_dynamic on the exported backbone (int8 weights, activations
+    quantized per call), cached next to it."""
+    out = onnx_path.with_name(onnx_path.name.replace(".onnx", "") + ".int8.onnx")
+    if out.exists() and out.stat().st_mtime >= onnx_path.stat().st_mtime:
+        log(f"ONNX int8: using cached {out}")
+        return out
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp = out.with_name(out.name + ".tmp")
+    quantize_dynamic(str(onnx_path), str(tmp), weight_type=QuantType.QInt8)
+    tmp.replace(out)
+    log(f"ONNX int8: quantize_dynamic -> {out} ({out.stat().st_size / 1e6:.0f} MB)")
+    return out
+
+
+def rust_bench(b: int, l: int, iters: int, warmup: int, dtype: str) -> dict:
     cmd = [
         str(ARGS.bin), "bench", "--model", str(ARGS.model), "--batch-size", str(b), "--seq-len", str(l),
         "--threads", str(ARGS.threads), "--json", "--iters", str(iters), "--warmup", str(warmup),
-        "--dtype", ARGS.dtype,
+        "--dtype", dtype,
     ]
     p = subprocess.run(cmd, capture_output=True, text=True)
     lines = [x for x in p.stdout.splitlines() if x.strip()]
@@ -341,7 +406,7 @@ def ensure_onnx(model_dir: Path) -> Path:
     return out
 
 
-def check_embed_vs_st(model_dir: Path) -> dict:
+def check_embed_vs_st(model_dir: Path, dtype: str) -> dict:
     """`deberta-embed embed` vs sentence-transformers' encode on a few sentences."""
     from sentence_transformers import SentenceTransformer
 
@@ -352,7 +417,7 @@ def check_embed_vs_st(model_dir: Path) -> dict:
         inp = Path(tmp) / "sentences.jsonl"
         inp.write_text("".join(json.dumps(s) + "\n" for s in SENTENCES), encoding="utf-8")
         cmd = [str(ARGS.bin), "embed", "--model", str(model_dir), "--input", str(inp), "--threads", str(ARGS.threads),
-               "--dtype", ARGS.dtype]
+               "--dtype", dtype]
         p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(f"{shlex.join(cmd)} failed (exit {p.returncode}): {p.stderr.strip()[-500:]}")
@@ -380,10 +445,13 @@ def main() -> None:
         b, _, l = s.strip().lower().partition("x")
         shapes.append((int(b), int(l)))
     skip = {s.strip() for s in ARGS.skip.split(",") if s.strip()}
-    if skip - set(RUNTIMES):
-        sys.exit(f"--skip: unknown runtime(s) {sorted(skip - set(RUNTIMES))}")
-    active = [r for r in RUNTIMES if r not in skip]
-    if "deberta-embed" in active:
+    wanted = [s.strip() for s in ARGS.runtimes.split(",") if s.strip()]
+    if ARGS.dtype == "bf16":
+        wanted = ["deberta-embed-bf16" if r == "deberta-embed" else r for r in wanted]
+    if (skip | set(wanted)) - set(RUNTIMES):
+        sys.exit(f"unknown runtime(s) {sorted((skip | set(wanted)) - set(RUNTIMES))}; known: {', '.join(RUNTIMES)}")
+    active = [r for r in RUNTIMES if r in wanted and r not in skip]
+    if any(r in OURS for r in active):
         if not ARGS.bin.exists():
             sys.exit(f"{ARGS.bin} not found (cargo build --release, or pass --bin)")
         # Run a private copy: a concurrent `cargo build` must not swap the binary mid-run.
@@ -409,7 +477,7 @@ def main() -> None:
         "threads": ARGS.threads,
         "torch_threads": torch.get_num_threads(),
         "loadavg_start": os.getloadavg(),
-        "deberta_embed_binary": bin_info if "deberta-embed" in active else None,
+        "deberta_embed_binary": bin_info if any(r in OURS for r in active) else None,
         "shapes": {},
         "notes": [],
     }
@@ -426,28 +494,37 @@ def main() -> None:
             f"(PyTorch's OpenMP barriers suffer most from that; compare ratios, not absolute numbers)")
 
     # --- correctness: deberta-embed vs sentence-transformers ----------------------------------
-    if "deberta-embed" in active:
+    for rt in [r for r in active if r in OURS]:
+        dtype = OUR_DTYPE[rt]
+        key = "check_embed_vs_sentence_transformers" + ("" if dtype == "f32" else f"_{dtype}")
         try:
-            c = check_embed_vs_st(model_dir)
-            result["check_embed_vs_sentence_transformers"] = c
-            ok = c["min_cosine"] >= (COS_MIN if ARGS.dtype == "f32" else COS_MIN_BF16)
-            log(f"check   : deberta-embed embed vs sentence-transformers on {len(SENTENCES)} sentences: "
+            c = check_embed_vs_st(model_dir, dtype)
+            result[key] = c
+            ok = c["min_cosine"] >= (COS_MIN if dtype == "f32" else COS_MIN_BF16)
+            log(f"check   : deberta-embed embed --dtype {dtype} vs sentence-transformers on {len(SENTENCES)} sentences: "
                 f"max |diff| {c['max_abs_diff']:.2e}, min cosine {c['min_cosine']:.7f}" + ("" if ok else "  <-- MISMATCH"))
         except Exception as e:  # keep timing the others
-            result["check_embed_vs_sentence_transformers"] = {"error": str(e)}
-            log(f"check   : deberta-embed embed vs sentence-transformers FAILED: {e}")
+            result[key] = {"error": str(e)}
+            log(f"check   : deberta-embed embed --dtype {dtype} vs sentence-transformers FAILED: {e}")
 
     runners = {}
-    if "pytorch" in active or "ort" in active:
-        runners["pytorch"] = TorchRunner(model_dir)  # also the reference for the ORT check
-    if "ort" in active:
+    peers = [r for r in active if r not in OURS and r != "pytorch"]
+    if "pytorch" in active or peers:
+        runners["pytorch"] = TorchRunner(model_dir)  # also the reference for the peers' checks
+    for rt in peers:
         try:
-            runners["ort"] = OrtRunner(ensure_onnx(model_dir), ARGS.threads)
+            onnx = ensure_onnx(model_dir)
+            if rt == "ort":
+                runners[rt] = OrtRunner(onnx, ARGS.threads)
+            elif rt == "ort-int8":
+                runners[rt] = OrtRunner(ensure_int8(onnx), ARGS.threads)
+            else:
+                runners[rt] = OpenVinoRunner(onnx, ARGS.threads, rt.split("-")[1])
         except Exception as e:
-            msg = f"ORT column dropped: {e}"
+            msg = f"{LABEL[rt]} column dropped: {e}"
             log(msg)
             result["notes"].append(msg)
-            active.remove("ort")
+            active.remove(rt)
 
     t_start = time.time()
     for b, l in shapes:
@@ -462,14 +539,14 @@ def main() -> None:
         # --- calibration (+ warm-up, + ORT vs PyTorch check) ------------------------------------
         pooled = {}
         for rt in list(active):
-            if rt == "deberta-embed":
+            if rt in OURS:
                 try:
-                    j = rust_bench(b, l, 1, 1)
+                    j = rust_bench(b, l, 1, 1, OUR_DTYPE[rt])
                     sr["iters"][rt] = iters_for(j["median_ms"])
                     log(f"calibrate {rt:13s}: {j['median_ms']:9.2f} ms/iter -> {sr['iters'][rt]} iters per measurement")
                 except Exception as e:
-                    log(f"deberta-embed column dropped for {key}: {e}")
-                    result["notes"].append(f"{key}: deberta-embed failed: {e}")
+                    log(f"{rt} column dropped for {key}: {e}")
+                    result["notes"].append(f"{key}: {rt} failed: {e}")
                     sr["rounds"].pop(rt, None)
                 continue
             r = runners[rt]
@@ -479,18 +556,23 @@ def main() -> None:
             ms = min(timed(r.run, 1 if rt == "pytorch" and tokens >= 2048 else 2))
             sr["iters"][rt] = iters_for(ms)
             log(f"calibrate {rt:13s}: {ms:9.2f} ms/iter -> {sr['iters'][rt]} iters per measurement")
-        if "ort" in pooled and "pytorch" in pooled:
-            c = compare(pooled["ort"], pooled["pytorch"])
-            sr["check_ort_vs_pytorch"] = c
-            log(f"check   : ORT vs PyTorch pooled output: max |diff| {c['max_abs_diff']:.2e}, min cosine {c['min_cosine']:.7f}")
-            if not c["min_cosine"] >= COS_MIN:
-                msg = (f"ORT column ABORTED: its pooled output disagrees with PyTorch's at {key} "
-                       f"(min cosine {c['min_cosine']:.6f} < {COS_MIN}, max |diff| {c['max_abs_diff']:.3g}); "
+        if any(rt in pooled for rt in PEER_COS_MIN) and "pytorch" not in pooled:
+            # PyTorch is the peers' reference even when its column is skipped
+            runners["pytorch"].prepare(ids)
+            pooled["pytorch"] = runners["pytorch"].run().numpy()
+        for rt in [r for r in PEER_COS_MIN if r in pooled]:
+            c = compare(pooled[rt], pooled["pytorch"])
+            sr[f"check_{rt}_vs_pytorch"] = c
+            log(f"check   : {LABEL[rt]} vs PyTorch pooled output: max |diff| {c['max_abs_diff']:.2e}, "
+                f"min cosine {c['min_cosine']:.7f}")
+            if not c["min_cosine"] >= PEER_COS_MIN[rt]:
+                msg = (f"{LABEL[rt]} column ABORTED: its pooled output disagrees with PyTorch's at {key} "
+                       f"(min cosine {c['min_cosine']:.6f} < {PEER_COS_MIN[rt]}, max |diff| {c['max_abs_diff']:.3g}); "
                        f"a wrong export? delete the cached .onnx and rerun")
                 log(msg)
                 result["notes"].append(msg)
-                active.remove("ort")
-                sr["rounds"].pop("ort", None)
+                active.remove(rt)
+                sr["rounds"].pop(rt, None)
         present = [rt for rt in active if rt in sr["rounds"]]
 
         # --- alternating rounds ------------------------------------------------------------------
@@ -499,9 +581,9 @@ def main() -> None:
             for rt in order:
                 n = sr["iters"][rt]
                 with CpuShare() as share:
-                    if rt == "deberta-embed":
+                    if rt in OURS:
                         try:
-                            ms = rust_bench(b, l, n, 2)["median_ms"]
+                            ms = rust_bench(b, l, n, 2, OUR_DTYPE[rt])["median_ms"]
                         except Exception as e:
                             log(f"round {rnd + 1} {rt}: {e}")
                             ms = None
@@ -545,15 +627,17 @@ def summarize(sr: dict) -> None:
             if v:
                 med[rt] = statistics.median(v)
                 tps[rt] = tokens / med[rt] * 1e3
-        ours = sr["rounds"].get("deberta-embed")
-        for other in ("ort", "pytorch"):
-            theirs = sr["rounds"].get(other)
-            if ours and theirs:
-                # tokens/s ours / theirs = ms theirs / ms ours, per round
-                per = [t / o for i, (o, t) in enumerate(zip(ours, theirs))
-                       if o and t and keep("deberta-embed", i) and keep(other, i)]
-                if per:
-                    ratio[f"vs_{other}"] = {"median": statistics.median(per), "per_round": per}
+        for us in OURS:
+            ours = sr["rounds"].get(us)
+            for other in [r for r in RUNTIMES if r not in OURS]:
+                theirs = sr["rounds"].get(other)
+                if ours and theirs:
+                    # tokens/s ours / theirs = ms theirs / ms ours, per round
+                    per = [t / o for i, (o, t) in enumerate(zip(ours, theirs))
+                           if o and t and keep(us, i) and keep(other, i)]
+                    if per:
+                        key = f"vs_{other}" if us == "deberta-embed" else f"{us}_vs_{other}"
+                        ratio[key] = {"median": statistics.median(per), "per_round": per}
         sr[tag + "median_ms"], sr[tag + "tokens_per_s"], sr[tag + "ratio"] = med, tps, ratio
 
 
@@ -571,27 +655,36 @@ def print_table(result: dict) -> None:
         n = f", {k} round{'s' if k != 1 else ''}" if tag else ""
         return f"{r['median']:.2f}x ({min(r['per_round']):.2f}-{max(r['per_round']):.2f}{n})"
 
+    def ratio_key(us, other):
+        return f"vs_{other}" if us == "deberta-embed" else f"{us}_vs_{other}"
+
     m, v = result["machine"], result["versions"]
-    dt = result["args"].get("dtype", "f32")
-    what = "fp32" if dt == "f32" else (
-        "peers fp32, deberta-embed --dtype bf16 (bf16 weights; "
-        + ("bf16 dot products, avx512_bf16" if m.get("avx512_bf16") else "widened to fp32, no avx512_bf16")
-        + ")")
-    log(f"\n## CPU comparison ({what}, backbone + mean pooling; medians over rounds)\n")
-    log(f"machine: {m.get('Model name', '?')}, {m.get('CPU(s)', m['cpus_visible'])} CPUs, "
-        f"threads used: {result['threads']} (all three runtimes); "
+    cols = [rt for rt in RUNTIMES if any(rt in sr["rounds"] for sr in result["shapes"].values())]
+    pairs = [(us, other) for us in cols if us in OURS for other in cols if other not in OURS]
+    log("\n## CPU comparison (backbone + mean pooling; medians over rounds)\n")
+    log(f"machine: {m.get('Model name', '?')}, {m.get('CPU(s)', m['cpus_visible'])} CPUs "
+        f"(avx512f {m.get('avx512f')}, avx512_bf16 {m.get('avx512_bf16')}, amx_tile {m.get('amx_tile')}), "
+        f"threads used: {result['threads']} (every runtime); "
         f"load avg start {result['loadavg_start'][0]:.2f}, end {result['loadavg_end'][0]:.2f}")
     bi = result.get("deberta_embed_binary") or {}
-    log(f"versions: torch {v['torch']}, onnxruntime {v.get('onnxruntime')}, transformers {v['transformers']}, "
-        f"deberta-embed {v.get('deberta-embed (repo HEAD)', '?')} (binary built {bi.get('mtime', '?')}, "
-        f"sha256 {bi.get('sha256', '?')})")
+    log(f"versions: torch {v['torch']}, onnxruntime {v.get('onnxruntime')}, openvino {v.get('openvino')}, "
+        f"transformers {v['transformers']}, deberta-embed {v.get('deberta-embed (repo HEAD)', '?')} "
+        f"(binary built {bi.get('mtime', '?')}, sha256 {bi.get('sha256', '?')})")
     log(f"command: {result['command']}\n")
-    log("| B x L | PyTorch | ONNX Runtime | deberta-embed | ours / ORT (tok/s) | ours / PyTorch (tok/s) |")
-    log("|---|---|---|---|---|---|")
-    for key, sr in result["shapes"].items():
-        log(f"| {key} | {cell(sr, 'pytorch')} | {cell(sr, 'ort')} | {cell(sr, 'deberta-embed')} | "
-            f"{ratio(sr, 'vs_ort')} | {ratio(sr, 'vs_pytorch')} |")
-    log("\nratios: median of same-round ratios (range over rounds in parentheses); > 1 means deberta-embed is faster")
+
+    def tables(tag=""):
+        log("| B x L | " + " | ".join(LABEL[c] for c in cols) + " |")
+        log("|---|" + "---|" * len(cols))
+        for key, sr in result["shapes"].items():
+            log(f"| {key} | " + " | ".join(cell(sr, c, tag) for c in cols) + " |")
+        if pairs:
+            log("\n| B x L | " + " | ".join(f"{LABEL[us]} / {LABEL[o]}" for us, o in pairs) + " |")
+            log("|---|" + "---|" * len(pairs))
+            for key, sr in result["shapes"].items():
+                log(f"| {key} | " + " | ".join(ratio(sr, ratio_key(us, o), tag) for us, o in pairs) + " |")
+
+    tables()
+    log("\nratios: tokens/s, median of same-round ratios (range over rounds in parentheses); > 1 means deberta-embed is faster")
     shares = [x for sr in result["shapes"].values() for v in sr.get("cpu_to_others", {}).values() for x in v if x is not None]
     if shares:
         log(f"CPU time taken by other processes during the measurements: mean {statistics.mean(shares):.0%}, "
@@ -599,23 +692,22 @@ def print_table(result: dict) -> None:
     if shares and max(shares) > ARGS.quiet_threshold:
         log(f"\nquiet measurements only (other processes took <= {ARGS.quiet_threshold:.0%} of the CPUs; "
             f"ratios over rounds where both sides were quiet):\n")
-        log("| B x L | PyTorch | ONNX Runtime | deberta-embed | ours / ORT (tok/s) | ours / PyTorch (tok/s) |")
-        log("|---|---|---|---|---|---|")
-        for key, sr in result["shapes"].items():
-            log(f"| {key} | {cell(sr, 'pytorch', 'quiet_')} | {cell(sr, 'ort', 'quiet_')} | "
-                f"{cell(sr, 'deberta-embed', 'quiet_')} | {ratio(sr, 'vs_ort', 'quiet_')} | "
-                f"{ratio(sr, 'vs_pytorch', 'quiet_')} |")
+        tables("quiet_")
         log("")
-    c = result.get("check_embed_vs_sentence_transformers")
-    if c:
-        if "error" in c:
-            log(f"check deberta-embed vs sentence-transformers: FAILED ({c['error']})")
-        else:
-            log(f"check deberta-embed vs sentence-transformers: max |diff| {c['max_abs_diff']:.2e}, min cosine {c['min_cosine']:.7f}")
+    for k, c in result.items():
+        if k.startswith("check_embed_vs_sentence_transformers"):
+            dt = k.rpartition("_")[2] if k.endswith("bf16") else "f32"
+            if "error" in c:
+                log(f"check deberta-embed --dtype {dt} vs sentence-transformers: FAILED ({c['error']})")
+            else:
+                log(f"check deberta-embed --dtype {dt} vs sentence-transformers: max |diff| {c['max_abs_diff']:.2e}, "
+                    f"min cosine {c['min_cosine']:.7f}")
     for key, sr in result["shapes"].items():
-        c = sr.get("check_ort_vs_pytorch")
-        if c:
-            log(f"check ORT vs PyTorch at {key}: max |diff| {c['max_abs_diff']:.2e}, min cosine {c['min_cosine']:.7f}")
+        for rt in PEER_COS_MIN:
+            c = sr.get(f"check_{rt}_vs_pytorch") or (sr.get("check_ort_vs_pytorch") if rt == "ort" else None)
+            if c:
+                log(f"check {LABEL[rt]} vs PyTorch at {key}: max |diff| {c['max_abs_diff']:.2e}, "
+                    f"min cosine {c['min_cosine']:.7f}")
     if max(result["loadavg_start"][0], result["loadavg_end"][0]) > 0.5:
         log(f"WARNING: the machine was busy (load avg {result['loadavg_start'][0]:.2f} -> {result['loadavg_end'][0]:.2f}; "
             f"per-measurement values in the JSON / log): absolute numbers are pessimistic, PyTorch's most of all")
