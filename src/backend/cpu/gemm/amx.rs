@@ -20,9 +20,12 @@
 //!   threads before the products start.
 //! * **Work split**: tiles are (block of rows, group of W panels); each walks its panels, and
 //!   for each panel its 32-row blocks, the whole of k at once (the panel stays in L1/L2 while
-//!   the row blocks stream past it). A full 32 x 32 block is stored straight into `out`; edge
-//!   blocks (rows past m, columns past n) go through a scratch block. The epilogue runs on each
-//!   block right after it is stored, as in the other kernels.
+//!   the row blocks stream past it).
+//! * **Epilogue**: each block is stored to one of two 4 KB scratch blocks; its epilogue runs
+//!   there after the next block's products were issued, and writes the rows past m and columns
+//!   past n nowhere, the rest to `out` with ordinary stores (the tile unit works behind the
+//!   core: reading a block back right after `tilestored` waits for it, and so did reading
+//!   `out` back when the tiles were stored there).
 //!
 //! # Permission
 //!
@@ -36,7 +39,7 @@ use std::arch::x86_64::__cpuid_count;
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
-use super::{epilogue_tile, run_jobs, Epilogue, Line, SharedPtr, SimdLevel, NR};
+use super::{run_jobs, Epilogue, Line, SharedPtr, SimdLevel, NR};
 
 /// Environment variable: `0`/`off`/`false` keeps bf16 weights off the AMX kernel (they then run
 /// on the `avx512_bf16` or widening kernels). Read once.
@@ -214,27 +217,29 @@ pub(super) fn linear(
             unsafe {
                 asm!("ldtilecfg [{0}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly))
             };
-            // Each block's epilogue (and, for an edge block, its copy out of the scratch) runs
-            // after the next block's products: values just written by `tilestored` are not
-            // forwarded to ordinary loads, so reading them back at once stalls.
+            // Every block is stored to one of two L1-resident scratch blocks, and its epilogue
+            // runs (writing the result to out) after the next block's products: values just
+            // written by `tilestored` are not forwarded to ordinary loads, so reading them back
+            // at once stalls.
             let mut scratch = [[0.0f32; BLOCK * BLOCK]; 2];
             let mut pending: Option<Pending> = None;
-            let finish = |p: Pending, scratch: &[[f32; BLOCK * BLOCK]; 2]| {
-                // SAFETY: the block at (p.i0, p.j0) is inside out (p.rows x p.cols in range)
-                // and owned by this tile; its products were stored (into out, or into the
-                // scratch it names) by an earlier `block` call on this thread.
+            let finish = |p: Pending, scratch: &mut [[f32; BLOCK * BLOCK]; 2]| {
+                // SAFETY: AVX-512F and FMA (AMX implies them); the scratch block holds this
+                // block's products (stored by an earlier `block` call on this thread); the
+                // block at (p.i0, p.j0) is inside out (p.rows x p.cols in range) and owned by
+                // this tile.
                 unsafe {
-                    let c = out_ptr.get().add(p.i0 * n + p.j0);
-                    if let Some(s) = p.scratch {
-                        for r in 0..p.rows {
-                            std::ptr::copy_nonoverlapping(
-                                scratch[s].as_ptr().add(r * BLOCK),
-                                c.add(r * n),
-                                p.cols,
-                            );
-                        }
-                    }
-                    epilogue_tile(SimdLevel::Avx512, ep, c, p.rows, p.cols, p.i0, p.j0, n);
+                    super::x86::epilogue_from_scratch_avx512(
+                        ep,
+                        scratch[p.scratch].as_mut_ptr(),
+                        BLOCK,
+                        out_ptr.get().add(p.i0 * n + p.j0),
+                        p.rows,
+                        p.cols,
+                        p.i0,
+                        p.j0,
+                        n,
+                    )
                 }
             };
             for q in q0..q1 {
@@ -247,40 +252,26 @@ pub(super) fn linear(
                     // SAFETY: rows i0 .. i0 + 32 of the rounded buffer exist (m_pad rows,
                     // written before the tiles started, read-only now).
                     let a = unsafe { xb.get().add(i0 * kp / 2).cast::<u16>().cast_const() };
-                    // A full block goes straight into out; an edge block into the scratch
-                    // the pending block (if any) is not using.
-                    let edge = (rows < BLOCK || cols < NR)
-                        .then(|| pending.as_ref().map_or(0, |p| 1 - p.scratch.unwrap_or(1)));
+                    // the scratch block the pending block (if any) is not using
+                    let s = pending.as_ref().map_or(0, |p| 1 - p.scratch);
                     // SAFETY: a and b_panel hold 32 rows of kp values and k2p pair rows (see
-                    // `block`'s contract); the 32 x 32 destination is either the block at
-                    // (i0, j0), inside out (rows and columns in range) and owned by this tile,
-                    // or a scratch block no pending block still needs.
-                    unsafe {
-                        match edge {
-                            None => {
-                                let c = out_ptr.get().add(i0 * n + j0);
-                                block(a, kp, b_panel.as_ptr(), k2p, c, n);
-                            }
-                            Some(s) => {
-                                let c = scratch[s].as_mut_ptr();
-                                block(a, kp, b_panel.as_ptr(), k2p, c, BLOCK);
-                            }
-                        }
-                    }
+                    // `block`'s contract); the scratch block is 32 x 32 and no pending block
+                    // still needs it.
+                    unsafe { block(a, kp, b_panel.as_ptr(), k2p, scratch[s].as_mut_ptr(), BLOCK) };
                     let this = Pending {
                         i0,
                         j0,
                         rows,
                         cols,
-                        scratch: edge,
+                        scratch: s,
                     };
                     if let Some(p) = pending.replace(this) {
-                        finish(p, &scratch);
+                        finish(p, &mut scratch);
                     }
                 }
             }
             if let Some(p) = pending {
-                finish(p, &scratch);
+                finish(p, &mut scratch);
             }
             // SAFETY: releases this thread's tile state (no tile is live past this point).
             unsafe { asm!("tilerelease", options(nostack, nomem)) };
@@ -295,8 +286,8 @@ struct Pending {
     j0: usize,
     rows: usize,
     cols: usize,
-    /// which scratch block holds it (edge blocks), or None: stored in out
-    scratch: Option<usize>,
+    /// which scratch block holds its products
+    scratch: usize,
 }
 
 /// One 32 x 32 block: `c[r, j] = sum_p a[r, p] * B[p, j]` over `kp` values of k, with `a` the

@@ -556,6 +556,48 @@ pub(super) unsafe fn epilogue_avx512(
     unsafe { super::epilogue_tile_generic::<true>(ep, c, mr, nr, row0, j0, n) }
 }
 
+/// The AMX kernel's epilogue: the `mr x nr` block of products in `s` (row stride `lds`, an
+/// L1-resident scratch the tiles were stored to) gets the epilogue in place, then is written to
+/// `dst` = `out[row0, j0]` (row stride `n`) with ordinary vector stores. (Reading `out` back
+/// after the tiles were stored there directly stalled on each line's fill from memory; stores
+/// do not wait.)
+///
+/// # Safety
+/// AVX-512F and FMA available; `s` valid for `mr` rows of `nr <= lds` floats, not accessed
+/// otherwise meanwhile; `dst` valid for writes of `mr` rows of `nr` floats at stride `n`, not
+/// accessed otherwise meanwhile; the epilogue's slices cover rows `row0 .. row0 + mr`,
+/// columns `j0 .. j0 + nr` of the `[m, n]` output.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,fma")]
+pub(super) unsafe fn epilogue_from_scratch_avx512(
+    ep: Epilogue<'_>,
+    s: *mut f32,
+    lds: usize,
+    dst: *mut f32,
+    mr: usize,
+    nr: usize,
+    row0: usize,
+    j0: usize,
+    n: usize,
+) {
+    for r in 0..mr {
+        // SAFETY: row r of the scratch block, nr <= lds values (contract).
+        let row = unsafe { std::slice::from_raw_parts_mut(s.add(r * lds), nr) };
+        super::apply_epilogue_row::<true>(ep, row, row0 + r, j0, n);
+        let mut c = 0;
+        while c < nr {
+            let m = mask_below(nr - c);
+            // SAFETY: lanes c .. min(c + 16, nr) of the scratch row and of dst's row r, both
+            // inside their blocks (contract); masked-off lanes are not accessed.
+            unsafe {
+                let v = _mm512_maskz_loadu_ps(m, row.as_ptr().add(c));
+                _mm512_mask_storeu_ps(dst.add(r * n + c), m, v);
+            }
+            c += 16;
+        }
+    }
+}
+
 /// `super::epilogue_tile` compiled for AVX2 + FMA.
 ///
 /// # Safety
