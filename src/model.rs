@@ -777,3 +777,75 @@ impl CpuModel {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_groups_hold_whole_sequences_within_the_budget() {
+        // lengths 100 x 7, then one 600-token sequence, then 3 x 200
+        let lens = [100, 100, 100, 100, 100, 100, 100, 600, 200, 200, 200];
+        let mut offsets = vec![0];
+        for l in lens {
+            offsets.push(offsets.last().copied().unwrap_or(0) + l);
+        }
+        let g = row_groups(&offsets, 512);
+        assert_eq!(g, vec![0, 5, 7, 8, 10, 11]);
+        for w in g.windows(2) {
+            let rows = offsets[w[1]] - offsets[w[0]];
+            assert!(
+                rows <= 512 || w[1] - w[0] == 1,
+                "group {w:?} has {rows} rows"
+            );
+        }
+        assert_eq!(row_groups(&[0], 512), vec![0]);
+        assert_eq!(row_groups(&[0, 3], 512), vec![0, 1]);
+    }
+
+    /// A batch whose layers run in several groups gives every sequence the hidden states it
+    /// gets alone (fp32 and bf16 weights).
+    #[test]
+    fn grouped_layers_equal_sequences_run_alone() {
+        let mut cfg = ModelConfig::xsmall();
+        cfg.num_layers = 2;
+        for bf16 in [false, true] {
+            let model = CpuModel::new(cfg.clone(), HostWeights::random(&cfg, 7), 512, bf16);
+            let mut seed = 0x2545_F491_4F6C_DD1Du64;
+            let seqs: Vec<Vec<u32>> = [300, 5, 400, 130, 512, 64, 64]
+                .iter()
+                .map(|&n| {
+                    (0..n)
+                        .map(|_| {
+                            seed ^= seed << 13;
+                            seed ^= seed >> 7;
+                            seed ^= seed << 17;
+                            (seed % 1000) as u32
+                        })
+                        .collect()
+                })
+                .collect();
+            let batch = PackedBatch::new(&seqs);
+            assert!(row_groups(&batch.offsets, LAYER_ROWS).len() > 3);
+            let mut st = RunState::default();
+            model.forward(&batch, &mut st, None);
+            let h = cfg.hidden_size;
+            for (s, seq) in seqs.iter().enumerate() {
+                let mut alone = RunState::default();
+                model.forward(&PackedBatch::new(&[seq]), &mut alone, None);
+                let (a, b) = (batch.offsets[s] * h, batch.offsets[s + 1] * h);
+                let grouped = &st.hidden()[a..b];
+                let single = &alone.hidden()[..b - a];
+                let worst = grouped
+                    .iter()
+                    .zip(single)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0.0f32, f32::max);
+                assert!(
+                    worst <= 1e-5,
+                    "sequence {s} (bf16 {bf16}): max |diff| {worst}"
+                );
+            }
+        }
+    }
+}
