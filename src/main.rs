@@ -909,6 +909,10 @@ fn bench(a: BenchArgs) -> Result<()> {
         a.seq_len,
         times.len()
     );
+    let cpu_kernels = cpu_kernels(device, precision);
+    if let Some(k) = &cpu_kernels {
+        println!("cpu kernels: {k}");
+    }
     println!("median {median:.3} ms   mean {mean:.3} ms   min {min:.3} ms");
     let model_tflops = tokens * flops_per_token / (median / 1e3) / 1e12;
     println!(
@@ -942,10 +946,27 @@ fn bench(a: BenchArgs) -> Result<()> {
             "flops_per_token": flops_per_token,
             "model_tflops": model_tflops,
             "device_mem_used_mib": device_mem.map(|(u, _)| u as f64 / 1048576.0),
+            "cpu_kernels": cpu_kernels,
         });
         println!("{v}");
     }
     Ok(())
+}
+
+/// Which CPU GEMM kernels a forward at `precision` runs (the SIMD level; for bf16, the weight
+/// form this CPU gets: AMX tiles, `avx512_bf16` dot products or widened storage); `None` on a GPU.
+fn cpu_kernels(device: Device, precision: Precision) -> Option<String> {
+    use deberta_embed::backend::cpu::gemm::{bf16_gemm_form, simd_level, Bf16Form};
+    if device != Device::Cpu {
+        return None;
+    }
+    let bf16 = match (precision, bf16_gemm_form()) {
+        (Precision::BF16, Bf16Form::Tiles) => ", bf16 weights on AMX tiles",
+        (Precision::BF16, Bf16Form::Dot) => ", bf16 weights as avx512_bf16 dot products",
+        (Precision::BF16, Bf16Form::Storage) => ", bf16 weights widened to f32",
+        _ => "",
+    };
+    Some(format!("gemm {}{bf16}", simd_level()))
 }
 
 /// (used, total) bytes of the GPU's memory, all processes included; `None` on the CPU.

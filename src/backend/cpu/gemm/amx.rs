@@ -254,10 +254,23 @@ pub(super) fn linear(
                     let a = unsafe { xb.get().add(i0 * kp / 2).cast::<u16>().cast_const() };
                     // the scratch block the pending block (if any) is not using
                     let s = pending.as_ref().map_or(0, |p| 1 - p.scratch);
+                    // the last row block of a panel requests the next panel of this tile
+                    let next =
+                        (b + 1 == b1 && q + 1 < q1).then(|| w[(q + 1) * k2p * NR..].as_ptr());
                     // SAFETY: a and b_panel hold 32 rows of kp values and k2p pair rows (see
                     // `block`'s contract); the scratch block is 32 x 32 and no pending block
-                    // still needs it.
-                    unsafe { block(a, kp, b_panel.as_ptr(), k2p, scratch[s].as_mut_ptr(), BLOCK) };
+                    // still needs it; `next` is only prefetched.
+                    unsafe {
+                        block(
+                            a,
+                            kp,
+                            b_panel.as_ptr(),
+                            k2p,
+                            scratch[s].as_mut_ptr(),
+                            BLOCK,
+                            next,
+                        )
+                    };
                     let this = Pending {
                         i0,
                         j0,
@@ -291,7 +304,10 @@ struct Pending {
 }
 
 /// One 32 x 32 block: `c[r, j] = sum_p a[r, p] * B[p, j]` over `kp` values of k, with `a` the
-/// bf16 rows (stride `kp` values) and `b` a tile panel of `k2p` pair rows (128 bytes each).
+/// bf16 rows (stride `kp` values) and `b` a tile panel of `k2p` pair rows (128 bytes each);
+/// with `prefetch`, the panel there (the next one this thread multiplies) is requested into L2
+/// step by step meanwhile: with few rows the products wait on the weights, which the hardware
+/// prefetchers do not fetch ahead for tile loads.
 ///
 /// # Safety
 /// The tile configuration [`CONFIG`] is loaded on this thread (AMX available and permitted);
@@ -299,49 +315,102 @@ struct Pending {
 /// `k2p` a positive multiple of 16; the 32 rows of 32 floats at `c` (row stride `ldc` floats)
 /// writable and not accessed otherwise meanwhile.
 #[inline]
-unsafe fn block(a: *const u16, kp: usize, b: *const u32, k2p: usize, c: *mut f32, ldc: usize) {
+unsafe fn block(
+    a: *const u16,
+    kp: usize,
+    b: *const u32,
+    k2p: usize,
+    c: *mut f32,
+    ldc: usize,
+    prefetch: Option<*const u32>,
+) {
     let steps = k2p / 16;
-    let sa = kp * 2; // bytes per row of x
-    let sc = ldc * 4; // bytes per row of out
-                      // SAFETY: caller contract. Per step: A tiles read rows 0-15 and 16-31 (64 bytes each at
-                      // the step's k offset), B tiles 16 pair rows (columns 0-15 at +0, 16-31 at +64 in each
-                      // 128-byte row); the pointers advance by 64 bytes (A) and 2048 bytes (B) per step, `steps`
-                      // times, staying inside the buffers; the stores write the four 16 x 16 quarters of the
-                      // 32 x 32 block at c.
-    unsafe {
-        asm!(
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
-            "2:",
-            "tileloadd tmm4, [{a0} + {sa}*1]",
-            "tileloadd tmm6, [{b} + {sb}*1]",
-            "tileloadd tmm5, [{a1} + {sa}*1]",
-            "tileloadd tmm7, [{b} + {sb}*1 + 64]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
-            "add {a0}, 64",
-            "add {a1}, 64",
-            "add {b}, 2048",
-            "dec {steps}",
-            "jnz 2b",
-            "tilestored [{c0} + {sc}*1], tmm0",
-            "tilestored [{c0} + {sc}*1 + 64], tmm1",
-            "tilestored [{c1} + {sc}*1], tmm2",
-            "tilestored [{c1} + {sc}*1 + 64], tmm3",
-            a0 = inout(reg) a => _,
-            a1 = inout(reg) a.add(16 * kp) => _,
-            b = inout(reg) b => _,
-            steps = inout(reg) steps => _,
-            sa = in(reg) sa,
-            sb = in(reg) 128usize,
-            c0 = in(reg) c,
-            c1 = in(reg) c.add(16 * ldc),
-            sc = in(reg) sc,
-            options(nostack),
-        );
+    // bytes per row of x, per row of c
+    let (sa, sc) = (kp * 2, ldc * 4);
+    macro_rules! kernel {
+        ($($prefetch:literal,)*) => {
+            // SAFETY: caller contract. Per step: A tiles read rows 0-15 and 16-31 (64 bytes
+            // each at the step's k offset), B tiles 16 pair rows (columns 0-15 at +0, 16-31 at
+            // +64 in each 128-byte row); the pointers advance by 64 bytes (A) and 2048 bytes
+            // (B) per step, `steps` times, staying inside the buffers; the stores write the
+            // four 16 x 16 quarters of the 32 x 32 block at c. A prefetch never faults.
+            unsafe {
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    "2:",
+                    "tileloadd tmm4, [{a0} + {sa}*1]",
+                    "tileloadd tmm6, [{b} + {sb}*1]",
+                    "tileloadd tmm5, [{a1} + {sa}*1]",
+                    "tileloadd tmm7, [{b} + {sb}*1 + 64]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    $($prefetch,)*
+                    "add {pf}, 2048",
+                    "add {a0}, 64",
+                    "add {a1}, 64",
+                    "add {b}, 2048",
+                    "dec {steps}",
+                    "jnz 2b",
+                    "tilestored [{c0} + {sc}*1], tmm0",
+                    "tilestored [{c0} + {sc}*1 + 64], tmm1",
+                    "tilestored [{c1} + {sc}*1], tmm2",
+                    "tilestored [{c1} + {sc}*1 + 64], tmm3",
+                    a0 = inout(reg) a => _,
+                    a1 = inout(reg) a.wrapping_add(16 * kp) => _,
+                    b = inout(reg) b => _,
+                    pf = inout(reg) prefetch.unwrap_or(b) => _,
+                    steps = inout(reg) steps => _,
+                    sa = in(reg) sa,
+                    sb = in(reg) 128usize,
+                    c0 = in(reg) c,
+                    c1 = in(reg) c.wrapping_add(16 * ldc),
+                    sc = in(reg) sc,
+                    options(nostack),
+                );
+            }
+        };
+    }
+    match prefetch {
+        // the same 2 KB of the next panel as this step reads of this one: 32 lines into L2
+        Some(_) => kernel!(
+            "prefetcht1 [{pf} + 0]",
+            "prefetcht1 [{pf} + 64]",
+            "prefetcht1 [{pf} + 128]",
+            "prefetcht1 [{pf} + 192]",
+            "prefetcht1 [{pf} + 256]",
+            "prefetcht1 [{pf} + 320]",
+            "prefetcht1 [{pf} + 384]",
+            "prefetcht1 [{pf} + 448]",
+            "prefetcht1 [{pf} + 512]",
+            "prefetcht1 [{pf} + 576]",
+            "prefetcht1 [{pf} + 640]",
+            "prefetcht1 [{pf} + 704]",
+            "prefetcht1 [{pf} + 768]",
+            "prefetcht1 [{pf} + 832]",
+            "prefetcht1 [{pf} + 896]",
+            "prefetcht1 [{pf} + 960]",
+            "prefetcht1 [{pf} + 1024]",
+            "prefetcht1 [{pf} + 1088]",
+            "prefetcht1 [{pf} + 1152]",
+            "prefetcht1 [{pf} + 1216]",
+            "prefetcht1 [{pf} + 1280]",
+            "prefetcht1 [{pf} + 1344]",
+            "prefetcht1 [{pf} + 1408]",
+            "prefetcht1 [{pf} + 1472]",
+            "prefetcht1 [{pf} + 1536]",
+            "prefetcht1 [{pf} + 1600]",
+            "prefetcht1 [{pf} + 1664]",
+            "prefetcht1 [{pf} + 1728]",
+            "prefetcht1 [{pf} + 1792]",
+            "prefetcht1 [{pf} + 1856]",
+            "prefetcht1 [{pf} + 1920]",
+            "prefetcht1 [{pf} + 1984]",
+        ),
+        None => kernel!(),
     }
 }
