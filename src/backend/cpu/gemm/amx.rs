@@ -14,10 +14,11 @@
 //!   of k, word `c` = `W[32q + c, 2pp]` | `W[32q + c, 2pp + 1] << 16`), with the pairs padded
 //!   with zeros to a multiple of 16 and 64-byte aligned, so a B tile is 16 rows of 64 bytes at
 //!   a stride of 128 bytes and never reads past the panel.
-//! * **x** is rounded to bf16 (nearest even) once per call into a row-major buffer whose rows
-//!   are padded with zeros to the same multiple of 32 values, and whose row count is padded to
-//!   a multiple of 32: an A tile is 16 rows of that buffer. The rounding is split among the
-//!   threads before the products start.
+//! * **x** is rounded to bf16 (nearest even) once per call, its rows padded with zeros to the
+//!   same multiple of 32 values and its row count to a multiple of 32, into blocks of 32 rows
+//!   laid out step by step: for each 32 values of k, the 32 rows' 64 bytes back to back (2 KB,
+//!   the two A tiles of that step), so a block is read as one sequential stream. The rounding
+//!   is split among the threads before the products start.
 //! * **Work split**: tiles are (block of rows, group of W panels); each walks its panels, and
 //!   for each panel its 32-row blocks, the whole of k at once (the panel stays in L1/L2 while
 //!   the row blocks stream past it).
@@ -128,7 +129,8 @@ impl TileConfig {
 static CONFIG: TileConfig = TileConfig::all_16x64();
 
 thread_local! {
-    /// x rounded to bf16 (`[m padded to 32][kp]`, as lines so rows are 64-byte aligned),
+    /// x rounded to bf16 (`m` padded to 32 rows of `kp` values, in blocks of 32 rows in step
+    /// order; lines, so every step is 64-byte aligned),
     /// owned by the thread that calls `linear`.
     static X_BF16: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
 }
@@ -188,21 +190,31 @@ pub(super) fn linear(
         let xb = SharedPtr(buf.as_mut_ptr().cast::<f32>());
         let out_ptr = SharedPtr(out.as_mut_ptr());
         // Rounding units of 32 rows (the padded rows are zeroed).
+        // Rounding units of 32 rows (the padded rows are zeroed), each written in the tile
+        // order of its block (see the module docs).
         let round = |u: usize| {
-            for r in u * BLOCK..(u + 1) * BLOCK {
-                // SAFETY: row r of the buffer (`kp / 2` words from `r * kp / 2`) is inside its
-                // `m_pad * kp / 2` words; each unit writes only its own rows, and no tile reads
-                // the buffer before every unit has finished (`run_jobs` barrier).
-                let dst =
-                    unsafe { std::slice::from_raw_parts_mut(xb.get().add(r * kp / 2), kp / 2) };
-                if r < m {
-                    let src = &x[r * k..(r + 1) * k];
-                    let words = k.div_ceil(2);
+            let words = k.div_ceil(2);
+            let mut row = vec![0.0f32; kp / 2];
+            // SAFETY: block u (`32 * kp / 2` words from `u * 32 * kp / 2`) is inside the
+            // buffer's `m_pad * kp / 2` words; each unit writes only its own block, and no
+            // tile reads the buffer before every unit has finished (`run_jobs` barrier).
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(xb.get().add(u * BLOCK * kp / 2), BLOCK * kp / 2)
+            };
+            for r in 0..BLOCK {
+                let i = u * BLOCK + r;
+                if i < m {
                     // SAFETY: `amx_available` implies AVX-512F and AVX512_BF16.
-                    unsafe { super::x86::round_to_bf16_pairs(src, &mut dst[..words]) };
-                    dst[words..].fill(0.0);
+                    unsafe {
+                        super::x86::round_to_bf16_pairs(&x[i * k..(i + 1) * k], &mut row[..words])
+                    };
+                    row[words..].fill(0.0);
                 } else {
-                    dst.fill(0.0);
+                    row.fill(0.0);
+                }
+                // step s of row r: 16 words at (s * 32 + r) * 16
+                for (st, chunk) in row.chunks_exact(16).enumerate() {
+                    dst[(st * BLOCK + r) * 16..][..16].copy_from_slice(chunk);
                 }
             }
         };
@@ -249,21 +261,20 @@ pub(super) fn linear(
                 for b in b0..b1 {
                     let i0 = b * BLOCK;
                     let rows = BLOCK.min(m - i0);
-                    // SAFETY: rows i0 .. i0 + 32 of the rounded buffer exist (m_pad rows,
-                    // written before the tiles started, read-only now).
+                    // SAFETY: block b of the rounded buffer (32 * kp values from i0 * kp) exists
+                    // (m_pad rows, written before the tiles started, read-only now).
                     let a = unsafe { xb.get().add(i0 * kp / 2).cast::<u16>().cast_const() };
                     // the scratch block the pending block (if any) is not using
                     let s = pending.as_ref().map_or(0, |p| 1 - p.scratch);
                     // the last row block of a panel requests the next panel of this tile
                     let next =
                         (b + 1 == b1 && q + 1 < q1).then(|| w[(q + 1) * k2p * NR..].as_ptr());
-                    // SAFETY: a and b_panel hold 32 rows of kp values and k2p pair rows (see
+                    // SAFETY: a and b_panel hold 32 rows of 2 * k2p values and k2p pair rows (see
                     // `block`'s contract); the scratch block is 32 x 32 and no pending block
                     // still needs it; `next` is only prefetched.
                     unsafe {
                         block(
                             a,
-                            kp,
                             b_panel.as_ptr(),
                             k2p,
                             scratch[s].as_mut_ptr(),
@@ -303,21 +314,21 @@ struct Pending {
     scratch: usize,
 }
 
-/// One 32 x 32 block: `c[r, j] = sum_p a[r, p] * B[p, j]` over `kp` values of k, with `a` the
-/// bf16 rows (stride `kp` values) and `b` a tile panel of `k2p` pair rows (128 bytes each);
+/// One 32 x 32 block: `c[r, j] = sum_p a[r, p] * B[p, j]` over `2 * k2p` values of k, with `a`
+/// a block of x in step order (2 KB per 32 values of k) and `b` a tile panel of `k2p` pair rows
+/// (128 bytes each);
 /// with `prefetch`, the panel there (the next one this thread multiplies) is requested into L2
 /// step by step meanwhile: with few rows the products wait on the weights, which the hardware
 /// prefetchers do not fetch ahead for tile loads.
 ///
 /// # Safety
 /// The tile configuration [`CONFIG`] is loaded on this thread (AMX available and permitted);
-/// `a .. a + 32 * kp` bf16 readable; `b .. b + k2p * 32` words readable; `kp = 2 * k2p`,
-/// `k2p` a positive multiple of 16; the 32 rows of 32 floats at `c` (row stride `ldc` floats)
+/// `a .. a + 64 * k2p` bf16 readable; `b .. b + k2p * 32` words readable; `k2p` a positive
+/// multiple of 16; the 32 rows of 32 floats at `c` (row stride `ldc` floats)
 /// writable and not accessed otherwise meanwhile.
 #[inline]
 unsafe fn block(
     a: *const u16,
-    kp: usize,
     b: *const u32,
     k2p: usize,
     c: *mut f32,
@@ -325,8 +336,8 @@ unsafe fn block(
     prefetch: Option<*const u32>,
 ) {
     let steps = k2p / 16;
-    // bytes per row of x, per row of c
-    let (sa, sc) = (kp * 2, ldc * 4);
+    // bytes per row of an A tile (rows of one step are contiguous), per row of c
+    let (sa, sc) = (64usize, ldc * 4);
     macro_rules! kernel {
         ($($prefetch:literal,)*) => {
             // SAFETY: caller contract. Per step: A tiles read rows 0-15 and 16-31 (64 bytes
@@ -351,8 +362,8 @@ unsafe fn block(
                     "tdpbf16ps tmm3, tmm5, tmm7",
                     $($prefetch,)*
                     "add {pf}, 2048",
-                    "add {a0}, 64",
-                    "add {a1}, 64",
+                    "add {a0}, 2048",
+                    "add {a1}, 2048",
                     "add {b}, 2048",
                     "dec {steps}",
                     "jnz 2b",
@@ -361,7 +372,7 @@ unsafe fn block(
                     "tilestored [{c1} + {sc}*1], tmm2",
                     "tilestored [{c1} + {sc}*1 + 64], tmm3",
                     a0 = inout(reg) a => _,
-                    a1 = inout(reg) a.wrapping_add(16 * kp) => _,
+                    a1 = inout(reg) a.wrapping_add(16 * 32) => _,
                     b = inout(reg) b => _,
                     pf = inout(reg) prefetch.unwrap_or(b) => _,
                     steps = inout(reg) steps => _,
