@@ -165,10 +165,11 @@ pub(super) fn linear(
     );
     assert!(x.len() >= m * k && out.len() >= m * n);
     let m_pad = m.div_ceil(BLOCK) * BLOCK;
-    // Row blocks: at least four tiles per thread when m allows (balance), at most 8 blocks of
-    // 32 rows (the rows a tile streams past each W panel stay in L2).
+    // Row blocks per tile: as many as the threads leave (each W panel is read once per tile
+    // and then reused from L1 by every block of the tile, so more blocks mean fewer panel
+    // reads from L2), at most 8 (256 rows); the column split below restores balance.
     let blocks = m_pad / BLOCK;
-    let per_tile = blocks.div_ceil(4 * threads.max(1)).clamp(1, 8);
+    let per_tile = blocks.div_ceil(threads.max(1)).clamp(1, 8);
     let m_tiles = blocks.div_ceil(per_tile);
     // Too few row tiles for the threads: split the panels too.
     let n_groups = (2 * threads).div_ceil(m_tiles).clamp(1, panels);
