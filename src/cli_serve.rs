@@ -140,6 +140,11 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let embedder = Embedder::load_with(&dir, device, opts)?;
     // A model loaded by hub id is served under that id, not its snapshot's commit hash.
     let by_id = (dir != a.common.model).then(|| a.common.model.display().to_string());
+    // a hub model's directory is its snapshot, named by its commit
+    let revision = by_id
+        .as_ref()
+        .and_then(|_| dir.file_name())
+        .map(|n| n.to_string_lossy().into_owned());
     let model_name = a.served_model_name.clone().or(by_id).unwrap_or_else(|| {
         a.common
             .model
@@ -166,6 +171,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             idle_timeout: Duration::from_secs_f64(a.idle_timeout),
             auto_truncate: a.auto_truncate,
             api_key: a.api_key.clone(),
+            revision,
         },
     )?;
     limit_malloc_arenas();

@@ -40,7 +40,8 @@ enum Command {
     /// Evaluate a model on labelled sentence pairs, as sentence-transformers' evaluators do.
     Eval(cli_eval::EvalArgs),
     /// Serve embeddings over HTTP: OpenAI-compatible /v1/embeddings,
-    /// text-embeddings-inference-compatible /embed and /tokenize, /health and Prometheus /metrics.
+    /// text-embeddings-inference-compatible /embed and /tokenize, /health, Prometheus /metrics,
+    /// /info and the OpenAPI document at /openapi.json.
     Serve(cli_serve::ServeArgs),
 }
 

@@ -19,9 +19,10 @@ use test_server::TestServer;
 const KEY: &str = "openapi-test-key";
 
 /// Every route the router serves, with its method.
-const ROUTES: [(&str, &str); 8] = [
+const ROUTES: [(&str, &str); 9] = [
     ("post", "/v1/embeddings"),
     ("post", "/embed"),
+    ("post", "/"),
     ("post", "/tokenize"),
     ("get", "/health"),
     ("get", "/metrics"),
@@ -299,6 +300,15 @@ fn every_answer_matches_its_schema() {
         ("post", "/embed", json!({"inputs": [1, 2]}), true, 422),
         (
             "post",
+            "/",
+            json!({"inputs": "a", "truncation_direction": "Right"}),
+            true,
+            200,
+        ),
+        ("post", "/", json!({"inputs": "a"}), false, 401),
+        ("post", "/", json!({"inputs": false}), true, 422),
+        (
+            "post",
             "/tokenize",
             json!({"inputs": ["I´m here", ""], "add_special_tokens": false}),
             true,
@@ -368,6 +378,26 @@ fn every_answer_matches_its_schema() {
     assert!(statuses.len() >= 5, "{statuses:?}");
 }
 
+/// The bearer scheme is matched in any case; other schemes and wrong keys are 401.
+#[test]
+fn the_api_key_is_a_bearer_token_in_any_case() {
+    let srv = start();
+    for (header, want) in [
+        (format!("Bearer {KEY}"), 200),
+        (format!("bearer {KEY}"), 200),
+        (format!("BEARER {KEY}"), 200),
+        (format!("Basic {KEY}"), 401),
+        (format!("Bearer {KEY}x"), 401),
+        (format!("Bearer{KEY}"), 401),
+        (KEY.to_string(), 401),
+    ] {
+        let mut c = http::Conn::connect(srv.addr).unwrap();
+        c.send("GET", "/info", b"", &[("Authorization", header.as_str())])
+            .unwrap();
+        assert_eq!(c.read_response().unwrap().status, want, "{header}");
+    }
+}
+
 #[test]
 fn request_examples_in_the_document_are_served() {
     let srv = start();
@@ -396,5 +426,5 @@ fn request_examples_in_the_document_are_served() {
             n += 1;
         }
     }
-    assert_eq!(n, 3);
+    assert_eq!(n, 4);
 }

@@ -12,6 +12,11 @@
 //!   character offsets into the input; `truncate: false` gives every token instead.
 //! * `GET /health`: 200 while the model is loaded and the batcher runs.
 //! * `GET /metrics`: Prometheus text exposition.
+//! * `GET /info`, `GET /v1/models`: what is served; `GET /openapi.json`: the OpenAPI document
+//!   ([`openapi_json`]).
+//!
+//! The three POST routes take `prompt_name` / `prompt` (sentence-transformers' prompts; the
+//! model's default prompt applies without them), prepended before tokenizing.
 //!
 //! Request handlers parse and validate the JSON, tokenize on tokio's blocking pool (so token
 //! counts are known before anything is queued), and hand the ids to one batcher thread through
@@ -93,6 +98,8 @@ pub struct ServerOptions {
     /// When set, every route but `/health` and `/metrics` needs `Authorization: Bearer <key>`
     /// (401 otherwise).
     pub api_key: Option<String>,
+    /// The model's revision, if known (the hub commit of a model loaded by id), for `/info`.
+    pub revision: Option<String>,
 }
 
 impl std::fmt::Debug for ServerOptions {
@@ -111,6 +118,7 @@ impl std::fmt::Debug for ServerOptions {
             .field("auto_truncate", &self.auto_truncate)
             // never the key itself
             .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
+            .field("revision", &self.revision)
             .finish()
     }
 }
@@ -130,6 +138,7 @@ impl Default for ServerOptions {
             idle_timeout: std::time::Duration::from_secs(60),
             auto_truncate: false,
             api_key: None,
+            revision: None,
         }
     }
 }
@@ -292,6 +301,9 @@ fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/embeddings", post(openai_embeddings))
         .route("/embed", post(tei_embed))
+        // text-embeddings-inference answers its model's main task on `/` too (clients that are
+        // given the server's URL as the model's, like huggingface_hub's, post there)
+        .route("/", post(tei_embed))
         .route("/tokenize", post(tei_tokenize))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -1052,12 +1064,14 @@ async fn authorize(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Re
     if matches!(req.uri().path(), "/health" | "/metrics") {
         return next.run(req).await;
     }
+    // the scheme is case-insensitive (RFC 9110): `Bearer`, `bearer`, ...
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, token)| token);
     if same_secret(given.trim().as_bytes(), key.as_bytes()) {
         return next.run(req).await;
     }
@@ -1088,6 +1102,8 @@ async fn info(State(s): State<Arc<Shared>>) -> Response {
     let o = &s.opts;
     Json(openapi::Info {
         model_id: o.model_name.clone(),
+        revision: o.revision.clone(),
+        model_sha: o.revision.clone(),
         model_type: "embedding".into(),
         dim: e.dim(),
         max_seq_length: e.max_seq_length(),
@@ -1161,6 +1177,7 @@ fn route_label(path: &str) -> &'static str {
     match path {
         "/v1/embeddings" => "/v1/embeddings",
         "/embed" => "/embed",
+        "/" => "/",
         "/tokenize" => "/tokenize",
         "/health" => "/health",
         "/metrics" => "/metrics",

@@ -34,7 +34,7 @@ pub fn openapi_json() -> serde_json::Value {
                        `Authorization: Bearer <key>`."
     ),
     paths(
-        embeddings, embed, tokenize, health, metrics, info, models, openapi_document
+        embeddings, embed, embed_root, tokenize, health, metrics, info, models, openapi_document
     ),
     components(schemas(
         Input, EmbeddingsRequest, EncodingFormat, EmbedRequest, TruncationDirection,
@@ -193,6 +193,10 @@ pub struct Health {
 #[derive(Serialize, ToSchema)]
 pub struct Info {
     pub model_id: String,
+    /// The hub commit of a model loaded by id; null for a local directory.
+    pub revision: Option<String>,
+    /// The same as `revision` (text-embeddings-inference's name).
+    pub model_sha: Option<String>,
     /// Always `embedding`.
     pub model_type: String,
     pub dim: usize,
@@ -282,6 +286,26 @@ fn embeddings() {}
 )]
 #[allow(dead_code)]
 fn embed() {}
+
+/// `/embed` under text-embeddings-inference's root route (its clients post to the server's URL).
+#[utoipa::path(
+    post, path = "/", tag = "TEI",
+    request_body = EmbedRequest,
+    responses(
+        (status = 200, description = "As `/embed`", body = Vec<Vec<f32>>),
+        (status = 400, description = "As `/embed`", body = TeiError),
+        (status = 401, description = "Missing or wrong API key", body = OpenAiErrorBody),
+        (status = 408, description = "As `/embed`", body = TeiError),
+        (status = 413, description = "As `/embed`", body = TeiError),
+        (status = 422, description = "As `/embed`", body = TeiError),
+        (status = 429, description = "As `/embed`", body = TeiError),
+        (status = 500, description = "As `/embed`", body = TeiError),
+        (status = 503, description = "As `/embed`", body = AnyError),
+    ),
+    security((), ("api_key" = []))
+)]
+#[allow(dead_code)]
+fn embed_root() {}
 
 /// The tokens the model sees, per input (text-embeddings-inference-compatible).
 #[utoipa::path(
