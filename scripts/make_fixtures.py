@@ -1180,6 +1180,11 @@ def main() -> None:
         print(f"running {other.relative_to(ROOT)} ...")
         subprocess.run([sys.executable, str(other)], check=True)
 
+    # prompts: models built on st6_pool_weightedmean's backbone, so after it
+    prompts = ROOT / "scripts" / "make_prompt_fixtures.py"
+    print(f"running {prompts.relative_to(ROOT)} ...")
+    subprocess.run([sys.executable, str(prompts)], check=True)
+
     # the real DeBERTa-v3 tokenizer and STS-B dev are not in this repository's scripts: say where
     realdata, stsb = os.environ.get("DEBERTA_REALDATA"), os.environ.get("DEBERTA_STSB")
     if realdata and stsb:

@@ -40,6 +40,8 @@ struct EvalDataArgs {
     /// Sentences per forward batch (each distinct sentence is embedded once).
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
+    #[command(flatten)]
+    prompt: crate::PromptArgs,
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
@@ -78,10 +80,17 @@ fn sts(a: EvalDataArgs) -> Result<()> {
     eval::check_sts(&data).map_err(|e| anyhow::anyhow!("{}: {e}", a.data.display()))?;
     let embedder = crate::load(&a.common, a.batch_size, None, a.quiet)?;
     let bar = progress_bar(a.quiet);
-    let report = eval::evaluate_sts(&embedder, &data, chunk(a.batch_size), &mut |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    })?;
+    let opts = a.prompt.options();
+    let report = eval::evaluate_sts_with(
+        &embedder,
+        &data,
+        chunk(a.batch_size),
+        &opts,
+        &mut |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    )?;
     bar.finish_and_clear();
     if a.json {
         print_json(&report.metrics())
@@ -95,11 +104,17 @@ fn pairs(a: EvalDataArgs) -> Result<()> {
     eval::check_pairs(&data).map_err(|e| anyhow::anyhow!("{}: {e}", a.data.display()))?;
     let embedder = crate::load(&a.common, a.batch_size, None, a.quiet)?;
     let bar = progress_bar(a.quiet);
-    let report =
-        eval::evaluate_pairs(&embedder, &data, chunk(a.batch_size), &mut |done, total| {
+    let opts = a.prompt.options();
+    let report = eval::evaluate_pairs_with(
+        &embedder,
+        &data,
+        chunk(a.batch_size),
+        &opts,
+        &mut |done, total| {
             bar.set_length(total as u64);
             bar.set_position(done as u64);
-        })?;
+        },
+    )?;
     bar.finish_and_clear();
     if a.json {
         print_json(&report.metrics())

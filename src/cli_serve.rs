@@ -1,18 +1,42 @@
 //! `deberta-embed serve`: the HTTP embedding server of `deberta_embed::server` on a tokio
 //! runtime, stopped by SIGINT or SIGTERM after the requests in flight are answered.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use deberta_embed::server::{self, Server, ServerOptions};
 use deberta_embed::{Embedder, EmbedderOptions};
 
+/// The model flags of the other commands, each with its DEBERTA_EMBED_* variable (a container
+/// or a Kubernetes pod sets the model by environment).
+#[derive(clap::Args)]
+struct ServeModel {
+    /// Model directory (sentence-transformers or transformers layout), or a Hugging Face hub id
+    /// (org/name), downloaded into the Hugging Face cache on first use.
+    #[arg(long, value_name = "DIR|ORG/NAME", env = "DEBERTA_EMBED_MODEL")]
+    model: PathBuf,
+    /// Hub revision of an org/name model: branch, tag or commit.
+    #[arg(long, default_value = deberta_embed::hub::DEFAULT_REVISION, env = "DEBERTA_EMBED_REVISION")]
+    revision: String,
+    /// Device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu", env = "DEBERTA_EMBED_DEVICE")]
+    device: String,
+    /// Precision: f32 (CPU and GPU), f16 (GPU) or bf16 (GPU; on the CPU: bf16-stored weights, fp32 math). Default: f32 on the CPU, f16 on a GPU.
+    #[arg(long, env = "DEBERTA_EMBED_DTYPE")]
+    dtype: Option<String>,
+    /// Worker threads (default: all cores; at most 4 per core, more is lowered to that with a
+    /// notice).
+    #[arg(long, value_parser = crate::parse_threads, env = "DEBERTA_EMBED_THREADS")]
+    threads: Option<usize>,
+}
+
 #[derive(clap::Args)]
 pub struct ServeArgs {
     #[command(flatten)]
-    common: crate::CommonModel,
-    /// Address to bind. Loopback by default: the server has no authentication, so put a proxy
-    /// in front of it to expose it.
+    common: ServeModel,
+    /// Address to bind. Loopback by default; to expose it, set --api-key and put a proxy that
+    /// terminates TLS in front of it (0.0.0.0 in a container).
     #[arg(long, default_value = "127.0.0.1", env = "DEBERTA_EMBED_HOST")]
     host: String,
     /// Port to listen on (0: any free port; the address is printed at startup).
@@ -116,6 +140,11 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let embedder = Embedder::load_with(&dir, device, opts)?;
     // A model loaded by hub id is served under that id, not its snapshot's commit hash.
     let by_id = (dir != a.common.model).then(|| a.common.model.display().to_string());
+    // a hub model's directory is its snapshot, named by its commit
+    let revision = by_id
+        .as_ref()
+        .and_then(|_| dir.file_name())
+        .map(|n| n.to_string_lossy().into_owned());
     let model_name = a.served_model_name.clone().or(by_id).unwrap_or_else(|| {
         a.common
             .model
@@ -142,6 +171,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             idle_timeout: Duration::from_secs_f64(a.idle_timeout),
             auto_truncate: a.auto_truncate,
             api_key: a.api_key.clone(),
+            revision,
         },
     )?;
     limit_malloc_arenas();

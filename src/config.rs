@@ -6,6 +6,7 @@
 //! config.json that transformers accepts resolves to the same model here. Anything we cannot run
 //! exactly is an error that names the offending field.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
@@ -538,6 +539,14 @@ pub struct PipelineConfig {
     pub do_lower_case: bool,
     /// Where the pooling came from, for `info`.
     pub layout: Layout,
+    /// Named prompts (`prompts` in config_sentence_transformers.json), with sentence-transformers'
+    /// own defaults `query` and `document` (empty) where the file has none.
+    pub prompts: BTreeMap<String, String>,
+    /// The prompt prepended when a caller names none (`default_prompt_name`).
+    pub default_prompt_name: Option<String>,
+    /// Whether prompt tokens take part in pooling (the Pooling module's `include_prompt`,
+    /// default true); false leaves `[CLS]` and the prompt's tokens out.
+    pub include_prompt: bool,
 }
 
 /// Which on-disk layout the model directory has.
@@ -618,6 +627,12 @@ impl PipelineConfig {
             Some(p) => parse_pooling(&p.join("config.json"))?,
             None => vec![PoolingMode::Mean],
         };
+        let include_prompt = match &pooling_dir {
+            Some(p) => parse_include_prompt(&p.join("config.json"))?,
+            None => true,
+        };
+        let (prompts, default_prompt_name) =
+            parse_prompts(&dir.join("config_sentence_transformers.json"))?;
         let (max_seq_length, do_lower_case) = resolve_max_seq_length(&transformer_dir, &model)?;
         Ok((
             PipelineConfig {
@@ -627,6 +642,9 @@ impl PipelineConfig {
                 max_seq_length,
                 do_lower_case,
                 layout,
+                prompts,
+                default_prompt_name,
+                include_prompt,
             },
             model,
         ))
@@ -698,6 +716,89 @@ pub fn parse_pooling(path: &Path) -> Result<Vec<PoolingMode>> {
         return Err(Error::config(path, "no pooling mode is enabled"));
     }
     Ok(ordered)
+}
+
+/// `include_prompt` of a Pooling config (sentence-transformers 3.x and later; default true).
+fn parse_include_prompt(path: &Path) -> Result<bool> {
+    match read_json(path)?.get("include_prompt") {
+        None | Some(Value::Null) => Ok(true),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(Error::config(
+            path,
+            format!("field `include_prompt` must be true or false, found {other}"),
+        )),
+    }
+}
+
+/// `prompts` and `default_prompt_name` of config_sentence_transformers.json, as
+/// sentence-transformers 6.3 reads them: its own `query` and `document` prompts (empty) unless
+/// the file names them, a null prompt read as empty, and a default name that must be one of the
+/// prompts. No file: just the two empty defaults.
+pub fn parse_prompts(path: &Path) -> Result<(BTreeMap<String, String>, Option<String>)> {
+    let mut prompts: BTreeMap<String, String> = ["query", "document"]
+        .into_iter()
+        .map(|k| (k.to_string(), String::new()))
+        .collect();
+    if !path.is_file() {
+        return Ok((prompts, None));
+    }
+    let v = read_json(path)?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| Error::config(path, "expected a JSON object"))?;
+    match obj.get("prompts") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(map)) => {
+            for (name, text) in map {
+                let text = match text {
+                    Value::Null => String::new(),
+                    Value::String(s) => s.clone(),
+                    other => {
+                        return Err(Error::config(
+                            path,
+                            format!("prompt `{name}` must be a string, found {other}"),
+                        ))
+                    }
+                };
+                prompts.insert(name.clone(), text);
+            }
+        }
+        Some(other) => {
+            return Err(Error::config(
+                path,
+                format!("field `prompts` must be an object of name: text, found {other}"),
+            ))
+        }
+    }
+    let default = match obj.get("default_prompt_name") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if prompts.contains_key(s) => Some(s.clone()),
+        Some(Value::String(s)) => {
+            return Err(Error::config(
+                path,
+                format!(
+                    "`default_prompt_name` {s:?} is not one of the prompts ({})",
+                    prompt_names(&prompts)
+                ),
+            ))
+        }
+        Some(other) => {
+            return Err(Error::config(
+                path,
+                format!("field `default_prompt_name` must be a string, found {other}"),
+            ))
+        }
+    };
+    Ok((prompts, default))
+}
+
+/// The prompt names, quoted and comma-separated, for messages.
+pub fn prompt_names(prompts: &BTreeMap<String, String>) -> String {
+    prompts
+        .keys()
+        .map(|k| format!("{k:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Longest max_seq_length accepted (sizes a table at load time; DeBERTa models use <= 8k).

@@ -30,7 +30,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
-use crate::{Embedder, Error, Result, Similarity};
+use crate::{Embedder, EncodeOptions, Error, Result, Similarity};
 
 // ------------------------------------------------------------------------------------------
 // Metric errors
@@ -936,6 +936,20 @@ impl PairEmbeddings {
         chunk: usize,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
+        Self::new_with(embedder, pairs, chunk, &EncodeOptions::default(), progress)
+    }
+
+    /// [`PairEmbeddings::new`] with the prompt `opts` chooses (sentence-transformers'
+    /// evaluators take `prompt_name` / `prompt` too and, without either, apply the model's
+    /// default prompt, as [`Embedder::encode`] does).
+    pub fn new_with<'a>(
+        embedder: &Embedder,
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+        chunk: usize,
+        opts: &EncodeOptions<'_>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
+        let prompt = embedder.resolve_prompt(opts)?;
         let mut index: HashMap<&str, usize> = HashMap::new();
         let mut texts: Vec<&str> = Vec::new();
         let mut id = |s: &'a str| {
@@ -949,7 +963,15 @@ impl PairEmbeddings {
             first.push(id(a));
             second.push(id(b));
         }
-        let ids = embedder.token_ids(&texts)?;
+        let ids = match &prompt {
+            None => embedder.token_ids(&texts)?,
+            Some(p) => {
+                let prompted: Vec<String> = texts.iter().map(|t| p.apply(t)).collect();
+                let refs: Vec<&str> = prompted.iter().map(String::as_str).collect();
+                embedder.token_ids(&refs)?
+            }
+        };
+        let skip = embedder.pooling_skip(prompt.as_ref());
         let mut order: Vec<usize> = (0..ids.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(ids[i].len()));
         let dim = embedder.dim();
@@ -959,7 +981,7 @@ impl PairEmbeddings {
         progress(0, total);
         for part in order.chunks(chunk.max(1)) {
             let batch: Vec<Vec<u32>> = part.iter().map(|&i| ids[i].clone()).collect();
-            let emb = embedder.encode_ids(&batch)?;
+            let emb = embedder.encode_ids_skipping(&batch, &vec![skip; batch.len()])?;
             for (row, &i) in emb.iter().zip(part) {
                 rows[i * dim..(i + 1) * dim].copy_from_slice(row);
             }
@@ -1088,13 +1110,25 @@ pub fn evaluate_sts(
     chunk: usize,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<StsReport> {
+    evaluate_sts_with(embedder, pairs, chunk, &EncodeOptions::default(), progress)
+}
+
+/// [`evaluate_sts`] with the prompt `opts` chooses for every sentence.
+pub fn evaluate_sts_with(
+    embedder: &Embedder,
+    pairs: &[ScoredPair],
+    chunk: usize,
+    opts: &EncodeOptions<'_>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<StsReport> {
     check_sts(pairs)?;
-    let emb = PairEmbeddings::new(
+    let emb = PairEmbeddings::new_with(
         embedder,
         pairs
             .iter()
             .map(|p| (p.sentence1.as_str(), p.sentence2.as_str())),
         chunk,
+        opts,
         progress,
     )?;
     let gold: Vec<f64> = pairs.iter().map(|p| p.score).collect();
@@ -1135,13 +1169,25 @@ pub fn evaluate_pairs(
     chunk: usize,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<PairsReport> {
+    evaluate_pairs_with(embedder, pairs, chunk, &EncodeOptions::default(), progress)
+}
+
+/// [`evaluate_pairs`] with the prompt `opts` chooses for every sentence.
+pub fn evaluate_pairs_with(
+    embedder: &Embedder,
+    pairs: &[LabeledPair],
+    chunk: usize,
+    opts: &EncodeOptions<'_>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<PairsReport> {
     check_pairs(pairs)?;
-    let emb = PairEmbeddings::new(
+    let emb = PairEmbeddings::new_with(
         embedder,
         pairs
             .iter()
             .map(|p| (p.sentence1.as_str(), p.sentence2.as_str())),
         chunk,
+        opts,
         progress,
     )?;
     let labels: Vec<bool> = pairs.iter().map(|p| p.label).collect();

@@ -170,6 +170,41 @@ impl Default for EmbedderOptions {
     }
 }
 
+/// Per-call options of [`Embedder::encode_with`]: which prompt to prepend, as
+/// sentence-transformers' `encode(prompt_name=..., prompt=...)` chooses it. `prompt` wins over
+/// `prompt_name`; with neither, the model's `default_prompt_name` applies (if it has one); an
+/// empty prompt (`prompt: Some("")`) embeds the text alone, even for a model with a default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EncodeOptions<'a> {
+    /// A key of the model's prompts (config_sentence_transformers.json); an unknown name is
+    /// an error.
+    pub prompt_name: Option<&'a str>,
+    /// The prompt text itself.
+    pub prompt: Option<&'a str>,
+}
+
+/// A prompt as it applies to one model: its text, prepended to every input before tokenizing
+/// (so it counts against max_seq_length), and its length in tokens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedPrompt {
+    /// Prepended to each text as it is (sentence-transformers: `prompt + text`).
+    pub text: String,
+    /// Tokens of the prompt tokenized alone, `[CLS]` included and the closing `[SEP]` not,
+    /// after truncation (sentence-transformers' `prompt_length`). With the Pooling module's
+    /// `include_prompt: false` this many leading tokens are left out of pooling.
+    pub length: usize,
+}
+
+impl ResolvedPrompt {
+    /// `text` with the prompt in front.
+    pub fn apply(&self, text: &str) -> String {
+        let mut s = String::with_capacity(self.text.len() + text.len());
+        s.push_str(&self.text);
+        s.push_str(text);
+        s
+    }
+}
+
 /// Embeddings of a list of texts: row-major f32, one row per input, in input order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Embeddings {
@@ -372,6 +407,58 @@ impl Embedder {
         self.opts.normalize.unwrap_or(self.pipeline.normalize)
     }
 
+    /// The model's named prompts (config_sentence_transformers.json, with sentence-transformers'
+    /// empty `query` and `document` defaults).
+    pub fn prompts(&self) -> &std::collections::BTreeMap<String, String> {
+        &self.pipeline.prompts
+    }
+
+    /// The prompt applied when a call names none.
+    pub fn default_prompt_name(&self) -> Option<&str> {
+        self.pipeline.default_prompt_name.as_deref()
+    }
+
+    /// The prompt `opts` asks for, as sentence-transformers resolves it (see [`EncodeOptions`]):
+    /// `None` when no prompt applies or the prompt is empty. An unknown `prompt_name` is an
+    /// [`Error::Input`] naming the model's prompts.
+    pub fn resolve_prompt(&self, opts: &EncodeOptions<'_>) -> Result<Option<ResolvedPrompt>> {
+        let prompts = &self.pipeline.prompts;
+        let text = match (opts.prompt, opts.prompt_name) {
+            (Some(p), _) => p,
+            (None, Some(name)) => prompts.get(name).ok_or_else(|| {
+                Error::Input(format!(
+                    "unknown prompt_name {name:?}: this model's prompts are {}",
+                    config::prompt_names(prompts)
+                ))
+            })?,
+            (None, None) => match &self.pipeline.default_prompt_name {
+                Some(name) => prompts.get(name).map_or("", String::as_str),
+                None => "",
+            },
+        };
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let alone = self.tokenizer.tokenize(&[text], true)?;
+        let t = alone
+            .first()
+            .ok_or_else(|| Error::Input("the prompt did not tokenize".into()))?;
+        let length = t.ids.len() - usize::from(t.special.last() == Some(&true));
+        Ok(Some(ResolvedPrompt {
+            text: text.to_string(),
+            length,
+        }))
+    }
+
+    /// Tokens left out of pooling at the start of each input prompted with `prompt`: its
+    /// length when the Pooling module has `include_prompt: false`, else 0.
+    pub fn pooling_skip(&self, prompt: Option<&ResolvedPrompt>) -> usize {
+        match prompt {
+            Some(p) if !self.pipeline.include_prompt => p.length,
+            _ => 0,
+        }
+    }
+
     /// Each text as the model sees it (truncated, with special tokens): ids, vocabulary pieces,
     /// special-token flags, character offsets into the text, and whether truncation cut it.
     pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Tokenized>> {
@@ -394,10 +481,35 @@ impl Embedder {
         self.tokenizer.encode_batch(texts)
     }
 
-    /// Embed texts; rows come back in input order.
+    /// Embed texts; rows come back in input order. The model's default prompt, if it has one,
+    /// is prepended, as sentence-transformers' `encode` does ([`Embedder::encode_with`] picks
+    /// another prompt or none).
     pub fn encode(&self, texts: &[&str]) -> Result<Embeddings> {
-        let ids = self.install(|| self.tokenizer.encode_batch(texts))?;
-        self.encode_ids(&ids)
+        self.encode_with(texts, &EncodeOptions::default())
+    }
+
+    /// [`Embedder::encode`] with a prompt chosen by `opts`: the prompt is prepended to each
+    /// text before tokenizing, so truncation to max_seq_length counts its tokens.
+    pub fn encode_with(&self, texts: &[&str], opts: &EncodeOptions<'_>) -> Result<Embeddings> {
+        let prompt = self.resolve_prompt(opts)?;
+        self.encode_prompted(texts, prompt.as_ref())
+    }
+
+    fn encode_prompted(
+        &self,
+        texts: &[&str],
+        prompt: Option<&ResolvedPrompt>,
+    ) -> Result<Embeddings> {
+        let ids = match prompt {
+            None => self.install(|| self.tokenizer.encode_batch(texts))?,
+            Some(p) => {
+                let owned: Vec<String> = texts.iter().map(|t| p.apply(t)).collect();
+                let refs: Vec<&str> = owned.iter().map(String::as_str).collect();
+                self.install(|| self.tokenizer.encode_batch(&refs))?
+            }
+        };
+        let skip = vec![self.pooling_skip(prompt); ids.len()];
+        self.encode_ids_with(&ids, &skip, self.normalizes())
     }
 
     /// Embed `texts` in chunks of `chunk` sentences, handing each chunk's embeddings to
@@ -411,31 +523,53 @@ impl Embedder {
         chunk: usize,
         sink: impl FnMut(Embeddings) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
-        let overlap = matches!(self.device, Device::Cuda(_));
-        self.encode_chunked_with(texts, chunk, overlap, sink)
+        self.encode_chunked_with(texts, chunk, &EncodeOptions::default(), sink)
     }
 
-    fn encode_chunked_with<E: From<Error>>(
+    /// [`Embedder::encode_chunked`] with the prompt `opts` chooses.
+    pub fn encode_chunked_with<E: From<Error>>(
+        &self,
+        texts: &[&str],
+        chunk: usize,
+        opts: &EncodeOptions<'_>,
+        sink: impl FnMut(Embeddings) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let overlap = matches!(self.device, Device::Cuda(_));
+        let prompt = self.resolve_prompt(opts)?;
+        self.encode_chunked_inner(texts, chunk, overlap, prompt.as_ref(), sink)
+    }
+
+    fn encode_chunked_inner<E: From<Error>>(
         &self,
         texts: &[&str],
         chunk: usize,
         overlap: bool,
+        prompt: Option<&ResolvedPrompt>,
         mut sink: impl FnMut(Embeddings) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
         let chunk = chunk.max(1);
         if !overlap {
             for c in texts.chunks(chunk) {
-                sink(self.encode(c)?)?;
+                sink(self.encode_prompted(c, prompt)?)?;
             }
             return Ok(());
         }
+        let skip = self.pooling_skip(prompt);
         std::thread::scope(|s| {
             // One chunk of ids waits while the model embeds another: tokenization stays one
             // chunk ahead, no further.
             let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Vec<u32>>>>(1);
             s.spawn(move || {
                 for c in texts.chunks(chunk) {
-                    let ids = self.install(|| self.tokenizer.encode_batch(c));
+                    let prompted: Vec<String>;
+                    let c: Vec<&str> = match prompt {
+                        None => c.to_vec(),
+                        Some(p) => {
+                            prompted = c.iter().map(|t| p.apply(t)).collect();
+                            prompted.iter().map(String::as_str).collect()
+                        }
+                    };
+                    let ids = self.install(|| self.tokenizer.encode_batch(&c));
                     let failed = ids.is_err();
                     // A closed channel means the consumer stopped (an error): stop too.
                     if tx.send(ids).is_err() || failed {
@@ -446,7 +580,9 @@ impl Embedder {
             // Returning early drops `rx`, which ends the tokenizer thread before the scope
             // joins it.
             for ids in rx {
-                sink(self.encode_ids(&ids?)?)?;
+                let ids = ids?;
+                let skips = vec![skip; ids.len()];
+                sink(self.encode_ids_with(&ids, &skips, self.normalizes())?)?;
             }
             Ok(())
         })
@@ -454,17 +590,50 @@ impl Embedder {
 
     /// Embed pre-tokenized sequences (ids from [`Embedder::token_ids`]).
     pub fn encode_ids(&self, ids: &[Vec<u32>]) -> Result<Embeddings> {
-        self.encode_ids_with(ids, self.normalizes())
+        self.encode_ids_with(ids, &[], self.normalizes())
     }
 
     /// [`Embedder::encode_ids`] without the final L2 normalization, whatever
     /// [`Embedder::normalizes`] says: the pooled vectors, for callers that normalize per
     /// request (the server's `/embed` takes a `normalize` flag).
     pub fn encode_ids_pooled(&self, ids: &[Vec<u32>]) -> Result<Embeddings> {
-        self.encode_ids_with(ids, false)
+        self.encode_ids_with(ids, &[], false)
     }
 
-    fn encode_ids_with(&self, ids: &[Vec<u32>], normalize: bool) -> Result<Embeddings> {
+    /// [`Embedder::encode_ids`] with the first `skip[i]` tokens of sequence `i` left out of
+    /// pooling (ids of prompted texts: [`Embedder::pooling_skip`] of the prompt).
+    pub fn encode_ids_skipping(&self, ids: &[Vec<u32>], skip: &[usize]) -> Result<Embeddings> {
+        self.encode_ids_with(ids, skip, self.normalizes())
+    }
+
+    /// [`Embedder::encode_ids_pooled`] with the first `skip[i]` tokens of sequence `i` left out
+    /// of pooling ([`Embedder::pooling_skip`] of its prompt; an empty `skip` leaves out none).
+    pub fn encode_ids_pooled_skipping(
+        &self,
+        ids: &[Vec<u32>],
+        skip: &[usize],
+    ) -> Result<Embeddings> {
+        self.encode_ids_with(ids, skip, false)
+    }
+
+    fn encode_ids_with(
+        &self,
+        ids: &[Vec<u32>],
+        skip: &[usize],
+        normalize: bool,
+    ) -> Result<Embeddings> {
+        if !skip.is_empty() && skip.len() != ids.len() {
+            return Err(Error::Input(format!(
+                "{} pooling offsets for {} sequences",
+                skip.len(),
+                ids.len()
+            )));
+        }
+        let skip = if skip.iter().all(|&s| s == 0) {
+            &[][..]
+        } else {
+            skip
+        };
         let limit = self.pipeline.max_seq_length;
         for (i, s) in ids.iter().enumerate() {
             if s.len() > limit {
@@ -489,8 +658,15 @@ impl Embedder {
                     self.opts.batch_size,
                     self.opts.max_batch_tokens,
                     ids,
+                    skip,
                 )
             }),
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(_) if !skip.is_empty() => {
+                return Err(Error::Input(
+                    "a prompt left out of pooling (include_prompt: false) is not supported on the GPU yet; use --device cpu".into(),
+                ))
+            }
             #[cfg(feature = "cuda")]
             Engine::Cuda(m) => {
                 m.encode_batches(ids, self.opts.batch_size, self.opts.max_batch_tokens, modes)?
@@ -563,6 +739,7 @@ impl SyntheticEmbedder {
                 ids.len().max(1),
                 usize::MAX,
                 ids,
+                &[],
             )
         };
         let out = match &self.pool {
@@ -582,7 +759,8 @@ impl SyntheticEmbedder {
 }
 
 /// Sort by length (longest first), cut into batches of at most `batch_size` sequences and
-/// `max_tokens` tokens, pool each sequence, return rows in input order.
+/// `max_tokens` tokens, pool each sequence (leaving out its first `skip[i]` tokens; `skip`
+/// empty: none), return rows in input order.
 fn run_batches(
     model: &CpuModel,
     state: &Mutex<RunState>,
@@ -590,6 +768,7 @@ fn run_batches(
     batch_size: usize,
     max_tokens: usize,
     ids: &[Vec<u32>],
+    skip: &[usize],
 ) -> Vec<f32> {
     let h = model.config().hidden_size;
     let dim = pooling::pooled_dim(modes, h);
@@ -605,10 +784,11 @@ fn run_batches(
         let hidden = st.hidden();
         for (b, &i) in chunk.iter().enumerate() {
             let (s, e) = (batch.offsets[b], batch.offsets[b + 1]);
-            pooling::pool(
+            pooling::pool_skipping(
                 modes,
                 &hidden[s * h..e * h],
                 h,
+                skip.get(i).copied().unwrap_or(0),
                 &mut out[i * dim..(i + 1) * dim],
             );
         }
@@ -746,7 +926,7 @@ mod tests {
         for overlap in [false, true] {
             let mut rows = Vec::new();
             let mut sizes = Vec::new();
-            e.encode_chunked_with(&texts, 5, overlap, |emb| -> Result<()> {
+            e.encode_chunked_inner(&texts, 5, overlap, None, |emb| -> Result<()> {
                 sizes.push(emb.len());
                 rows.extend_from_slice(emb.as_slice());
                 Ok(())
@@ -763,7 +943,7 @@ mod tests {
         let texts = ["a"; 40];
         for overlap in [false, true] {
             let mut calls = 0;
-            let r = e.encode_chunked_with(&texts, 4, overlap, |_| {
+            let r = e.encode_chunked_inner(&texts, 4, overlap, None, |_| {
                 calls += 1;
                 if calls == 2 {
                     return Err(Error::Input("disk full".into()));

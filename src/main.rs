@@ -40,7 +40,8 @@ enum Command {
     /// Evaluate a model on labelled sentence pairs, as sentence-transformers' evaluators do.
     Eval(cli_eval::EvalArgs),
     /// Serve embeddings over HTTP: OpenAI-compatible /v1/embeddings,
-    /// text-embeddings-inference-compatible /embed and /tokenize, /health and Prometheus /metrics.
+    /// text-embeddings-inference-compatible /embed and /tokenize, /health, Prometheus /metrics,
+    /// /info and the OpenAPI document at /openapi.json.
     Serve(cli_serve::ServeArgs),
 }
 
@@ -63,6 +64,28 @@ struct CommonModel {
     /// notice).
     #[arg(long, value_parser = parse_threads)]
     threads: Option<usize>,
+}
+
+/// `--prompt-name` / `--prompt`, as sentence-transformers' `encode(prompt_name=, prompt=)`.
+#[derive(clap::Args)]
+struct PromptArgs {
+    /// Prepend the model's prompt NAME (from `prompts` in config_sentence_transformers.json) to
+    /// every input. Without --prompt-name or --prompt, the model's default_prompt_name applies.
+    #[arg(long, value_name = "NAME")]
+    prompt_name: Option<String>,
+    /// Prepend TEXT to every input (wins over --prompt-name; `--prompt ""` embeds the inputs
+    /// without the model's default prompt). It counts against max_seq_length.
+    #[arg(long, value_name = "TEXT")]
+    prompt: Option<String>,
+}
+
+impl PromptArgs {
+    fn options(&self) -> deberta_embed::EncodeOptions<'_> {
+        deberta_embed::EncodeOptions {
+            prompt_name: self.prompt_name.as_deref(),
+            prompt: self.prompt.as_deref(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -98,6 +121,8 @@ struct EmbedArgs {
     /// L2-normalize the embeddings even if the model has no Normalize module.
     #[arg(long)]
     normalize: bool,
+    #[command(flatten)]
+    prompt: PromptArgs,
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
@@ -380,6 +405,9 @@ fn embed(a: EmbedArgs) -> Result<()> {
         a.normalize.then_some(true),
         a.quiet,
     )?;
+    // an unknown prompt name fails before any input is read
+    let prompt_opts = a.prompt.options();
+    embedder.resolve_prompt(&prompt_opts)?;
     let mut inputs = cli_input::Inputs::open(&a.input, Some(line_bound(embedder.tokenizer())))?;
     let dim = embedder.dim();
     // npy needs the row count in its header: to a file, a placeholder is patched at the end;
@@ -410,7 +438,7 @@ fn embed(a: EmbedArgs) -> Result<()> {
                 break;
             }
             let texts: Vec<&str> = chunk.iter().map(String::as_str).collect();
-            embedder.encode_chunked(&texts, CHUNK, |emb| -> Result<()> {
+            embedder.encode_chunked_with(&texts, CHUNK, &prompt_opts, |emb| -> Result<()> {
                 rows += emb.len();
                 match a.format {
                     Format::Jsonl => write_jsonl(&mut w, &emb).context("writing output")?,
@@ -547,6 +575,9 @@ fn info(a: InfoArgs) -> Result<()> {
         "dim": e.dim(),
         "pooling": pooling,
         "normalize": e.normalizes(),
+        "prompts": e.prompts(),
+        "default_prompt_name": e.default_prompt_name(),
+        "include_prompt": p.include_prompt,
         "max_seq_length": e.max_seq_length(),
         "do_lower_case": p.do_lower_case,
         "parameters": e.num_params(),
@@ -586,6 +617,18 @@ fn info(a: InfoArgs) -> Result<()> {
     println!("embedding dim    {}", e.dim());
     println!("pooling          {}", pooling.join(" + "));
     println!("normalize        {}", e.normalizes());
+    let named: Vec<String> = e
+        .prompts()
+        .iter()
+        .map(|(k, v)| format!("{k}={v:?}"))
+        .collect();
+    println!("prompts          {}", named.join(", "));
+    if let Some(d) = e.default_prompt_name() {
+        println!("default prompt   {d}");
+    }
+    if !p.include_prompt {
+        println!("include_prompt   false (prompt tokens left out of pooling)");
+    }
     println!("max_seq_length   {}", e.max_seq_length());
     println!("parameters       {}", e.num_params());
     println!("config:");

@@ -10,17 +10,37 @@ pub fn pooled_dim(modes: &[PoolingMode], hidden: usize) -> usize {
 /// Pool one sequence's token states `x` ([n, H], real tokens only) into `out`
 /// ([modes.len() * H]), blocks in the order of `modes`.
 pub fn pool(modes: &[PoolingMode], x: &[f32], hidden: usize, out: &mut [f32]) {
+    pool_skipping(modes, x, hidden, 0, out);
+}
+
+/// [`pool`] with the first `skip` tokens left out, as sentence-transformers' Pooling with
+/// `include_prompt: false` leaves out a prompt's tokens (`[CLS]` included) by zeroing their
+/// attention-mask entries: cls takes the first token after them, weightedmean keeps each token's
+/// weight (its position + 1 in the whole sequence), mean and mean_sqrt_len_tokens divide by the
+/// tokens kept. When nothing is left, the masked reductions give what sentence-transformers'
+/// give: cls the sequence's first token, mean / weightedmean / lasttoken zeros, max -inf.
+pub fn pool_skipping(
+    modes: &[PoolingMode],
+    x: &[f32],
+    hidden: usize,
+    skip: usize,
+    out: &mut [f32],
+) {
     let n = x.len() / hidden;
     debug_assert_eq!(out.len(), modes.len() * hidden);
+    let start = skip.min(n);
+    let kept = n - start;
     for (block, &mode) in out.chunks_exact_mut(hidden).zip(modes) {
         block.fill(0.0);
         if n == 0 {
             // No tokens: sentence-transformers' masked sums are zero too.
             continue;
         }
-        let rows = x.chunks_exact(hidden);
+        let rows = x[start * hidden..].chunks_exact(hidden);
         match mode {
-            PoolingMode::Cls => block.copy_from_slice(&x[..hidden]),
+            PoolingMode::Cls if kept == 0 => block.copy_from_slice(&x[..hidden]),
+            PoolingMode::Cls => block.copy_from_slice(&x[start * hidden..(start + 1) * hidden]),
+            PoolingMode::LastToken if kept == 0 => {}
             PoolingMode::LastToken => block.copy_from_slice(&x[(n - 1) * hidden..]),
             PoolingMode::Max => {
                 block.fill(f32::NEG_INFINITY);
@@ -31,26 +51,32 @@ pub fn pool(modes: &[PoolingMode], x: &[f32], hidden: usize, out: &mut [f32]) {
                 }
             }
             PoolingMode::Mean | PoolingMode::MeanSqrtLen => {
+                if kept == 0 {
+                    continue;
+                }
                 for r in rows {
                     for (b, &v) in block.iter_mut().zip(r) {
                         *b += v;
                     }
                 }
                 let div = match mode {
-                    PoolingMode::Mean => n as f32,
-                    _ => (n as f32).sqrt(),
+                    PoolingMode::Mean => kept as f32,
+                    _ => (kept as f32).sqrt(),
                 };
                 block.iter_mut().for_each(|b| *b /= div);
             }
             PoolingMode::WeightedMean => {
-                // the k-th real token (1-based) has weight k
+                if kept == 0 {
+                    continue;
+                }
+                // the token at position k (0-based, in the whole sequence) has weight k + 1
                 for (k, r) in rows.enumerate() {
-                    let wk = (k + 1) as f32;
+                    let wk = (start + k + 1) as f32;
                     for (b, &v) in block.iter_mut().zip(r) {
                         *b += wk * v;
                     }
                 }
-                let total = (n * (n + 1) / 2) as f32;
+                let total = (n * (n + 1) / 2 - start * (start + 1) / 2) as f32;
                 block.iter_mut().for_each(|b| *b /= total);
             }
         }
@@ -91,6 +117,39 @@ mod tests {
         let mut both = [0.0; 4];
         pool(&[PoolingMode::Cls, PoolingMode::Max], &x, 2, &mut both);
         assert_eq!(both, [1.0, -2.0, 3.0, 4.0]);
+    }
+
+    #[test]
+    fn skipped_tokens_are_left_out_as_sentence_transformers_masks_them() {
+        // three tokens, H = 1: values 1, 2, 4; skip the first
+        let x = [1.0, 2.0, 4.0];
+        let run = |m: PoolingMode, skip: usize| {
+            let mut o = [0.0; 1];
+            pool_skipping(&[m], &x, 1, skip, &mut o);
+            o[0]
+        };
+        assert_eq!(run(PoolingMode::Cls, 1), 2.0);
+        assert_eq!(run(PoolingMode::LastToken, 1), 4.0);
+        assert_eq!(run(PoolingMode::Max, 1), 4.0);
+        assert_eq!(run(PoolingMode::Mean, 1), 3.0);
+        assert_eq!(run(PoolingMode::MeanSqrtLen, 1), 6.0 / 2f32.sqrt());
+        // weights stay the positions in the whole sequence: 2 and 3
+        assert_eq!(
+            run(PoolingMode::WeightedMean, 1),
+            (2.0 * 2.0 + 3.0 * 4.0) / 5.0
+        );
+        // nothing left
+        assert_eq!(run(PoolingMode::Cls, 3), 1.0);
+        assert_eq!(run(PoolingMode::LastToken, 5), 0.0);
+        assert_eq!(run(PoolingMode::Mean, 3), 0.0);
+        assert_eq!(run(PoolingMode::WeightedMean, 3), 0.0);
+        assert_eq!(run(PoolingMode::Max, 3), f32::NEG_INFINITY);
+        // skip 0 is plain pooling
+        for m in PoolingMode::ORDER {
+            let mut a = [0.0; 1];
+            pool(&[m], &x, 1, &mut a);
+            assert_eq!(run(m, 0), a[0], "{m:?}");
+        }
     }
 
     #[test]

@@ -670,9 +670,9 @@ fn weak_etags_name_blobs_as_huggingface_hub_does() {
 fn serve_names_the_model_by_its_id() {
     let h = HubStandIn::start();
     let repo = fixture_repo("st6_pool_max");
-    h.publish_dir(&repo, "main", &fixture_model("st6_pool_max"), &[]);
+    let commit = h.publish_dir(&repo, "main", &fixture_model("st6_pool_max"), &[]);
     let env = Env::new();
-    // fill the cache, then serve it offline on a free port and ask /v1/embeddings
+    // fill the cache, then serve it offline on a free port and ask /v1/embeddings and /info
     ok_stdout(&env.embed(&h.url(), &repo, &[]));
     let mut child = env
         .cmd("http://127.0.0.1:9")
@@ -689,24 +689,32 @@ fn serve_names_the_model_by_its_id() {
         .nth(1)
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
-    let reply = (|| -> std::io::Result<String> {
+    let ask = |method: &str, path: &str, body: &str| -> std::io::Result<String> {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(&addr)?;
         s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
-        let body = r#"{"input": "hello"}"#;
         write!(
             s,
-            "POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         )?;
         let mut out = String::new();
         s.read_to_string(&mut out)?;
         Ok(out)
-    })();
+    };
+    let reply = ask("POST", "/v1/embeddings", r#"{"input": "hello"}"#);
+    let info = ask("GET", "/info", "");
     let _ = child.kill();
     let _ = child.wait();
     let reply = reply.unwrap_or_else(|e| panic!("no answer from {addr:?} ({line}): {e}"));
     assert!(reply.contains(&format!("\"model\":\"{repo}\"")), "{reply}");
+    // /info names the model by id and the revision by the commit it resolved to
+    let info = info.unwrap();
+    assert!(info.contains(&format!("\"model_id\":\"{repo}\"")), "{info}");
+    assert!(
+        info.contains(&format!("\"revision\":\"{commit}\"")),
+        "{info}"
+    );
 }
 
 #[test]

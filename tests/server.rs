@@ -354,7 +354,7 @@ const BAD_REQUESTS: &[(&str, &str, u16, &str)] = &[
     ),
     (
         "/embed",
-        "{\"inputs\": \"a\", \"prompt_name\": \"query\"}",
+        "{\"inputs\": \"a\", \"prompt_name\": \"no-such-prompt\"}",
         400,
         "prompt_name",
     ),

@@ -12,6 +12,11 @@
 //!   character offsets into the input; `truncate: false` gives every token instead.
 //! * `GET /health`: 200 while the model is loaded and the batcher runs.
 //! * `GET /metrics`: Prometheus text exposition.
+//! * `GET /info`, `GET /v1/models`: what is served; `GET /openapi.json`: the OpenAPI document
+//!   ([`openapi_json`]).
+//!
+//! The three POST routes take `prompt_name` / `prompt` (sentence-transformers' prompts; the
+//! model's default prompt applies without them), prepended before tokenizing.
 //!
 //! Request handlers parse and validate the JSON, tokenize on tokio's blocking pool (so token
 //! counts are known before anything is queued), and hand the ids to one batcher thread through
@@ -51,8 +56,10 @@ use crate::error::{Error, Result};
 use crate::{pooling, Embedder};
 
 mod listen;
+mod openapi;
 
 pub use listen::{connection_limit, default_max_connections};
+pub use openapi::openapi_json;
 
 /// Limits and names of a [`Server`]. The defaults are those of `deberta-embed serve`.
 #[derive(Clone)]
@@ -91,6 +98,8 @@ pub struct ServerOptions {
     /// When set, every route but `/health` and `/metrics` needs `Authorization: Bearer <key>`
     /// (401 otherwise).
     pub api_key: Option<String>,
+    /// The model's revision, if known (the hub commit of a model loaded by id), for `/info`.
+    pub revision: Option<String>,
 }
 
 impl std::fmt::Debug for ServerOptions {
@@ -109,6 +118,7 @@ impl std::fmt::Debug for ServerOptions {
             .field("auto_truncate", &self.auto_truncate)
             // never the key itself
             .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
+            .field("revision", &self.revision)
             .finish()
     }
 }
@@ -128,6 +138,7 @@ impl Default for ServerOptions {
             idle_timeout: std::time::Duration::from_secs(60),
             auto_truncate: false,
             api_key: None,
+            revision: None,
         }
     }
 }
@@ -153,6 +164,9 @@ struct Job {
     ids: Vec<Vec<u32>>,
     tokens: usize,
     normalize: bool,
+    /// Leading tokens of each sequence left out of pooling (a prompt with `include_prompt:
+    /// false`; 0 otherwise).
+    skip: usize,
     /// The request's rows (row-major, `ids.len() * dim`), or why the forward failed.
     /// (and the seconds the forward of its batch took)
     reply: oneshot::Sender<std::result::Result<(Vec<f32>, f64), String>>,
@@ -287,11 +301,15 @@ fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/embeddings", post(openai_embeddings))
         .route("/embed", post(tei_embed))
+        // text-embeddings-inference answers its model's main task on `/` too (clients that are
+        // given the server's URL as the model's, like huggingface_hub's, post there)
+        .route("/", post(tei_embed))
         .route("/tokenize", post(tei_tokenize))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/info", get(info))
         .route("/v1/models", get(models))
+        .route("/openapi.json", get(openapi::document))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(shared.clone(), authorize))
@@ -332,12 +350,18 @@ fn run_batch(embedder: &Embedder, metrics: &Metrics, mut jobs: Vec<Job>) {
     let dim = embedder.dim();
     let counts: Vec<usize> = jobs.iter().map(|j| j.ids.len()).collect();
     let tokens: usize = jobs.iter().map(|j| j.tokens).sum();
+    let skip: Vec<usize> = jobs
+        .iter()
+        .flat_map(|j| std::iter::repeat_n(j.skip, j.ids.len()))
+        .collect();
     let ids: Vec<Vec<u32>> = jobs
         .iter_mut()
         .flat_map(|j| std::mem::take(&mut j.ids))
         .collect();
     let t0 = Instant::now();
-    let result = std::panic::catch_unwind(AssertUnwindSafe(|| embedder.encode_ids_pooled(&ids)));
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        embedder.encode_ids_pooled_skipping(&ids, &skip)
+    }));
     let compute = t0.elapsed().as_secs_f64();
     let rows = match result {
         Ok(Ok(e)) => e.into_vec(),
@@ -428,23 +452,29 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
+/// OpenAI's error body.
+#[derive(Serialize, utoipa::ToSchema)]
 struct OpenAiErrorBody<'a> {
     error: OpenAiError<'a>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct OpenAiError<'a> {
     message: &'a str,
+    /// `invalid_request_error`, `server_overloaded` (429) or `server_error` (5xx).
     #[serde(rename = "type")]
     kind: &'static str,
+    /// The request field at fault, if one is.
     param: Option<&'static str>,
+    /// Always null.
     code: Option<&'static str>,
 }
 
-#[derive(Serialize)]
+/// text-embeddings-inference's error body.
+#[derive(Serialize, utoipa::ToSchema)]
 struct TeiError<'a> {
     error: &'a str,
+    /// `Validation`, `Overloaded` (429), `Unhealthy` (503) or `Backend` (5xx).
     error_type: &'static str,
 }
 
@@ -611,6 +641,35 @@ fn str_field<'a>(
     }
 }
 
+/// The prompt a request asks for (`prompt_name`, `prompt`; neither: the model's default), as
+/// sentence-transformers resolves it; the request's texts get it prepended. An unknown name is
+/// 400.
+fn apply_prompt(
+    s: &Shared,
+    obj: &Map<String, Value>,
+    texts: &mut [String],
+) -> std::result::Result<usize, ApiError> {
+    let opts = crate::EncodeOptions {
+        prompt_name: str_field(obj, "prompt_name")?,
+        prompt: str_field(obj, "prompt")?,
+    };
+    let param = if opts.prompt.is_some() {
+        "prompt"
+    } else {
+        "prompt_name"
+    };
+    let prompt = s.embedder.resolve_prompt(&opts).map_err(|e| match e {
+        Error::Input(m) => ApiError::bad(m).param(param),
+        other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+    })?;
+    if let Some(p) = &prompt {
+        for t in texts.iter_mut() {
+            *t = p.apply(t);
+        }
+    }
+    Ok(s.embedder.pooling_skip(prompt.as_ref()))
+}
+
 /// `dimensions`: absent, or the model's own width (no Matryoshka truncation here).
 fn check_dimensions(obj: &Map<String, Value>, dim: usize) -> std::result::Result<(), ApiError> {
     match obj.get("dimensions") {
@@ -694,6 +753,7 @@ async fn embed_ids(
     s: &Shared,
     ids: Vec<Vec<u32>>,
     normalize: bool,
+    skip: usize,
 ) -> std::result::Result<(Vec<f32>, RequestStats), ApiError> {
     let mut stats = RequestStats::of(&ids);
     let (inputs, tokens) = (stats.inputs, stats.tokens);
@@ -703,6 +763,7 @@ async fn embed_ids(
         ids,
         tokens,
         normalize,
+        skip,
         reply,
     };
     s.queue.try_send(job).map_err(|e| match e {
@@ -733,29 +794,35 @@ async fn embed_ids(
     }
 }
 
-#[derive(Serialize)]
+/// `/v1/embeddings`' answer.
+#[derive(Serialize, utoipa::ToSchema)]
 struct OpenAiResponse<'a> {
+    /// `list`.
     object: &'static str,
     data: Vec<OpenAiEmbedding<'a>>,
     model: &'a str,
     usage: Usage,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct OpenAiEmbedding<'a> {
+    /// `embedding`.
     object: &'static str,
     embedding: EmbeddingValue<'a>,
+    /// The input's position in the request.
     index: usize,
 }
 
-#[derive(Serialize)]
+/// An array of numbers (`encoding_format` float) or base64 of the little-endian float32 bytes.
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 enum EmbeddingValue<'a> {
     Float(&'a [f32]),
     Base64(String),
 }
 
-#[derive(Serialize)]
+/// Tokens embedded, special tokens and the prompt included, after truncation.
+#[derive(Serialize, utoipa::ToSchema)]
 struct Usage {
     prompt_tokens: usize,
     total_tokens: usize,
@@ -767,7 +834,7 @@ async fn openai_embeddings(State(s): State<Arc<Shared>>, req: Request) -> Respon
 
 async fn openai_inner(s: &Shared, req: Request) -> std::result::Result<Response, ApiError> {
     let mut obj = parse_object(&read_body(s, req).await?)?;
-    let texts = texts_field(&mut obj, "input", s.opts.max_inputs)?;
+    let mut texts = texts_field(&mut obj, "input", s.opts.max_inputs)?;
     let model = str_field(&obj, "model")?
         .unwrap_or(&s.opts.model_name)
         .to_string();
@@ -783,6 +850,7 @@ async fn openai_inner(s: &Shared, req: Request) -> std::result::Result<Response,
     };
     let dim = s.embedder.dim();
     check_dimensions(&obj, dim)?;
+    let skip = apply_prompt(s, &obj, &mut texts)?;
     let admitted = admit(s, &texts, true).await?;
     let ids: Vec<Vec<u32>> = tokenize(s, texts)
         .await?
@@ -790,7 +858,7 @@ async fn openai_inner(s: &Shared, req: Request) -> std::result::Result<Response,
         .map(|t| t.ids)
         .collect();
     let tokens: usize = ids.iter().map(Vec::len).sum();
-    let (rows, stats) = embed_ids(s, ids, s.embedder.normalizes()).await?;
+    let (rows, stats) = embed_ids(s, ids, s.embedder.normalizes(), skip).await?;
     let data = rows
         .chunks_exact(dim)
         .enumerate()
@@ -826,7 +894,7 @@ async fn tei_embed(State(s): State<Arc<Shared>>, req: Request) -> Response {
 
 async fn tei_inner(s: &Shared, req: Request) -> std::result::Result<Response, ApiError> {
     let mut obj = parse_object(&read_body(s, req).await?)?;
-    let texts = texts_field(&mut obj, "inputs", s.opts.max_inputs)?;
+    let mut texts = texts_field(&mut obj, "inputs", s.opts.max_inputs)?;
     let normalize = bool_field(&obj, "normalize", true)?;
     let truncate = bool_field(&obj, "truncate", s.opts.auto_truncate)?;
     match str_field(&obj, "truncation_direction")? {
@@ -839,11 +907,9 @@ async fn tei_inner(s: &Shared, req: Request) -> std::result::Result<Response, Ap
             .param("truncation_direction"))
         }
     }
-    if str_field(&obj, "prompt_name")?.is_some() {
-        return Err(ApiError::bad("`prompt_name` is not supported").param("prompt_name"));
-    }
     let dim = s.embedder.dim();
     check_dimensions(&obj, dim)?;
+    let skip = apply_prompt(s, &obj, &mut texts)?;
     let admitted = admit(s, &texts, true).await?;
     let tokenized = tokenize(s, texts).await?;
     if !truncate {
@@ -859,7 +925,7 @@ async fn tei_inner(s: &Shared, req: Request) -> std::result::Result<Response, Ap
         }
     }
     let ids = tokenized.into_iter().map(|t| t.ids).collect();
-    let (rows, stats) = embed_ids(s, ids, normalize).await?;
+    let (rows, stats) = embed_ids(s, ids, normalize, skip).await?;
     let out: Vec<&[f32]> = rows.chunks_exact(dim).collect();
     Ok(with_stats(
         holding(Json(out).into_response(), admitted),
@@ -872,7 +938,7 @@ async fn tei_tokenize(State(s): State<Arc<Shared>>, req: Request) -> Response {
 }
 
 /// One token of `/tokenize`'s answer, as text-embeddings-inference writes it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct SimpleToken {
     id: u32,
     /// The piece of the input it came from (the vocabulary piece for special tokens).
@@ -885,12 +951,11 @@ struct SimpleToken {
 
 async fn tokenize_inner(s: &Shared, req: Request) -> std::result::Result<Response, ApiError> {
     let mut obj = parse_object(&read_body(s, req).await?)?;
-    let texts = Arc::new(texts_field(&mut obj, "inputs", s.opts.max_inputs)?);
+    let mut texts = texts_field(&mut obj, "inputs", s.opts.max_inputs)?;
     let add_special = bool_field(&obj, "add_special_tokens", true)?;
     let truncate = bool_field(&obj, "truncate", true)?;
-    if str_field(&obj, "prompt_name")?.is_some() {
-        return Err(ApiError::bad("`prompt_name` is not supported").param("prompt_name"));
-    }
+    apply_prompt(s, &obj, &mut texts)?;
+    let texts = Arc::new(texts);
     let admitted = admit(s, &texts, truncate).await?;
     let tokenized = tokenize_with(s, texts.clone(), truncate).await?;
     let out: Vec<Vec<SimpleToken>> = tokenized
@@ -952,7 +1017,10 @@ async fn health(State(s): State<Arc<Shared>>) -> Response {
     if s.queue.is_closed() {
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the batcher has stopped").openai();
     }
-    Json(serde_json::json!({"status": "ok"})).into_response()
+    Json(openapi::Health {
+        status: "ok".into(),
+    })
+    .into_response()
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
@@ -996,12 +1064,14 @@ async fn authorize(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Re
     if matches!(req.uri().path(), "/health" | "/metrics") {
         return next.run(req).await;
     }
+    // the scheme is case-insensitive (RFC 9110): `Bearer`, `bearer`, ...
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, token)| token);
     if same_secret(given.trim().as_bytes(), key.as_bytes()) {
         return next.run(req).await;
     }
@@ -1030,39 +1100,44 @@ async fn info(State(s): State<Arc<Shared>>) -> Response {
     let e = &s.embedder;
     let p = e.pipeline();
     let o = &s.opts;
-    Json(serde_json::json!({
-        "model_id": o.model_name,
-        "model_type": "embedding",
-        "dim": e.dim(),
-        "max_seq_length": e.max_seq_length(),
-        "max_input_length": e.max_seq_length(),
-        "pooling": p.pooling.iter().map(|m| m.name()).collect::<Vec<_>>(),
-        "normalize": p.normalize,
-        "dtype": e.options().precision.to_string(),
-        "device": e.device().to_string(),
-        "max_batch_tokens": o.max_batch_tokens,
-        "max_client_batch_size": o.max_inputs,
-        "max_body_bytes": o.max_body_bytes,
-        "max_queued_requests": o.max_queued_requests,
-        "max_tokens_in_flight": o.max_tokens_in_flight,
-        "max_connections": o.max_connections,
-        "auto_truncate": o.auto_truncate,
-        "version": env!("CARGO_PKG_VERSION"),
-    }))
+    Json(openapi::Info {
+        model_id: o.model_name.clone(),
+        revision: o.revision.clone(),
+        model_sha: o.revision.clone(),
+        model_type: "embedding".into(),
+        dim: e.dim(),
+        max_seq_length: e.max_seq_length(),
+        max_input_length: e.max_seq_length(),
+        pooling: p.pooling.iter().map(|m| m.name().to_string()).collect(),
+        normalize: p.normalize,
+        dtype: e.options().precision.to_string(),
+        device: e.device().to_string(),
+        max_batch_tokens: o.max_batch_tokens,
+        max_client_batch_size: o.max_inputs,
+        max_body_bytes: o.max_body_bytes,
+        max_queued_requests: o.max_queued_requests,
+        max_tokens_in_flight: o.max_tokens_in_flight,
+        max_connections: o.max_connections,
+        auto_truncate: o.auto_truncate,
+        prompts: e.prompts().clone(),
+        default_prompt_name: e.default_prompt_name().map(String::from),
+        include_prompt: p.include_prompt,
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
     .into_response()
 }
 
 /// `GET /v1/models`: the one model, in OpenAI's list shape.
 async fn models(State(s): State<Arc<Shared>>) -> Response {
-    Json(serde_json::json!({
-        "object": "list",
-        "data": [{
-            "id": s.opts.model_name,
-            "object": "model",
-            "created": 0,
-            "owned_by": "deberta-embed",
+    Json(openapi::ModelList {
+        object: "list".into(),
+        data: vec![openapi::ModelCard {
+            id: s.opts.model_name.clone(),
+            object: "model".into(),
+            created: 0,
+            owned_by: "deberta-embed".into(),
         }],
-    }))
+    })
     .into_response()
 }
 
@@ -1102,11 +1177,13 @@ fn route_label(path: &str) -> &'static str {
     match path {
         "/v1/embeddings" => "/v1/embeddings",
         "/embed" => "/embed",
+        "/" => "/",
         "/tokenize" => "/tokenize",
         "/health" => "/health",
         "/metrics" => "/metrics",
         "/info" => "/info",
         "/v1/models" => "/v1/models",
+        "/openapi.json" => "/openapi.json",
         _ => "other",
     }
 }
