@@ -104,9 +104,10 @@ impl std::str::FromStr for Device {
     }
 }
 
-/// Arithmetic precision of the forward. The CPU path is fp32, optionally with bf16-stored GEMM
-/// weights (`BF16`: widened to fp32 in the products); the CUDA path runs fp32 (exact, for
-/// validation) or fp16/bf16 matrix products with fp32 accumulation and fp32 statistics.
+/// Arithmetic precision of the forward. The CPU path is fp32, optionally with bf16 GEMM weights
+/// (`BF16`: bf16 products with fp32 sums on AMX or `avx512_bf16`, or widened to fp32, as
+/// `backend::cpu::gemm::bf16_gemm_form` decides for the CPU); the CUDA path runs fp32 (exact,
+/// for validation) or fp16/bf16 matrix products with fp32 accumulation and fp32 statistics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Precision {
     #[default]
@@ -151,7 +152,7 @@ pub struct EmbedderOptions {
     /// model directory (a `Normalize` module in modules.json).
     pub normalize: Option<bool>,
     /// Precision of the forward. On the CPU: f32 (default, the numerics contract) or bf16
-    /// (opt-in: GEMM weights stored as bf16, fp32 arithmetic; cosine >= 0.999 to f32).
+    /// (opt-in: bf16 GEMM weights and inputs, fp32 sums; cosine >= 0.999 to f32).
     pub precision: Precision,
     /// Token budget of one forward batch (a single longer sequence still runs alone). Bounds
     /// activation memory; sequences are packed without padding, so it costs no extra work.

@@ -57,7 +57,7 @@ struct CommonModel {
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Precision: f32 (CPU and GPU), f16 (GPU) or bf16 (GPU; on the CPU: bf16-stored weights, fp32 math). Default: f32 on the CPU, f16 on a GPU.
+    /// Precision: f32 (CPU and GPU), f16 (GPU) or bf16 (GPU; on the CPU: bf16 weights, on AMX tiles where the CPU has them). Default: f32 on the CPU, f16 on a GPU.
     #[arg(long)]
     dtype: Option<String>,
     /// Worker threads (default: all cores; at most 4 per core, more is lowered to that with a
@@ -209,7 +209,7 @@ struct BenchArgs {
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Precision: f32 (CPU and GPU), f16 (GPU) or bf16 (GPU; on the CPU: bf16-stored weights, fp32 math). Default: f32 on the CPU, f16 on a GPU.
+    /// Precision: f32 (CPU and GPU), f16 (GPU) or bf16 (GPU; on the CPU: bf16 weights, on AMX tiles where the CPU has them). Default: f32 on the CPU, f16 on a GPU.
     #[arg(long)]
     dtype: Option<String>,
     /// Worker threads (default: all cores; at most 4 per core, more is lowered to that with a
@@ -1007,6 +1007,9 @@ fn cpu_kernels(device: Device, precision: Precision) -> Option<String> {
         (Precision::BF16, Bf16Form::Tiles) => ", bf16 weights on AMX tiles",
         (Precision::BF16, Bf16Form::Dot) => ", bf16 weights as avx512_bf16 dot products",
         (Precision::BF16, Bf16Form::Storage) => ", bf16 weights widened to f32",
+        (Precision::BF16, Bf16Form::F32) => {
+            ", bf16 requested but weights kept f32 (every bf16 kernel is slower on this CPU)"
+        }
         _ => "",
     };
     Some(format!("gemm {}{bf16}", simd_level()))

@@ -504,6 +504,7 @@ impl CpuModel {
                 (true, Bf16Form::Tiles) => p.with_bf16_tiles(),
                 (true, Bf16Form::Dot) => p.with_bf16_dot(),
                 (true, Bf16Form::Storage) => p.with_bf16_storage(),
+                (true, Bf16Form::F32) => p,
             }
         };
         let s2 = 2 * cfg.att_span;

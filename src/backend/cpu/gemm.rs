@@ -246,18 +246,25 @@ pub enum Bf16Form {
     Dot,
     /// bf16 storage widened to f32 for the fp32 kernels ([`PackedWeight::with_bf16_storage`]).
     Storage,
+    /// The weights stay f32: on this CPU every bf16 form is slower than the fp32 kernel.
+    F32,
 }
 
-/// The one place that picks the bf16 form: AMX tiles where [`amx_available`]; else the
-/// `avx512_bf16` dot products on CPUs where `vdpbf16ps` runs at the fp32 FMA's rate or better
-/// (AMD Zen 4 and later), but not on Intel cores, where it issues on one port against the
-/// two that fp32 FMAs use, so the dot kernel loses to fp32 (BENCHMARKS.md, "bf16 on Intel");
-/// else bf16 storage widened to f32 (half the weight bytes, fp32 arithmetic).
+/// The one place that picks the bf16 form: AMX tiles where [`amx_available`]; else, on CPUs
+/// with `avx512_bf16`, its dot products where `vdpbf16ps` runs at the fp32 FMA's rate or
+/// better (AMD Zen 4 and later), but f32 weights on Intel cores, where `vdpbf16ps` issues on
+/// one port against the two that fp32 FMAs use and both the dot products and the widened
+/// storage lose to fp32 (BENCHMARKS.md, "bf16 on an AMX Xeon"); else (no bf16 instructions)
+/// bf16 storage widened to f32, for half the weight bytes.
 pub fn bf16_gemm_form() -> Bf16Form {
     if amx_available() {
         Bf16Form::Tiles
-    } else if bf16_dot_available() && !cpu_is_intel() {
-        Bf16Form::Dot
+    } else if bf16_dot_available() {
+        if cpu_is_intel() {
+            Bf16Form::F32
+        } else {
+            Bf16Form::Dot
+        }
     } else {
         Bf16Form::Storage
     }
