@@ -11,6 +11,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Mutex;
 
 use deberta_embed::{Device, EmbedderOptions, Embeddings, Error, Precision, Similarity};
 use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods};
@@ -175,6 +176,10 @@ impl<'py> Progress<'py> {
 #[pyclass(module = "deberta_embed", frozen)]
 struct Embedder {
     inner: deberta_embed::Embedder,
+    /// Taken before a forward enters the model's worker pool: one forward at a time. Without
+    /// it, a pool worker idling inside one caller's forward can pick up a second caller's
+    /// forward, which then waits on the model's state held by the first: a deadlock.
+    forward: Mutex<()>,
     model: String,
     batch_size: usize,
     threads: usize,
@@ -219,6 +224,7 @@ impl Embedder {
         });
         Ok(Embedder {
             inner,
+            forward: Mutex::new(()),
             model: model.display().to_string(),
             batch_size,
             threads,
@@ -266,6 +272,8 @@ impl Embedder {
         for chunk in order.chunks(batch_size) {
             let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| std::mem::take(&mut ids[i])).collect();
             let emb: Embeddings = py.detach(|| {
+                // A panic in an earlier forward poisons nothing this lock guards.
+                let _one = self.forward.lock().unwrap_or_else(|p| p.into_inner());
                 guarded(|| {
                     if normalize_embeddings {
                         self.inner.encode_ids_pooled(&batch)
