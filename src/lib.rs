@@ -651,17 +651,24 @@ impl Embedder {
         }
         let modes = &self.pipeline.pooling;
         let mut out = match &self.engine {
-            Engine::Cpu { model, state } => self.install(|| {
-                run_batches(
-                    model,
-                    state,
-                    modes,
+            Engine::Cpu { model, state } => {
+                // Locked here, on the caller's thread, before entering the worker pool: a
+                // caller waiting for the lock inside the pool could be run (stolen) by the very
+                // worker that holds it, in the middle of its forward, and wait for itself.
+                let mut st = lock_state(state);
+                let st: &mut RunState = &mut st;
+                self.install(|| {
+                    run_batches(
+                        model,
+                        st,
+                        modes,
                     self.opts.batch_size,
                     self.opts.max_batch_tokens,
-                    ids,
-                    skip,
-                )
-            }),
+                        ids,
+                        skip,
+                    )
+                })
+            }
             #[cfg(feature = "cuda")]
             Engine::Cuda(_) if !skip.is_empty() => {
                 return Err(Error::Input(
@@ -732,10 +739,13 @@ impl SyntheticEmbedder {
                 return Err(Error::Input("synthetic input out of range".into()));
             }
         }
-        let run = || {
+        // (locked before entering the pool: see `Embedder::encode_ids_pooled_skipping`)
+        let mut st = lock_state(&self.state);
+        let st: &mut RunState = &mut st;
+        let mut run = move || {
             run_batches(
                 &self.model,
-                &self.state,
+                st,
                 &self.pooling,
                 ids.len().max(1),
                 usize::MAX,
@@ -762,9 +772,15 @@ impl SyntheticEmbedder {
 /// Sort by length (longest first), cut into batches of at most `batch_size` sequences and
 /// `max_tokens` tokens, pool each sequence (leaving out its first `skip[i]` tokens; `skip`
 /// empty: none), return rows in input order.
+/// The run state, locked. A poisoned lock only means an earlier forward panicked; the buffers
+/// are rewritten by the next one anyway.
+fn lock_state(state: &Mutex<RunState>) -> std::sync::MutexGuard<'_, RunState> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn run_batches(
     model: &CpuModel,
-    state: &Mutex<RunState>,
+    st: &mut RunState,
     modes: &[PoolingMode],
     batch_size: usize,
     max_tokens: usize,
@@ -776,12 +792,10 @@ fn run_batches(
     let mut out = vec![0.0f32; ids.len() * dim];
     let mut order: Vec<usize> = (0..ids.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(ids[i].len()));
-    // A poisoned lock only means an earlier forward panicked; the buffers are rewritten anyway.
-    let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
     let mut batch = PackedBatch::default();
     for chunk in token_batches(&order, |i| ids[i].len(), batch_size, max_tokens) {
         batch.fill(chunk.iter().map(|&i| ids[i].as_slice()));
-        model.forward(&batch, &mut st, None);
+        model.forward(&batch, st, None);
         let hidden = st.hidden();
         for (b, &i) in chunk.iter().enumerate() {
             let (s, e) = (batch.offsets[b], batch.offsets[b + 1]);
