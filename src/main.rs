@@ -1,4 +1,4 @@
-//! The `deberta-embed` command line: embed, similarity, info, bench, eval, serve.
+//! The `deberta-embed` command line: embed, similarity, info, bench, eval, serve, rerank, predict.
 
 use std::io::{BufWriter, IsTerminal, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -9,6 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use deberta_embed::{Device, Embedder, EmbedderOptions, Embeddings, Precision, Similarity};
 
+mod cli_cross;
 mod cli_eval;
 mod cli_input;
 mod cli_serve;
@@ -42,6 +43,14 @@ enum Command {
     /// Serve embeddings over HTTP: OpenAI-compatible /v1/embeddings,
     /// text-embeddings-inference-compatible /embed and /tokenize, /health and Prometheus /metrics.
     Serve(cli_serve::ServeArgs),
+    /// Rank documents (one per input line) by a cross-encoder's score against a query, as
+    /// sentence-transformers' CrossEncoder.rank: one JSON line {"index", "score"} per
+    /// document, best first.
+    Rerank(cli_cross::RerankArgs),
+    /// Score text pairs from a .tsv or .jsonl file with a cross-encoder, as
+    /// sentence-transformers' CrossEncoder.predict: one JSON line per pair (a number for a
+    /// one-label model, else one score per label).
+    Predict(cli_cross::PredictArgs),
 }
 
 #[derive(clap::Args)]
@@ -248,6 +257,8 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench(a),
         Command::Eval(a) => cli_eval::run(a),
         Command::Serve(a) => cli_serve::run(a),
+        Command::Rerank(a) => cli_cross::rerank(a),
+        Command::Predict(a) => cli_cross::predict(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
