@@ -327,7 +327,8 @@ fn head_errors_name_the_field_or_tensor() {
         std::fs::write(d.join("config.json"), cfg.to_string()).unwrap();
         d
     };
-    let cases: Vec<(Box<dyn Fn(&mut Value)>, &str)> = vec![
+    type Edit = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(Edit, &str)> = vec![
         (
             Box::new(|c| c["pooler_hidden_act"] = json!("gelu_10")),
             "pooler_hidden_act",
@@ -717,4 +718,85 @@ fn rerank_requests_are_validated() {
         assert!((e["score"].as_f64().unwrap() as f32 - want.row(i)[0]).abs() < 1e-5);
     }
     s.shutdown().unwrap();
+}
+
+/// A child process (and its stderr, kept open: the server logs there) killed when the test
+/// ends.
+struct Running {
+    child: std::process::Child,
+    _stderr: Option<Box<dyn std::io::BufRead>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `serve` picks the model's kind: a cross-encoder answers /rerank like sentence-transformers,
+/// an embedding model does not; `--model-kind embedding` serves a classification checkpoint's
+/// backbone as embeddings instead.
+#[test]
+fn binary_serves_by_model_kind() {
+    use std::io::BufRead;
+    let spawn = |name: &str, extra: &[&str]| -> (Running, std::net::SocketAddr) {
+        let mut running = Running {
+            child: bin()
+                .args(["serve", "--model"])
+                .arg(model_dir(name))
+                .args(["--port", "0", "--threads", "2"])
+                .args(extra)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+            _stderr: None,
+        };
+        let mut stderr = std::io::BufReader::new(running.child.stderr.take().unwrap());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(stderr.read_line(&mut line).unwrap() > 0, "serve exited");
+            if let Some(rest) = line.split("http://").nth(1) {
+                let addr = rest.trim().parse().unwrap();
+                running._stderr = Some(Box::new(stderr));
+                return (running, addr);
+            }
+        }
+    };
+    let r = CrossRef::load("ce_hf_1label");
+    let case = &r.meta["rank"][0];
+    let (_c, addr) = spawn("ce_hf_1label", &[]);
+    let body = json!({"query": case["query"], "texts": case["documents"], "truncate": true});
+    let resp = http::post_json(addr, "/rerank", &body);
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let docs: Vec<&str> = case["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
+    let seen = seen_as("ce_hf_1label", case["query"].as_str().unwrap(), &docs);
+    let got = resp.json();
+    for (g, w) in got
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(case["result"].as_array().unwrap())
+    {
+        let (gi, wi) = (
+            g["index"].as_u64().unwrap() as usize,
+            w["corpus_id"].as_u64().unwrap() as usize,
+        );
+        assert!(gi == wi || seen[gi] == seen[wi]);
+        assert!((g["score"].as_f64().unwrap() - w["score"].as_f64().unwrap()).abs() < 1e-4);
+    }
+    assert_eq!(http::get(addr, "/info").json()["model_type"], "reranker");
+    let (_c, addr) = spawn("ce_hf_1label", &["--model-kind", "embedding"]);
+    assert_eq!(http::post_json(addr, "/rerank", &body).status, 400);
+    let resp = http::post_json(addr, "/embed", &json!({"inputs": ["a b"]}));
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.json()[0].as_array().unwrap().len(), 32);
 }
