@@ -10,6 +10,7 @@ access, CPU only) and records what sentence-transformers' `CrossEncoder` makes o
 
     tests/fixtures/models/ce_<name>/              the checkpoints, laid out as users have them
     tests/fixtures/reference/ce_<name>.json       pairs, token ids + types, logits, scores, rankings
+    tests/fixtures/reference/ce_eval_pairs.json   CrossEncoderClassificationEvaluator on eval/pairs.csv
 
 The tokenizer is the one make_fixtures.py trained (copied from tests/fixtures/models/st6_pool_weightedmean),
 with model_max_length set per model so that pairs are truncated (longest-first) at odd and even budgets.
@@ -251,6 +252,25 @@ def reference(name: str, d: Path, problems: list[str]) -> None:
     (REF / f"{name}.json").write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+def eval_reference(names: list[str]) -> None:
+    """CrossEncoderClassificationEvaluator on tests/fixtures/eval/pairs.csv (one-label models)."""
+    import csv
+
+    from sentence_transformers.cross_encoder.evaluation import CrossEncoderClassificationEvaluator
+
+    with open(FIX / "eval" / "pairs.csv", encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    pairs = [[r["sentence1"], r["sentence2"]] for r in rows]
+    labels = [int(r["label"]) for r in rows]
+    out = {"data": "tests/fixtures/eval/pairs.csv", "models": {}}
+    for name in names:
+        ce = CrossEncoder(str(MODELS / name), device="cpu", model_kwargs={"dtype": torch.float32})
+        ev = CrossEncoderClassificationEvaluator(pairs, labels, name="pairs", batch_size=4)
+        m = ev(ce)
+        out["models"][name] = {k.removeprefix("pairs_"): float(v) for k, v in m.items()}
+    (REF / "ce_eval_pairs.json").write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+
+
 def realtok_pairs(problems: list[str]) -> None:
     """The real DeBERTa-v3 tokenizer on pairs (CrossEncoder's call: longest_first at 128)."""
     d = FIX / "realtok"
@@ -346,6 +366,7 @@ def main() -> None:
             patch_config(d, **extra)
         reference(name, d, problems)
         print(f"{name}: done", file=sys.stderr)
+    eval_reference(["ce_hf_1label", "ce_st6_1label_tanh", "ce_v4_1label_identity"])
     if a.realtok:
         realtok_pairs(problems)
     print("Problems / differences:", problems or "none")

@@ -800,3 +800,45 @@ fn binary_serves_by_model_kind() {
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert_eq!(resp.json()[0].as_array().unwrap().len(), 32);
 }
+
+/// `eval pairs` with a cross-encoder: sentence-transformers' CrossEncoderClassificationEvaluator
+/// numbers, through the library and the CLI.
+#[test]
+fn pair_classification_with_cross_encoder_scores_equals_the_evaluator() {
+    let p = fixtures().join("reference/ce_eval_pairs.json");
+    let exp: Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    let data = fixtures().join("eval/pairs.csv");
+    let pairs = deberta_embed::eval::read_pairs(&data).unwrap();
+    let models = exp["models"].as_object().unwrap();
+    assert_eq!(models.len(), 3);
+    for (name, want) in models {
+        let ce = load(name, 4);
+        let report =
+            deberta_embed::eval::evaluate_pairs_cross(&ce, &pairs, 16, &mut |_, _| {}).unwrap();
+        let o = bin()
+            .args(["eval", "pairs", "--json", "--quiet", "--model"])
+            .arg(model_dir(name))
+            .arg("--data")
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let cli: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let got = report.metrics();
+        assert_eq!(got.len(), want.as_object().unwrap().len(), "{name}");
+        for (k, v) in got {
+            let w = want[&k]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{name}: no {k}"));
+            // counts over 43 pairs are exact; thresholds are scores (1e-4 contract)
+            let tol = if k.ends_with("threshold") { 1e-4 } else { 1e-9 };
+            assert!((v - w).abs() <= tol, "{name} {k}: {v} vs {w}");
+            assert_eq!(cli[&k].as_f64().unwrap(), v, "{name} {k} (CLI)");
+        }
+    }
+    // a multi-label model is refused
+    let ce = load("ce_st6_3label_types", 4);
+    let err =
+        deberta_embed::eval::evaluate_pairs_cross(&ce, &pairs, 16, &mut |_, _| {}).unwrap_err();
+    assert!(err.to_string().contains("one label"), "{err}");
+}
