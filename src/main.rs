@@ -184,6 +184,16 @@ struct BenchArgs {
     /// in, tokenization included, and report sentences/s (needs --model).
     #[arg(long, value_name = "FILE", requires = "model")]
     corpus: Option<PathBuf>,
+    /// Reranking with a cross-encoder (needs --model): one query against 100 documents, the
+    /// whole `rank` call timed (forward of the 100 pairs, head, sort). Without
+    /// --rerank-input: a 16-token query and 64-token documents of random ids (83-token pairs,
+    /// shortened to fit a smaller max_seq_length).
+    #[arg(long, requires = "model", conflicts_with = "corpus")]
+    rerank: bool,
+    /// Text for --rerank, end to end (tokenization included): the first line is the query, every
+    /// further line a document (.txt or .jsonl, read as `embed` reads it).
+    #[arg(long, value_name = "FILE", requires = "rerank")]
+    rerank_input: Option<PathBuf>,
     /// Sequences per batch.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
@@ -687,6 +697,138 @@ fn bench_ops(_: &BenchArgs, _: Device, _: Precision) -> Result<()> {
 }
 
 /// `bench --corpus`: raw text in, embeddings out, tokenization included.
+/// `bench --rerank`: `CrossEncoder::rank` of one query against 100 documents (or the
+/// documents of --rerank-input), timed whole.
+fn bench_rerank(a: &BenchArgs, dir: &Path, device: Device, opts: EmbedderOptions) -> Result<()> {
+    const DOCS: usize = 100;
+    let opts = EmbedderOptions {
+        max_batch_tokens: EmbedderOptions::default().max_batch_tokens,
+        ..opts
+    };
+    let t0 = Instant::now();
+    let ce = deberta_embed::CrossEncoder::load_with(dir, device, opts)?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    // (workload label, pairs, tokens, one timed call)
+    type Run<'a> = Box<dyn Fn() -> Result<Vec<deberta_embed::cross::Ranked>> + 'a>;
+    let lines;
+    let (label, pairs, tokens, run): (String, usize, usize, Run) = match &a.rerank_input {
+        Some(f) => {
+            lines = cli_input::read_inputs(f)?;
+            let Some((query, docs)) = lines.split_first() else {
+                bail!("{}: empty (the first line is the query)", f.display());
+            };
+            if docs.is_empty() {
+                bail!("{}: no documents after the query line", f.display());
+            }
+            let docs: Vec<&str> = docs.iter().map(String::as_str).collect();
+            let refs: Vec<(&str, &str)> = docs.iter().map(|d| (query.as_str(), *d)).collect();
+            let tokens = ce.pair_ids(&refs)?.iter().map(Vec::len).sum();
+            let n = docs.len();
+            (
+                format!("{} (text, tokenization included)", f.display()),
+                n,
+                tokens,
+                Box::new(move || Ok(ce.rank(query, &docs, None)?)),
+            )
+        }
+        None => {
+            let cfg = ce.embedder().config();
+            let vocab = cfg.vocab_size as u64;
+            let second = if cfg.type_vocab_size > 1 {
+                cfg.vocab_size as u32
+            } else {
+                0
+            };
+            let mut state = 0x2545_F491_4F6C_DD1Du64;
+            let mut next = move || {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                5 + (state % (vocab - 5)) as u32
+            };
+            // 16 + 64 tokens, or as much as a shorter max_seq_length leaves
+            let room = ce.max_seq_length().saturating_sub(3);
+            let q_len = 16.min(room / 4);
+            let d_len = 64.min(room - q_len);
+            let query: Vec<u32> = (0..q_len).map(|_| next()).collect();
+            let ids: Vec<Vec<u32>> = (0..DOCS)
+                .map(|_| {
+                    let mut s = vec![1];
+                    s.extend(&query);
+                    s.push(2);
+                    // the document and its [SEP] have token type 1 (folded into the id)
+                    s.extend((0..d_len).map(|_| next() + second));
+                    s.push(2 + second);
+                    s
+                })
+                .collect();
+            let tokens = ids.iter().map(Vec::len).sum();
+            (
+                format!("1 query ({q_len} tokens) x {DOCS} documents ({d_len} tokens), random ids"),
+                DOCS,
+                tokens,
+                Box::new(move || {
+                    let mut s = ce.logits_of_ids(&ids)?;
+                    ce.activate(&mut s, false);
+                    Ok(deberta_embed::cross::rank_scores(s.as_slice(), None))
+                }),
+            )
+        }
+    };
+    for _ in 0..a.warmup {
+        std::hint::black_box(run()?);
+    }
+    let mut times = Vec::new();
+    let start = Instant::now();
+    loop {
+        let t = Instant::now();
+        std::hint::black_box(run()?);
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        let done = match a.iters {
+            Some(n) => times.len() >= n,
+            None => times.len() >= 5 && start.elapsed().as_secs_f64() > 3.0,
+        };
+        if done {
+            break;
+        }
+    }
+    let (median, mean, min) = summarize(&mut times);
+    let threads = a.threads.unwrap_or_else(rayon::current_num_threads);
+    println!(
+        "rerank {label} on {device} ({threads} threads, batch {}): {pairs} pairs, {tokens} tokens, {} iterations",
+        a.batch_size,
+        times.len()
+    );
+    println!("load {load_ms:.1} ms");
+    println!("median {median:.2} ms   mean {mean:.2} ms   min {min:.2} ms per rank call");
+    println!(
+        "{:.1} pairs/s   {:.0} tokens/s",
+        pairs as f64 / (median / 1e3),
+        tokens as f64 / (median / 1e3)
+    );
+    if a.json {
+        let v = serde_json::json!({
+            "workload": "rerank",
+            "model": dir.display().to_string(),
+            "input": label,
+            "device": device.to_string(),
+            "threads": threads,
+            "batch_size": a.batch_size,
+            "pairs": pairs,
+            "tokens": tokens,
+            "iters": times.len(),
+            "load_ms": load_ms,
+            "median_ms": median,
+            "mean_ms": mean,
+            "min_ms": min,
+            "pairs_per_s": pairs as f64 / (median / 1e3),
+            "tokens_per_s": tokens as f64 / (median / 1e3),
+        });
+        println!("{v}");
+    }
+    Ok(())
+}
+
 fn bench_corpus(
     a: &BenchArgs,
     corpus: &Path,
@@ -818,6 +960,9 @@ fn bench(a: BenchArgs) -> Result<()> {
     };
     if let (Some(corpus), Some(dir)) = (&a.corpus, &dir) {
         return bench_corpus(&a, corpus, dir, device, opts);
+    }
+    if let (true, Some(dir)) = (a.rerank, &dir) {
+        return bench_rerank(&a, dir, device, opts);
     }
     // Inputs: [CLS] random pieces [SEP], exactly seq_len tokens each.
     let make_ids = |vocab: usize| -> Vec<Vec<u32>> {

@@ -842,3 +842,44 @@ fn pair_classification_with_cross_encoder_scores_equals_the_evaluator() {
         deberta_embed::eval::evaluate_pairs_cross(&ce, &pairs, 16, &mut |_, _| {}).unwrap_err();
     assert!(err.to_string().contains("one label"), "{err}");
 }
+
+/// `bench --rerank` runs the reranking workload (random ids, and text from a file) and reports it.
+#[test]
+fn bench_times_the_rerank_workload() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("w.txt");
+    std::fs::write(
+        &f,
+        "a query\nfirst document\nsecond one, longer than the first\n",
+    )
+    .unwrap();
+    for extra in [
+        vec![],
+        vec!["--rerank-input".to_string(), f.display().to_string()],
+    ] {
+        let o = bin()
+            .args([
+                "bench",
+                "--rerank",
+                "--iters",
+                "2",
+                "--warmup",
+                "0",
+                "--json",
+                "--threads",
+                "2",
+                "--model",
+            ])
+            .arg(model_dir("ce_hf_1label"))
+            .args(&extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let out = String::from_utf8(o.stdout).unwrap();
+        let v: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        assert_eq!(v["workload"], "rerank");
+        let pairs = if extra.is_empty() { 100 } else { 2 };
+        assert_eq!(v["pairs"], pairs, "{out}");
+        assert!(v["median_ms"].as_f64().unwrap() > 0.0);
+    }
+}
