@@ -552,7 +552,13 @@ fn similarity(a: SimilarityArgs) -> Result<()> {
 
 fn info(a: InfoArgs) -> Result<()> {
     let dir = model_dir(&a.model, &a.revision, false)?;
-    let e = Embedder::load(&dir, Device::Cpu)?;
+    let kind = deberta_embed::cross::model_kind(&dir)?;
+    let e = match kind {
+        deberta_embed::ModelKind::Embedding => Embedder::load(&dir, Device::Cpu)?,
+        deberta_embed::ModelKind::CrossEncoder => {
+            deberta_embed::CrossEncoder::load(&dir, Device::Cpu)?.into_embedder()
+        }
+    };
     let c = e.config();
     let p = e.pipeline();
     let pooling: Vec<&str> = p.pooling.iter().map(|m| m.name()).collect();
@@ -561,9 +567,22 @@ fn info(a: InfoArgs) -> Result<()> {
         .filter(|x| x.1)
         .map(|x| x.0)
         .collect();
+    let head = e.head_config().map(|h| {
+        serde_json::json!({
+            "num_labels": h.num_labels,
+            "labels": h.labels,
+            "activation_fn": h.activation.name(),
+            "pooler_hidden_act": format!("{:?}", h.pooler_act),
+        })
+    });
     let v = serde_json::json!({
         "model": a.model.display().to_string(),
         "model_dir": dir.display().to_string(),
+        "kind": match kind {
+            deberta_embed::ModelKind::Embedding => "embedding",
+            deberta_embed::ModelKind::CrossEncoder => "cross-encoder",
+        },
+        "cross_encoder": head,
         "layout": format!("{:?}", p.layout),
         "dim": e.dim(),
         "pooling": pooling,
@@ -604,7 +623,17 @@ fn info(a: InfoArgs) -> Result<()> {
         println!("directory        {}", dir.display());
     }
     println!("layout           {:?}", p.layout);
-    println!("embedding dim    {}", e.dim());
+    if let Some(h) = e.head_config() {
+        println!(
+            "cross-encoder    {} labels ({}), activation {}, pooler {:?}",
+            h.num_labels,
+            h.labels.join(", "),
+            h.activation.name(),
+            h.pooler_act
+        );
+    } else {
+        println!("embedding dim    {}", e.dim());
+    }
     println!("pooling          {}", pooling.join(" + "));
     println!("normalize        {}", e.normalizes());
     println!("max_seq_length   {}", e.max_seq_length());

@@ -883,3 +883,23 @@ fn bench_times_the_rerank_workload() {
         assert!(v["median_ms"].as_f64().unwrap() > 0.0);
     }
 }
+
+/// `info` on a cross-encoder names its kind, labels and activation.
+#[test]
+fn info_describes_a_cross_encoder() {
+    let o = bin()
+        .args(["info", "--json", "--model"])
+        .arg(model_dir("ce_st6_3label_types"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["kind"], "cross-encoder");
+    assert_eq!(v["dim"], 3);
+    assert_eq!(
+        v["cross_encoder"]["labels"],
+        json!(["contradiction", "entailment", "neutral"])
+    );
+    assert_eq!(v["cross_encoder"]["activation_fn"], "Identity");
+    assert_eq!(v["config"]["type_vocab_size"], 2);
+}
