@@ -467,6 +467,7 @@ pub type Scores = Embeddings;
 /// A loaded cross-encoder: tokenizer + backbone + classification head.
 pub struct CrossEncoder {
     inner: Embedder,
+    head: HeadConfig,
 }
 
 impl CrossEncoder {
@@ -478,9 +479,12 @@ impl CrossEncoder {
     /// Load a sequence-classification checkpoint (transformers layout, or sentence-transformers'
     /// CrossEncoder layout), or a hub id. `opts.normalize` is ignored.
     pub fn load_with(dir: impl AsRef<Path>, device: Device, opts: EmbedderOptions) -> Result<Self> {
-        Ok(CrossEncoder {
-            inner: Embedder::load_cross_encoder(dir.as_ref(), device, opts)?,
-        })
+        let inner = Embedder::load_cross_encoder(dir.as_ref(), device, opts)?;
+        let head = inner
+            .head_config()
+            .cloned()
+            .ok_or_else(|| Error::Input("the model loaded without its head".into()))?;
+        Ok(CrossEncoder { inner, head })
     }
 
     /// The backbone and tokenizer (its `encode_ids` gives logits).
@@ -493,26 +497,19 @@ impl CrossEncoder {
         self.inner
     }
 
-    fn head_cfg(&self) -> &HeadConfig {
-        // (set by load_cross_encoder)
-        self.inner
-            .head_config()
-            .expect("a cross-encoder has a head")
-    }
-
     /// Logits per pair.
     pub fn num_labels(&self) -> usize {
-        self.head_cfg().num_labels
+        self.head.num_labels
     }
 
     /// Label names by index.
     pub fn labels(&self) -> &[String] {
-        &self.head_cfg().labels
+        &self.head.labels
     }
 
     /// The activation `predict` applies.
     pub fn activation(&self) -> ScoreActivation {
-        self.head_cfg().activation
+        self.head.activation
     }
 
     /// Pairs are truncated (longest first) to this many tokens, special tokens included.
@@ -576,15 +573,12 @@ impl CrossEncoder {
     pub fn activate(&self, logits: &mut Scores, softmax_labels: bool) {
         let act = self.activation();
         let l = logits.dim();
-        let mut v =
-            std::mem::replace(logits, Embeddings::from_vec(vec![0.0], 1).expect("1x1")).into_vec();
-        for row in v.chunks_exact_mut(l) {
+        for row in logits.as_mut_slice().chunks_exact_mut(l) {
             act.apply(row);
             if softmax_labels && l > 1 {
                 softmax(row);
             }
         }
-        *logits = Embeddings::from_vec(v, l).expect("same shape");
     }
 
     /// `CrossEncoder.rank(query, documents, top_k)`: documents by descending score (ties keep

@@ -217,6 +217,10 @@ impl Embeddings {
     pub fn as_slice(&self) -> &[f32] {
         &self.data
     }
+    /// The flat row-major buffer, mutable (the shape stays).
+    pub fn as_mut_slice(&mut self) -> &mut [f32] {
+        &mut self.data
+    }
     /// Take the flat buffer.
     pub fn into_vec(self) -> Vec<f32> {
         self.data
