@@ -96,7 +96,13 @@ fn pairs(a: EvalDataArgs) -> Result<()> {
     eval::check_pairs(&data).map_err(|e| anyhow::anyhow!("{}: {e}", a.data.display()))?;
     let dir = crate::model_dir(&a.common.model, &a.common.revision, a.quiet)?;
     if deberta_embed::cross::model_kind(&dir)? == deberta_embed::ModelKind::CrossEncoder {
-        return pairs_cross(&a, &data);
+        let ce = load_cross(&a)?;
+        // A one-label cross-encoder is evaluated by its scores; a classifier with several labels
+        // by the embeddings of its backbone, as sentence-transformers' BinaryClassificationEvaluator
+        // would with the checkpoint loaded as a SentenceTransformer.
+        if ce.num_labels() == 1 {
+            return pairs_cross(&a, &ce, &data);
+        }
     }
     let embedder = crate::load(&a.common, a.batch_size, None, a.quiet)?;
     let bar = progress_bar(a.quiet);
@@ -113,8 +119,8 @@ fn pairs(a: EvalDataArgs) -> Result<()> {
     }
 }
 
-/// A cross-encoder's scores as the pair classifier (CrossEncoderClassificationEvaluator).
-fn pairs_cross(a: &EvalDataArgs, data: &[eval::LabeledPair]) -> Result<()> {
+/// `--model` as a cross-encoder.
+fn load_cross(a: &EvalDataArgs) -> Result<deberta_embed::CrossEncoder> {
     let device = crate::parse_device(&a.common.device)?;
     let opts = deberta_embed::EmbedderOptions {
         threads: a.common.threads,
@@ -124,9 +130,17 @@ fn pairs_cross(a: &EvalDataArgs, data: &[eval::LabeledPair]) -> Result<()> {
         max_batch_tokens: deberta_embed::EmbedderOptions::default().max_batch_tokens,
     };
     let dir = crate::model_dir(&a.common.model, &a.common.revision, a.quiet)?;
-    let ce = deberta_embed::CrossEncoder::load_with(dir, device, opts)?;
+    Ok(deberta_embed::CrossEncoder::load_with(dir, device, opts)?)
+}
+
+/// A one-label cross-encoder's scores as the pair classifier (CrossEncoderClassificationEvaluator).
+fn pairs_cross(
+    a: &EvalDataArgs,
+    ce: &deberta_embed::CrossEncoder,
+    data: &[eval::LabeledPair],
+) -> Result<()> {
     let bar = progress_bar(a.quiet);
-    let report = eval::evaluate_pairs_cross(&ce, data, chunk(a.batch_size), &mut |done, total| {
+    let report = eval::evaluate_pairs_cross(ce, data, chunk(a.batch_size), &mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })?;

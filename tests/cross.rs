@@ -836,7 +836,18 @@ fn pair_classification_with_cross_encoder_scores_equals_the_evaluator() {
             assert_eq!(cli[&k].as_f64().unwrap(), v, "{name} {k} (CLI)");
         }
     }
-    // a multi-label model is refused
+    // a classifier with several labels: the CLI evaluates its backbone's embeddings instead
+    let o = bin()
+        .args(["eval", "pairs", "--json", "--quiet", "--model"])
+        .arg(model_dir("ce_st6_3label_types"))
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cli: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(cli["cosine_ap"].is_f64(), "{cli}");
+    // and the library's cross-encoder evaluation refuses it
     let ce = load("ce_st6_3label_types", 4);
     let err =
         deberta_embed::eval::evaluate_pairs_cross(&ce, &pairs, 16, &mut |_, _| {}).unwrap_err();
