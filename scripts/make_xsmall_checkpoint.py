@@ -4,12 +4,14 @@
 Benchmarks (scripts/compare_cpu.py, `deberta-embed bench --model`) need a real-sized model on
 disk but no hub access. This builds one locally from a seed:
 
-    venv/bin/python scripts/make_xsmall_checkpoint.py /tmp/xsmall [--seed 0] [--layout st|hf]
+    venv/bin/python scripts/make_xsmall_checkpoint.py /tmp/xsmall [--seed 0] [--layout st|hf|ce]
 
   --layout st (default)  a sentence-transformers 6 model dir (Transformer + mean Pooling),
                          as `SentenceTransformer.save` writes it, with model.safetensors
   --layout hf            a plain transformers dir (DebertaV2Model.save_pretrained + tokenizer);
                          sentence-transformers and deberta-embed both mean-pool it implicitly
+  --layout ce            a one-label cross-encoder (reranker): DebertaV2ForSequenceClassification
+                         (pooler gelu + classifier) saved by sentence-transformers' CrossEncoder
 
 Config: vocab 128100, hidden 384, 12 layers x 6 heads, intermediate 1536, max_position 512,
 relative attention with 256 log buckets, norm_rel_ebd layer_norm, share_att_key, p2c+c2p,
@@ -48,15 +50,16 @@ from pathlib import Path
 warnings.filterwarnings("ignore")
 
 import torch
-from transformers import DebertaV2Config, DebertaV2Model
+from transformers import DebertaV2Config, DebertaV2ForSequenceClassification, DebertaV2Model
 
 REPO = Path(__file__).resolve().parent.parent
 TOKENIZER_SRC = REPO / "tests" / "fixtures" / "models" / "st6_pool_max"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
-def xsmall_config() -> DebertaV2Config:
+def xsmall_config(**extra) -> DebertaV2Config:
     return DebertaV2Config(
+        **extra,
         vocab_size=128100,
         hidden_size=384,
         num_hidden_layers=12,
@@ -100,7 +103,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("outdir", type=Path)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--layout", choices=["st", "hf"], default="st")
+    ap.add_argument("--layout", choices=["st", "hf", "ce"], default="st")
     ap.add_argument("--force", action="store_true", help="overwrite OUTDIR if it exists")
     a = ap.parse_args()
 
@@ -114,7 +117,10 @@ def main() -> None:
             sys.exit(f"missing {TOKENIZER_SRC / f}")
 
     torch.manual_seed(a.seed)
-    model = DebertaV2Model(xsmall_config()).eval()
+    if a.layout == "ce":
+        model = DebertaV2ForSequenceClassification(xsmall_config(num_labels=1)).eval()
+    else:
+        model = DebertaV2Model(xsmall_config()).eval()
     randomize_(model, a.seed)
     n_params = sum(p.numel() for p in model.parameters())
 
@@ -126,6 +132,14 @@ def main() -> None:
 
     if a.layout == "hf":
         save_hf(out)
+    elif a.layout == "ce":
+        from sentence_transformers import CrossEncoder
+
+        with tempfile.TemporaryDirectory() as tmp:
+            backbone = Path(tmp) / "backbone"
+            save_hf(backbone)
+            CrossEncoder(str(backbone), device="cpu").save(str(out))
+            (out / "README.md").unlink(missing_ok=True)
     else:
         from sentence_transformers import SentenceTransformer
         from sentence_transformers.base.modules.transformer import Transformer

@@ -22,7 +22,8 @@ enum EvalCommand {
     Sts(EvalDataArgs),
     /// Best accuracy / F1 (with thresholds), precision, recall, average precision and MCC of
     /// labelled pairs for cosine, dot, manhattan and euclidean (as sentence-transformers'
-    /// BinaryClassificationEvaluator). FILE columns: sentence1, sentence2, label (0/1).
+    /// BinaryClassificationEvaluator). FILE columns: sentence1, sentence2, label (0/1). For a
+    /// one-label cross-encoder, its scores instead (as CrossEncoderClassificationEvaluator).
     Pairs(EvalDataArgs),
 }
 
@@ -102,6 +103,16 @@ fn sts(a: EvalDataArgs) -> Result<()> {
 fn pairs(a: EvalDataArgs) -> Result<()> {
     let data = eval::read_pairs(&a.data)?;
     eval::check_pairs(&data).map_err(|e| anyhow::anyhow!("{}: {e}", a.data.display()))?;
+    let dir = crate::model_dir(&a.common.model, &a.common.revision, a.quiet)?;
+    if deberta_embed::cross::model_kind(&dir)? == deberta_embed::ModelKind::CrossEncoder {
+        let ce = load_cross(&a)?;
+        // A one-label cross-encoder is evaluated by its scores; a classifier with several labels
+        // by the embeddings of its backbone, as sentence-transformers' BinaryClassificationEvaluator
+        // would with the checkpoint loaded as a SentenceTransformer.
+        if ce.num_labels() == 1 {
+            return pairs_cross(&a, &ce, &data);
+        }
+    }
     let embedder = crate::load(&a.common, a.batch_size, None, a.quiet)?;
     let bar = progress_bar(a.quiet);
     let opts = a.prompt.options();
@@ -121,6 +132,49 @@ fn pairs(a: EvalDataArgs) -> Result<()> {
     } else {
         print_pairs(&a, &report)
     }
+}
+
+/// `--model` as a cross-encoder.
+fn load_cross(a: &EvalDataArgs) -> Result<deberta_embed::CrossEncoder> {
+    let device = crate::parse_device(&a.common.device)?;
+    let opts = deberta_embed::EmbedderOptions {
+        threads: a.common.threads,
+        batch_size: a.batch_size,
+        normalize: None,
+        precision: crate::parse_precision(a.common.dtype.as_deref(), device)?,
+        max_batch_tokens: deberta_embed::EmbedderOptions::default().max_batch_tokens,
+    };
+    let dir = crate::model_dir(&a.common.model, &a.common.revision, a.quiet)?;
+    Ok(deberta_embed::CrossEncoder::load_with(dir, device, opts)?)
+}
+
+/// A one-label cross-encoder's scores as the pair classifier (CrossEncoderClassificationEvaluator).
+fn pairs_cross(
+    a: &EvalDataArgs,
+    ce: &deberta_embed::CrossEncoder,
+    data: &[eval::LabeledPair],
+) -> Result<()> {
+    let bar = progress_bar(a.quiet);
+    let report = eval::evaluate_pairs_cross(ce, data, chunk(a.batch_size), &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    if a.json {
+        return print_json(&report.metrics());
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{} on {}: {} pairs, cross-encoder scores (higher = similar)",
+        a.common.model.display(),
+        a.data.display(),
+        report.pairs
+    )?;
+    for (k, v) in report.metrics() {
+        writeln!(out, "{k:<20} {v:>9.4}")?;
+    }
+    Ok(())
 }
 
 /// One JSON object, keys in the evaluator's order, numbers as the shortest round-trip decimal.

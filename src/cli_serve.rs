@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use deberta_embed::server::{self, Server, ServerOptions};
-use deberta_embed::{Embedder, EmbedderOptions};
+use deberta_embed::{CrossEncoder, Embedder, EmbedderOptions, ModelKind};
 
 /// The model flags of the other commands, each with its DEBERTA_EMBED_* variable (a container
 /// or a Kubernetes pod sets the model by environment).
@@ -100,6 +100,20 @@ pub struct ServeArgs {
     /// of an org/name model, else the name of the model directory).
     #[arg(long, value_name = "NAME", env = "DEBERTA_EMBED_SERVED_MODEL_NAME")]
     served_model_name: Option<String>,
+    /// What to serve: `auto` serves a cross-encoder (a sentence-transformers CrossEncoder, or a
+    /// transformers *ForSequenceClassification checkpoint) on /rerank and /predict and anything
+    /// else on the embedding routes; `embedding` forces mean-pooled embeddings of a
+    /// classification checkpoint's backbone, as sentence-transformers' SentenceTransformer
+    /// would load it.
+    #[arg(long, value_enum, default_value_t = KindArg::Auto, env = "DEBERTA_EMBED_MODEL_KIND")]
+    model_kind: KindArg,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum KindArg {
+    Auto,
+    Embedding,
+    CrossEncoder,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -137,7 +151,15 @@ pub fn run(a: ServeArgs) -> Result<()> {
         max_batch_tokens: a.max_batch_tokens,
     };
     let dir = crate::model_dir(&a.common.model, &a.common.revision, false)?;
-    let embedder = Embedder::load_with(&dir, device, opts)?;
+    let kind = match a.model_kind {
+        KindArg::Auto => deberta_embed::cross::model_kind(&dir)?,
+        KindArg::Embedding => ModelKind::Embedding,
+        KindArg::CrossEncoder => ModelKind::CrossEncoder,
+    };
+    let embedder = match kind {
+        ModelKind::Embedding => Embedder::load_with(&dir, device, opts)?,
+        ModelKind::CrossEncoder => CrossEncoder::load_with(&dir, device, opts)?.into_embedder(),
+    };
     // A model loaded by hub id is served under that id, not its snapshot's commit hash.
     let by_id = (dir != a.common.model).then(|| a.common.model.display().to_string());
     // a hub model's directory is its snapshot, named by its commit
@@ -154,6 +176,10 @@ pub fn run(a: ServeArgs) -> Result<()> {
             .unwrap_or_else(|| "deberta-embed".into())
     });
     let (dim, max_len) = (embedder.dim(), embedder.max_seq_length());
+    let what = match kind {
+        ModelKind::Embedding => format!("{dim} dimensions"),
+        ModelKind::CrossEncoder => format!("cross-encoder, {dim} labels: /rerank, /predict"),
+    };
     let server = Server::new(
         embedder,
         ServerOptions {
@@ -185,7 +211,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             .with_context(|| format!("cannot listen on {}:{}", a.host, a.port))?;
         let addr = listener.local_addr().context("reading the bound address")?;
         eprintln!(
-            "deberta-embed: serving {model_name} ({dim} dimensions, max_seq_length {max_len}, {device}) on http://{addr}"
+            "deberta-embed: serving {model_name} ({what}, max_seq_length {max_len}, {device}) on http://{addr}"
         );
         let shutdown = async {
             server::shutdown_signal().await;

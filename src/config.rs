@@ -69,7 +69,8 @@ pub struct ModelConfig {
     pub max_position_embeddings: usize,
     /// add `embeddings.position_embeddings[pos]` to the word embeddings
     pub position_biased_input: bool,
-    /// add `embeddings.token_type_embeddings[0]` (single-sentence input) when > 0
+    /// `embeddings.token_type_embeddings` has this many rows: row 0 is added for a single text,
+    /// rows 0 and 1 for the two texts of a pair (none when 0)
     pub type_vocab_size: usize,
     /// disentangled position terms at all (`relative_attention`)
     pub relative_attention: bool,
@@ -547,6 +548,9 @@ pub struct PipelineConfig {
     /// Whether prompt tokens take part in pooling (the Pooling module's `include_prompt`,
     /// default true); false leaves `[CLS]` and the prompt's tokens out.
     pub include_prompt: bool,
+    /// modules.json lists a Pooling module (an embedding model, whatever its backbone's
+    /// architecture says).
+    pub has_pooling_module: bool,
 }
 
 /// Which on-disk layout the model directory has.
@@ -623,6 +627,7 @@ impl PipelineConfig {
             )));
         }
         let model = ModelConfig::from_file(&config_path)?;
+        let has_pooling_module = pooling_dir.is_some();
         let pooling = match &pooling_dir {
             Some(p) => parse_pooling(&p.join("config.json"))?,
             None => vec![PoolingMode::Mean],
@@ -645,6 +650,7 @@ impl PipelineConfig {
                 prompts,
                 default_prompt_name,
                 include_prompt,
+                has_pooling_module,
             },
             model,
         ))

@@ -1066,6 +1066,69 @@ impl PairsReport {
     }
 }
 
+/// Results of [`evaluate_pairs_cross`]: sentence-transformers' `CrossEncoderClassificationEvaluator`
+/// for a one-label cross-encoder.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CrossPairsReport {
+    /// Accuracy, F1 (with thresholds on the scores), precision, recall and average precision of
+    /// the scores (`mcc` is not part of that evaluator's report).
+    pub metrics: BinaryMetrics,
+    pub pairs: usize,
+}
+
+impl CrossPairsReport {
+    /// `(key, value)` with the evaluator's keys: `accuracy`, `accuracy_threshold`, `f1`,
+    /// `f1_threshold`, `precision`, `recall`, `average_precision`.
+    pub fn metrics(&self) -> Vec<(String, f64)> {
+        self.metrics
+            .entries()
+            .into_iter()
+            .filter(|(k, _)| *k != "mcc")
+            .map(|(k, v)| {
+                let k = if k == "ap" { "average_precision" } else { k };
+                (k.to_string(), v)
+            })
+            .collect()
+    }
+}
+
+/// `CrossEncoderClassificationEvaluator` on labelled pairs for a one-label cross-encoder: each
+/// pair scored as `CrossEncoder.predict` scores it (the model's activation), higher meaning
+/// similar, then the best accuracy and F1 thresholds and the average precision of those
+/// scores. `chunk` pairs per call, `progress(done, total)` after each.
+///
+/// Errors: no pairs, a single class, or a model with more than one label.
+pub fn evaluate_pairs_cross(
+    ce: &crate::CrossEncoder,
+    pairs: &[LabeledPair],
+    chunk: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<CrossPairsReport> {
+    check_pairs(pairs)?;
+    if ce.num_labels() != 1 {
+        return Err(Error::Input(format!(
+            "pair classification needs a cross-encoder with one label; this one has {}",
+            ce.num_labels()
+        )));
+    }
+    let all: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|p| (p.sentence1.as_str(), p.sentence2.as_str()))
+        .collect();
+    let mut scores = Vec::with_capacity(all.len());
+    for c in all.chunks(chunk.max(1)) {
+        scores.extend_from_slice(ce.predict(c)?.as_slice());
+        progress(scores.len(), all.len());
+    }
+    let labels: Vec<bool> = pairs.iter().map(|p| p.label).collect();
+    let metrics = binary_classification(&scores, &labels, true)
+        .map_err(|e| Error::Input(format!("cross-encoder scores: {e}")))?;
+    Ok(CrossPairsReport {
+        metrics,
+        pairs: pairs.len(),
+    })
+}
+
 /// Check STS pairs before any embedding: at least two pairs, gold scores not all equal.
 pub fn check_sts(pairs: &[ScoredPair]) -> Result<()> {
     if pairs.len() < 2 {

@@ -50,7 +50,7 @@ pub fn load_with_weights(
     let (pipeline, cfg) = PipelineConfig::load(dir)?;
     let tokenizer = TextTokenizer::for_pipeline(&pipeline, &cfg)?;
     let host = HostWeights::load(weights, &cfg)?;
-    Embedder::from_parts(pipeline, tokenizer, cfg, host, Device::Cpu, opts)
+    Embedder::from_parts(pipeline, tokenizer, cfg, host, Device::Cpu, opts, None)
 }
 
 /// The `safetensors_header` target: open `bytes` as `model.safetensors`, read every tensor its

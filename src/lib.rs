@@ -34,12 +34,16 @@
 //! # }
 //! ```
 //!
+//! Cross-encoders (sequence-classification checkpoints: rerankers, pair classifiers) load as a
+//! [`CrossEncoder`], which scores text pairs on the same engine (see [`cross`]).
+//!
 //! [`server`] serves a loaded model over HTTP (OpenAI- and text-embeddings-inference-compatible
 //! routes, with dynamic batching), as `deberta-embed serve` does.
 
 pub mod backend;
 pub mod checkpoint;
 pub mod config;
+pub mod cross;
 pub mod error;
 pub mod eval;
 #[doc(hidden)]
@@ -56,6 +60,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 pub use config::{ModelConfig, PipelineConfig, PoolingMode};
+pub use cross::{CrossEncoder, ModelKind};
 pub use error::{Error, Result};
 pub use similarity::Similarity;
 pub use tokenize::Tokenized;
@@ -248,6 +253,10 @@ impl Embeddings {
     pub fn as_slice(&self) -> &[f32] {
         &self.data
     }
+    /// The flat row-major buffer, mutable (the shape stays).
+    pub fn as_mut_slice(&mut self) -> &mut [f32] {
+        &mut self.data
+    }
     /// Take the flat buffer.
     pub fn into_vec(self) -> Vec<f32> {
         self.data
@@ -265,7 +274,9 @@ enum Engine {
     Cuda(backend::cuda::CudaModel),
 }
 
-/// A loaded model: tokenizer + backbone + pooling, ready to embed.
+/// A loaded model: tokenizer + backbone + pooling, ready to embed. A cross-encoder's is the
+/// same with a classification head after `[CLS]` pooling ([`CrossEncoder`] wraps it): its
+/// "embeddings" are the logits.
 pub struct Embedder {
     pipeline: PipelineConfig,
     tokenizer: TextTokenizer,
@@ -275,6 +286,7 @@ pub struct Embedder {
     pool: Option<rayon::ThreadPool>,
     opts: EmbedderOptions,
     num_params: usize,
+    head: Option<(cross::ClassifierHead, cross::HeadConfig)>,
 }
 
 impl Embedder {
@@ -296,7 +308,53 @@ impl Embedder {
         let weights = HostWeights::load(&ck, &cfg)?;
         ck.release_resident_pages();
         drop(ck);
-        Self::from_parts(pipeline, tokenizer, cfg, weights, device, opts)
+        Self::from_parts(pipeline, tokenizer, cfg, weights, device, opts, None)
+    }
+
+    /// Load a sequence-classification checkpoint: backbone, tokenizer and head (see
+    /// [`CrossEncoder::load_with`]).
+    pub(crate) fn load_cross_encoder(
+        dir: &Path,
+        device: Device,
+        opts: EmbedderOptions,
+    ) -> Result<Self> {
+        check_device(device, opts.precision)?;
+        let dir = hub::resolve_model(dir, &hub::HubOptions::default())?;
+        let (mut pipeline, cfg) = PipelineConfig::load(&dir)?;
+        if pipeline.has_pooling_module {
+            return Err(Error::config(
+                dir.join("modules.json"),
+                "lists a Pooling module: this is a sentence-embedding model, not a cross-encoder",
+            ));
+        }
+        pipeline.pooling = cross::CLS.to_vec();
+        pipeline.normalize = false;
+        let head_cfg = cross::HeadConfig::load(&dir, &pipeline.transformer_dir, &cfg)?;
+        if cfg.type_vocab_size == 1 {
+            return Err(Error::config(
+                pipeline.transformer_dir.join("config.json"),
+                "type_vocab_size is 1: the second text of a pair has token type 1, which the model has no embedding for",
+            ));
+        }
+        let tokenizer = TextTokenizer::for_pipeline(&pipeline, &cfg)?;
+        let ck = Checkpoint::open_dir(&pipeline.transformer_dir)?;
+        let weights = HostWeights::load(&ck, &cfg)?;
+        let head = cross::ClassifierHead::load(&ck, &cfg, &head_cfg)?;
+        ck.release_resident_pages();
+        drop(ck);
+        let opts = EmbedderOptions {
+            normalize: Some(false),
+            ..opts
+        };
+        Self::from_parts(
+            pipeline,
+            tokenizer,
+            cfg,
+            weights,
+            device,
+            opts,
+            Some((head, head_cfg)),
+        )
     }
 
     /// The deberta-v3-xsmall architecture with deterministic random weights and no tokenizer
@@ -323,6 +381,7 @@ impl Embedder {
         weights: HostWeights,
         device: Device,
         opts: EmbedderOptions,
+        head: Option<(cross::ClassifierHead, cross::HeadConfig)>,
     ) -> Result<Self> {
         if opts.batch_size == 0 {
             return Err(Error::Input("batch size must be at least 1".into()));
@@ -339,7 +398,7 @@ impl Embedder {
                 ),
             ));
         }
-        let num_params = weights.num_params();
+        let num_params = weights.num_params() + head.as_ref().map_or(0, |(h, _)| h.num_params());
         let pool = build_pool(opts.threads)?;
         let engine = match device {
             Device::Cpu => Engine::Cpu {
@@ -352,13 +411,22 @@ impl Embedder {
                 state: Mutex::new(RunState::default()),
             },
             #[cfg(feature = "cuda")]
-            Device::Cuda(ordinal) => Engine::Cuda(backend::cuda::CudaModel::new(
-                &cfg,
-                &weights,
-                pipeline.max_seq_length,
-                ordinal,
-                opts.precision,
-            )?),
+            Device::Cuda(ordinal) => {
+                // Pairs of a model with token types: the GPU embedding kernel adds one type row
+                // to every token, so the types go into a widened vocabulary instead (row
+                // `id + t * V` = word `id` + type `t`), which the folded ids index directly.
+                let (mut dev_cfg, mut weights) = (cfg.clone(), weights);
+                if head.is_some() && cfg.type_vocab_size > 1 {
+                    fold_types_into_vocab(&mut dev_cfg, &mut weights);
+                }
+                Engine::Cuda(backend::cuda::CudaModel::new(
+                    &dev_cfg,
+                    &weights,
+                    pipeline.max_seq_length,
+                    ordinal,
+                    opts.precision,
+                )?)
+            }
             #[cfg(not(feature = "cuda"))]
             Device::Cuda(_) => return Err(no_cuda()),
         };
@@ -371,12 +439,42 @@ impl Embedder {
             pool,
             opts,
             num_params,
+            head,
         })
     }
 
-    /// Width of the embeddings.
+    /// Width of the embeddings (for a cross-encoder: its number of labels).
     pub fn dim(&self) -> usize {
-        pooling::pooled_dim(&self.pipeline.pooling, self.cfg.hidden_size)
+        match &self.head {
+            Some((h, _)) => h.num_labels(),
+            None => pooling::pooled_dim(&self.pipeline.pooling, self.cfg.hidden_size),
+        }
+    }
+
+    /// What the model is: a sentence embedder, or a cross-encoder scoring pairs.
+    pub fn kind(&self) -> ModelKind {
+        if self.head.is_some() {
+            ModelKind::CrossEncoder
+        } else {
+            ModelKind::Embedding
+        }
+    }
+
+    /// A cross-encoder's head settings (labels, activation); `None` for an embedding model.
+    pub fn head_config(&self) -> Option<&cross::HeadConfig> {
+        self.head.as_ref().map(|(_, c)| c)
+    }
+
+    /// Token ids of text pairs as a cross-encoder sees them (see
+    /// [`TextTokenizer::encode_pair_batch`]; token types folded in when the model has them),
+    /// and whether each pair was longer than max_seq_length (cut when `truncate`).
+    pub fn pair_ids(
+        &self,
+        pairs: &[(&str, &str)],
+        truncate: bool,
+    ) -> Result<Vec<(Vec<u32>, bool)>> {
+        let stride = (self.cfg.type_vocab_size > 1).then_some(self.cfg.vocab_size);
+        self.install(|| self.tokenizer.encode_pair_batch(pairs, stride, truncate))
     }
     /// Inputs are truncated to this many tokens, special tokens included.
     pub fn max_seq_length(&self) -> usize {
@@ -403,9 +501,9 @@ impl Embedder {
     pub fn num_params(&self) -> usize {
         self.num_params
     }
-    /// Whether outputs are L2-normalized.
+    /// Whether outputs are L2-normalized (never for a cross-encoder's logits).
     pub fn normalizes(&self) -> bool {
-        self.opts.normalize.unwrap_or(self.pipeline.normalize)
+        self.head.is_none() && self.opts.normalize.unwrap_or(self.pipeline.normalize)
     }
 
     /// The model's named prompts (config_sentence_transformers.json, with sentence-transformers'
@@ -636,6 +734,11 @@ impl Embedder {
             skip
         };
         let limit = self.pipeline.max_seq_length;
+        // a cross-encoder's ids may carry a token type (`id + t * vocab_size`)
+        let id_limit = match &self.head {
+            Some(_) => self.cfg.vocab_size * self.cfg.type_vocab_size.max(1),
+            None => self.cfg.vocab_size,
+        };
         for (i, s) in ids.iter().enumerate() {
             if s.len() > limit {
                 return Err(Error::Input(format!(
@@ -643,7 +746,7 @@ impl Embedder {
                     s.len()
                 )));
             }
-            if let Some(&bad) = s.iter().find(|&&t| t as usize >= self.config().vocab_size) {
+            if let Some(&bad) = s.iter().find(|&&t| t as usize >= id_limit) {
                 return Err(Error::Input(format!(
                     "sequence {i}: token id {bad} is outside the vocabulary"
                 )));
@@ -680,7 +783,10 @@ impl Embedder {
                 m.encode_batches(ids, self.opts.batch_size, self.opts.max_batch_tokens, modes)?
             }
         };
-        if normalize {
+        if let Some((head, _)) = &self.head {
+            // `out` holds the [CLS] rows (the pipeline's pooling is CLS)
+            out = head.apply(&out);
+        } else if normalize {
             for row in out.chunks_exact_mut(self.dim()) {
                 pooling::l2_normalize(row);
             }
@@ -838,6 +944,25 @@ pub(crate) fn token_batches<'a>(
         rest = tail;
         Some(head)
     })
+}
+
+/// A model with token types as one without: the word-embedding table widened to
+/// `type_vocab_size * vocab_size` rows, row `id + t * V` = word `id` + token type `t` (so ids
+/// folded by [`cross::fold_type`] need no type table), and no type row added per token.
+#[cfg(feature = "cuda")]
+fn fold_types_into_vocab(cfg: &mut ModelConfig, w: &mut HostWeights) {
+    let (v, e, t) = (cfg.vocab_size, cfg.embedding_size, cfg.type_vocab_size);
+    let types = w.type_emb.take().unwrap_or_default();
+    let mut table = Vec::with_capacity(v * e * t);
+    for trow in types.chunks_exact(e).take(t) {
+        for word in w.word_emb.chunks_exact(e).take(v) {
+            table.extend(word.iter().zip(trow).map(|(a, b)| a + b));
+        }
+    }
+    w.word_emb = table.into();
+    w.type_emb0 = None;
+    cfg.vocab_size = v * t;
+    cfg.type_vocab_size = 0;
 }
 
 fn check_finite(v: &[f32]) -> Result<()> {

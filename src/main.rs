@@ -1,4 +1,4 @@
-//! The `deberta-embed` command line: embed, similarity, info, bench, eval, serve.
+//! The `deberta-embed` command line: embed, similarity, info, bench, eval, serve, rerank, predict.
 
 use std::io::{BufWriter, IsTerminal, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -9,6 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use deberta_embed::{Device, Embedder, EmbedderOptions, Embeddings, Precision, Similarity};
 
+mod cli_cross;
 mod cli_eval;
 mod cli_input;
 mod cli_serve;
@@ -43,6 +44,14 @@ enum Command {
     /// text-embeddings-inference-compatible /embed and /tokenize, /health, Prometheus /metrics,
     /// /info and the OpenAPI document at /openapi.json.
     Serve(cli_serve::ServeArgs),
+    /// Rank documents (one per input line) by a cross-encoder's score against a query, as
+    /// sentence-transformers' CrossEncoder.rank: one JSON line {"index", "score"} per
+    /// document, best first.
+    Rerank(cli_cross::RerankArgs),
+    /// Score text pairs from a .tsv or .jsonl file with a cross-encoder, as
+    /// sentence-transformers' CrossEncoder.predict: one JSON line per pair (a number for a
+    /// one-label model, else one score per label).
+    Predict(cli_cross::PredictArgs),
 }
 
 #[derive(clap::Args)]
@@ -200,6 +209,16 @@ struct BenchArgs {
     /// in, tokenization included, and report sentences/s (needs --model).
     #[arg(long, value_name = "FILE", requires = "model")]
     corpus: Option<PathBuf>,
+    /// Reranking with a cross-encoder (needs --model): one query against 100 documents, the
+    /// whole `rank` call timed (forward of the 100 pairs, head, sort). Without
+    /// --rerank-input: a 16-token query and 64-token documents of random ids (83-token pairs,
+    /// shortened to fit a smaller max_seq_length).
+    #[arg(long, requires = "model", conflicts_with = "corpus")]
+    rerank: bool,
+    /// Text for --rerank, end to end (tokenization included): the first line is the query, every
+    /// further line a document (.txt or .jsonl, read as `embed` reads it).
+    #[arg(long, value_name = "FILE", requires = "rerank")]
+    rerank_input: Option<PathBuf>,
     /// Sequences per batch.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
@@ -273,6 +292,8 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench(a),
         Command::Eval(a) => cli_eval::run(a),
         Command::Serve(a) => cli_serve::run(a),
+        Command::Rerank(a) => cli_cross::rerank(a),
+        Command::Predict(a) => cli_cross::predict(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -559,7 +580,13 @@ fn similarity(a: SimilarityArgs) -> Result<()> {
 
 fn info(a: InfoArgs) -> Result<()> {
     let dir = model_dir(&a.model, &a.revision, false)?;
-    let e = Embedder::load(&dir, Device::Cpu)?;
+    let kind = deberta_embed::cross::model_kind(&dir)?;
+    let e = match kind {
+        deberta_embed::ModelKind::Embedding => Embedder::load(&dir, Device::Cpu)?,
+        deberta_embed::ModelKind::CrossEncoder => {
+            deberta_embed::CrossEncoder::load(&dir, Device::Cpu)?.into_embedder()
+        }
+    };
     let c = e.config();
     let p = e.pipeline();
     let pooling: Vec<&str> = p.pooling.iter().map(|m| m.name()).collect();
@@ -568,9 +595,22 @@ fn info(a: InfoArgs) -> Result<()> {
         .filter(|x| x.1)
         .map(|x| x.0)
         .collect();
+    let head = e.head_config().map(|h| {
+        serde_json::json!({
+            "num_labels": h.num_labels,
+            "labels": h.labels,
+            "activation_fn": h.activation.name(),
+            "pooler_hidden_act": format!("{:?}", h.pooler_act),
+        })
+    });
     let v = serde_json::json!({
         "model": a.model.display().to_string(),
         "model_dir": dir.display().to_string(),
+        "kind": match kind {
+            deberta_embed::ModelKind::Embedding => "embedding",
+            deberta_embed::ModelKind::CrossEncoder => "cross-encoder",
+        },
+        "cross_encoder": head,
         "layout": format!("{:?}", p.layout),
         "dim": e.dim(),
         "pooling": pooling,
@@ -614,7 +654,17 @@ fn info(a: InfoArgs) -> Result<()> {
         println!("directory        {}", dir.display());
     }
     println!("layout           {:?}", p.layout);
-    println!("embedding dim    {}", e.dim());
+    if let Some(h) = e.head_config() {
+        println!(
+            "cross-encoder    {} labels ({}), activation {}, pooler {:?}",
+            h.num_labels,
+            h.labels.join(", "),
+            h.activation.name(),
+            h.pooler_act
+        );
+    } else {
+        println!("embedding dim    {}", e.dim());
+    }
     println!("pooling          {}", pooling.join(" + "));
     println!("normalize        {}", e.normalizes());
     let named: Vec<String> = e
@@ -719,6 +769,138 @@ fn bench_ops(_: &BenchArgs, _: Device, _: Precision) -> Result<()> {
 }
 
 /// `bench --corpus`: raw text in, embeddings out, tokenization included.
+/// `bench --rerank`: `CrossEncoder::rank` of one query against 100 documents (or the
+/// documents of --rerank-input), timed whole.
+fn bench_rerank(a: &BenchArgs, dir: &Path, device: Device, opts: EmbedderOptions) -> Result<()> {
+    const DOCS: usize = 100;
+    let opts = EmbedderOptions {
+        max_batch_tokens: EmbedderOptions::default().max_batch_tokens,
+        ..opts
+    };
+    let t0 = Instant::now();
+    let ce = deberta_embed::CrossEncoder::load_with(dir, device, opts)?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    // (workload label, pairs, tokens, one timed call)
+    type Run<'a> = Box<dyn Fn() -> Result<Vec<deberta_embed::cross::Ranked>> + 'a>;
+    let lines;
+    let (label, pairs, tokens, run): (String, usize, usize, Run) = match &a.rerank_input {
+        Some(f) => {
+            lines = cli_input::read_inputs(f)?;
+            let Some((query, docs)) = lines.split_first() else {
+                bail!("{}: empty (the first line is the query)", f.display());
+            };
+            if docs.is_empty() {
+                bail!("{}: no documents after the query line", f.display());
+            }
+            let docs: Vec<&str> = docs.iter().map(String::as_str).collect();
+            let refs: Vec<(&str, &str)> = docs.iter().map(|d| (query.as_str(), *d)).collect();
+            let tokens = ce.pair_ids(&refs)?.iter().map(Vec::len).sum();
+            let n = docs.len();
+            (
+                format!("{} (text, tokenization included)", f.display()),
+                n,
+                tokens,
+                Box::new(move || Ok(ce.rank(query, &docs, None)?)),
+            )
+        }
+        None => {
+            let cfg = ce.embedder().config();
+            let vocab = cfg.vocab_size as u64;
+            let second = if cfg.type_vocab_size > 1 {
+                cfg.vocab_size as u32
+            } else {
+                0
+            };
+            let mut state = 0x2545_F491_4F6C_DD1Du64;
+            let mut next = move || {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                5 + (state % (vocab - 5)) as u32
+            };
+            // 16 + 64 tokens, or as much as a shorter max_seq_length leaves
+            let room = ce.max_seq_length().saturating_sub(3);
+            let q_len = 16.min(room / 4);
+            let d_len = 64.min(room - q_len);
+            let query: Vec<u32> = (0..q_len).map(|_| next()).collect();
+            let ids: Vec<Vec<u32>> = (0..DOCS)
+                .map(|_| {
+                    let mut s = vec![1];
+                    s.extend(&query);
+                    s.push(2);
+                    // the document and its [SEP] have token type 1 (folded into the id)
+                    s.extend((0..d_len).map(|_| next() + second));
+                    s.push(2 + second);
+                    s
+                })
+                .collect();
+            let tokens = ids.iter().map(Vec::len).sum();
+            (
+                format!("1 query ({q_len} tokens) x {DOCS} documents ({d_len} tokens), random ids"),
+                DOCS,
+                tokens,
+                Box::new(move || {
+                    let mut s = ce.logits_of_ids(&ids)?;
+                    ce.activate(&mut s, false);
+                    Ok(deberta_embed::cross::rank_scores(s.as_slice(), None))
+                }),
+            )
+        }
+    };
+    for _ in 0..a.warmup {
+        std::hint::black_box(run()?);
+    }
+    let mut times = Vec::new();
+    let start = Instant::now();
+    loop {
+        let t = Instant::now();
+        std::hint::black_box(run()?);
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        let done = match a.iters {
+            Some(n) => times.len() >= n,
+            None => times.len() >= 5 && start.elapsed().as_secs_f64() > 3.0,
+        };
+        if done {
+            break;
+        }
+    }
+    let (median, mean, min) = summarize(&mut times);
+    let threads = a.threads.unwrap_or_else(rayon::current_num_threads);
+    println!(
+        "rerank {label} on {device} ({threads} threads, batch {}): {pairs} pairs, {tokens} tokens, {} iterations",
+        a.batch_size,
+        times.len()
+    );
+    println!("load {load_ms:.1} ms");
+    println!("median {median:.2} ms   mean {mean:.2} ms   min {min:.2} ms per rank call");
+    println!(
+        "{:.1} pairs/s   {:.0} tokens/s",
+        pairs as f64 / (median / 1e3),
+        tokens as f64 / (median / 1e3)
+    );
+    if a.json {
+        let v = serde_json::json!({
+            "workload": "rerank",
+            "model": dir.display().to_string(),
+            "input": label,
+            "device": device.to_string(),
+            "threads": threads,
+            "batch_size": a.batch_size,
+            "pairs": pairs,
+            "tokens": tokens,
+            "iters": times.len(),
+            "load_ms": load_ms,
+            "median_ms": median,
+            "mean_ms": mean,
+            "min_ms": min,
+            "pairs_per_s": pairs as f64 / (median / 1e3),
+            "tokens_per_s": tokens as f64 / (median / 1e3),
+        });
+        println!("{v}");
+    }
+    Ok(())
+}
+
 fn bench_corpus(
     a: &BenchArgs,
     corpus: &Path,
@@ -850,6 +1032,9 @@ fn bench(a: BenchArgs) -> Result<()> {
     };
     if let (Some(corpus), Some(dir)) = (&a.corpus, &dir) {
         return bench_corpus(&a, corpus, dir, device, opts);
+    }
+    if let (true, Some(dir)) = (a.rerank, &dir) {
+        return bench_rerank(&a, dir, device, opts);
     }
     // Inputs: [CLS] random pieces [SEP], exactly seq_len tokens each.
     let make_ids = |vocab: usize| -> Vec<Vec<u32>> {

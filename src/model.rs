@@ -55,6 +55,7 @@ pub struct HostWeights {
     pub word_emb: F32Tensor, // [V, E]
     pub pos_emb: Option<Vec<f32>>,    // [P, E]   position_biased_input
     pub type_emb0: Option<Vec<f32>>,  // [E]      row 0 of token_type_embeddings
+    pub type_emb: Option<Vec<f32>>,   // [T, E]   all of token_type_embeddings (pairs)
     pub embed_proj: Option<Vec<f32>>, // [H, E]   embedding_size != hidden_size
     pub emb_ln_w: Vec<f32>,           // [H]
     pub emb_ln_b: Vec<f32>,           // [H]
@@ -90,15 +91,15 @@ impl HostWeights {
         } else {
             None
         };
-        let type_emb0 = if cfg.type_vocab_size > 0 {
-            let t = ck.tensor(
+        let type_emb = if cfg.type_vocab_size > 0 {
+            Some(ck.tensor(
                 "embeddings.token_type_embeddings.weight",
                 &[cfg.type_vocab_size, e],
-            )?;
-            Some(t[..e].to_vec())
+            )?)
         } else {
             None
         };
+        let type_emb0 = type_emb.as_ref().map(|t| t[..e].to_vec());
         let embed_proj = if e != h {
             Some(ck.tensor("embeddings.embed_proj.weight", &[h, e])?)
         } else {
@@ -202,6 +203,7 @@ impl HostWeights {
             word_emb,
             pos_emb,
             type_emb0,
+            type_emb,
             embed_proj,
             emb_ln_w,
             emb_ln_b,
@@ -231,7 +233,8 @@ impl HostWeights {
         let pos_emb = cfg
             .position_biased_input
             .then(|| mat(cfg.max_position_embeddings, e, 0.5));
-        let type_emb0 = (cfg.type_vocab_size > 0).then(|| mat(1, e, 0.5));
+        let type_emb = (cfg.type_vocab_size > 0).then(|| mat(cfg.type_vocab_size, e, 0.5));
+        let type_emb0 = type_emb.as_ref().map(|t| t[..e].to_vec());
         let embed_proj = (e != h).then(|| mat(h, e, w_std(e)));
         let rel = cfg
             .relative_attention
@@ -277,6 +280,7 @@ impl HostWeights {
             word_emb,
             pos_emb,
             type_emb0,
+            type_emb,
             embed_proj,
             emb_ln_w,
             emb_ln_b,
@@ -293,7 +297,7 @@ impl HostWeights {
             |v: &Option<(Vec<f32>, Vec<f32>)>| v.as_ref().map_or(0, |(a, b)| a.len() + b.len());
         let mut n = self.word_emb.len()
             + opt(&self.pos_emb)
-            + opt(&self.type_emb0)
+            + opt(&self.type_emb)
             + opt(&self.embed_proj)
             + self.emb_ln_w.len()
             + self.emb_ln_b.len()
@@ -360,7 +364,7 @@ pub struct CpuModel {
     cfg: ModelConfig,
     word_emb: F32Tensor,              // [V, E] (possibly memory-mapped)
     pos_emb: Option<Vec<f32>>,        // [P, E]
-    type_emb0: Option<Vec<f32>>,      // [E]
+    type_emb: Option<Vec<f32>>,       // [Tt, E] token_type_embeddings
     embed_proj: Option<PackedWeight>, // [H, E]
     emb_ln_w: Vec<f32>,               // [H]
     emb_ln_b: Vec<f32>,               // [H]
@@ -580,7 +584,7 @@ impl CpuModel {
                 .map(|p| pack(p, h, cfg.embedding_size)),
             word_emb: w.word_emb,
             pos_emb: w.pos_emb,
-            type_emb0: w.type_emb0,
+            type_emb: w.type_emb,
             emb_ln_w: w.emb_ln_w,
             emb_ln_b: w.emb_ln_b,
             conv: w.conv,
@@ -622,20 +626,25 @@ impl CpuModel {
         }
 
         // --- embeddings: gather (+ position) (+ type 0), optional projection, LayerNorm
+        // An id at or past the vocabulary carries a token type: `id + type * vocab_size` (the
+        // second text of a pair, see `TextTokenizer::encode_pair_batch`).
+        let vocab = cfg.vocab_size;
         let gather_into = |dst: &mut [f32]| {
-            for (s, w) in batch.offsets.windows(2).enumerate() {
-                let _ = s;
+            for w in batch.offsets.windows(2) {
                 for (p, tok) in (w[0]..w[1]).enumerate() {
                     let row = &mut dst[tok * e..(tok + 1) * e];
-                    let id = batch.ids[tok] as usize;
+                    let raw = batch.ids[tok] as usize;
+                    let (id, ty) = (raw % vocab, raw / vocab);
                     row.copy_from_slice(&self.word_emb[id * e..(id + 1) * e]);
                     if let Some(pe) = &self.pos_emb {
                         for (r, v) in row.iter_mut().zip(&pe[p * e..(p + 1) * e]) {
                             *r += v;
                         }
                     }
-                    if let Some(te) = &self.type_emb0 {
-                        for (r, v) in row.iter_mut().zip(te) {
+                    if let Some(te) = &self.type_emb {
+                        // (callers keep `ty` below type_vocab_size; clamped for safety)
+                        let ty = ty.min(te.len() / e - 1);
+                        for (r, v) in row.iter_mut().zip(&te[ty * e..(ty + 1) * e]) {
                             *r += v;
                         }
                     }

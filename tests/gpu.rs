@@ -914,3 +914,53 @@ fn errors_are_clean() {
         .encode_batches(&[vec![200_000u32]], 1, 4096, &[PoolingMode::Mean])
         .is_err());
 }
+
+/// Cross-encoders on the GPU (fp32): the backbone on the device, the head on the [CLS] rows,
+/// token types of pairs through the widened vocabulary; logits equal sentence-transformers'
+/// `CrossEncoder.predict` (tests/fixtures/reference/ce_*.json) within the 1e-4 contract.
+#[test]
+fn cross_encoders_match_sentence_transformers_on_the_gpu() {
+    let _g = gpu_or_skip!();
+    for name in [
+        "ce_hf_1label",
+        "ce_st6_3label_types",
+        "ce_st6_1label_tanh",
+        "ce_legacy_2label",
+        "ce_v4_1label_identity",
+    ] {
+        let p = common::fixtures().join(format!("reference/{name}.json"));
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+        let pairs: Vec<(&str, &str)> = r["pairs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p[0].as_str().unwrap(), p[1].as_str().unwrap()))
+            .collect();
+        let want: Vec<f32> = r["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|v| match v {
+                serde_json::Value::Array(a) => {
+                    a.iter().map(|x| x.as_f64().unwrap() as f32).collect()
+                }
+                x => vec![x.as_f64().unwrap() as f32],
+            })
+            .collect();
+        let opts = EmbedderOptions {
+            precision: Precision::F32,
+            batch_size: 8,
+            ..Default::default()
+        };
+        let ce = deberta_embed::CrossEncoder::load_with(
+            common::fixtures().join("models").join(name),
+            Device::Cuda(0),
+            opts,
+        )
+        .unwrap();
+        let got = ce.predict_raw(&pairs).unwrap();
+        let d = max_abs_diff(got.as_slice(), &want);
+        assert!(d <= 1e-4, "{name}: max |diff| {d:e}");
+    }
+}

@@ -232,7 +232,22 @@ impl Checkpoint {
 
     /// Backbone tensor `name` as f32, checked against `shape`.
     pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let full = format!("{}{name}", self.prefix);
+        self.tensor_named(format!("{}{name}", self.prefix), shape)
+    }
+
+    /// Whether a tensor outside the backbone (a task head's, e.g. `classifier.weight`) exists,
+    /// named as stored.
+    pub fn contains_head(&self, name: &str) -> bool {
+        self.has_raw(name)
+    }
+
+    /// A task head's tensor (`pooler.dense.weight`, `classifier.bias`, ...), named as stored
+    /// (no backbone prefix), as f32, checked against `shape`.
+    pub fn head_tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        self.tensor_named(name.to_string(), shape)
+    }
+
+    fn tensor_named(&self, full: String, shape: &[usize]) -> Result<Vec<f32>> {
         // (the byte range in the safetensors map, released once copied)
         let mut mapped: Option<(usize, usize)> = None;
         let (dtype, found, bytes): (DType, Vec<usize>, &[u8]) = match &self.store {

@@ -10,6 +10,9 @@
 //! * `POST /tokenize`: text-embeddings-inference-compatible (`inputs`, `add_special_tokens`):
 //!   per input the tokens the model sees, each `{id, text, special, start, stop}` with
 //!   character offsets into the input; `truncate: false` gives every token instead.
+//! * `POST /rerank`, `POST /predict`: text-embeddings-inference-compatible, for a
+//!   cross-encoder: a model loaded as [`crate::CrossEncoder`] (see `src/server/rerank.rs`); the
+//!   embedding routes are refused for it, as these are for an embedding model.
 //! * `GET /health`: 200 while the model is loaded and the batcher runs.
 //! * `GET /metrics`: Prometheus text exposition.
 //! * `GET /info`, `GET /v1/models`: what is served; `GET /openapi.json`: the OpenAPI document
@@ -57,6 +60,7 @@ use crate::{pooling, Embedder};
 
 mod listen;
 mod openapi;
+mod rerank;
 
 pub use listen::{connection_limit, default_max_connections};
 pub use openapi::openapi_json;
@@ -310,8 +314,14 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/info", get(info))
         .route("/v1/models", get(models))
         .route("/openapi.json", get(openapi::document))
+        .route("/rerank", post(rerank::tei_rerank))
+        .route("/predict", post(rerank::tei_predict))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            shared.clone(),
+            rerank::by_model_kind,
+        ))
         .layer(middleware::from_fn_with_state(shared.clone(), authorize))
         .layer(middleware::from_fn_with_state(shared.clone(), track))
         .with_state(shared)
@@ -1104,7 +1114,11 @@ async fn info(State(s): State<Arc<Shared>>) -> Response {
         model_id: o.model_name.clone(),
         revision: o.revision.clone(),
         model_sha: o.revision.clone(),
-        model_type: "embedding".into(),
+        model_type: match e.kind() {
+            crate::ModelKind::Embedding => "embedding",
+            crate::ModelKind::CrossEncoder => "reranker",
+        }
+        .into(),
         dim: e.dim(),
         max_seq_length: e.max_seq_length(),
         max_input_length: e.max_seq_length(),
@@ -1184,6 +1198,8 @@ fn route_label(path: &str) -> &'static str {
         "/info" => "/info",
         "/v1/models" => "/v1/models",
         "/openapi.json" => "/openapi.json",
+        "/rerank" => "/rerank",
+        "/predict" => "/predict",
         _ => "other",
     }
 }

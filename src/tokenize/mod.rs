@@ -34,6 +34,7 @@ use tokenizers::pre_tokenizers::punctuation::Punctuation;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreSequence;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::utils::truncation::{truncate_encodings, TruncationParams, TruncationStrategy};
 use tokenizers::{AddedToken, Encoding, ModelWrapper, PostProcessor, SplitDelimiterBehavior};
 use tokenizers::{Tokenizer, TruncationDirection};
 
@@ -607,6 +608,100 @@ impl TextTokenizer {
                 })
             })
             .collect()
+    }
+}
+
+impl TextTokenizer {
+    /// Each text pair as a cross-encoder sees it, in input order: `[CLS] a [SEP] b [SEP]`
+    /// (the pair template of the tokenizer), and with `truncate` cut to max_seq_length by the
+    /// tokenizers crate's longest-first rule, as sentence-transformers' `CrossEncoder`
+    /// (`truncation="longest_first"`) does. Also returns whether the pair had more tokens than fit.
+    ///
+    /// `type_stride`: with `Some(vocab_size)`, a token of token type `t` (the second text and
+    /// its `[SEP]` have type 1) comes back as `id + t * vocab_size`, which the forward unfolds
+    /// into the word and token-type embeddings; with `None` types are dropped (a model without
+    /// token-type embeddings).
+    pub fn encode_pair_batch(
+        &self,
+        pairs: &[(&str, &str)],
+        type_stride: Option<usize>,
+        truncate: bool,
+    ) -> Result<Vec<(Vec<u32>, bool)>> {
+        pairs
+            .par_iter()
+            .map(|(a, b)| {
+                let (enc, over) = self.encode_pair(a, b, truncate)?;
+                let ids = match type_stride {
+                    None => enc.get_ids().to_vec(),
+                    Some(v) => enc
+                        .get_ids()
+                        .iter()
+                        .zip(enc.get_type_ids())
+                        .map(|(&id, &t)| crate::cross::fold_type(id, t, v))
+                        .collect(),
+                };
+                Ok((ids, over))
+            })
+            .collect()
+    }
+
+    /// One pair (see [`TextTokenizer::encode_pair_batch`]).
+    fn encode_pair(&self, a: &str, b: &str, truncate: bool) -> Result<(Encoding, bool)> {
+        let n_special = self
+            .inner
+            .get_post_processor()
+            .map_or(0, |p| p.added_tokens(true));
+        let budget = self.max_seq_length.saturating_sub(n_special);
+        // Truncating, each text is read only as far as it could be kept (at most `budget`
+        // pieces): longest-first then needs only the exact length of a text that fits and the
+        // fact that the other does not...
+        let side = |t: &str| -> Result<(Encoding, bool)> {
+            if truncate && self.prefix_safe {
+                self.pieces_truncated(t, false, budget)
+            } else {
+                let e = self.pieces(t, false)?;
+                let over = e.len() > budget;
+                Ok((e, over))
+            }
+        };
+        let (mut ea, over_a) = side(a)?;
+        let (mut eb, over_b) = side(b)?;
+        // ...except when both are over an odd budget: the longer one keeps the extra token,
+        // so both are counted in full.
+        if truncate && self.prefix_safe && over_a && over_b && budget % 2 == 1 {
+            ea = self.pieces(a, false)?;
+            eb = self.pieces(b, false)?;
+        }
+        let over = ea.len() + eb.len() > budget;
+        if truncate && over {
+            let params = TruncationParams {
+                max_length: budget,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+                direction: TruncationDirection::Right,
+            };
+            let (x, y) =
+                truncate_encodings(ea, Some(eb), &params).map_err(tok_err("truncation failed"))?;
+            ea = x;
+            eb = y.ok_or_else(|| Error::Tokenizer("truncation lost the second text".into()))?;
+            ea.get_overflowing_mut().clear();
+            eb.get_overflowing_mut().clear();
+        }
+        let enc = self
+            .inner
+            .post_process(ea, Some(eb), true)
+            .map_err(tok_err("encoding failed"))?;
+        if let Some(&bad) = enc
+            .get_ids()
+            .iter()
+            .find(|&&id| id as usize >= self.vocab_size)
+        {
+            return Err(Error::Tokenizer(format!(
+                "token id {bad} is outside the model's vocabulary ({} rows): the tokenizer does not belong to this model",
+                self.vocab_size
+            )));
+        }
+        Ok((enc, over))
     }
 }
 
