@@ -12,18 +12,20 @@ mod test_server;
 use std::path::PathBuf;
 
 use deberta_embed::server::ServerOptions;
-use deberta_embed::{Device, Embedder, EmbedderOptions};
+use deberta_embed::{CrossEncoder, Device, Embedder, EmbedderOptions};
 use serde_json::{json, Value};
 use test_server::TestServer;
 
 const KEY: &str = "openapi-test-key";
 
 /// Every route the router serves, with its method.
-const ROUTES: [(&str, &str); 9] = [
+const ROUTES: [(&str, &str); 11] = [
     ("post", "/v1/embeddings"),
     ("post", "/embed"),
     ("post", "/"),
     ("post", "/tokenize"),
+    ("post", "/rerank"),
+    ("post", "/predict"),
     ("get", "/health"),
     ("get", "/metrics"),
     ("get", "/info"),
@@ -47,6 +49,31 @@ fn start() -> TestServer {
         e,
         ServerOptions {
             model_name: "doc-test".into(),
+            api_key: Some(KEY.into()),
+            max_inputs: 4,
+            ..Default::default()
+        },
+    )
+}
+
+/// A cross-encoder fixture served with the same key (`/rerank`, `/predict`).
+fn start_cross(name: &str) -> TestServer {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(name);
+    let ce = CrossEncoder::load_with(
+        dir,
+        Device::Cpu,
+        EmbedderOptions {
+            threads: Some(2),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    TestServer::start(
+        ce.into_embedder(),
+        ServerOptions {
+            model_name: name.into(),
             api_key: Some(KEY.into()),
             max_inputs: 4,
             ..Default::default()
@@ -401,6 +428,7 @@ fn the_api_key_is_a_bearer_token_in_any_case() {
 #[test]
 fn request_examples_in_the_document_are_served() {
     let srv = start();
+    let cross = start_cross("ce_hf_1label");
     let doc = call(srv.addr, "get", "/openapi.json", None, true).json();
     let mut n = 0;
     for (path, item) in doc["paths"].as_object().unwrap() {
@@ -414,8 +442,13 @@ fn request_examples_in_the_document_are_served() {
             let example = &doc["components"]["schemas"][name]["example"];
             assert!(example.is_object(), "{path}: no example");
             assert!(errors(&validator(&doc, schema), example).is_empty());
+            // (the cross-encoder routes' examples on a cross-encoder)
+            let addr = match path.as_str() {
+                "/rerank" | "/predict" => cross.addr,
+                _ => srv.addr,
+            };
             let resp = call(
-                srv.addr,
+                addr,
                 method,
                 path,
                 Some(&serde_json::to_vec(example).unwrap()),
@@ -426,5 +459,113 @@ fn request_examples_in_the_document_are_served() {
             n += 1;
         }
     }
-    assert_eq!(n, 4);
+    assert_eq!(n, 6);
+}
+
+/// `/rerank` and `/predict` answer as the document says, on one- and three-label
+/// cross-encoders and on an embedding model (400).
+#[test]
+fn cross_encoder_answers_match_their_schemas() {
+    let embedding = start();
+    let one = start_cross("ce_hf_1label");
+    let three = start_cross("ce_st6_3label_types");
+    let doc = call(one.addr, "get", "/openapi.json", None, true).json();
+    assert_eq!(
+        doc,
+        call(embedding.addr, "get", "/openapi.json", None, true).json()
+    );
+    let long = "word ".repeat(200);
+    let cases: Vec<(&TestServer, &str, Value, bool, u16)> = vec![
+        (
+            &one,
+            "/rerank",
+            json!({"query": "q", "texts": ["a", "b c"]}),
+            true,
+            200,
+        ),
+        (
+            &one,
+            "/rerank",
+            json!({"query": "q", "texts": ["a"], "return_text": true, "raw_scores": true}),
+            true,
+            200,
+        ),
+        (
+            &one,
+            "/rerank",
+            json!({"query": "q", "texts": [long.clone()]}),
+            true,
+            413,
+        ),
+        (
+            &one,
+            "/rerank",
+            json!({"query": "q", "texts": [long.clone()], "truncate": true}),
+            true,
+            200,
+        ),
+        (
+            &one,
+            "/rerank",
+            json!({"query": "q", "texts": []}),
+            true,
+            400,
+        ),
+        (&one, "/rerank", json!({"texts": ["a"]}), true, 422),
+        (
+            &one,
+            "/rerank",
+            json!({"query": "q", "texts": ["a"]}),
+            false,
+            401,
+        ),
+        (
+            &three,
+            "/rerank",
+            json!({"query": "q", "texts": ["a"]}),
+            true,
+            400,
+        ),
+        (
+            &embedding,
+            "/rerank",
+            json!({"query": "q", "texts": ["a"]}),
+            true,
+            400,
+        ),
+        (&one, "/predict", json!({"inputs": "a"}), true, 200),
+        (&three, "/predict", json!({"inputs": ["a", "b"]}), true, 200),
+        (
+            &three,
+            "/predict",
+            json!({"inputs": [["a", "b"], ["c"]], "raw_scores": true}),
+            true,
+            200,
+        ),
+        (&three, "/predict", json!({"inputs": []}), true, 400),
+        (&three, "/predict", json!({"inputs": 5}), true, 422),
+        (
+            &three,
+            "/predict",
+            json!({"inputs": ["a", "b", "c"]}),
+            true,
+            422,
+        ),
+        (&embedding, "/predict", json!({"inputs": "a"}), true, 400),
+    ];
+    let mut statuses = std::collections::BTreeSet::new();
+    for (srv, path, body, auth, want) in &cases {
+        let resp = call(
+            srv.addr,
+            "post",
+            path,
+            Some(&serde_json::to_vec(body).unwrap()),
+            *auth,
+        );
+        let what = format!("{path} {body}");
+        assert_eq!(resp.status, *want, "{what}: {}", resp.text());
+        check_answer(&doc, "post", path, &resp, &what);
+        statuses.insert(resp.status);
+    }
+    assert_eq!(statuses.len(), 5, "{statuses:?}");
 }

@@ -34,13 +34,15 @@ pub fn openapi_json() -> serde_json::Value {
                        `Authorization: Bearer <key>`."
     ),
     paths(
-        embeddings, embed, embed_root, tokenize, health, metrics, info, models, openapi_document
+        embeddings, embed, embed_root, tokenize, rerank, predict, health, metrics, info, models,
+        openapi_document
     ),
     components(schemas(
         Input, EmbeddingsRequest, EncodingFormat, EmbedRequest, TruncationDirection,
         TokenizeRequest, OpenAiResponse<'static>, OpenAiEmbedding<'static>, Usage,
         SimpleToken, OpenAiErrorBody<'static>, TeiError<'static>, AnyError, Health, Info,
-        ModelList, ModelCard
+        ModelList, ModelCard, RerankRequest, RankedText, PredictRequest, PredictInput,
+        LabelScore, PredictAnswer
     )),
     modifiers(&BearerKey),
     tags(
@@ -197,7 +199,7 @@ pub struct Info {
     pub revision: Option<String>,
     /// The same as `revision` (text-embeddings-inference's name).
     pub model_sha: Option<String>,
-    /// Always `embedding`.
+    /// `embedding`, or `reranker` for a cross-encoder.
     pub model_type: String,
     pub dim: usize,
     pub max_seq_length: usize,
@@ -242,6 +244,97 @@ pub struct ModelCard {
     pub object: String,
     pub created: u64,
     pub owned_by: String,
+}
+
+/// `POST /rerank` (cross-encoders): text-embeddings-inference's rerank request.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"query": "What is a cat?", "texts": ["A cat is a pet.", "Cheese."], "return_text": true, "truncate": true}))]
+pub struct RerankRequest {
+    pub query: String,
+    /// The texts scored against `query` (at least one).
+    #[schema(min_items = 1)]
+    pub texts: Vec<String>,
+    /// The logits instead of the model's activation of them (default false).
+    pub raw_scores: Option<bool>,
+    /// Echo each text in its entry (default false).
+    pub return_text: Option<bool>,
+    /// Truncate pairs longer than max_seq_length, longest first, instead of answering 413.
+    /// Default false, or true when the server runs with `--auto-truncate`.
+    pub truncate: Option<bool>,
+}
+
+/// One text of a rerank answer (the answer lists every text, by descending score).
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct RankedText {
+    /// Position of the text in the request's `texts`.
+    pub index: usize,
+    pub score: f32,
+    /// The text, with `return_text`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+/// `POST /predict` (cross-encoders): score texts or text pairs.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"inputs": [["A man eats.", "He eats."], ["Blue sky."]]}))]
+pub struct PredictRequest {
+    pub inputs: PredictInput,
+    /// The logits instead of the model's activation (and, with several labels, softmax).
+    pub raw_scores: Option<bool>,
+    /// As in `/rerank`.
+    pub truncate: Option<bool>,
+}
+
+/// A text, a text pair `["a", "b"]` (a flat list is one input), or a non-empty list of texts
+/// and pairs, each a list of one or two strings.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PredictInput {
+    One(String),
+    Pair(Vec<String>),
+    Many(Vec<Vec<String>>),
+}
+
+// By hand: the derive cannot give the item counts.
+impl utoipa::PartialSchema for PredictInput {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+        let text = || ObjectBuilder::new().schema_type(Type::String);
+        let one_or_two = || {
+            ArrayBuilder::new()
+                .items(text())
+                .min_items(Some(1))
+                .max_items(Some(2))
+        };
+        OneOfBuilder::new()
+            .description(Some(
+                "A text, a text pair (a flat list of one or two strings is one input), or a \
+                 non-empty list of texts and pairs (each a list of one or two strings)",
+            ))
+            .item(text())
+            .item(one_or_two())
+            .item(ArrayBuilder::new().items(one_or_two()).min_items(Some(1)))
+            .into()
+    }
+}
+
+impl ToSchema for PredictInput {}
+
+/// One label's score.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct LabelScore {
+    pub score: f32,
+    /// The model's name for the label (`id2label`), or `LABEL_<i>`.
+    pub label: String,
+}
+
+/// Per input, every label by descending score; a list of such lists when `inputs` was a list
+/// of inputs.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum PredictAnswer {
+    One(Vec<LabelScore>),
+    Many(Vec<Vec<LabelScore>>),
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -325,6 +418,48 @@ fn embed_root() {}
 )]
 #[allow(dead_code)]
 fn tokenize() {}
+
+/// Score `texts` against `query` with a one-label cross-encoder (text-embeddings-inference-
+/// compatible); embedding models answer 400.
+#[utoipa::path(
+    post, path = "/rerank", tag = "TEI",
+    request_body = RerankRequest,
+    responses(
+        (status = 200, description = "Every text, by descending score (equal scores in input order)", body = Vec<RankedText>),
+        (status = 400, description = "Not JSON, an empty `texts`, a model with more than one label, or not a cross-encoder", body = TeiError),
+        (status = 401, description = "Missing or wrong API key", body = OpenAiErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = TeiError),
+        (status = 413, description = "Body or text count over the limits, or a pair longer than max_seq_length without `truncate`", body = TeiError),
+        (status = 422, description = "A missing field or a field of the wrong type", body = TeiError),
+        (status = 429, description = "The queue is full", body = TeiError),
+        (status = 500, description = "The forward failed", body = TeiError),
+        (status = 503, description = "Shutting down (TEI shape), or at the connection cap (OpenAI shape)", body = AnyError),
+    ),
+    security((), ("api_key" = []))
+)]
+#[allow(dead_code)]
+fn rerank() {}
+
+/// Label scores of texts or text pairs with a cross-encoder (text-embeddings-inference-
+/// compatible); embedding models answer 400.
+#[utoipa::path(
+    post, path = "/predict", tag = "TEI",
+    request_body = PredictRequest,
+    responses(
+        (status = 200, description = "Per input, every label by descending score", body = PredictAnswer),
+        (status = 400, description = "Not JSON, an empty `inputs` list, or not a cross-encoder", body = TeiError),
+        (status = 401, description = "Missing or wrong API key", body = OpenAiErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = TeiError),
+        (status = 413, description = "Body or input count over the limits, or an input longer than max_seq_length without `truncate`", body = TeiError),
+        (status = 422, description = "A missing field or a field of the wrong type", body = TeiError),
+        (status = 429, description = "The queue is full", body = TeiError),
+        (status = 500, description = "The forward failed", body = TeiError),
+        (status = 503, description = "Shutting down (TEI shape), or at the connection cap (OpenAI shape)", body = AnyError),
+    ),
+    security((), ("api_key" = []))
+)]
+#[allow(dead_code)]
+fn predict() {}
 
 /// 200 while the model is loaded and the batcher runs (never needs the API key).
 #[utoipa::path(
