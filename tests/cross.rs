@@ -581,10 +581,12 @@ fn rerank_route_equals_sentence_transformers() {
                 checked += 1;
             }
         }
-        // /embed is refused for a cross-encoder, clearly
-        let resp = http::post_json(s.addr, "/embed", &json!({"inputs": ["a"]}));
-        assert_eq!(resp.status, 400, "{}", resp.text());
-        assert!(resp.text().contains("cross-encoder"), "{}", resp.text());
+        // /embed (and POST /, its root alias) is refused for a cross-encoder, clearly
+        for route in ["/embed", "/"] {
+            let resp = http::post_json(s.addr, route, &json!({"inputs": ["a"]}));
+            assert_eq!(resp.status, 400, "{route}: {}", resp.text());
+            assert!(resp.text().contains("cross-encoder"), "{}", resp.text());
+        }
         let resp = http::post_json(s.addr, "/v1/embeddings", &json!({"input": ["a"]}));
         assert_eq!(resp.status, 400, "{}", resp.text());
         s.shutdown().unwrap();

@@ -43,7 +43,8 @@ pub(super) async fn by_model_kind(
 ) -> Response {
     let kind = s.embedder.kind();
     match (req.uri().path(), kind) {
-        ("/embed", ModelKind::CrossEncoder) => ApiError::bad(
+        // (`POST /` is `/embed` under text-embeddings-inference's root route)
+        ("/embed" | "/", ModelKind::CrossEncoder) => ApiError::bad(
             "this model is a cross-encoder: it scores text pairs (POST /rerank, POST /predict) and has no embeddings",
         )
         .tei(),
