@@ -9,6 +9,7 @@
 //! |------------|--------------------------------|--------------------------------------------|
 //! | `Avx512`   | up to 14 x 32                  | 28 zmm accumulators + 2 W + 1 broadcast    |
 //! | bf16 dot   | up to 14 x 32, k in pairs      | as `Avx512`, `vdpbf16ps` (avx512_bf16)     |
+//! | AMX bf16   | 32 x 32, k in steps of 32      | 4 C + 2 A + 2 B tiles, `tdpbf16ps` (amx.rs)|
 //! | `Avx2`     | up to 6 x 16, twice per panel  | 12 ymm accumulators + 2 W + 1 broadcast    |
 //! | `Neon`     | up to 6 x 16, twice per panel  | 24 q accumulators + 4 W (aarch64)          |
 //! | `Portable` | up to 4 x 16, twice per panel  | plain Rust, auto-vectorised; always built  |
