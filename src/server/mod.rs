@@ -549,11 +549,21 @@ async fn admit(
     texts: &[String],
     truncate: bool,
 ) -> std::result::Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    admit_bytes(s, texts.iter().map(String::len), 2, truncate).await
+}
+
+/// Wait for room in the tokens in flight for sequences of `bytes` bytes of text each, plus
+/// `special` tokens per sequence: at most a token per byte, or max_seq_length when truncated.
+async fn admit_bytes(
+    s: &Shared,
+    bytes: impl Iterator<Item = usize>,
+    special: usize,
+    truncate: bool,
+) -> std::result::Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
     let msl = s.embedder.max_seq_length();
-    let estimate = texts
-        .iter()
-        .map(|t| {
-            let n = t.len().saturating_add(2);
+    let estimate = bytes
+        .map(|b| {
+            let n = b.saturating_add(special);
             if truncate {
                 n.min(msl)
             } else {

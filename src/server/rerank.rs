@@ -28,8 +28,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::{
-    bool_field, embed_ids, holding, parse_object, read_body, str_field, texts_field, with_stats,
-    ApiError, Shared,
+    admit_bytes, bool_field, embed_ids, holding, parse_object, read_body, str_field, texts_field,
+    with_stats, ApiError, Shared,
 };
 use crate::cross::{rank_scores, softmax, HeadConfig};
 use crate::ModelKind;
@@ -82,35 +82,13 @@ fn truncation(s: &Shared, obj: &Map<String, Value>) -> Result<bool, ApiError> {
 }
 
 /// Wait for room for `bytes` (per sequence: bytes of its texts) in the tokens in flight, as
-/// `/embed`'s admission does for single texts.
+/// `/embed`'s admission does for single texts (a pair has three special tokens).
 async fn admit_pairs(
     s: &Shared,
     bytes: &[usize],
     truncate: bool,
 ) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-    let msl = s.embedder.max_seq_length();
-    let estimate = bytes
-        .iter()
-        .map(|&b| {
-            let n = b.saturating_add(3);
-            if truncate {
-                n.min(msl)
-            } else {
-                n
-            }
-        })
-        .fold(0usize, usize::saturating_add);
-    let n = estimate.clamp(1, s.opts.max_tokens_in_flight) as u32;
-    s.in_flight
-        .clone()
-        .acquire_many_owned(n)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the server is shutting down",
-            )
-        })
+    admit_bytes(s, bytes.iter().copied(), 3, truncate).await
 }
 
 /// One input of a cross-encoder: a text alone or a pair.
