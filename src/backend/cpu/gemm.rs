@@ -447,7 +447,7 @@ impl PackedWeight {
         let Storage::Bf16Pairs(words) = &w.storage else {
             unreachable!("with_bf16_dot gives pair panels")
         };
-        let (k2, k2p) = (k.div_ceil(2), amx::padded_pairs(k));
+        let (k2, k2p) = (k.div_ceil(2), padded_pairs(k));
         let mut lines = vec![Line([0.0; 16]); n.div_ceil(NR) * k2p * NR / 16];
         let dst = lines_as_mut_slice(&mut lines);
         for (src, panel) in words
@@ -471,7 +471,7 @@ impl PackedWeight {
             Storage::F32(_) => return self,
             Storage::Bf16(bits) => bits.iter().map(|&b| widen(b)).collect(),
             Storage::Bf16Tiles(lines) => {
-                let (k2, k2p) = (self.k.div_ceil(2), self.k.div_ceil(2).div_ceil(16) * 16);
+                let (k2, k2p) = (self.k.div_ceil(2), padded_pairs(self.k));
                 let words: Vec<u32> = lines_as_slice(lines)
                     .chunks_exact((k2p * NR).max(1))
                     .flat_map(|panel| panel[..k2 * NR].iter().map(|v| v.to_bits()))
@@ -549,6 +549,12 @@ fn lines_as_slice(lines: &[Line]) -> &[f32] {
     // so the buffer is `16 * len` contiguous, initialised f32 with no padding; the returned
     // slice borrows `lines`, so the buffer outlives it.
     unsafe { std::slice::from_raw_parts(lines.as_ptr().cast::<f32>(), lines.len() * 16) }
+}
+
+/// Pairs of k of a tile panel (`with_bf16_tiles`): padded to a multiple of 16, the pairs one
+/// AMX B tile holds (an A tile holds the 32 values of k they cover).
+fn padded_pairs(k: usize) -> usize {
+    k.div_ceil(2).div_ceil(16) * 16
 }
 
 /// The lines as 32-bit words (the AMX tile panels).

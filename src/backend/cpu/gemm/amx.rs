@@ -40,7 +40,7 @@ use std::arch::x86_64::__cpuid_count;
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
-use super::{run_jobs, Epilogue, Line, SharedPtr, SimdLevel, NR};
+use super::{padded_pairs, run_jobs, Epilogue, Line, SharedPtr, SimdLevel, NR};
 
 /// Environment variable: `0`/`off`/`false` keeps bf16 weights off the AMX kernel (they then run
 /// on the `avx512_bf16` or widening kernels). Read once.
@@ -48,8 +48,6 @@ pub const AMX_ENV: &str = "DEBERTA_GEMM_AMX";
 
 /// Rows (and columns) of `out` one micro-kernel call computes: 2 x 2 tiles of 16 x 16.
 pub(super) const BLOCK: usize = 32;
-/// Values of k one A tile holds (16 pairs of bf16), so pairs of k are padded to 16.
-pub(super) const K_STEP: usize = 32;
 
 /// `ARCH_REQ_XCOMP_PERM` and the AMX tile-data state component (Linux `asm/prctl.h`, x86).
 const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
@@ -103,11 +101,6 @@ fn request_tile_permission() -> bool {
     }
 }
 
-/// Pairs of k padded to a multiple of 16 (one B tile holds 16 pairs).
-pub(super) fn padded_pairs(k: usize) -> usize {
-    k.div_ceil(2).div_ceil(K_STEP / 2) * (K_STEP / 2)
-}
-
 /// The 64-byte tile configuration: palette 1, all eight tiles 16 rows of 64 bytes.
 #[repr(C, align(64))]
 pub(super) struct TileConfig(pub(super) [u8; 64]);
@@ -135,8 +128,8 @@ thread_local! {
     static X_BF16: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
 }
 
-/// `out = epilogue(x . W^T)` with `w` the bf16 tile panels of an `[n, k]` weight (`pairs`:
-/// `padded_pairs(k)` words of 32 per panel row... see the module docs).
+/// `out = epilogue(x . W^T)` with `w` the bf16 tile panels of an `[n, k]` weight
+/// (`padded_pairs(k)` rows of 32 words per panel, see the module docs).
 ///
 /// # Panics
 /// If [`amx_available`] is false, or slice lengths disagree with the shapes (checked by the

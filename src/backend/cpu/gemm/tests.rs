@@ -271,10 +271,10 @@ fn amx_tile_config_layout() {
         assert_eq!(cfg[48 + t], 16);
     }
     assert!(cfg[32..48].iter().all(|&b| b == 0) && cfg[56..].iter().all(|&b| b == 0));
-    assert_eq!(amx::padded_pairs(1), 16);
-    assert_eq!(amx::padded_pairs(32), 16);
-    assert_eq!(amx::padded_pairs(33), 32);
-    assert_eq!(amx::padded_pairs(384), 192);
+    assert_eq!(padded_pairs(1), 16);
+    assert_eq!(padded_pairs(32), 16);
+    assert_eq!(padded_pairs(33), 32);
+    assert_eq!(padded_pairs(384), 192);
 }
 
 #[test]
