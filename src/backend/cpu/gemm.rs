@@ -84,6 +84,8 @@ macro_rules! by_mr {
 #[clippy::msrv = "1.89"]
 #[cfg(target_arch = "x86_64")]
 mod amx;
+#[clippy::msrv = "1.89"]
+mod int8;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 mod portable;
@@ -237,6 +239,36 @@ pub fn amx_available() -> bool {
 
 #[cfg(target_arch = "x86_64")]
 pub use amx::AMX_ENV;
+pub use int8::reference_linear_int8;
+
+/// How int8 GEMM weights are multiplied on this CPU (`--dtype int8`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Int8Form {
+    /// AMX-INT8 tiles (`tdpbusd`).
+    Tiles,
+    /// AVX512-VNNI dot products (`vpdpbusd`).
+    Vnni,
+    /// No int8 kernel on this CPU: the weights stay f32 (and the numerics those of f32).
+    F32,
+}
+
+/// The one place that picks the int8 form: AMX-INT8 tiles where the CPU has them, Linux
+/// grants the tile state and `DEBERTA_GEMM_AMX` does not turn them off; else AVX512-VNNI at
+/// the AVX-512 level; else none (f32 weights). Both kernels compute the same integers (see
+/// `int8.rs`), so the choice changes speed, not results.
+pub fn int8_gemm_form() -> Int8Form {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if simd_level() == SimdLevel::Avx512 && amx::amx_int8_available() {
+            return Int8Form::Tiles;
+        }
+    }
+    if simd_level() == SimdLevel::Avx512 && int8::vnni_detected() {
+        Int8Form::Vnni
+    } else {
+        Int8Form::F32
+    }
+}
 
 /// How bf16 GEMM weights are stored and multiplied on this CPU (`--dtype bf16`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -329,6 +361,17 @@ enum Storage {
     /// As `Bf16Pairs` with the pairs zero-padded to a multiple of 16 per panel and the panels
     /// 64-byte aligned, for the AMX kernel (`with_bf16_tiles`, see `amx.rs`).
     Bf16Tiles(Vec<Line>),
+    /// Quantized to int8 per output feature (`with_int8`, see `int8.rs`): panel `q` holds, for
+    /// each quad `qq` in `0..padded_quads(k)`, 32 words, word `c` = the four int8
+    /// `W[32q + c, 4qq .. 4qq + 4]` (byte `b` = k `4qq + b`; 0 past k and past n); 64-byte
+    /// aligned panels, read by both the AMX-INT8 and the VNNI kernel.
+    Int8 {
+        words: Vec<Line>,
+        /// `[panels * 32]`: each feature's scale (`W ~ scale * q`), 0 past n
+        scale: Vec<f32>,
+        /// `[panels * 32]`: each feature's sum of its int8 weights, 0 past n
+        colsum: Vec<i32>,
+    },
 }
 
 /// Where a tile reads one k-block of W panels from.
@@ -391,7 +434,7 @@ impl PackedWeight {
                 .map(|&v| half::bf16::from_f32(v).to_bits())
                 .collect(),
             Storage::Bf16(bits) => bits.clone(),
-            Storage::Bf16Pairs(_) | Storage::Bf16Tiles(_) => {
+            Storage::Bf16Pairs(_) | Storage::Bf16Tiles(_) | Storage::Int8 { .. } => {
                 return self.with_f32_storage().with_bf16_storage()
             }
         };
@@ -464,11 +507,68 @@ impl PackedWeight {
         }
     }
 
-    /// The panels as f32 (bf16 widened exactly).
+    /// Quantize the weight to int8, one symmetric scale per output feature (see `int8.rs` for
+    /// the numerics), laid out for the int8 kernels ([`int8_gemm_form`]): a quarter of the
+    /// fp32 weight bytes, products on 8-bit operands summed exactly in i32. Only a CPU whose
+    /// [`int8_gemm_form`] is not [`Int8Form::F32`] runs such a weight.
+    pub fn with_int8(self) -> Self {
+        let (n, k) = (self.n, self.k);
+        let w = self.with_f32_storage();
+        let Storage::F32(lines) = &w.storage else {
+            unreachable!("with_f32_storage gives f32 panels")
+        };
+        let src = lines_as_slice(lines);
+        let (panels, k4p) = (n.div_ceil(NR), int8::padded_quads(k));
+        let mut words = vec![Line([0.0; 16]); panels * k4p * NR / 16];
+        let mut scale = vec![0.0f32; panels * NR];
+        let mut colsum = vec![0i32; panels * NR];
+        let dst = lines_as_mut_u32(&mut words);
+        let (mut row, mut q) = (vec![0.0f32; k], vec![0i8; k]);
+        for j in 0..n {
+            let (p, c) = (j / NR, j % NR);
+            for (pk, v) in row.iter_mut().enumerate() {
+                *v = src[(p * k + pk) * NR + c];
+            }
+            scale[j] = int8::quantize_weight_row(&row, &mut q);
+            colsum[j] = q.iter().map(|&v| i32::from(v)).sum();
+            for (qq, quad) in q.chunks(4).enumerate() {
+                let mut b = [0u8; 4];
+                for (d, &v) in b.iter_mut().zip(quad) {
+                    *d = v as u8;
+                }
+                dst[(p * k4p + qq) * NR + c] = u32::from_le_bytes(b);
+            }
+        }
+        PackedWeight {
+            storage: Storage::Int8 {
+                words,
+                scale,
+                colsum,
+            },
+            ..w
+        }
+    }
+
+    /// The panels as f32 (bf16 widened exactly; int8 dequantized: `scale * q`).
     fn with_f32_storage(self) -> Self {
         let widen = |b: u16| f32::from_bits(u32::from(b) << 16);
         let floats: Vec<f32> = match &self.storage {
             Storage::F32(_) => return self,
+            Storage::Int8 { words, scale, .. } => {
+                let (k, k4p) = (self.k, int8::padded_quads(self.k));
+                let words = lines_as_u32_any(words);
+                let mut out = vec![0.0; self.n.div_ceil(NR) * k * NR];
+                for (q, panel) in out.chunks_exact_mut((k * NR).max(1)).enumerate() {
+                    for (pk, row) in panel.chunks_exact_mut(NR).enumerate() {
+                        for (c, v) in row.iter_mut().enumerate() {
+                            let word = words[(q * k4p + pk / 4) * NR + c];
+                            let byte = word.to_le_bytes()[pk % 4] as i8;
+                            *v = f32::from(byte) * scale[q * NR + c];
+                        }
+                    }
+                }
+                out
+            }
             Storage::Bf16(bits) => bits.iter().map(|&b| widen(b)).collect(),
             Storage::Bf16Tiles(lines) => {
                 let (k2, k2p) = (self.k.div_ceil(2), padded_pairs(self.k));
@@ -515,6 +615,11 @@ impl PackedWeight {
         )
     }
 
+    /// Whether the weight is quantized to int8 (`with_int8`).
+    pub fn is_int8(&self) -> bool {
+        matches!(self.storage, Storage::Int8 { .. })
+    }
+
     /// Whether the weight is laid out for the AMX tile kernel (`with_bf16_tiles`).
     pub fn is_bf16_tiles(&self) -> bool {
         matches!(self.storage, Storage::Bf16Tiles(_))
@@ -530,7 +635,9 @@ impl PackedWeight {
             Storage::F32(lines) => WPanels::F32(lines_as_slice(lines)),
             Storage::Bf16(bits) => WPanels::Bf16(bits),
             Storage::Bf16Pairs(words) => WPanels::Pairs(words),
-            Storage::Bf16Tiles(_) => unreachable!("tile weights run on the AMX kernel"),
+            Storage::Bf16Tiles(_) | Storage::Int8 { .. } => {
+                unreachable!("tile and int8 weights run on the tile driver (amx.rs)")
+            }
         }
     }
     /// Out features.
@@ -560,9 +667,21 @@ fn padded_pairs(k: usize) -> usize {
 /// The lines as 32-bit words (the AMX tile panels).
 #[cfg(target_arch = "x86_64")]
 fn lines_as_u32(lines: &[Line]) -> &[u32] {
+    lines_as_u32_any(lines)
+}
+
+/// [`lines_as_u32`] on every architecture (the int8 layout is packed everywhere).
+fn lines_as_u32_any(lines: &[Line]) -> &[u32] {
     // SAFETY: as in `lines_as_slice`; u32 has the size and alignment of f32 and every bit
     // pattern is a valid u32.
     unsafe { std::slice::from_raw_parts(lines.as_ptr().cast::<u32>(), lines.len() * 16) }
+}
+
+/// The lines as mutable 32-bit words.
+fn lines_as_mut_u32(lines: &mut [Line]) -> &mut [u32] {
+    // SAFETY: as in `lines_as_mut_slice`; every bit pattern is a valid u32 (and written back
+    // as the bits of an f32 line, any of which is valid too).
+    unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast::<u32>(), lines.len() * 16) }
 }
 
 fn lines_as_mut_slice(lines: &mut [Line]) -> &mut [f32] {
@@ -626,13 +745,26 @@ pub fn linear_with(
     if m == 0 || n == 0 {
         return;
     }
+    assert!(
+        !w.is_int8() || (level == SimdLevel::Avx512 && int8_gemm_form() != Int8Form::F32),
+        "int8 weights need the AVX-512 level on a CPU with AVX512-VNNI or AMX-INT8"
+    );
     let out = &mut out[..m * n];
     #[cfg(target_arch = "x86_64")]
-    if let Storage::Bf16Tiles(lines) = &w.storage {
-        if k > 0 {
-            let words = lines_as_u32(lines);
-            amx::linear(x, m, n, k, words, ep, out, rayon::current_num_threads());
-            return;
+    if k > 0 {
+        let threads = rayon::current_num_threads();
+        match &w.storage {
+            Storage::Bf16Tiles(lines) => {
+                let words = lines_as_u32(lines);
+                amx::linear(x, m, n, k, amx::TilePanels::Bf16(words), ep, out, threads);
+                return;
+            }
+            Storage::Int8 { .. } => {
+                let amx = int8_gemm_form() == Int8Form::Tiles;
+                int8_linear(x, m, w, ep, out, amx, threads);
+                return;
+            }
+            _ => {}
         }
     }
     if k == 0 {
@@ -699,6 +831,36 @@ pub fn linear_with(
             run_jobs(plan.threads, plan.m_blocks * k_blocks, &pack, tiles, &tile);
         });
     }
+}
+
+/// [`linear`] for int8 weights (`with_int8`) on the AMX-INT8 kernel (`amx`) or the VNNI kernel,
+/// with `threads` participants (tests compare both on one CPU). `k > 0`; the caller checked
+/// the shapes and that the kernel is available.
+#[cfg(target_arch = "x86_64")]
+fn int8_linear(
+    x: &[f32],
+    m: usize,
+    w: &PackedWeight,
+    ep: Epilogue<'_>,
+    out: &mut [f32],
+    amx: bool,
+    threads: usize,
+) {
+    let Storage::Int8 {
+        words,
+        scale,
+        colsum,
+    } = &w.storage
+    else {
+        unreachable!("int8_linear is called with int8 weights")
+    };
+    let panels = amx::TilePanels::Int8 {
+        words: lines_as_u32(words),
+        scale,
+        colsum,
+        amx,
+    };
+    amx::linear(x, m, w.n, w.k, panels, ep, out, threads);
 }
 
 /// Run the jobs `unit(0 .. units)`, then, once every one of them has finished, the jobs

@@ -40,10 +40,11 @@ use std::arch::x86_64::__cpuid_count;
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
+use super::int8::{padded_quads, RowQuant};
 use super::{padded_pairs, run_jobs, Epilogue, Line, SharedPtr, SimdLevel, NR};
 
-/// Environment variable: `0`/`off`/`false` keeps bf16 weights off the AMX kernel (they then run
-/// on the `avx512_bf16` or widening kernels). Read once.
+/// Environment variable: `0`/`off`/`false` keeps weights off the tile unit (bf16 then runs on
+/// the `avx512_bf16` or widening kernels, int8 on AVX512-VNNI). Read once.
 pub const AMX_ENV: &str = "DEBERTA_GEMM_AMX";
 
 /// Rows (and columns) of `out` one micro-kernel call computes: 2 x 2 tiles of 16 x 16.
@@ -69,13 +70,31 @@ pub fn amx_bf16_detected() -> bool {
 pub fn amx_available() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
     *OK.get_or_init(|| {
-        let off = std::env::var(AMX_ENV).is_ok_and(|v| {
-            matches!(
-                v.trim().to_ascii_lowercase().as_str(),
-                "0" | "off" | "false" | "no"
-            )
-        });
-        !off && amx_bf16_detected() && super::bf16_dot_detected() && request_tile_permission()
+        !amx_off() && amx_bf16_detected() && super::bf16_dot_detected() && request_tile_permission()
+    })
+}
+
+/// Whether int8 tile weights can run on the tile unit here: the CPU has AMX-TILE and AMX-INT8
+/// (CPUID leaf 7, EDX bit 25), the kernel granted the tile data state, and [`AMX_ENV`] does
+/// not turn it off. Decided once per process.
+pub fn amx_int8_available() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| {
+        let detected = SimdLevel::Avx512.is_available() && {
+            let leaf7 = __cpuid_count(7, 0);
+            leaf7.edx & (1 << 24) != 0 && leaf7.edx & (1 << 25) != 0
+        };
+        !amx_off() && detected && request_tile_permission()
+    })
+}
+
+/// Whether [`AMX_ENV`] turns the tile kernels off.
+fn amx_off() -> bool {
+    std::env::var(AMX_ENV).is_ok_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "0" | "off" | "false" | "no"
+        )
     })
 }
 
@@ -121,41 +140,99 @@ impl TileConfig {
 
 static CONFIG: TileConfig = TileConfig::all_16x64();
 
-thread_local! {
-    /// x rounded to bf16 (`m` padded to 32 rows of `kp` values, in blocks of 32 rows in step
-    /// order; lines, so every step is 64-byte aligned),
-    /// owned by the thread that calls `linear`.
-    static X_BF16: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
+/// The weight operand of a tile product, in the panel layouts of `PackedWeight`.
+#[derive(Clone, Copy)]
+pub(super) enum TilePanels<'a> {
+    /// bf16 pair panels (`with_bf16_tiles`: `padded_pairs(k)` rows of 32 words per panel),
+    /// multiplied on AMX-BF16 (`tdpbf16ps`) with x rounded to bf16.
+    Bf16(&'a [u32]),
+    /// int8 quad panels (`with_int8`: `padded_quads(k)` rows of 32 words per panel) with the
+    /// per-feature scales and sums (`n` padded to the panels), multiplied on AMX-INT8
+    /// (`tdpbusd`, `amx`) or AVX512-VNNI with x quantized per row (see `int8.rs`).
+    Int8 {
+        words: &'a [u32],
+        scale: &'a [f32],
+        colsum: &'a [i32],
+        amx: bool,
+    },
 }
 
-/// `out = epilogue(x . W^T)` with `w` the bf16 tile panels of an `[n, k]` weight
-/// (`padded_pairs(k)` rows of 32 words per panel, see the module docs).
+impl TilePanels<'_> {
+    /// Steps of k (one A tile of 64 bytes per row, one B tile of 16 rows) for `k` values.
+    fn steps(&self, k: usize) -> usize {
+        match self {
+            TilePanels::Bf16(_) => padded_pairs(k) / 16,
+            TilePanels::Int8 { .. } => padded_quads(k) / 16,
+        }
+    }
+
+    fn words(&self) -> &[u32] {
+        match self {
+            TilePanels::Bf16(w) | TilePanels::Int8 { words: w, .. } => w,
+        }
+    }
+
+    /// Whether the tile unit runs the products (else the AVX512-VNNI kernel does).
+    fn on_tiles(&self) -> bool {
+        match self {
+            TilePanels::Bf16(_) => true,
+            TilePanels::Int8 { amx, .. } => *amx,
+        }
+    }
+}
+
+/// Bytes of one step of a block (32 rows of 64 bytes) and of a panel (16 rows of 128 bytes).
+const STEP_BYTES: usize = 2048;
+
+thread_local! {
+    /// x prepared for the tiles (`m` padded to 32 rows, in blocks of 32 rows in step order,
+    /// 2 KB per step; lines, so every step is 64-byte aligned) and, for int8, each row's scale
+    /// and zero point; owned by the thread that calls `linear`.
+    static X_TILES: RefCell<(Vec<Line>, Vec<RowQuant>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// `out = epilogue(x . W^T)` with `w` the tile panels of an `[n, k]` weight (see the module
+/// docs and [`TilePanels`]).
 ///
 /// # Panics
-/// If [`amx_available`] is false, or slice lengths disagree with the shapes (checked by the
-/// caller, `linear_with`).
+/// If the kernel `w` asks for is not available (AMX-BF16 / AMX-INT8 with the tile permission,
+/// or AVX512-VNNI), or slice lengths disagree with the shapes (checked by the caller,
+/// `linear_with`).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn linear(
     x: &[f32],
     m: usize,
     n: usize,
     k: usize,
-    w: &[u32],
+    w: TilePanels<'_>,
     ep: Epilogue<'_>,
     out: &mut [f32],
     threads: usize,
 ) {
-    assert!(
-        amx_available(),
-        "the AMX kernel needs AMX-BF16 and the tile permission"
-    );
-    let k2p = padded_pairs(k);
-    let kp = 2 * k2p;
+    match w {
+        TilePanels::Bf16(_) => assert!(
+            amx_available(),
+            "the AMX kernel needs AMX-BF16 and the tile permission"
+        ),
+        TilePanels::Int8 { amx: true, .. } => assert!(
+            amx_int8_available(),
+            "the AMX int8 kernel needs AMX-INT8 and the tile permission"
+        ),
+        TilePanels::Int8 { amx: false, .. } => assert!(
+            super::int8::vnni_detected(),
+            "the VNNI int8 kernel needs AVX-512F and AVX512-VNNI"
+        ),
+    }
+    let steps = w.steps(k);
     let panels = n.div_ceil(NR);
+    let panel_words = steps * STEP_BYTES / 4;
     assert!(
-        w.len() >= panels * k2p * NR,
+        w.words().len() >= panels * panel_words,
         "tile panels shorter than the weight"
     );
+    if let TilePanels::Int8 { scale, colsum, .. } = w {
+        assert!(scale.len() >= panels * NR && colsum.len() >= panels * NR);
+    }
     assert!(x.len() >= m * k && out.len() >= m * n);
     let m_pad = m.div_ceil(BLOCK) * BLOCK;
     // Row blocks per tile: as many as the threads leave (each W panel is read once per tile
@@ -168,47 +245,54 @@ pub(super) fn linear(
     let n_groups = (2 * threads).div_ceil(m_tiles).clamp(1, panels);
     let group = panels.div_ceil(n_groups);
     let n_groups = panels.div_ceil(group);
+    let block_bytes = steps * STEP_BYTES;
 
-    X_BF16.with(|cell| {
-        let mut private = Vec::new();
+    X_TILES.with(|cell| {
+        let mut private = (Vec::new(), Vec::new());
         let mut borrowed = cell.try_borrow_mut();
-        let buf: &mut Vec<Line> = match borrowed {
-            Ok(ref mut b) => b,
-            Err(_) => &mut private,
+        let (buf, quant) = match borrowed {
+            Ok(ref mut b) => {
+                let (buf, quant) = &mut **b;
+                (buf, quant)
+            }
+            Err(_) => (&mut private.0, &mut private.1),
         };
-        // kp bf16 = kp / 32 lines per row; every line is written by the rounding units.
-        let row_lines = kp / 32;
-        if buf.len() < m_pad * row_lines {
-            buf.resize(m_pad * row_lines, Line([0.0; 16]));
+        // every line and every row's quantization is written by the preparation units
+        if buf.len() < blocks * block_bytes / 64 {
+            buf.resize(blocks * block_bytes / 64, Line([0.0; 16]));
+        }
+        if matches!(w, TilePanels::Int8 { .. }) && quant.len() < m_pad {
+            quant.resize(m_pad, RowQuant::default());
         }
         let xb = SharedPtr(buf.as_mut_ptr().cast::<f32>());
+        let qp = SharedPtr(quant.as_mut_ptr().cast::<f32>());
         let out_ptr = SharedPtr(out.as_mut_ptr());
-        // Rounding units of 32 rows (the padded rows are zeroed).
-        // Rounding units of 32 rows (the padded rows are zeroed), each written in the tile
+        // Preparation units of 32 rows (the padded rows are zeroed), each written in the tile
         // order of its block (see the module docs).
-        let round = |u: usize| {
-            let words = k.div_ceil(2);
-            let mut row = vec![0.0f32; kp / 2];
-            // SAFETY: block u (`32 * kp / 2` words from `u * 32 * kp / 2`) is inside the
-            // buffer's `m_pad * kp / 2` words; each unit writes only its own block, and no
-            // tile reads the buffer before every unit has finished (`run_jobs` barrier).
+        let prepare = |u: usize| {
+            let rows = BLOCK.min(m - u * BLOCK);
+            let xs = &x[u * BLOCK * k..][..rows * k];
+            // SAFETY: block u (`block_bytes` from `u * block_bytes`) is inside the buffer of
+            // `blocks * block_bytes` bytes, and so are its 32 quantization slots; each unit
+            // writes only its own block, and no tile reads the buffer before every unit has
+            // finished (`run_jobs` barrier).
             let dst = unsafe {
-                std::slice::from_raw_parts_mut(xb.get().add(u * BLOCK * kp / 2), BLOCK * kp / 2)
+                std::slice::from_raw_parts_mut(
+                    xb.get().cast::<u8>().add(u * block_bytes),
+                    block_bytes,
+                )
             };
-            for r in 0..BLOCK {
-                let i = u * BLOCK + r;
-                if i < m {
-                    // SAFETY: `amx_available` implies AVX-512F and AVX512_BF16.
-                    unsafe {
-                        super::x86::round_to_bf16_pairs(&x[i * k..(i + 1) * k], &mut row[..words])
+            match w {
+                TilePanels::Bf16(_) => round_block_bf16(xs, rows, k, dst),
+                TilePanels::Int8 { .. } => {
+                    // SAFETY: as above (slots u * 32 .. u * 32 + 32 < m_pad).
+                    let q = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            qp.get().cast::<RowQuant>().add(u * BLOCK),
+                            BLOCK,
+                        )
                     };
-                    row[words..].fill(0.0);
-                } else {
-                    row.fill(0.0);
-                }
-                // step s of row r: 16 words at (s * 32 + r) * 16
-                for (st, chunk) in row.chunks_exact(16).enumerate() {
-                    dst[(st * BLOCK + r) * 16..][..16].copy_from_slice(chunk);
+                    super::int8::quantize_block(xs, rows, k, dst, q);
                 }
             }
         };
@@ -218,11 +302,13 @@ pub(super) fn linear(
             let b1 = (b0 + per_tile).min(blocks);
             let q0 = ng * group;
             let q1 = (q0 + group).min(panels);
-            // SAFETY: AMX is available (asserted above) and the permission was granted; the
-            // configuration is the one every asm block below assumes.
-            unsafe {
-                asm!("ldtilecfg [{0}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly))
-            };
+            if w.on_tiles() {
+                // SAFETY: AMX is available (asserted above) and the permission was granted;
+                // the configuration is the one every asm block below assumes.
+                unsafe {
+                    asm!("ldtilecfg [{0}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly))
+                };
+            }
             // Every block is stored to one of two L1-resident scratch blocks, and its epilogue
             // runs (writing the result to out) after the next block's products: values just
             // written by `tilestored` are not forwarded to ordinary loads, so reading them back
@@ -230,14 +316,34 @@ pub(super) fn linear(
             let mut scratch = [[0.0f32; BLOCK * BLOCK]; 2];
             let mut pending: Option<Pending> = None;
             let finish = |p: Pending, scratch: &mut [[f32; BLOCK * BLOCK]; 2]| {
-                // SAFETY: AVX-512F and FMA (AMX implies them); the scratch block holds this
-                // block's products (stored by an earlier `block` call on this thread); the
-                // block at (p.i0, p.j0) is inside out (p.rows x p.cols in range) and owned by
-                // this tile.
+                let s = scratch[p.scratch].as_mut_ptr();
+                if let TilePanels::Int8 { scale, colsum, .. } = w {
+                    // SAFETY: the quantization slots of rows i0 .. i0 + rows were written by
+                    // the preparation units (finished before any tile ran) and are only read
+                    // now; AVX-512F is available (every int8 kernel needs it).
+                    unsafe {
+                        let q = std::slice::from_raw_parts(
+                            qp.get().cast::<RowQuant>().add(p.i0).cast_const(),
+                            p.rows,
+                        );
+                        super::int8::dequantize_block_avx512(
+                            s,
+                            BLOCK,
+                            p.rows,
+                            q,
+                            &scale[p.j0..p.j0 + p.cols],
+                            &colsum[p.j0..p.j0 + p.cols],
+                        )
+                    }
+                }
+                // SAFETY: AVX-512F and FMA (every tile kernel implies them); the scratch block
+                // holds this block's products (stored by an earlier `block` call on this
+                // thread); the block at (p.i0, p.j0) is inside out (p.rows x p.cols in range)
+                // and owned by this tile.
                 unsafe {
                     super::x86::epilogue_from_scratch_avx512(
                         ep,
-                        scratch[p.scratch].as_mut_ptr(),
+                        s,
                         BLOCK,
                         out_ptr.get().add(p.i0 * n + p.j0),
                         p.rows,
@@ -248,33 +354,40 @@ pub(super) fn linear(
                     )
                 }
             };
+            let words = w.words();
             for q in q0..q1 {
                 let j0 = q * NR;
                 let cols = NR.min(n - j0);
-                let b_panel = &w[q * k2p * NR..(q + 1) * k2p * NR];
+                let b_panel = &words[q * panel_words..(q + 1) * panel_words];
                 for b in b0..b1 {
                     let i0 = b * BLOCK;
                     let rows = BLOCK.min(m - i0);
-                    // SAFETY: block b of the rounded buffer (32 * kp values from i0 * kp) exists
-                    // (m_pad rows, written before the tiles started, read-only now).
-                    let a = unsafe { xb.get().add(i0 * kp / 2).cast::<u16>().cast_const() };
+                    // SAFETY: block b of the prepared buffer (`block_bytes` from
+                    // `b * block_bytes`) exists (written before the tiles started, read-only
+                    // now).
+                    let a = unsafe { xb.get().cast::<u8>().add(b * block_bytes).cast_const() };
                     // the scratch block the pending block (if any) is not using
                     let s = pending.as_ref().map_or(0, |p| 1 - p.scratch);
                     // the last row block of a panel requests the next panel of this tile
-                    let next =
-                        (b + 1 == b1 && q + 1 < q1).then(|| w[(q + 1) * k2p * NR..].as_ptr());
-                    // SAFETY: a and b_panel hold 32 rows of 2 * k2p values and k2p pair rows (see
-                    // `block`'s contract); the scratch block is 32 x 32 and no pending block
-                    // still needs it; `next` is only prefetched.
+                    let next = (b + 1 == b1 && q + 1 < q1)
+                        .then(|| words[(q + 1) * panel_words..].as_ptr());
+                    let c = scratch[s].as_mut_ptr();
+                    // SAFETY: a and b_panel hold `steps` steps of the block and of the panel
+                    // (see the kernels' contracts); the scratch block is 32 x 32 and no
+                    // pending block still needs it; `next` is only prefetched; the tile
+                    // configuration is loaded when the products run on tiles.
                     unsafe {
-                        block(
-                            a,
-                            b_panel.as_ptr(),
-                            k2p,
-                            scratch[s].as_mut_ptr(),
-                            BLOCK,
-                            next,
-                        )
+                        match w {
+                            TilePanels::Bf16(_) => {
+                                block_bf16(a, b_panel.as_ptr(), steps, c, BLOCK, next)
+                            }
+                            TilePanels::Int8 { amx: true, .. } => {
+                                block_int8(a, b_panel.as_ptr(), steps, c, BLOCK, next)
+                            }
+                            TilePanels::Int8 { amx: false, .. } => {
+                                super::int8::vnni_block(a, b_panel.as_ptr(), steps, c, rows)
+                            }
+                        }
                     };
                     let this = Pending {
                         i0,
@@ -291,11 +404,40 @@ pub(super) fn linear(
             if let Some(p) = pending {
                 finish(p, &mut scratch);
             }
-            // SAFETY: releases this thread's tile state (no tile is live past this point).
-            unsafe { asm!("tilerelease", options(nostack, nomem)) };
+            if w.on_tiles() {
+                // SAFETY: releases this thread's tile state (no tile is live past this point).
+                unsafe { asm!("tilerelease", options(nostack, nomem)) };
+            }
         };
-        run_jobs(threads, blocks, &round, m_tiles * n_groups, &tile);
+        run_jobs(threads, blocks, &prepare, m_tiles * n_groups, &tile);
     });
+}
+
+/// Round the rows of `x` (`[rows, k]`) to bf16 into a 32-row block of the tile layout: step
+/// `st` (32 values of k) of row `r` is the 64 bytes at `(st * 32 + r) * 64`; values past k,
+/// and rows past `rows`, are zero.
+fn round_block_bf16(x: &[f32], rows: usize, k: usize, dst: &mut [u8]) {
+    let kp = 2 * padded_pairs(k);
+    let words = k.div_ceil(2);
+    let mut row = vec![0.0f32; kp / 2];
+    for r in 0..BLOCK {
+        if r < rows {
+            // SAFETY: `amx_available` (asserted by `linear`) implies AVX-512F and AVX512_BF16.
+            unsafe { super::x86::round_to_bf16_pairs(&x[r * k..(r + 1) * k], &mut row[..words]) };
+            row[words..].fill(0.0);
+        } else {
+            row.fill(0.0);
+        }
+        // step st of row r: 16 words (64 bytes) at (st * 32 + r) * 64 bytes
+        for (st, chunk) in row.chunks_exact(16).enumerate() {
+            for (d, v) in dst[(st * BLOCK + r) * 64..][..64]
+                .chunks_exact_mut(4)
+                .zip(chunk)
+            {
+                d.copy_from_slice(&v.to_bits().to_le_bytes());
+            }
+        }
+    }
 }
 
 /// A stored block whose epilogue has not run yet.
@@ -308,37 +450,37 @@ struct Pending {
     scratch: usize,
 }
 
-/// One 32 x 32 block: `c[r, j] = sum_p a[r, p] * B[p, j]` over `2 * k2p` values of k, with `a`
-/// a block of x in step order (2 KB per 32 values of k) and `b` a tile panel of `k2p` pair rows
-/// (128 bytes each);
-/// with `prefetch`, the panel there (the next one this thread multiplies) is requested into L2
-/// step by step meanwhile: with few rows the products wait on the weights, which the hardware
-/// prefetchers do not fetch ahead for tile loads.
+/// One 32 x 32 block of products on the tile unit: `c[r, j] = sum_p a[r, p] * B[p, j]` over
+/// `steps` steps of k, with `a` a block of prepared x in step order (2 KB per step: 32 rows of
+/// 64 bytes) and `b` a tile panel of `16 * steps` rows of 128 bytes; with `prefetch`, the panel
+/// there (the next one this thread multiplies) is requested into L2 step by step meanwhile:
+/// with few rows the products wait on the weights, which the hardware prefetchers do not fetch
+/// ahead for tile loads. The tile instruction is: `tdpbf16ps` (bf16 pairs, f32 sums) or
+/// `tdpbusd` (`INT8`: unsigned x bytes times signed W bytes, i32 sums stored as their bits).
 ///
 /// # Safety
-/// The tile configuration [`CONFIG`] is loaded on this thread (AMX available and permitted);
-/// `a .. a + 64 * k2p` bf16 readable; `b .. b + k2p * 32` words readable; `k2p` a positive
-/// multiple of 16; the 32 rows of 32 floats at `c` (row stride `ldc` floats)
-/// writable and not accessed otherwise meanwhile.
+/// The tile configuration [`CONFIG`] is loaded on this thread (AMX with the instruction's
+/// extension available and permitted); `a .. a + 2048 * steps` bytes readable; `b .. b +
+/// 512 * steps` words readable; `steps` positive; the 32 rows of 32 values at `c` (row stride
+/// `ldc` values) writable and not accessed otherwise meanwhile.
 #[inline]
-unsafe fn block(
-    a: *const u16,
+unsafe fn tile_block<const INT8: bool>(
+    a: *const u8,
     b: *const u32,
-    k2p: usize,
+    steps: usize,
     c: *mut f32,
     ldc: usize,
     prefetch: Option<*const u32>,
 ) {
-    let steps = k2p / 16;
     // bytes per row of an A tile (rows of one step are contiguous), per row of c
     let (sa, sc) = (64usize, ldc * 4);
     macro_rules! kernel {
-        ($($prefetch:literal,)*) => {
+        ($dot:literal, $($prefetch:literal,)*) => {
             // SAFETY: caller contract. Per step: A tiles read rows 0-15 and 16-31 (64 bytes
-            // each at the step's k offset), B tiles 16 pair rows (columns 0-15 at +0, 16-31 at
-            // +64 in each 128-byte row); the pointers advance by 64 bytes (A) and 2048 bytes
-            // (B) per step, `steps` times, staying inside the buffers; the stores write the
-            // four 16 x 16 quarters of the 32 x 32 block at c. A prefetch never faults.
+            // each at the step's k offset), B tiles 16 rows (columns 0-15 at +0, 16-31 at +64
+            // in each 128-byte row); the pointers advance by 64 bytes (A) and 2048 bytes (B)
+            // per step, `steps` times, staying inside the buffers; the stores write the four
+            // 16 x 16 quarters of the 32 x 32 block at c. A prefetch never faults.
             unsafe {
                 asm!(
                     "tilezero tmm0",
@@ -350,10 +492,10 @@ unsafe fn block(
                     "tileloadd tmm6, [{b} + {sb}*1]",
                     "tileloadd tmm5, [{a1} + {sa}*1]",
                     "tileloadd tmm7, [{b} + {sb}*1 + 64]",
-                    "tdpbf16ps tmm0, tmm4, tmm6",
-                    "tdpbf16ps tmm1, tmm4, tmm7",
-                    "tdpbf16ps tmm2, tmm5, tmm6",
-                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    concat!($dot, " tmm0, tmm4, tmm6"),
+                    concat!($dot, " tmm1, tmm4, tmm7"),
+                    concat!($dot, " tmm2, tmm5, tmm6"),
+                    concat!($dot, " tmm3, tmm5, tmm7"),
                     $($prefetch,)*
                     "add {pf}, 2048",
                     "add {a0}, 2048",
@@ -366,7 +508,7 @@ unsafe fn block(
                     "tilestored [{c1} + {sc}*1], tmm2",
                     "tilestored [{c1} + {sc}*1 + 64], tmm3",
                     a0 = inout(reg) a => _,
-                    a1 = inout(reg) a.wrapping_add(16 * 32) => _,
+                    a1 = inout(reg) a.wrapping_add(16 * 64) => _,
                     b = inout(reg) b => _,
                     pf = inout(reg) prefetch.unwrap_or(b) => _,
                     steps = inout(reg) steps => _,
@@ -380,9 +522,12 @@ unsafe fn block(
             }
         };
     }
-    match prefetch {
-        // the same 2 KB of the next panel as this step reads of this one: 32 lines into L2
-        Some(_) => kernel!(
+    // (with a prefetch: the same 2 KB of the next panel as this step reads of this one, 32
+    // lines into L2)
+    macro_rules! prefetching {
+        ($dot:literal) => {
+            kernel!(
+                $dot,
             "prefetcht1 [{pf} + 0]",
             "prefetcht1 [{pf} + 64]",
             "prefetcht1 [{pf} + 128]",
@@ -415,7 +560,33 @@ unsafe fn block(
             "prefetcht1 [{pf} + 1856]",
             "prefetcht1 [{pf} + 1920]",
             "prefetcht1 [{pf} + 1984]",
-        ),
-        None => kernel!(),
+            )
+        };
     }
+    match (INT8, prefetch.is_some()) {
+        (false, true) => prefetching!("tdpbf16ps"),
+        (false, false) => kernel!("tdpbf16ps",),
+        (true, true) => prefetching!("tdpbusd"),
+        (true, false) => kernel!("tdpbusd",),
+    }
+}
+
+/// [`tile_block`] with `tdpbf16ps`.
+///
+/// # Safety
+/// As [`tile_block`], with AMX-BF16.
+#[inline]
+unsafe fn block_bf16(a: *const u8, b: *const u32, steps: usize, c: *mut f32, ldc: usize, prefetch: Option<*const u32>) {
+    // SAFETY: forwarded contract.
+    unsafe { tile_block::<false>(a, b, steps, c, ldc, prefetch) }
+}
+
+/// [`tile_block`] with `tdpbusd`.
+///
+/// # Safety
+/// As [`tile_block`], with AMX-INT8.
+#[inline]
+unsafe fn block_int8(a: *const u8, b: *const u32, steps: usize, c: *mut f32, ldc: usize, prefetch: Option<*const u32>) {
+    // SAFETY: forwarded contract.
+    unsafe { tile_block::<true>(a, b, steps, c, ldc, prefetch) }
 }

@@ -455,3 +455,239 @@ fn run_jobs_propagates_panics_without_hanging() {
         }
     }
 }
+
+/// The int8 kernels this CPU runs: the tile unit (AMX-INT8) and AVX512-VNNI, each where present.
+#[cfg(target_arch = "x86_64")]
+fn int8_kernels() -> Vec<(&'static str, bool)> {
+    let mut k = Vec::new();
+    if amx::amx_int8_available() {
+        k.push(("amx-int8", true));
+    }
+    if int8::vnni_detected() {
+        k.push(("vnni", false));
+    }
+    k
+}
+
+/// One int8 product on each available kernel against `reference_linear_int8`: the integer sums
+/// and their dequantization are exact, so with no epilogue the outputs are equal bit for bit;
+/// with one, only the epilogue's vectorized arithmetic (fused multiply-adds in GELU) differs.
+/// Also bounds the distance to the f32 product by the quantization steps.
+#[cfg(target_arch = "x86_64")]
+fn check_int8_shape(m: usize, n: usize, k: usize, kernels: &[(&'static str, bool)]) {
+    let mut rng = Rng(0x51ED_270B ^ ((m * 1_000_003 + n * 1009 + k) as u64));
+    let mut x = rng.vec(m * k);
+    // a few outliers, as activations have
+    for i in 0..m {
+        x[i * k + (i * 7) % k] *= 9.0;
+    }
+    let w = rng.vec(n * k);
+    let bias = rng.vec(n);
+    let res = rng.vec(m * n);
+    let packed = PackedWeight::new(&w, n, k).with_int8();
+    assert!(packed.is_int8() && (packed.n(), packed.k()) == (n, k));
+    let eps: [(&str, Epilogue<'_>); 4] = [
+        ("none", Epilogue::None),
+        ("bias", Epilogue::Bias(&bias)),
+        ("bias_gelu", Epilogue::BiasGelu(&bias)),
+        ("bias_residual", Epilogue::BiasResidual(&bias, &res)),
+    ];
+    let mut f32_out = vec![0.0f32; m * n];
+    reference_linear(&x, m, &w, n, k, Epilogue::None, &mut f32_out);
+    for &(name, ep) in &eps {
+        let mut want = vec![0.0f32; m * n];
+        reference_linear_int8(&x, m, &w, n, k, ep, &mut want);
+        if name == "none" {
+            // Quantization error bound: x = x^ + ex with |ex| <= sx / 2 (x inside its row's
+            // range), w = w^ + ew with |ew| <= sw / 2, so |x.w - x^.w^| <= sx/2 sum|w| +
+            // sw/2 sum|x^| (plus f32 rounding of the sums).
+            for i in 0..m {
+                let row = &x[i * k..(i + 1) * k];
+                let (lo, hi) = row
+                    .iter()
+                    .fold((0.0f32, 0.0f32), |(l, h), &v| (l.min(v), h.max(v)));
+                let sx = (hi - lo) / 255.0;
+                let sum_x: f32 = row.iter().map(|v| v.abs() + sx).sum();
+                for j in 0..n {
+                    let wr = &w[j * k..(j + 1) * k];
+                    let sw = wr.iter().fold(0.0f32, |a, v| a.max(v.abs())) / 127.0;
+                    let sum_w: f32 = wr.iter().map(|v| v.abs()).sum();
+                    let bound = 0.5 * sx * sum_w + 0.5 * sw * sum_x + 1e-4 * (sum_x + 1.0);
+                    let (g, e) = (want[i * n + j], f32_out[i * n + j]);
+                    assert!(
+                        (g - e).abs() <= bound,
+                        "int8 reference m={m} n={n} k={k} at ({i}, {j}): {g} vs f32 {e}, bound {bound}"
+                    );
+                }
+            }
+        }
+        for &(kernel, amx) in kernels {
+            for (threads, _) in pools() {
+                let mut got = vec![f32::NAN; m * n + 1];
+                got[m * n] = 7.0;
+                int8_linear(&x, m, &packed, ep, &mut got, amx, threads);
+                assert_eq!(got[m * n], 7.0, "{kernel} {name} wrote past m*n");
+                for idx in 0..m * n {
+                    let (g, e) = (got[idx], want[idx]);
+                    let ok = if name == "none" {
+                        g.to_bits() == e.to_bits()
+                    } else {
+                        (g - e).abs() <= 1e-6 * (e.abs() + 1.0)
+                    };
+                    assert!(
+                        ok,
+                        "{kernel} {name} {threads} threads m={m} n={n} k={k} at ({}, {}): got {g}, want {e}",
+                        idx / n,
+                        idx % n
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn gemm_int8_kernels_match_reference() {
+    let kernels = int8_kernels();
+    if kernels.is_empty() {
+        eprintln!("SKIPPED gemm_int8_kernels_match_reference: no AMX-INT8 or AVX512-VNNI here");
+        return;
+    }
+    for m in [1, 16, 31, 32, 33, 129, 300] {
+        for n in [5, 32, 383, 384] {
+            for k in [1, 3, 63, 64, 65, 384, 999] {
+                check_int8_shape(m, n, k, &kernels);
+            }
+        }
+    }
+    // the xsmall model's shapes: fused QKV, FFN in and out, 1 sentence and a batch
+    for (m, n, k) in [(16, 1152, 384), (256, 1536, 384), (100, 384, 1536)] {
+        check_int8_shape(m, n, k, &kernels);
+    }
+}
+
+/// `linear` (the dispatched path) runs int8 weights like the kernel `int8_gemm_form` names.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn gemm_int8_dispatch() {
+    if int8_gemm_form() == Int8Form::F32 {
+        eprintln!("SKIPPED gemm_int8_dispatch: no int8 kernel on this CPU");
+        return;
+    }
+    let (m, n, k) = (40, 70, 130);
+    let mut rng = Rng(11);
+    let (x, w) = (rng.vec(m * k), rng.vec(n * k));
+    let packed = PackedWeight::new(&w, n, k).with_int8();
+    let (mut got, mut want) = (vec![0.0; m * n], vec![0.0; m * n]);
+    linear(&x, m, &packed, Epilogue::None, &mut got);
+    reference_linear_int8(&x, m, &w, n, k, Epilogue::None, &mut want);
+    assert_eq!(got, want);
+    // k = 0: no products, the epilogue alone
+    let empty = PackedWeight::new(&[], 3, 0).with_int8();
+    let mut out = vec![1.0; 2 * 3];
+    linear(&[], 2, &empty, Epilogue::Bias(&[1.0, 2.0, 3.0]), &mut out);
+    assert_eq!(out, [1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
+}
+
+#[test]
+fn int8_weight_quantization() {
+    let mut q = [0i8; 5];
+    assert_eq!(int8::quantize_weight_row(&[0.5, -1.0, 0.25, 0.0, 1.0], &mut q), 1.0 / 127.0);
+    assert_eq!(q, [64, -127, 32, 0, 127]);
+    assert_eq!(int8::quantize_weight_row(&[0.0; 5], &mut q), 0.0);
+    assert_eq!(q, [0; 5]);
+    assert!(int8::quantize_weight_row(&[1.0, f32::NAN, 0.0, 0.0, 0.0], &mut q).is_nan());
+    assert!(int8::quantize_weight_row(&[1.0, f32::INFINITY, 0.0, 0.0, 0.0], &mut q).is_nan());
+    // the packed layout dequantizes to scale * q, feature by feature, and the column sums
+    // are the sums of q
+    let (n, k) = (37, 70);
+    let w = Rng(3).vec(n * k);
+    let packed = PackedWeight::new(&w, n, k).with_int8();
+    let Storage::Int8 { scale, colsum, .. } = &packed.storage else {
+        panic!("with_int8 gives int8 panels")
+    };
+    let (scale, colsum) = (scale.clone(), colsum.clone());
+    assert!(scale[n..].iter().all(|&s| s == 0.0) && colsum[n..].iter().all(|&c| c == 0));
+    let back = packed.with_bf16_storage().with_f32_storage();
+    let mut qrow = vec![0i8; k];
+    let direct = PackedWeight::new(&w, n, k);
+    let (Storage::F32(b), Storage::F32(d)) = (&back.storage, &direct.storage) else {
+        panic!("f32 panels")
+    };
+    let (b, d) = (lines_as_slice(b), lines_as_slice(d));
+    for j in 0..n {
+        let s = int8::quantize_weight_row(&w[j * k..(j + 1) * k], &mut qrow);
+        assert_eq!(s, scale[j]);
+        assert_eq!(colsum[j], qrow.iter().map(|&v| i32::from(v)).sum::<i32>());
+        for p in 0..k {
+            let (q_at, idx) = (f32::from(qrow[p]) * s, (j / NR * k + p) * NR + j % NR);
+            // (via bf16 storage: the dequantized value rounded to bf16)
+            assert_eq!(b[idx], half::bf16::from_f32(q_at).to_f32());
+            assert!((d[idx] - q_at).abs() <= s / 2.0 + 1e-7);
+        }
+    }
+}
+
+#[test]
+fn int8_activation_quantization() {
+    let mut q = [0u8; 4];
+    // range [-1, 3] (0 inside): scale 4/255, zero point round(255/4) = 64
+    let r = int8::quantize_activation_row(&[-1.0, 0.0, 3.0, 1.0], &mut q);
+    assert_eq!(r.scale, 4.0 / 255.0);
+    assert_eq!(r.zero, 64);
+    assert_eq!(q, [0, 64, 255, 128]);
+    // all positive: the range is widened to 0, zero point 0
+    // (0.7 -> 89.25, 0.5 -> 63.75 steps)
+    let r = int8::quantize_activation_row(&[2.0, 0.7, 0.5, 2.0], &mut q);
+    assert_eq!((r.scale, r.zero), (2.0 / 255.0, 0));
+    assert_eq!(q, [255, 89, 64, 255]);
+    // all negative: zero point 255
+    let r = int8::quantize_activation_row(&[-2.0, -1.0, -0.5, -2.0], &mut q);
+    assert_eq!((r.scale, r.zero), (2.0 / 255.0, 255));
+    assert_eq!(q, [0, 128, 191, 0]);
+    // zeros: scale 0, bytes 0; non-finite: NaN scale
+    let r = int8::quantize_activation_row(&[0.0; 4], &mut q);
+    assert_eq!((r.scale, r.zero, q), (0.0, 0, [0; 4]));
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let r = int8::quantize_activation_row(&[1.0, bad, 0.0, 2.0], &mut q);
+        assert!(r.scale.is_nan(), "{bad}");
+    }
+    // every value within half a step of its dequantization, on rows of many lengths (the
+    // vectorized loop's remainder included) with outliers
+    let mut rng = Rng(77);
+    for len in [1, 15, 16, 17, 33, 384, 1000] {
+        let mut x = rng.vec(len);
+        x[len / 2] *= 50.0;
+        let mut q = vec![0u8; len];
+        let r = int8::quantize_activation_row(&x, &mut q);
+        for (&v, &b) in x.iter().zip(&q) {
+            let back = r.scale * (i32::from(b) - r.zero) as f32;
+            assert!((back - v).abs() <= r.scale * 0.5001, "len {len}: {v} -> {back}");
+        }
+    }
+}
+
+/// A non-finite weight or input turns the outputs it touches NaN (the forward then reports
+/// the corrupt weights) instead of disappearing in the quantization.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn gemm_int8_propagates_non_finite() {
+    let kernels = int8_kernels();
+    let (m, n, k) = (3, 4, 20);
+    let mut w = Rng(8).vec(n * k);
+    w[2 * k + 5] = f32::NAN;
+    let mut x = Rng(9).vec(m * k);
+    x[k + 3] = f32::INFINITY;
+    let packed = PackedWeight::new(&w, n, k).with_int8();
+    let mut want = vec![0.0; m * n];
+    reference_linear_int8(&x, m, &w, n, k, Epilogue::None, &mut want);
+    let nan_at = |out: &[f32]| -> Vec<bool> { out.iter().map(|v| v.is_nan()).collect() };
+    let expect: Vec<bool> = (0..m * n).map(|i| i / n == 1 || i % n == 2).collect();
+    assert_eq!(nan_at(&want), expect);
+    for (kernel, amx) in kernels {
+        let mut got = vec![0.0; m * n];
+        int8_linear(&x, m, &packed, Epilogue::None, &mut got, amx, 1);
+        assert_eq!(nan_at(&got), expect, "{kernel}");
+    }
+}

@@ -1,0 +1,303 @@
+//! The opt-in int8 GEMM (`--dtype int8`): `out[m, n] ~ epilogue(x[m, k] . W[n, k]^T)` with
+//! both operands quantized to 8 bits and the products summed exactly in 32-bit integers.
+//!
+//! # Numerics (the definition the kernels and [`reference_linear_int8`] share)
+//!
+//! * **W**, per output feature `j` (symmetric, at load time): `sw[j] = max_p |W[j, p]| / 127`,
+//!   `qw[j, p] = round(W[j, p] / sw[j])` in `-127 ..= 127` ([`quantize_weight_row`]).
+//! * **x**, per row `i` (asymmetric, on every call): the row's range widened to contain 0,
+//!   `[lo, hi]`, is mapped onto `0 ..= 255`: `sx[i] = (hi - lo) / 255`, the zero point
+//!   `zx[i] = round(-lo / sx[i])`, `qx[i, p] = floor(x[i, p] / sx[i] + zx[i] + 0.5)` saturated
+//!   to `0 ..= 255` ([`quantize_activation_row`]). One scale per row (a token) rather than per
+//!   tensor: a token with large activations does not cost the others their resolution.
+//! * **Product**: `acc[i, j] = sum_p qx[i, p] * qw[j, p]` in i32 (exact: at most 255 * 127 * k,
+//!   under 2^31 for k < 66,000), then
+//!   `out[i, j] = f32(acc[i, j] - zx[i] * cw[j]) * (sx[i] * sw[j])` with `cw[j] = sum_p qw[j, p]`
+//!   (exact again), then the epilogue in f32. Every kernel computes the same integers, so the
+//!   kernels agree with the reference bit for bit before the epilogue.
+//! * A non-finite weight or input value makes its scale NaN, so the output turns NaN (which
+//!   the forward reports) instead of the value being dropped silently.
+//!
+//! # Kernels
+//!
+//! Both read one weight layout (made by [`PackedWeight::with_int8`](super::PackedWeight::with_int8))
+//! and one layout of quantized x (see `amx.rs`: 32-row blocks, 64 values of k per step):
+//! * AMX-INT8 (`tdpbusd`: unsigned x bytes times signed W bytes), driven by `amx::linear`.
+//! * AVX512-VNNI (`vpdpbusd`, [`vnni_block`]): the same blocks on 512-bit registers, for CPUs
+//!   without AMX (Ice Lake, Zen 4 and later), up to 12 rows x 32 columns per register tile.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+use super::{apply_epilogue_row, Epilogue};
+
+/// Quads (groups of 4 values of k) of an int8 panel row: padded to a multiple of 16, the quads
+/// one AMX B tile holds (an A tile holds the 64 values of k they cover).
+pub(super) fn padded_quads(k: usize) -> usize {
+    k.div_ceil(4).div_ceil(16) * 16
+}
+
+/// Scale and zero point of one quantized row of x: `x ~ scale * (q - zero)`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(super) struct RowQuant {
+    pub(super) scale: f32,
+    pub(super) zero: i32,
+}
+
+/// Quantize one weight row (one output feature) symmetrically to `-127 ..= 127`; returns its
+/// scale (`W ~ scale * q`; 0 for an all-zero row, NaN if a value is not finite).
+pub(super) fn quantize_weight_row(row: &[f32], dst: &mut [i8]) -> f32 {
+    debug_assert_eq!(row.len(), dst.len());
+    if row.iter().any(|v| !v.is_finite()) {
+        dst.fill(0);
+        return f32::NAN;
+    }
+    let amax = row.iter().fold(0.0f32, |a, &v| a.max(v.abs()));
+    if amax == 0.0 {
+        dst.fill(0);
+        return 0.0;
+    }
+    let scale = amax / 127.0;
+    for (d, &v) in dst.iter_mut().zip(row) {
+        // |v / scale| <= 127 (up to rounding, which the saturating cast absorbs)
+        *d = (v / scale).round() as i8;
+    }
+    scale
+}
+
+/// Quantize one row of x to `0 ..= 255` with a zero point (see the module docs); `dst` gets
+/// `x.len()` bytes. A row of zeros gets scale 0 and all-zero bytes; a non-finite value gives
+/// scale NaN.
+#[inline(always)]
+pub(super) fn quantize_activation_row(x: &[f32], dst: &mut [u8]) -> RowQuant {
+    debug_assert!(dst.len() >= x.len());
+    // 16 running minima and maxima, so the loop vectorizes (NaN fails both comparisons and is
+    // caught by `zeros`: v * 0 is NaN for a NaN or an infinity and 0 otherwise)
+    let (mut lo, mut hi, mut zeros) = ([0.0f32; 16], [0.0f32; 16], [0.0f32; 16]);
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for l in 0..16 {
+            lo[l] = if c[l] < lo[l] { c[l] } else { lo[l] };
+            hi[l] = if c[l] > hi[l] { c[l] } else { hi[l] };
+            zeros[l] += c[l] * 0.0;
+        }
+    }
+    for &v in chunks.remainder() {
+        lo[0] = if v < lo[0] { v } else { lo[0] };
+        hi[0] = if v > hi[0] { v } else { hi[0] };
+        zeros[0] += v * 0.0;
+    }
+    let lo = lo.iter().fold(0.0f32, |a, &v| if v < a { v } else { a });
+    let hi = hi.iter().fold(0.0f32, |a, &v| if v > a { v } else { a });
+    let finite = zeros.iter().all(|&z| z == 0.0);
+    let scale = (hi - lo) / 255.0;
+    if !finite || !scale.is_finite() {
+        dst[..x.len()].fill(0);
+        return RowQuant {
+            scale: f32::NAN,
+            zero: 0,
+        };
+    }
+    if scale == 0.0 {
+        dst[..x.len()].fill(0);
+        return RowQuant {
+            scale: 0.0,
+            zero: 0,
+        };
+    }
+    let inv = 1.0 / scale;
+    // -lo * inv is in 0 ..= 255 (lo <= 0 <= hi)
+    let zero = (-lo * inv + 0.5) as u8;
+    let bias = f32::from(zero) + 0.5;
+    for (d, &v) in dst.iter_mut().zip(x) {
+        // the cast saturates (below 0 -> 0, above 255 -> 255) and truncates: floor for >= 0
+        *d = (v * inv + bias) as u8;
+    }
+    RowQuant {
+        scale,
+        zero: i32::from(zero),
+    }
+}
+
+/// `out[i, j] = f32(acc - zero_i * colsum_j) * (scale_i * wscale_j)` for one row of a block
+/// (the dequantization every int8 kernel ends with; `acc` holds i32 bits in f32 slots, in
+/// place).
+#[inline(always)]
+pub(super) fn dequantize_row(row: &mut [f32], q: RowQuant, wscale: &[f32], colsum: &[i32]) {
+    for ((v, &sw), &cw) in row.iter_mut().zip(wscale).zip(colsum) {
+        let acc = v.to_bits() as i32;
+        *v = (acc.wrapping_sub(q.zero.wrapping_mul(cw))) as f32 * (q.scale * sw);
+    }
+}
+
+/// [`dequantize_row`] over `rows` rows of a scratch block (row stride `lds`), compiled for
+/// AVX-512 so the loop vectorizes.
+///
+/// # Safety
+/// AVX-512F available; `s` valid for `rows` rows of `wscale.len()` (<= lds) values, not
+/// accessed otherwise meanwhile; `quant.len() >= rows`; `colsum.len() >= wscale.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn dequantize_block_avx512(
+    s: *mut f32,
+    lds: usize,
+    rows: usize,
+    quant: &[RowQuant],
+    wscale: &[f32],
+    colsum: &[i32],
+) {
+    for (r, &q) in quant[..rows].iter().enumerate() {
+        // SAFETY: row r of the block, wscale.len() values (contract).
+        let row = unsafe { std::slice::from_raw_parts_mut(s.add(r * lds), wscale.len()) };
+        dequantize_row(row, q, wscale, colsum);
+    }
+}
+
+/// Quantize the rows of `x` (`[rows, k]`) into a 32-row block of the tile layout: step `st`
+/// (64 values of k) of row `r` is the 64 bytes at `(st * 32 + r) * 64`; values past k, and
+/// rows past `rows`, are zero. `quant[r]` gets each row's scale and zero point.
+pub(super) fn quantize_block(x: &[f32], rows: usize, k: usize, dst: &mut [u8], quant: &mut [RowQuant]) {
+    let kp = 4 * padded_quads(k);
+    let block = super::amx::BLOCK;
+    assert!(rows <= block && x.len() >= rows * k && dst.len() >= block * kp);
+    let mut row = vec![0u8; kp];
+    for r in 0..block {
+        if r < rows {
+            quant[r] = quantize_row_dispatch(&x[r * k..(r + 1) * k], &mut row[..k]);
+            row[k..].fill(0);
+        } else {
+            quant[r] = RowQuant::default();
+            row.fill(0);
+        }
+        for (st, chunk) in row.chunks_exact(64).enumerate() {
+            dst[(st * block + r) * 64..][..64].copy_from_slice(chunk);
+        }
+    }
+}
+
+/// [`quantize_activation_row`], compiled for AVX-512 where the CPU has it.
+fn quantize_row_dispatch(x: &[f32], dst: &mut [u8]) -> RowQuant {
+    #[cfg(target_arch = "x86_64")]
+    if super::SimdLevel::Avx512.is_available() {
+        #[target_feature(enable = "avx512f,avx512bw")]
+        unsafe fn wide(x: &[f32], dst: &mut [u8]) -> RowQuant {
+            quantize_activation_row(x, dst)
+        }
+        if is_x86_feature_detected!("avx512bw") {
+            // SAFETY: AVX-512F and BW were just detected.
+            return unsafe { wide(x, dst) };
+        }
+    }
+    quantize_activation_row(x, dst)
+}
+
+/// Whether the CPU has AVX512-VNNI (`vpdpbusd` on 512-bit registers) besides AVX-512F.
+pub(super) fn vnni_detected() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::SimdLevel::Avx512.is_available() && is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Rows of x one VNNI register tile covers (24 accumulators, 2 W registers, 1 broadcast).
+#[cfg(target_arch = "x86_64")]
+const VNNI_MR: usize = 12;
+
+/// One block on AVX512-VNNI: `c[r, j] = sum_p a[r, p] * B[p, j]` (i32, stored as bits in the
+/// f32 slots of `c`, row stride 32) for the first `rows` rows of a 32-row block of quantized x
+/// in the tile layout (`steps` steps of 2 KB) against an int8 panel of `16 * steps` quad rows
+/// (128 bytes each). Rows past `rows` are neither read nor written.
+///
+/// # Safety
+/// AVX-512F and AVX512-VNNI available; `a` readable for `steps * 2048` bytes, `b` for
+/// `steps * 16 * 32` words; `c` writable for `rows <= 32` rows of 32 values and not accessed
+/// otherwise meanwhile.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vnni")]
+pub(super) unsafe fn vnni_block(a: *const u8, b: *const u32, steps: usize, c: *mut f32, rows: usize) {
+    let mut r0 = 0;
+    while r0 < rows {
+        let mr = VNNI_MR.min(rows - r0);
+        // SAFETY: rows r0 .. r0 + mr of the block (contract); each row's bytes start 64 bytes
+        // after the previous row's within a step, and its output row 32 values after.
+        unsafe {
+            by_mr!(
+                mr,
+                vnni_tile,
+                (a.add(r0 * 64), b, steps, c.add(r0 * 32)),
+                [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+            )
+        };
+        r0 += mr;
+    }
+}
+
+/// `MR` rows x 32 columns of [`vnni_block`].
+///
+/// # Safety
+/// As [`vnni_block`] for rows `0 .. MR` at `a` and `c`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vnni")]
+#[inline]
+unsafe fn vnni_tile<const MR: usize>(a: *const u8, b: *const u32, steps: usize, c: *mut f32) {
+    let mut lo = [_mm512_setzero_si512(); MR];
+    let mut hi = [_mm512_setzero_si512(); MR];
+    // SAFETY: step st, quad qq reads the 4 bytes of row r at `a + st * 2048 + r * 64 + 4 * qq`
+    // and the 32 words of W at `b + (16 * st + qq) * 32`: inside both operands for
+    // st < steps, qq < 16, r < MR <= 32 (contract).
+    unsafe {
+        for st in 0..steps {
+            let (ast, bst) = (a.add(st * 2048), b.add(st * 16 * 32));
+            for qq in 0..16 {
+                let b0 = _mm512_loadu_si512(bst.add(qq * 32).cast());
+                let b1 = _mm512_loadu_si512(bst.add(qq * 32 + 16).cast());
+                for r in 0..MR {
+                    let word = ast.add(r * 64 + 4 * qq).cast::<i32>().read_unaligned();
+                    let av = _mm512_set1_epi32(word);
+                    lo[r] = _mm512_dpbusd_epi32(lo[r], av, b0);
+                    hi[r] = _mm512_dpbusd_epi32(hi[r], av, b1);
+                }
+            }
+        }
+        for r in 0..MR {
+            _mm512_storeu_si512(c.add(r * 32).cast(), lo[r]);
+            _mm512_storeu_si512(c.add(r * 32 + 16).cast(), hi[r]);
+        }
+    }
+}
+
+/// The int8 product as defined in the module docs, in plain loops: weights and rows quantized
+/// by the same functions the kernels use, `sum_p (qx - zx) * qw` summed directly (not through
+/// the column-sum correction the kernels use), then the dequantization and the epilogue. `w`
+/// is the torch-layout `[n, k]` weight. The reference for the int8 kernels' tests.
+pub fn reference_linear_int8(
+    x: &[f32],
+    m: usize,
+    w: &[f32],
+    n: usize,
+    k: usize,
+    ep: Epilogue<'_>,
+    out: &mut [f32],
+) {
+    assert!(x.len() >= m * k && w.len() >= n * k && out.len() >= m * n);
+    let mut qw = vec![0i8; n * k];
+    let sw: Vec<f32> = (0..n)
+        .map(|j| quantize_weight_row(&w[j * k..(j + 1) * k], &mut qw[j * k..(j + 1) * k]))
+        .collect();
+    let mut qx = vec![0u8; k];
+    for i in 0..m {
+        let q = quantize_activation_row(&x[i * k..(i + 1) * k], &mut qx);
+        for j in 0..n {
+            let mut acc = 0i32;
+            for p in 0..k {
+                acc += (i32::from(qx[p]) - q.zero) * i32::from(qw[j * k + p]);
+            }
+            out[i * n + j] = acc as f32 * (q.scale * sw[j]);
+        }
+        apply_epilogue_row::<false>(ep, &mut out[i * n..(i + 1) * n], i, 0, n);
+    }
+}
