@@ -6,7 +6,7 @@
     cargo build --release
     venv/bin/python scripts/compare_cpu.py --model /tmp/xsmall --threads 2 \
         [--shapes 1x16,32x128,256x32] [--rounds 3] [--bin target/release/deberta-embed] [--json-out FILE] \
-        [--runtimes pytorch,ort,ort-int8,openvino-f32,openvino-bf16,deberta-embed,deberta-embed-bf16]
+        [--runtimes pytorch,ort,ort-int8,openvino-f32,openvino-bf16,deberta-embed,deberta-embed-bf16,deberta-embed-int8]
 
   ONNX Runtime int8  the same export through onnxruntime.quantization.quantize_dynamic
                  (QInt8 weights, activations quantized at run time; cached as <DIR>.backbone.int8.onnx).
@@ -62,13 +62,15 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-RUNTIMES = ("pytorch", "ort", "ort-int8", "openvino-f32", "openvino-bf16", "deberta-embed", "deberta-embed-bf16")
+RUNTIMES = ("pytorch", "ort", "ort-int8", "openvino-f32", "openvino-bf16", "deberta-embed", "deberta-embed-bf16",
+            "deberta-embed-int8")
 LABEL = {"pytorch": "PyTorch", "ort": "ONNX Runtime", "ort-int8": "ONNX Runtime int8 (dynamic)",
          "openvino-f32": "OpenVINO f32", "openvino-bf16": "OpenVINO bf16",
-         "deberta-embed": "deberta-embed", "deberta-embed-bf16": "deberta-embed bf16"}
-OURS = ("deberta-embed", "deberta-embed-bf16")
+         "deberta-embed": "deberta-embed", "deberta-embed-bf16": "deberta-embed bf16",
+         "deberta-embed-int8": "deberta-embed int8"}
+OURS = ("deberta-embed", "deberta-embed-bf16", "deberta-embed-int8")
 # deberta-embed's --dtype per column
-OUR_DTYPE = {"deberta-embed": "f32", "deberta-embed-bf16": "bf16"}
+OUR_DTYPE = {"deberta-embed": "f32", "deberta-embed-bf16": "bf16", "deberta-embed-int8": "int8"}
 COS_MIN = 0.9999
 COS_MIN_BF16 = 0.999  # the bf16 weight path's contract (issue 3)
 COS_MIN_INT8 = 0.99  # a peer's int8 column is timed only when it is at least this close
@@ -99,8 +101,8 @@ def parse_args(argv=None):
                     help="comma-separated columns: " + ",".join(RUNTIMES) + " (default pytorch,ort,deberta-embed; "
                          "ort-int8 is the exported backbone through onnxruntime's quantize_dynamic, cached next to "
                          "it; openvino-* read the same .onnx; deberta-embed-bf16 is `bench --dtype bf16`)")
-    ap.add_argument("--dtype", default=None, choices=["f32", "bf16"],
-                    help="shorthand: bf16 replaces the deberta-embed column with deberta-embed-bf16")
+    ap.add_argument("--dtype", default=None, choices=["f32", "bf16", "int8"],
+                    help="shorthand: bf16 (int8) replaces the deberta-embed column with deberta-embed-bf16 (-int8)")
     ap.add_argument("--skip", default="", help="comma-separated runtimes to leave out of --runtimes")
     ap.add_argument("--quiet-threshold", type=float, default=0.10,
                     help="a measurement is 'quiet' when other processes took at most this share of the CPUs (default 0.10)")
@@ -446,8 +448,8 @@ def main() -> None:
         shapes.append((int(b), int(l)))
     skip = {s.strip() for s in ARGS.skip.split(",") if s.strip()}
     wanted = [s.strip() for s in ARGS.runtimes.split(",") if s.strip()]
-    if ARGS.dtype == "bf16":
-        wanted = ["deberta-embed-bf16" if r == "deberta-embed" else r for r in wanted]
+    if ARGS.dtype in ("bf16", "int8"):
+        wanted = [f"deberta-embed-{ARGS.dtype}" if r == "deberta-embed" else r for r in wanted]
     if (skip | set(wanted)) - set(RUNTIMES):
         sys.exit(f"unknown runtime(s) {sorted((skip | set(wanted)) - set(RUNTIMES))}; known: {', '.join(RUNTIMES)}")
     active = [r for r in RUNTIMES if r in wanted and r not in skip]
@@ -500,6 +502,7 @@ def main() -> None:
         try:
             c = check_embed_vs_st(model_dir, dtype)
             result[key] = c
+            # (int8 promises what bf16 does: cosine >= 0.999 to fp32)
             ok = c["min_cosine"] >= (COS_MIN if dtype == "f32" else COS_MIN_BF16)
             log(f"check   : deberta-embed embed --dtype {dtype} vs sentence-transformers on {len(SENTENCES)} sentences: "
                 f"max |diff| {c['max_abs_diff']:.2e}, min cosine {c['min_cosine']:.7f}" + ("" if ok else "  <-- MISMATCH"))
@@ -696,7 +699,7 @@ def print_table(result: dict) -> None:
         log("")
     for k, c in result.items():
         if k.startswith("check_embed_vs_sentence_transformers"):
-            dt = k.rpartition("_")[2] if k.endswith("bf16") else "f32"
+            dt = k.rpartition("_")[2] if k.endswith(("bf16", "int8")) else "f32"
             if "error" in c:
                 log(f"check deberta-embed --dtype {dt} vs sentence-transformers: FAILED ({c['error']})")
             else:

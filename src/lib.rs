@@ -111,14 +111,19 @@ impl std::str::FromStr for Device {
 
 /// Arithmetic precision of the forward. The CPU path is fp32, optionally with bf16 GEMM weights
 /// (`BF16`: bf16 products with fp32 sums on AMX or `avx512_bf16`, or widened to fp32, as
-/// `backend::cpu::gemm::bf16_gemm_form` decides for the CPU); the CUDA path runs fp32 (exact,
-/// for validation) or fp16/bf16 matrix products with fp32 accumulation and fp32 statistics.
+/// `backend::cpu::gemm::bf16_gemm_form` decides for the CPU) or int8 GEMMs (`INT8`: int8
+/// weights per output feature, each Linear's input quantized per row to 8 bits, exact integer
+/// sums, on AMX-INT8 or AVX512-VNNI as `backend::cpu::gemm::int8_gemm_form` decides; f32
+/// weights on a CPU with neither); the CUDA path runs fp32 (exact, for validation) or fp16/bf16
+/// matrix products with fp32 accumulation and fp32 statistics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Precision {
     #[default]
     F32,
     F16,
     BF16,
+    /// CPU only.
+    INT8,
 }
 
 impl std::str::FromStr for Precision {
@@ -128,8 +133,9 @@ impl std::str::FromStr for Precision {
             "f32" | "fp32" | "float32" => Ok(Precision::F32),
             "f16" | "fp16" | "float16" | "half" => Ok(Precision::F16),
             "bf16" | "bfloat16" => Ok(Precision::BF16),
+            "int8" | "i8" | "qint8" => Ok(Precision::INT8),
             other => Err(Error::Input(format!(
-                "unknown dtype `{other}` (expected f32, f16 or bf16)"
+                "unknown dtype `{other}` (expected f32, f16, bf16 or int8)"
             ))),
         }
     }
@@ -141,6 +147,7 @@ impl std::fmt::Display for Precision {
             Precision::F32 => "f32",
             Precision::F16 => "f16",
             Precision::BF16 => "bf16",
+            Precision::INT8 => "int8",
         })
     }
 }
@@ -366,7 +373,7 @@ impl Embedder {
         let max_len = cfg.max_position_embeddings;
         let pool = build_pool(opts.threads)?;
         Ok(SyntheticEmbedder {
-            model: CpuModel::new(cfg, weights, max_len, opts.precision == Precision::BF16),
+            model: CpuModel::new(cfg, weights, max_len, opts.precision),
             state: Mutex::new(RunState::default()),
             pool,
             pooling: vec![PoolingMode::Mean],
@@ -406,7 +413,7 @@ impl Embedder {
                     cfg.clone(),
                     weights,
                     pipeline.max_seq_length,
-                    opts.precision == Precision::BF16,
+                    opts.precision,
                 ),
                 state: Mutex::new(RunState::default()),
             },
@@ -984,6 +991,9 @@ fn check_device(device: Device, precision: Precision) -> Result<()> {
             "dtype {precision} is not available on the CPU (use f32, or bf16 for bf16 weights)"
         ))),
         Device::Cpu => Ok(()),
+        Device::Cuda(_) if precision == Precision::INT8 => Err(Error::Input(format!(
+            "dtype {precision} is only available on the CPU (use f32, f16 or bf16 on CUDA)"
+        ))),
         #[cfg(feature = "cuda")]
         Device::Cuda(_) => Ok(()),
         #[cfg(not(feature = "cuda"))]

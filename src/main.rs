@@ -66,7 +66,7 @@ struct CommonModel {
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Precision: f32 (CPU and GPU), f16 (GPU) or bf16 (GPU; on the CPU: bf16 weights, on AMX tiles where the CPU has them). Default: f32 on the CPU, f16 on a GPU.
+    /// Precision: f32 (CPU and GPU), f16 (GPU), bf16 (GPU; on the CPU: bf16 weights, on AMX tiles where the CPU has them) or int8 (CPU: int8 weights, inputs quantized per row; AMX-INT8 or AVX512-VNNI). Default: f32 on the CPU, f16 on a GPU.
     #[arg(long)]
     dtype: Option<String>,
     /// Worker threads (default: all cores; at most 4 per core, more is lowered to that with a
@@ -228,7 +228,7 @@ struct BenchArgs {
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Precision: f32 (CPU and GPU), f16 (GPU) or bf16 (GPU; on the CPU: bf16 weights, on AMX tiles where the CPU has them). Default: f32 on the CPU, f16 on a GPU.
+    /// Precision: f32 (CPU and GPU), f16 (GPU), bf16 (GPU; on the CPU: bf16 weights, on AMX tiles where the CPU has them) or int8 (CPU: int8 weights, inputs quantized per row; AMX-INT8 or AVX512-VNNI). Default: f32 on the CPU, f16 on a GPU.
     #[arg(long)]
     dtype: Option<String>,
     /// Worker threads (default: all cores; at most 4 per core, more is lowered to that with a
@@ -1184,7 +1184,9 @@ fn bench(a: BenchArgs) -> Result<()> {
 /// Which CPU GEMM kernels a forward at `precision` runs (the SIMD level; for bf16, the weight
 /// form this CPU gets: AMX tiles, `avx512_bf16` dot products or widened storage); `None` on a GPU.
 fn cpu_kernels(device: Device, precision: Precision) -> Option<String> {
-    use deberta_embed::backend::cpu::gemm::{bf16_gemm_form, simd_level, Bf16Form};
+    use deberta_embed::backend::cpu::gemm::{
+        bf16_gemm_form, int8_gemm_form, simd_level, Bf16Form, Int8Form,
+    };
     if device != Device::Cpu {
         return None;
     }
@@ -1195,7 +1197,14 @@ fn cpu_kernels(device: Device, precision: Precision) -> Option<String> {
         (Precision::BF16, Bf16Form::F32) => {
             ", bf16 requested but weights kept f32 (every bf16 kernel is slower on this CPU)"
         }
-        _ => "",
+        _ => match (precision, int8_gemm_form()) {
+            (Precision::INT8, Int8Form::Tiles) => ", int8 weights on AMX-INT8 tiles",
+            (Precision::INT8, Int8Form::Vnni) => ", int8 weights as AVX512-VNNI dot products",
+            (Precision::INT8, Int8Form::F32) => {
+                ", int8 requested but weights kept f32 (no AVX512-VNNI or AMX-INT8 on this CPU)"
+            }
+            _ => "",
+        },
     };
     Some(format!("gemm {}{bf16}", simd_level()))
 }

@@ -10,7 +10,11 @@
 use rayon::prelude::*;
 
 use crate::backend::cpu::attention::{self, AttentionParams, PosTable};
-use crate::backend::cpu::gemm::{bf16_gemm_form, linear, Bf16Form, Epilogue, PackedWeight};
+use crate::backend::cpu::gemm::{
+    bf16_gemm_form, int8_gemm_form, linear, linear_seqs, Bf16Form, Epilogue, Int8Form,
+    PackedWeight,
+};
+use crate::Precision;
 use crate::backend::cpu::ops::{conv1d_act_into, layer_norm_rows};
 use crate::checkpoint::{Checkpoint, F32Tensor};
 use crate::config::ModelConfig;
@@ -467,6 +471,21 @@ fn row_groups(offsets: &[usize], max_rows: usize) -> Vec<usize> {
 /// buffer stays small. Rows are independent here, so the result is the same for any chunking.
 pub const FFN_ROWS: usize = 256;
 
+/// The row ranges the FFN runs on within a group of sequences (`offsets`, from 0): `FFN_ROWS`
+/// rows at a time, or with `whole`, groups of whole sequences of at most `FFN_ROWS` rows (a
+/// longer sequence alone), as the int8 corrections need whole sequences. Chunk `c` is rows
+/// `chunks[c] .. chunks[c + 1]`.
+fn ffn_chunks(offsets: &[usize], whole: bool, chunks: &mut Vec<usize>) {
+    chunks.clear();
+    let rows = offsets.last().copied().unwrap_or(0);
+    if whole {
+        chunks.extend(row_groups(offsets, FFN_ROWS).iter().map(|&s| offsets[s]));
+    } else {
+        chunks.extend((0..rows).step_by(FFN_ROWS));
+        chunks.push(rows);
+    }
+}
+
 impl RunState {
     fn ensure(&mut self, cfg: &ModelConfig, tokens: usize) {
         if tokens <= self.cap {
@@ -492,23 +511,35 @@ impl RunState {
 
 impl CpuModel {
     /// Build the CPU layout: fused QKV, packed GEMM weights, PK/PQ precomputed per layer.
-    /// `max_len` bounds the sequence length (sizes the relative-position table). With
-    /// `bf16_weights` the GEMM weights are stored as bf16 (opt-in: half the weight traffic;
-    /// embeddings, LayerNorms, biases, PK/PQ and attention stay f32), in the form
-    /// [`bf16_gemm_form`] picks for this CPU: AMX-BF16 tiles or `avx512_bf16` dot products
-    /// (each Linear's input rounded to bf16 too, fp32 sums), else widened to f32 inside fp32
-    /// products.
-    pub fn new(cfg: ModelConfig, w: HostWeights, max_len: usize, bf16_weights: bool) -> Self {
+    /// `max_len` bounds the sequence length (sizes the relative-position table). `precision`
+    /// picks how the encoder's GEMM weights are kept (embeddings, LayerNorms, biases, PK/PQ and
+    /// attention stay f32 in every case):
+    /// * `BF16` (opt-in: half the weight traffic): in the form [`bf16_gemm_form`] picks for
+    ///   this CPU: AMX-BF16 tiles or `avx512_bf16` dot products (each Linear's input rounded
+    ///   to bf16 too, fp32 sums), else widened to f32 inside fp32 products;
+    /// * `INT8` (opt-in: a quarter of the weight bytes): int8 per output feature, each Linear's
+    ///   input quantized per row, on the kernel [`int8_gemm_form`] picks (AMX-INT8 or
+    ///   AVX512-VNNI); f32 where the CPU has neither;
+    /// * anything else: f32.
+    pub fn new(cfg: ModelConfig, w: HostWeights, max_len: usize, precision: Precision) -> Self {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         let pack = |w: &[f32], n: usize, k: usize| {
             let p = PackedWeight::new(w, n, k);
-            match (bf16_weights, bf16_gemm_form()) {
-                (false, _) => p,
-                #[cfg(target_arch = "x86_64")]
-                (true, Bf16Form::Tiles) => p.with_bf16_tiles(),
-                (true, Bf16Form::Dot) => p.with_bf16_dot(),
-                (true, Bf16Form::Storage) => p.with_bf16_storage(),
-                (true, Bf16Form::F32) => p,
+            match precision {
+                Precision::BF16 => match bf16_gemm_form() {
+                    #[cfg(target_arch = "x86_64")]
+                    Bf16Form::Tiles => p.with_bf16_tiles(),
+                    #[cfg(not(target_arch = "x86_64"))]
+                    Bf16Form::Tiles => p,
+                    Bf16Form::Dot => p.with_bf16_dot(),
+                    Bf16Form::Storage => p.with_bf16_storage(),
+                    Bf16Form::F32 => p,
+                },
+                Precision::INT8 => match int8_gemm_form() {
+                    Int8Form::Tiles | Int8Form::Vnni => p.with_int8(),
+                    Int8Form::F32 => p,
+                },
+                Precision::F32 | Precision::F16 => p,
             }
         };
         let s2 = 2 * cfg.att_span;
@@ -654,7 +685,8 @@ impl CpuModel {
         match &self.embed_proj {
             Some(p) => {
                 gather_into(&mut st.emb[..t * e]);
-                linear(&st.emb, t, p, Epilogue::None, &mut st.x[..t * h]);
+                let x = &mut st.x[..t * h];
+                linear_seqs(&st.emb, t, p, Epilogue::None, x, &batch.offsets);
             }
             None => gather_into(&mut st.x[..t * h]),
         }
@@ -683,6 +715,7 @@ impl CpuModel {
         };
         let groups = row_groups(&batch.offsets, LAYER_ROWS);
         let mut group_offsets = Vec::with_capacity(batch.offsets.len());
+        let (mut chunks, mut chunk_offsets) = (Vec::new(), Vec::new());
         for (li, layer) in self.layers.iter().enumerate() {
             // The layer runs on one group of whole sequences at a time (rows g0 .. g1), so its
             // intermediates stay in cache between the steps.
@@ -693,12 +726,13 @@ impl CpuModel {
                 group_offsets.clear();
                 group_offsets.extend(batch.offsets[s0..=s1].iter().map(|&o| o - g0));
                 let (xr, qkv_len) = (g0 * h..g1 * h, rows * 3 * h);
-                linear(
+                linear_seqs(
                     &st.x[xr.clone()],
                     rows,
                     &layer.qkv,
                     Epilogue::Bias(&layer.qkv_b),
                     &mut st.qkv[..qkv_len],
+                    &group_offsets,
                 );
                 attention::attention(
                     &params,
@@ -710,12 +744,13 @@ impl CpuModel {
                     &mut st.keys_t,
                     &mut st.ctx[..rows * h],
                 );
-                linear(
+                linear_seqs(
                     &st.ctx[..rows * h],
                     rows,
                     &layer.attn_out,
                     Epilogue::BiasResidual(&layer.attn_out_b, &st.x[xr.clone()]),
                     &mut st.attn[..rows * h],
+                    &group_offsets,
                 );
                 layer_norm_rows(
                     &mut st.attn[..rows * h],
@@ -724,25 +759,41 @@ impl CpuModel {
                     &layer.attn_ln_b,
                     cfg.layer_norm_eps,
                 );
-                // FFN, FFN_ROWS rows at a time
+                // FFN, FFN_ROWS rows at a time (int8: whole sequences, for their corrections)
                 let inter = cfg.intermediate_size;
-                for r0 in (0..rows).step_by(FFN_ROWS) {
-                    let n = FFN_ROWS.min(rows - r0);
+                ffn_chunks(&group_offsets, layer.inter.is_int8(), &mut chunks);
+                let longest = chunks.windows(2).map(|c| c[1] - c[0]).max().unwrap_or(0);
+                if st.ffn.len() < longest * inter {
+                    st.ffn.resize(longest * inter, 0.0);
+                }
+                for c in chunks.windows(2) {
+                    let (r0, n) = (c[0], c[1] - c[0]);
                     let attn = &st.attn[r0 * h..(r0 + n) * h];
                     let x = (g0 + r0) * h..(g0 + r0 + n) * h;
-                    linear(
+                    chunk_offsets.clear();
+                    chunk_offsets.push(0);
+                    chunk_offsets.extend(
+                        group_offsets
+                            .iter()
+                            .filter(|&&o| o > r0 && o < r0 + n)
+                            .map(|&o| o - r0),
+                    );
+                    chunk_offsets.push(n);
+                    linear_seqs(
                         attn,
                         n,
                         &layer.inter,
                         Epilogue::BiasGelu(&layer.inter_b),
                         &mut st.ffn[..n * inter],
+                        &chunk_offsets,
                     );
-                    linear(
+                    linear_seqs(
                         &st.ffn[..n * inter],
                         n,
                         &layer.out,
                         Epilogue::BiasResidual(&layer.out_b, attn),
                         &mut st.x[x.clone()],
+                        &chunk_offsets,
                     );
                     layer_norm_rows(
                         &mut st.x[x],
@@ -814,13 +865,13 @@ mod tests {
     }
 
     /// A batch whose layers run in several groups gives every sequence the hidden states it
-    /// gets alone (fp32 and bf16 weights).
+    /// gets alone (fp32, bf16 and int8 weights).
     #[test]
     fn grouped_layers_equal_sequences_run_alone() {
         let mut cfg = ModelConfig::xsmall();
         cfg.num_layers = 2;
-        for bf16 in [false, true] {
-            let model = CpuModel::new(cfg.clone(), HostWeights::random(&cfg, 7), 512, bf16);
+        for precision in [Precision::F32, Precision::BF16, Precision::INT8] {
+            let model = CpuModel::new(cfg.clone(), HostWeights::random(&cfg, 7), 512, precision);
             let mut seed = 0x2545_F491_4F6C_DD1Du64;
             let seqs: Vec<Vec<u32>> = [300, 5, 400, 130, 512, 64, 64]
                 .iter()
@@ -853,7 +904,7 @@ mod tests {
                     .fold(0.0f32, f32::max);
                 assert!(
                     worst <= 1e-5,
-                    "sequence {s} (bf16 {bf16}): max |diff| {worst}"
+                    "sequence {s} ({precision}): max |diff| {worst}"
                 );
             }
         }

@@ -18,7 +18,7 @@ use std::process::Command;
 use common::{fixtures, max_abs_diff};
 use deberta_embed::server::ServerOptions;
 use deberta_embed::tokenize::TextTokenizer;
-use deberta_embed::{Device, Embedder, EmbedderOptions};
+use deberta_embed::{Device, Embedder, EmbedderOptions, Precision};
 use safetensors::SafeTensors;
 use serde_json::{json, Value};
 use test_server::TestServer;
@@ -279,6 +279,32 @@ fn embeddings_equal_sentence_transformers_through_the_library() {
         for (i, t) in toks.iter().enumerate() {
             assert_eq!(t.ids, r.hub_ids[i], "{v} #{i}");
         }
+    }
+}
+
+/// The opt-in low precisions on the real-tokenizer checkpoint (real text, STS-B sentences):
+/// cosine >= 0.999 to the fp32 sentence-transformers embeddings, sentence by sentence.
+#[test]
+fn low_precision_embeddings_stay_within_cosine_0_999() {
+    let r = RealTok::load();
+    let (n, dim, want) = r.embeddings();
+    let texts = &r.texts()[..n];
+    let d = r.variant_dir("hub");
+    for precision in [Precision::BF16, Precision::INT8] {
+        let opts = EmbedderOptions {
+            threads: Some(2),
+            precision,
+            ..Default::default()
+        };
+        let e = Embedder::load_with(d.path(), Device::Cpu, opts).unwrap();
+        let got = e.encode(texts).unwrap();
+        let mut worst = 1.0f64;
+        for i in 0..n {
+            let c = common::cosine(got.row(i), &want[i * dim..(i + 1) * dim]);
+            assert!(c >= 0.999, "{precision}: sentence {i} cosine {c}");
+            worst = worst.min(c);
+        }
+        eprintln!("{precision}: {n} sentences, min cosine vs sentence-transformers {worst:.6}");
     }
 }
 

@@ -69,15 +69,14 @@ fn embeddings_match_sentence_transformers() {
     }
 }
 
-/// The opt-in bf16 weight storage (`--dtype bf16` on the CPU): cosine >= 0.999 to the fp32
-/// sentence-transformers embeddings on every fixture model.
-#[test]
-fn bf16_weights_stay_within_cosine_0_999() {
+/// The opt-in low precisions on the CPU keep cosine >= 0.999 to the fp32 sentence-transformers
+/// embeddings on every fixture model.
+fn low_precision_stays_within_cosine_0_999(precision: Precision) {
     for name in model_names() {
         let r = Reference::load(&name);
         let want = r.embeddings();
         let opts = EmbedderOptions {
-            precision: Precision::BF16,
+            precision,
             ..Default::default()
         };
         let e = Embedder::load_with(r.model_dir(), Device::Cpu, opts)
@@ -87,11 +86,28 @@ fn bf16_weights_stay_within_cosine_0_999() {
         let mut worst = 1.0f64;
         for i in 0..texts.len() {
             let c = cosine(got.row(i), &want[i * r.dim..(i + 1) * r.dim]);
-            assert!(c >= 0.999, "{name}: sentence {i} bf16 cosine {c}");
+            assert!(c >= 0.999, "{name}: sentence {i} {precision} cosine {c}");
             worst = worst.min(c);
         }
-        eprintln!("{name}: bf16 weights: min cosine {worst:.6}");
+        eprintln!("{name}: {precision}: min cosine {worst:.6}");
     }
+}
+
+/// `--dtype bf16` on the CPU (bf16 weights).
+#[test]
+fn bf16_weights_stay_within_cosine_0_999() {
+    low_precision_stays_within_cosine_0_999(Precision::BF16);
+}
+
+/// `--dtype int8` on the CPU (int8 weights, inputs quantized per row; f32 on a CPU without an
+/// int8 kernel, see `int8_gemm_form`).
+#[test]
+fn int8_stays_within_cosine_0_999() {
+    eprintln!(
+        "int8 kernel: {:?}",
+        deberta_embed::backend::cpu::gemm::int8_gemm_form()
+    );
+    low_precision_stays_within_cosine_0_999(Precision::INT8);
 }
 
 #[test]

@@ -167,7 +167,8 @@ impl<'py> Progress<'py> {
 ///     checkpoint) or a Hugging Face hub id (`org/name`, fetched into the Hugging Face cache on
 ///     first use; `HF_HUB_OFFLINE=1` keeps to the cache).
 /// device: "cpu", or "cuda" / "cuda:N" in a build with the `cuda` feature.
-/// dtype: None or "f32" (exact), "bf16" (bf16-stored weights, fp32 arithmetic), "f16" (GPU).
+/// dtype: None or "f32" (exact), "bf16" (bf16 weights and inputs, fp32 sums), "int8" (CPU:
+///     int8 weights, inputs quantized per row, exact integer sums), "f16" (GPU).
 /// threads: worker threads of the forward (None: one per core).
 /// batch_size: default sentences per forward batch of `encode`.
 /// normalize: None follows the model (its Normalize module); True / False force L2

@@ -361,17 +361,9 @@ enum Storage {
     /// As `Bf16Pairs` with the pairs zero-padded to a multiple of 16 per panel and the panels
     /// 64-byte aligned, for the AMX kernel (`with_bf16_tiles`, see `amx.rs`).
     Bf16Tiles(Vec<Line>),
-    /// Quantized to int8 per output feature (`with_int8`, see `int8.rs`): panel `q` holds, for
-    /// each quad `qq` in `0..padded_quads(k)`, 32 words, word `c` = the four int8
-    /// `W[32q + c, 4qq .. 4qq + 4]` (byte `b` = k `4qq + b`; 0 past k and past n); 64-byte
-    /// aligned panels, read by both the AMX-INT8 and the VNNI kernel.
-    Int8 {
-        words: Vec<Line>,
-        /// `[panels * 32]`: each feature's scale (`W ~ scale * q`), 0 past n
-        scale: Vec<f32>,
-        /// `[panels * 32]`: each feature's sum of its int8 weights, 0 past n
-        colsum: Vec<i32>,
-    },
+    /// Quantized to int8 per output feature, with the rounding residual quantized once more
+    /// (`with_int8`, see `int8.rs`).
+    Int8(Box<int8::Int8Weight>),
 }
 
 /// Where a tile reads one k-block of W panels from.
@@ -434,7 +426,7 @@ impl PackedWeight {
                 .map(|&v| half::bf16::from_f32(v).to_bits())
                 .collect(),
             Storage::Bf16(bits) => bits.clone(),
-            Storage::Bf16Pairs(_) | Storage::Bf16Tiles(_) | Storage::Int8 { .. } => {
+            Storage::Bf16Pairs(_) | Storage::Bf16Tiles(_) | Storage::Int8(_) => {
                 return self.with_f32_storage().with_bf16_storage()
             }
         };
@@ -517,34 +509,17 @@ impl PackedWeight {
         let Storage::F32(lines) = &w.storage else {
             unreachable!("with_f32_storage gives f32 panels")
         };
+        // back to torch layout, one row per output feature
         let src = lines_as_slice(lines);
-        let (panels, k4p) = (n.div_ceil(NR), int8::padded_quads(k));
-        let mut words = vec![Line([0.0; 16]); panels * k4p * NR / 16];
-        let mut scale = vec![0.0f32; panels * NR];
-        let mut colsum = vec![0i32; panels * NR];
-        let dst = lines_as_mut_u32(&mut words);
-        let (mut row, mut q) = (vec![0.0f32; k], vec![0i8; k]);
-        for j in 0..n {
+        let mut rows = vec![0.0f32; n * k];
+        for (j, row) in rows.chunks_exact_mut(k.max(1)).enumerate().take(n) {
             let (p, c) = (j / NR, j % NR);
             for (pk, v) in row.iter_mut().enumerate() {
                 *v = src[(p * k + pk) * NR + c];
             }
-            scale[j] = int8::quantize_weight_row(&row, &mut q);
-            colsum[j] = q.iter().map(|&v| i32::from(v)).sum();
-            for (qq, quad) in q.chunks(4).enumerate() {
-                let mut b = [0u8; 4];
-                for (d, &v) in b.iter_mut().zip(quad) {
-                    *d = v as u8;
-                }
-                dst[(p * k4p + qq) * NR + c] = u32::from_le_bytes(b);
-            }
         }
         PackedWeight {
-            storage: Storage::Int8 {
-                words,
-                scale,
-                colsum,
-            },
+            storage: Storage::Int8(Box::new(int8::Int8Weight::new(&rows, n, k))),
             ..w
         }
     }
@@ -554,9 +529,9 @@ impl PackedWeight {
         let widen = |b: u16| f32::from_bits(u32::from(b) << 16);
         let floats: Vec<f32> = match &self.storage {
             Storage::F32(_) => return self,
-            Storage::Int8 { words, scale, .. } => {
+            Storage::Int8(w8) => {
                 let (k, k4p) = (self.k, int8::padded_quads(self.k));
-                let words = lines_as_u32_any(words);
+                let (words, scale) = (lines_as_u32_any(&w8.main.words), &w8.main.scale);
                 let mut out = vec![0.0; self.n.div_ceil(NR) * k * NR];
                 for (q, panel) in out.chunks_exact_mut((k * NR).max(1)).enumerate() {
                     for (pk, row) in panel.chunks_exact_mut(NR).enumerate() {
@@ -617,7 +592,7 @@ impl PackedWeight {
 
     /// Whether the weight is quantized to int8 (`with_int8`).
     pub fn is_int8(&self) -> bool {
-        matches!(self.storage, Storage::Int8 { .. })
+        matches!(self.storage, Storage::Int8(_))
     }
 
     /// Whether the weight is laid out for the AMX tile kernel (`with_bf16_tiles`).
@@ -635,7 +610,7 @@ impl PackedWeight {
             Storage::F32(lines) => WPanels::F32(lines_as_slice(lines)),
             Storage::Bf16(bits) => WPanels::Bf16(bits),
             Storage::Bf16Pairs(words) => WPanels::Pairs(words),
-            Storage::Bf16Tiles(_) | Storage::Int8 { .. } => {
+            Storage::Bf16Tiles(_) | Storage::Int8(_) => {
                 unreachable!("tile and int8 weights run on the tile driver (amx.rs)")
             }
         }
@@ -706,7 +681,29 @@ pub enum Epilogue<'a> {
 /// `out[m, n] = epilogue(x[m, k] . W^T)`. Panics if slice lengths disagree with the shapes
 /// (internal invariant: the model sizes every buffer).
 pub fn linear(x: &[f32], m: usize, w: &PackedWeight, ep: Epilogue<'_>, out: &mut [f32]) {
-    linear_with(simd_level(), x, m, w, ep, out)
+    linear_impl(simd_level(), x, m, w, ep, out, None)
+}
+
+/// [`linear`] on rows that form sequences (sequence `s` = rows `offsets[s] .. offsets[s + 1]`,
+/// the first offset 0 and the last `m`): int8 weights add each sequence's residual correction
+/// (see [`reference_linear_int8`]), which depends on the sequence's rows only, so a sequence
+/// gets the same result in any batch; other weights ignore the offsets. Panics on offsets that
+/// do not cover `0 .. m` in order.
+pub fn linear_seqs(
+    x: &[f32],
+    m: usize,
+    w: &PackedWeight,
+    ep: Epilogue<'_>,
+    out: &mut [f32],
+    offsets: &[usize],
+) {
+    assert!(
+        offsets.first() == Some(&0)
+            && offsets.last() == Some(&m)
+            && offsets.windows(2).all(|o| o[0] <= o[1]),
+        "sequence offsets must run from 0 to m in order"
+    );
+    linear_impl(simd_level(), x, m, w, ep, out, Some(offsets))
 }
 
 /// [`linear`] on a chosen kernel level (tests and benchmarks). Panics if this CPU cannot run
@@ -718,6 +715,19 @@ pub fn linear_with(
     w: &PackedWeight,
     ep: Epilogue<'_>,
     out: &mut [f32],
+) {
+    linear_impl(level, x, m, w, ep, out, None)
+}
+
+/// [`linear_with`], and for int8 weights the per-sequence corrections when `offsets` is given.
+fn linear_impl(
+    level: SimdLevel,
+    x: &[f32],
+    m: usize,
+    w: &PackedWeight,
+    ep: Epilogue<'_>,
+    out: &mut [f32],
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))] offsets: Option<&[usize]>,
 ) {
     let (n, k) = (w.n, w.k);
     assert!(
@@ -756,12 +766,13 @@ pub fn linear_with(
         match &w.storage {
             Storage::Bf16Tiles(lines) => {
                 let words = lines_as_u32(lines);
-                amx::linear(x, m, n, k, amx::TilePanels::Bf16(words), ep, out, threads);
+                let panels = amx::TilePanels::Bf16(words);
+                amx::linear(x, m, n, k, panels, ep, out, threads, None);
                 return;
             }
-            Storage::Int8 { .. } => {
+            Storage::Int8(_) => {
                 let amx = int8_gemm_form() == Int8Form::Tiles;
-                int8_linear(x, m, w, ep, out, amx, threads);
+                int8_linear(x, m, w, ep, out, amx, threads, offsets);
                 return;
             }
             _ => {}
@@ -834,9 +845,11 @@ pub fn linear_with(
 }
 
 /// [`linear`] for int8 weights (`with_int8`) on the AMX-INT8 kernel (`amx`) or the VNNI kernel,
-/// with `threads` participants (tests compare both on one CPU). `k > 0`; the caller checked
+/// with `threads` participants (tests compare both on one CPU); with `offsets`, the
+/// per-sequence residual corrections of [`reference_linear_int8`]. `k > 0`; the caller checked
 /// the shapes and that the kernel is available.
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
 fn int8_linear(
     x: &[f32],
     m: usize,
@@ -845,22 +858,51 @@ fn int8_linear(
     out: &mut [f32],
     amx: bool,
     threads: usize,
+    offsets: Option<&[usize]>,
 ) {
-    let Storage::Int8 {
-        words,
-        scale,
-        colsum,
-    } = &w.storage
-    else {
+    let Storage::Int8(w8) = &w.storage else {
         unreachable!("int8_linear is called with int8 weights")
     };
-    let panels = amx::TilePanels::Int8 {
-        words: lines_as_u32(words),
-        scale,
-        colsum,
-        amx,
+    let (n, k) = (w.n, w.k);
+    fn panels(p: &int8::Int8Panels, amx: bool) -> amx::TilePanels<'_> {
+        amx::TilePanels::Int8 {
+            words: lines_as_u32(&p.words),
+            scale: &p.scale,
+            colsum: &p.colsum,
+            amx,
+        }
+    }
+    let Some(offsets) = offsets else {
+        amx::linear(x, m, n, k, panels(&w8.main, amx), ep, out, threads, None);
+        return;
     };
-    amx::linear(x, m, w.n, w.k, panels, ep, out, threads);
+    let seqs = offsets.len().saturating_sub(1);
+    let mut means = vec![0.0f32; seqs * k];
+    int8::sequence_means(x, k, offsets, &mut means);
+    let mut values = vec![0.0f32; seqs * n];
+    if seqs > 0 {
+        amx::linear(
+            &means,
+            seqs,
+            n,
+            k,
+            panels(&w8.residual, amx),
+            Epilogue::None,
+            &mut values,
+            threads,
+            None,
+        );
+    }
+    let mut seq_of_row = vec![0u32; m];
+    for (s, o) in offsets.windows(2).enumerate() {
+        seq_of_row[o[0]..o[1]].fill(s as u32);
+    }
+    let fix = int8::Corrections {
+        values: &values,
+        seq_of_row: &seq_of_row,
+        n,
+    };
+    amx::linear(x, m, n, k, panels(&w8.main, amx), ep, out, threads, Some(fix));
 }
 
 /// Run the jobs `unit(0 .. units)`, then, once every one of them has finished, the jobs

@@ -99,6 +99,8 @@ impl From<crate::Precision> for Dtype {
             crate::Precision::F32 => Dtype::F32,
             crate::Precision::F16 => Dtype::F16,
             crate::Precision::BF16 => Dtype::BF16,
+            // (never asked for: `check_device` refuses int8 on CUDA before a device opens)
+            crate::Precision::INT8 => Dtype::F32,
         }
     }
 }

@@ -40,7 +40,7 @@ use std::arch::x86_64::__cpuid_count;
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
-use super::int8::{padded_quads, RowQuant};
+use super::int8::{padded_quads, Corrections, RowQuant};
 use super::{padded_pairs, run_jobs, Epilogue, Line, SharedPtr, SimdLevel, NR};
 
 /// Environment variable: `0`/`off`/`false` keeps weights off the tile unit (bf16 then runs on
@@ -192,7 +192,8 @@ thread_local! {
 }
 
 /// `out = epilogue(x . W^T)` with `w` the tile panels of an `[n, k]` weight (see the module
-/// docs and [`TilePanels`]).
+/// docs and [`TilePanels`]); for int8, `fix` adds per-sequence corrections before the
+/// epilogue (see `int8.rs`).
 ///
 /// # Panics
 /// If the kernel `w` asks for is not available (AMX-BF16 / AMX-INT8 with the tile permission,
@@ -208,6 +209,7 @@ pub(super) fn linear(
     ep: Epilogue<'_>,
     out: &mut [f32],
     threads: usize,
+    fix: Option<Corrections<'_>>,
 ) {
     match w {
         TilePanels::Bf16(_) => assert!(
@@ -234,6 +236,11 @@ pub(super) fn linear(
         assert!(scale.len() >= panels * NR && colsum.len() >= panels * NR);
     }
     assert!(x.len() >= m * k && out.len() >= m * n);
+    if let Some(f) = fix {
+        assert!(f.seq_of_row.len() >= m && f.n == n);
+        let seqs = f.values.len() / n.max(1);
+        assert!(f.seq_of_row[..m].iter().all(|&s| (s as usize) < seqs));
+    }
     let m_pad = m.div_ceil(BLOCK) * BLOCK;
     // Row blocks per tile: as many as the threads leave (each W panel is read once per tile
     // and then reused from L1 by every block of the tile, so more blocks mean fewer panel
@@ -333,6 +340,8 @@ pub(super) fn linear(
                             q,
                             &scale[p.j0..p.j0 + p.cols],
                             &colsum[p.j0..p.j0 + p.cols],
+                            fix,
+                            (p.i0, p.j0),
                         )
                     }
                 }

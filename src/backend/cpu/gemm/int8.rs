@@ -29,12 +29,98 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::{apply_epilogue_row, Epilogue};
+use super::{apply_epilogue_row, lines_as_mut_u32, Epilogue, Line, NR};
 
 /// Quads (groups of 4 values of k) of an int8 panel row: padded to a multiple of 16, the quads
 /// one AMX B tile holds (an A tile holds the 64 values of k they cover).
 pub(super) fn padded_quads(k: usize) -> usize {
     k.div_ceil(4).div_ceil(16) * 16
+}
+
+/// The int8 panels of one weight matrix (see `Storage::Int8` in `gemm.rs` for the layout).
+pub(super) struct Int8Panels {
+    /// `ceil(n / 32)` panels of `padded_quads(k)` rows of 32 words; word `c` of row `qq` of
+    /// panel `p` = the four int8 `W[32p + c, 4qq .. 4qq + 4]` (byte `b` = k `4qq + b`), zero
+    /// past k and past n; 64-byte aligned.
+    pub(super) words: Vec<Line>,
+    /// `[panels * 32]`: each feature's scale (`W ~ scale * q`), 0 past n
+    pub(super) scale: Vec<f32>,
+    /// `[panels * 32]`: each feature's sum of its int8 weights, 0 past n
+    pub(super) colsum: Vec<i32>,
+}
+
+impl Int8Panels {
+    /// Quantize the torch-layout `[n, k]` rows `w`; also returns each row's rounding residual
+    /// `W - scale * q` (`[n, k]`).
+    fn new(w: &[f32], n: usize, k: usize) -> (Int8Panels, Vec<f32>) {
+        let (panels, k4p) = (n.div_ceil(NR), padded_quads(k));
+        let mut words = vec![Line([0.0; 16]); panels * k4p * NR / 16];
+        let mut scale = vec![0.0f32; panels * NR];
+        let mut colsum = vec![0i32; panels * NR];
+        let mut residual = vec![0.0f32; n * k];
+        let dst = lines_as_mut_u32(&mut words);
+        let mut q = vec![0i8; k];
+        for j in 0..n {
+            let row = &w[j * k..(j + 1) * k];
+            let s = quantize_weight_row(row, &mut q);
+            (scale[j], colsum[j]) = (s, q.iter().map(|&v| i32::from(v)).sum());
+            for ((e, &v), &qv) in residual[j * k..(j + 1) * k].iter_mut().zip(row).zip(&q) {
+                *e = v - s * f32::from(qv);
+            }
+            let (p, c) = (j / NR, j % NR);
+            for (qq, quad) in q.chunks(4).enumerate() {
+                let mut b = [0u8; 4];
+                for (d, &v) in b.iter_mut().zip(quad) {
+                    *d = v as u8;
+                }
+                dst[(p * k4p + qq) * NR + c] = u32::from_le_bytes(b);
+            }
+        }
+        (
+            Int8Panels {
+                words,
+                scale,
+                colsum,
+            },
+            residual,
+        )
+    }
+}
+
+/// An int8 weight: the quantized matrix `Q` and its rounding residual `R = W - scale * Q`,
+/// quantized the same way. The residual corrects what the rounding does to every token of a
+/// sequence alike (see [`reference_linear_int8`]).
+pub(super) struct Int8Weight {
+    pub(super) main: Int8Panels,
+    pub(super) residual: Int8Panels,
+}
+
+impl Int8Weight {
+    /// Quantize the torch-layout `[n, k]` weight `w`.
+    pub(super) fn new(w: &[f32], n: usize, k: usize) -> Int8Weight {
+        let (main, residual) = Int8Panels::new(w, n, k);
+        let (residual, _) = Int8Panels::new(&residual, n, k);
+        Int8Weight { main, residual }
+    }
+}
+
+/// The mean of each sequence's rows of `x` (`[m, k]`, sequence `s` = rows
+/// `offsets[s] .. offsets[s + 1]`) into `dst` (`[sequences, k]`): summed in row order, then
+/// divided by the row count (an empty sequence gives zeros).
+pub(super) fn sequence_means(x: &[f32], k: usize, offsets: &[usize], dst: &mut [f32]) {
+    for (s, w) in offsets.windows(2).enumerate() {
+        let mean = &mut dst[s * k..(s + 1) * k];
+        mean.fill(0.0);
+        for row in x[w[0] * k..w[1] * k].chunks_exact(k.max(1)) {
+            for (a, &v) in mean.iter_mut().zip(row) {
+                *a += v;
+            }
+        }
+        let count = (w[1] - w[0]).max(1) as f32;
+        for a in mean.iter_mut() {
+            *a /= count;
+        }
+    }
 }
 
 /// Scale and zero point of one quantized row of x: `x ~ scale * (q - zero)`.
@@ -121,23 +207,53 @@ pub(super) fn quantize_activation_row(x: &[f32], dst: &mut [u8]) -> RowQuant {
 
 /// `out[i, j] = f32(acc - zero_i * colsum_j) * (scale_i * wscale_j)` for one row of a block
 /// (the dequantization every int8 kernel ends with; `acc` holds i32 bits in f32 slots, in
-/// place).
+/// place), plus `fix[j]` where the row's sequence has a correction.
 #[inline(always)]
-pub(super) fn dequantize_row(row: &mut [f32], q: RowQuant, wscale: &[f32], colsum: &[i32]) {
+pub(super) fn dequantize_row(
+    row: &mut [f32],
+    q: RowQuant,
+    wscale: &[f32],
+    colsum: &[i32],
+    fix: Option<&[f32]>,
+) {
     for ((v, &sw), &cw) in row.iter_mut().zip(wscale).zip(colsum) {
         let acc = v.to_bits() as i32;
         *v = (acc.wrapping_sub(q.zero.wrapping_mul(cw))) as f32 * (q.scale * sw);
     }
+    if let Some(fix) = fix {
+        for (v, &f) in row.iter_mut().zip(fix) {
+            *v += f;
+        }
+    }
 }
 
-/// [`dequantize_row`] over `rows` rows of a scratch block (row stride `lds`), compiled for
-/// AVX-512 so the loop vectorizes.
+/// Per-sequence corrections of an int8 product: `values` (`[sequences, n]`) is added to every
+/// row of sequence `seq_of_row[i]`.
+#[derive(Clone, Copy)]
+pub(super) struct Corrections<'a> {
+    pub(super) values: &'a [f32],
+    pub(super) seq_of_row: &'a [u32],
+    pub(super) n: usize,
+}
+
+impl<'a> Corrections<'a> {
+    /// Row `i`'s correction, columns `j0 .. j0 + cols`.
+    pub(super) fn row(self, i: usize, j0: usize, cols: usize) -> &'a [f32] {
+        let s = self.seq_of_row[i] as usize;
+        &self.values[s * self.n + j0..][..cols]
+    }
+}
+
+/// [`dequantize_row`] over `rows` rows of a scratch block (row stride `lds`; output rows
+/// `i0 ..`, columns `j0 ..`, for the corrections), compiled for AVX-512 so the loop
+/// vectorizes.
 ///
 /// # Safety
 /// AVX-512F available; `s` valid for `rows` rows of `wscale.len()` (<= lds) values, not
 /// accessed otherwise meanwhile; `quant.len() >= rows`; `colsum.len() >= wscale.len()`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn dequantize_block_avx512(
     s: *mut f32,
     lds: usize,
@@ -145,11 +261,14 @@ pub(super) unsafe fn dequantize_block_avx512(
     quant: &[RowQuant],
     wscale: &[f32],
     colsum: &[i32],
+    fix: Option<Corrections<'_>>,
+    (i0, j0): (usize, usize),
 ) {
     for (r, &q) in quant[..rows].iter().enumerate() {
         // SAFETY: row r of the block, wscale.len() values (contract).
         let row = unsafe { std::slice::from_raw_parts_mut(s.add(r * lds), wscale.len()) };
-        dequantize_row(row, q, wscale, colsum);
+        let fix = fix.map(|f| f.row(i0 + r, j0, wscale.len()));
+        dequantize_row(row, q, wscale, colsum, fix);
     }
 }
 
@@ -274,6 +393,14 @@ unsafe fn vnni_tile<const MR: usize>(a: *const u8, b: *const u32, steps: usize, 
 /// by the same functions the kernels use, `sum_p (qx - zx) * qw` summed directly (not through
 /// the column-sum correction the kernels use), then the dequantization and the epilogue. `w`
 /// is the torch-layout `[n, k]` weight. The reference for the int8 kernels' tests.
+///
+/// With `offsets` (sequence `s` = rows `offsets[s] .. offsets[s + 1]`, the last offset `m`),
+/// each sequence's rows also get `R . mean(x)` added before the epilogue: the rounding
+/// residual `R = W - scale * Q` (itself quantized per feature) times the mean of the
+/// sequence's rows (quantized as a row of x). Rounding W moves every token of a sequence by
+/// `-R . x`; its shared part `-R . mean(x)` would survive mean pooling, token by token
+/// deviations mostly average out.
+#[allow(clippy::too_many_arguments)]
 pub fn reference_linear_int8(
     x: &[f32],
     m: usize,
@@ -282,22 +409,54 @@ pub fn reference_linear_int8(
     k: usize,
     ep: Epilogue<'_>,
     out: &mut [f32],
+    offsets: Option<&[usize]>,
 ) {
     assert!(x.len() >= m * k && w.len() >= n * k && out.len() >= m * n);
-    let mut qw = vec![0i8; n * k];
-    let sw: Vec<f32> = (0..n)
-        .map(|j| quantize_weight_row(&w[j * k..(j + 1) * k], &mut qw[j * k..(j + 1) * k]))
-        .collect();
-    let mut qx = vec![0u8; k];
-    for i in 0..m {
-        let q = quantize_activation_row(&x[i * k..(i + 1) * k], &mut qx);
-        for j in 0..n {
-            let mut acc = 0i32;
-            for p in 0..k {
-                acc += (i32::from(qx[p]) - q.zero) * i32::from(qw[j * k + p]);
-            }
-            out[i * n + j] = acc as f32 * (q.scale * sw[j]);
+    let quantize = |w: &[f32]| {
+        let mut q = vec![0i8; n * k];
+        let s: Vec<f32> = (0..n)
+            .map(|j| quantize_weight_row(&w[j * k..(j + 1) * k], &mut q[j * k..(j + 1) * k]))
+            .collect();
+        (q, s)
+    };
+    let (qw, sw) = quantize(w);
+    let mut residual = vec![0.0f32; n * k];
+    for j in 0..n {
+        for p in 0..k {
+            residual[j * k + p] = w[j * k + p] - sw[j] * f32::from(qw[j * k + p]);
         }
+    }
+    let (qr, sr) = quantize(&residual);
+    // the product of quantized rows `x` (`[rows, k]`) and a quantized weight, dequantized
+    let product = |x: &[f32], rows: usize, q: &[i8], s: &[f32], out: &mut [f32]| {
+        let mut qx = vec![0u8; k];
+        for i in 0..rows {
+            let rq = quantize_activation_row(&x[i * k..(i + 1) * k], &mut qx);
+            for j in 0..n {
+                let mut acc = 0i32;
+                for p in 0..k {
+                    acc += (i32::from(qx[p]) - rq.zero) * i32::from(q[j * k + p]);
+                }
+                out[i * n + j] = acc as f32 * (rq.scale * s[j]);
+            }
+        }
+    };
+    product(x, m, &qw, &sw, out);
+    if let Some(offsets) = offsets {
+        let seqs = offsets.len().saturating_sub(1);
+        let mut means = vec![0.0f32; seqs * k];
+        sequence_means(x, k, offsets, &mut means);
+        let mut fix = vec![0.0f32; seqs * n];
+        product(&means, seqs, &qr, &sr, &mut fix);
+        for (s, o) in offsets.windows(2).enumerate() {
+            for i in o[0]..o[1] {
+                for j in 0..n {
+                    out[i * n + j] += fix[s * n + j];
+                }
+            }
+        }
+    }
+    for i in 0..m {
         apply_epilogue_row::<false>(ep, &mut out[i * n..(i + 1) * n], i, 0, n);
     }
 }

@@ -474,7 +474,13 @@ fn int8_kernels() -> Vec<(&'static str, bool)> {
 /// with one, only the epilogue's vectorized arithmetic (fused multiply-adds in GELU) differs.
 /// Also bounds the distance to the f32 product by the quantization steps.
 #[cfg(target_arch = "x86_64")]
-fn check_int8_shape(m: usize, n: usize, k: usize, kernels: &[(&'static str, bool)]) {
+fn check_int8_shape(
+    m: usize,
+    n: usize,
+    k: usize,
+    kernels: &[(&'static str, bool)],
+    offsets: Option<&[usize]>,
+) {
     let mut rng = Rng(0x51ED_270B ^ ((m * 1_000_003 + n * 1009 + k) as u64));
     let mut x = rng.vec(m * k);
     // a few outliers, as activations have
@@ -496,8 +502,8 @@ fn check_int8_shape(m: usize, n: usize, k: usize, kernels: &[(&'static str, bool
     reference_linear(&x, m, &w, n, k, Epilogue::None, &mut f32_out);
     for &(name, ep) in &eps {
         let mut want = vec![0.0f32; m * n];
-        reference_linear_int8(&x, m, &w, n, k, ep, &mut want);
-        if name == "none" {
+        reference_linear_int8(&x, m, &w, n, k, ep, &mut want, offsets);
+        if name == "none" && offsets.is_none() {
             // Quantization error bound: x = x^ + ex with |ex| <= sx / 2 (x inside its row's
             // range), w = w^ + ew with |ew| <= sw / 2, so |x.w - x^.w^| <= sx/2 sum|w| +
             // sw/2 sum|x^| (plus f32 rounding of the sums).
@@ -525,7 +531,7 @@ fn check_int8_shape(m: usize, n: usize, k: usize, kernels: &[(&'static str, bool
             for (threads, _) in pools() {
                 let mut got = vec![f32::NAN; m * n + 1];
                 got[m * n] = 7.0;
-                int8_linear(&x, m, &packed, ep, &mut got, amx, threads);
+                int8_linear(&x, m, &packed, ep, &mut got, amx, threads, offsets);
                 assert_eq!(got[m * n], 7.0, "{kernel} {name} wrote past m*n");
                 for idx in 0..m * n {
                     let (g, e) = (got[idx], want[idx]);
@@ -555,15 +561,21 @@ fn gemm_int8_kernels_match_reference() {
         return;
     }
     for m in [1, 16, 31, 32, 33, 129, 300] {
+        // one sequence, and uneven sequences (an empty one among them)
+        let split = [0, m / 3, m / 3, m / 2 + 1, m].map(|o| o.min(m));
         for n in [5, 32, 383, 384] {
             for k in [1, 3, 63, 64, 65, 384, 999] {
-                check_int8_shape(m, n, k, &kernels);
+                check_int8_shape(m, n, k, &kernels, None);
+                check_int8_shape(m, n, k, &kernels, Some(&[0, m]));
+                check_int8_shape(m, n, k, &kernels, Some(&split));
             }
         }
     }
     // the xsmall model's shapes: fused QKV, FFN in and out, 1 sentence and a batch
     for (m, n, k) in [(16, 1152, 384), (256, 1536, 384), (100, 384, 1536)] {
-        check_int8_shape(m, n, k, &kernels);
+        check_int8_shape(m, n, k, &kernels, None);
+        let seqs: Vec<usize> = (0..=m).step_by(16).chain([m]).collect();
+        check_int8_shape(m, n, k, &kernels, Some(&seqs));
     }
 }
 
@@ -581,8 +593,19 @@ fn gemm_int8_dispatch() {
     let packed = PackedWeight::new(&w, n, k).with_int8();
     let (mut got, mut want) = (vec![0.0; m * n], vec![0.0; m * n]);
     linear(&x, m, &packed, Epilogue::None, &mut got);
-    reference_linear_int8(&x, m, &w, n, k, Epilogue::None, &mut want);
+    reference_linear_int8(&x, m, &w, n, k, Epilogue::None, &mut want, None);
     assert_eq!(got, want);
+    // with sequences: the corrections of the reference
+    let offsets = [0, 7, 7, 30, 40];
+    linear_seqs(&x, m, &packed, Epilogue::None, &mut got, &offsets);
+    reference_linear_int8(&x, m, &w, n, k, Epilogue::None, &mut want, Some(&offsets));
+    assert_eq!(got, want);
+    // f32 weights ignore the offsets
+    let f = PackedWeight::new(&w, n, k);
+    let mut plain = vec![0.0; m * n];
+    linear(&x, m, &f, Epilogue::None, &mut plain);
+    linear_seqs(&x, m, &f, Epilogue::None, &mut got, &offsets);
+    assert_eq!(got, plain);
     // k = 0: no products, the epilogue alone
     let empty = PackedWeight::new(&[], 3, 0).with_int8();
     let mut out = vec![1.0; 2 * 3];
@@ -604,13 +627,26 @@ fn int8_weight_quantization() {
     let (n, k) = (37, 70);
     let w = Rng(3).vec(n * k);
     let packed = PackedWeight::new(&w, n, k).with_int8();
-    let Storage::Int8 { scale, colsum, .. } = &packed.storage else {
+    let Storage::Int8(w8) = &packed.storage else {
         panic!("with_int8 gives int8 panels")
     };
-    let (scale, colsum) = (scale.clone(), colsum.clone());
+    let (scale, colsum) = (w8.main.scale.clone(), w8.main.colsum.clone());
+    // the residual panels hold W - scale * q, quantized the same way
+    let mut resid = vec![0.0f32; n * k];
+    let mut qrow = vec![0i8; k];
+    for j in 0..n {
+        let row = &w[j * k..(j + 1) * k];
+        let s = int8::quantize_weight_row(row, &mut qrow);
+        for p in 0..k {
+            resid[j * k + p] = row[p] - s * f32::from(qrow[p]);
+        }
+        let sr = int8::quantize_weight_row(&resid[j * k..(j + 1) * k], &mut qrow);
+        assert_eq!(w8.residual.scale[j], sr);
+        assert!(sr <= s / 2.0 / 127.0 * 1.0001, "residual scale {sr} vs {s}");
+        assert_eq!(w8.residual.colsum[j], qrow.iter().map(|&v| i32::from(v)).sum::<i32>());
+    }
     assert!(scale[n..].iter().all(|&s| s == 0.0) && colsum[n..].iter().all(|&c| c == 0));
     let back = packed.with_bf16_storage().with_f32_storage();
-    let mut qrow = vec![0i8; k];
     let direct = PackedWeight::new(&w, n, k);
     let (Storage::F32(b), Storage::F32(d)) = (&back.storage, &direct.storage) else {
         panic!("f32 panels")
@@ -681,13 +717,44 @@ fn gemm_int8_propagates_non_finite() {
     x[k + 3] = f32::INFINITY;
     let packed = PackedWeight::new(&w, n, k).with_int8();
     let mut want = vec![0.0; m * n];
-    reference_linear_int8(&x, m, &w, n, k, Epilogue::None, &mut want);
+    reference_linear_int8(&x, m, &w, n, k, Epilogue::None, &mut want, None);
     let nan_at = |out: &[f32]| -> Vec<bool> { out.iter().map(|v| v.is_nan()).collect() };
     let expect: Vec<bool> = (0..m * n).map(|i| i / n == 1 || i % n == 2).collect();
     assert_eq!(nan_at(&want), expect);
     for (kernel, amx) in kernels {
         let mut got = vec![0.0; m * n];
-        int8_linear(&x, m, &packed, Epilogue::None, &mut got, amx, 1);
+        int8_linear(&x, m, &packed, Epilogue::None, &mut got, amx, 1, None);
         assert_eq!(nan_at(&got), expect, "{kernel}");
     }
+}
+
+/// What the per-sequence corrections are for: the rounding of W moves every row of a sequence
+/// alike, which mean pooling keeps; with the corrections, the mean of a sequence's outputs is
+/// far closer to the f32 one (here rows sharing a common part, as a sentence's tokens do).
+#[test]
+fn int8_corrections_cancel_the_shared_rounding_error() {
+    let (m, n, k) = (64, 96, 384);
+    let mut rng = Rng(21);
+    let common = rng.vec(k);
+    let x: Vec<f32> = (0..m * k).map(|i| common[i % k] + 0.3 * rng.f32()).collect();
+    let w: Vec<f32> = rng.vec(n * k).iter().map(|v| 0.05 * v).collect();
+    let mean_rows = |out: &[f32]| -> Vec<f64> {
+        (0..n)
+            .map(|j| (0..m).map(|i| f64::from(out[i * n + j])).sum::<f64>() / m as f64)
+            .collect()
+    };
+    let dist = |a: &[f64], b: &[f64]| -> f64 {
+        a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt()
+    };
+    let mut exact = vec![0.0; m * n];
+    reference_linear(&x, m, &w, n, k, Epilogue::None, &mut exact);
+    let (mut plain, mut fixed) = (vec![0.0; m * n], vec![0.0; m * n]);
+    reference_linear_int8(&x, m, &w, n, k, Epilogue::None, &mut plain, None);
+    reference_linear_int8(&x, m, &w, n, k, Epilogue::None, &mut fixed, Some(&[0, m]));
+    let e = mean_rows(&exact);
+    let (d_plain, d_fixed) = (dist(&mean_rows(&plain), &e), dist(&mean_rows(&fixed), &e));
+    assert!(
+        d_fixed * 5.0 < d_plain,
+        "pooled error with corrections {d_fixed:e}, without {d_plain:e}"
+    );
 }
