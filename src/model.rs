@@ -11,15 +11,14 @@ use rayon::prelude::*;
 
 use crate::backend::cpu::attention::{self, AttentionParams, PosTable};
 use crate::backend::cpu::gemm::{
-    bf16_gemm_form, int8_gemm_form, linear, linear_seqs, Bf16Form, Epilogue, Int8Form,
-    PackedWeight,
+    bf16_gemm_form, int8_gemm_form, linear, linear_seqs, Bf16Form, Epilogue, Int8Form, PackedWeight,
 };
-use crate::Precision;
 use crate::backend::cpu::ops::{conv1d_act_into, layer_norm_rows};
 use crate::checkpoint::{Checkpoint, F32Tensor};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::relpos::RelPosTable;
+use crate::Precision;
 
 /// One encoder layer's weights as stored by torch (Linear weights are [out, in]).
 pub struct HostLayer {

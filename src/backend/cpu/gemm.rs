@@ -902,7 +902,17 @@ fn int8_linear(
         seq_of_row: &seq_of_row,
         n,
     };
-    amx::linear(x, m, n, k, panels(&w8.main, amx), ep, out, threads, Some(fix));
+    amx::linear(
+        x,
+        m,
+        n,
+        k,
+        panels(&w8.main, amx),
+        ep,
+        out,
+        threads,
+        Some(fix),
+    );
 }
 
 /// Run the jobs `unit(0 .. units)`, then, once every one of them has finished, the jobs

@@ -537,38 +537,38 @@ unsafe fn tile_block<const INT8: bool>(
         ($dot:literal) => {
             kernel!(
                 $dot,
-            "prefetcht1 [{pf} + 0]",
-            "prefetcht1 [{pf} + 64]",
-            "prefetcht1 [{pf} + 128]",
-            "prefetcht1 [{pf} + 192]",
-            "prefetcht1 [{pf} + 256]",
-            "prefetcht1 [{pf} + 320]",
-            "prefetcht1 [{pf} + 384]",
-            "prefetcht1 [{pf} + 448]",
-            "prefetcht1 [{pf} + 512]",
-            "prefetcht1 [{pf} + 576]",
-            "prefetcht1 [{pf} + 640]",
-            "prefetcht1 [{pf} + 704]",
-            "prefetcht1 [{pf} + 768]",
-            "prefetcht1 [{pf} + 832]",
-            "prefetcht1 [{pf} + 896]",
-            "prefetcht1 [{pf} + 960]",
-            "prefetcht1 [{pf} + 1024]",
-            "prefetcht1 [{pf} + 1088]",
-            "prefetcht1 [{pf} + 1152]",
-            "prefetcht1 [{pf} + 1216]",
-            "prefetcht1 [{pf} + 1280]",
-            "prefetcht1 [{pf} + 1344]",
-            "prefetcht1 [{pf} + 1408]",
-            "prefetcht1 [{pf} + 1472]",
-            "prefetcht1 [{pf} + 1536]",
-            "prefetcht1 [{pf} + 1600]",
-            "prefetcht1 [{pf} + 1664]",
-            "prefetcht1 [{pf} + 1728]",
-            "prefetcht1 [{pf} + 1792]",
-            "prefetcht1 [{pf} + 1856]",
-            "prefetcht1 [{pf} + 1920]",
-            "prefetcht1 [{pf} + 1984]",
+                "prefetcht1 [{pf} + 0]",
+                "prefetcht1 [{pf} + 64]",
+                "prefetcht1 [{pf} + 128]",
+                "prefetcht1 [{pf} + 192]",
+                "prefetcht1 [{pf} + 256]",
+                "prefetcht1 [{pf} + 320]",
+                "prefetcht1 [{pf} + 384]",
+                "prefetcht1 [{pf} + 448]",
+                "prefetcht1 [{pf} + 512]",
+                "prefetcht1 [{pf} + 576]",
+                "prefetcht1 [{pf} + 640]",
+                "prefetcht1 [{pf} + 704]",
+                "prefetcht1 [{pf} + 768]",
+                "prefetcht1 [{pf} + 832]",
+                "prefetcht1 [{pf} + 896]",
+                "prefetcht1 [{pf} + 960]",
+                "prefetcht1 [{pf} + 1024]",
+                "prefetcht1 [{pf} + 1088]",
+                "prefetcht1 [{pf} + 1152]",
+                "prefetcht1 [{pf} + 1216]",
+                "prefetcht1 [{pf} + 1280]",
+                "prefetcht1 [{pf} + 1344]",
+                "prefetcht1 [{pf} + 1408]",
+                "prefetcht1 [{pf} + 1472]",
+                "prefetcht1 [{pf} + 1536]",
+                "prefetcht1 [{pf} + 1600]",
+                "prefetcht1 [{pf} + 1664]",
+                "prefetcht1 [{pf} + 1728]",
+                "prefetcht1 [{pf} + 1792]",
+                "prefetcht1 [{pf} + 1856]",
+                "prefetcht1 [{pf} + 1920]",
+                "prefetcht1 [{pf} + 1984]",
             )
         };
     }
@@ -585,7 +585,14 @@ unsafe fn tile_block<const INT8: bool>(
 /// # Safety
 /// As [`tile_block`], with AMX-BF16.
 #[inline]
-unsafe fn block_bf16(a: *const u8, b: *const u32, steps: usize, c: *mut f32, ldc: usize, prefetch: Option<*const u32>) {
+unsafe fn block_bf16(
+    a: *const u8,
+    b: *const u32,
+    steps: usize,
+    c: *mut f32,
+    ldc: usize,
+    prefetch: Option<*const u32>,
+) {
     // SAFETY: forwarded contract.
     unsafe { tile_block::<false>(a, b, steps, c, ldc, prefetch) }
 }
@@ -595,7 +602,14 @@ unsafe fn block_bf16(a: *const u8, b: *const u32, steps: usize, c: *mut f32, ldc
 /// # Safety
 /// As [`tile_block`], with AMX-INT8.
 #[inline]
-unsafe fn block_int8(a: *const u8, b: *const u32, steps: usize, c: *mut f32, ldc: usize, prefetch: Option<*const u32>) {
+unsafe fn block_int8(
+    a: *const u8,
+    b: *const u32,
+    steps: usize,
+    c: *mut f32,
+    ldc: usize,
+    prefetch: Option<*const u32>,
+) {
     // SAFETY: forwarded contract.
     unsafe { tile_block::<true>(a, b, steps, c, ldc, prefetch) }
 }

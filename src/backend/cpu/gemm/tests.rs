@@ -616,7 +616,10 @@ fn gemm_int8_dispatch() {
 #[test]
 fn int8_weight_quantization() {
     let mut q = [0i8; 5];
-    assert_eq!(int8::quantize_weight_row(&[0.5, -1.0, 0.25, 0.0, 1.0], &mut q), 1.0 / 127.0);
+    assert_eq!(
+        int8::quantize_weight_row(&[0.5, -1.0, 0.25, 0.0, 1.0], &mut q),
+        1.0 / 127.0
+    );
     assert_eq!(q, [64, -127, 32, 0, 127]);
     assert_eq!(int8::quantize_weight_row(&[0.0; 5], &mut q), 0.0);
     assert_eq!(q, [0; 5]);
@@ -643,7 +646,10 @@ fn int8_weight_quantization() {
         let sr = int8::quantize_weight_row(&resid[j * k..(j + 1) * k], &mut qrow);
         assert_eq!(w8.residual.scale[j], sr);
         assert!(sr <= s / 2.0 / 127.0 * 1.0001, "residual scale {sr} vs {s}");
-        assert_eq!(w8.residual.colsum[j], qrow.iter().map(|&v| i32::from(v)).sum::<i32>());
+        assert_eq!(
+            w8.residual.colsum[j],
+            qrow.iter().map(|&v| i32::from(v)).sum::<i32>()
+        );
     }
     assert!(scale[n..].iter().all(|&s| s == 0.0) && colsum[n..].iter().all(|&c| c == 0));
     let back = packed.with_bf16_storage().with_f32_storage();
@@ -656,8 +662,8 @@ fn int8_weight_quantization() {
         let s = int8::quantize_weight_row(&w[j * k..(j + 1) * k], &mut qrow);
         assert_eq!(s, scale[j]);
         assert_eq!(colsum[j], qrow.iter().map(|&v| i32::from(v)).sum::<i32>());
-        for p in 0..k {
-            let (q_at, idx) = (f32::from(qrow[p]) * s, (j / NR * k + p) * NR + j % NR);
+        for (p, &qv) in qrow.iter().enumerate() {
+            let (q_at, idx) = (f32::from(qv) * s, (j / NR * k + p) * NR + j % NR);
             // (via bf16 storage: the dequantized value rounded to bf16)
             assert_eq!(b[idx], half::bf16::from_f32(q_at).to_f32());
             assert!((d[idx] - q_at).abs() <= s / 2.0 + 1e-7);
@@ -699,7 +705,10 @@ fn int8_activation_quantization() {
         let r = int8::quantize_activation_row(&x, &mut q);
         for (&v, &b) in x.iter().zip(&q) {
             let back = r.scale * (i32::from(b) - r.zero) as f32;
-            assert!((back - v).abs() <= r.scale * 0.5001, "len {len}: {v} -> {back}");
+            assert!(
+                (back - v).abs() <= r.scale * 0.5001,
+                "len {len}: {v} -> {back}"
+            );
         }
     }
 }
@@ -736,7 +745,9 @@ fn int8_corrections_cancel_the_shared_rounding_error() {
     let (m, n, k) = (64, 96, 384);
     let mut rng = Rng(21);
     let common = rng.vec(k);
-    let x: Vec<f32> = (0..m * k).map(|i| common[i % k] + 0.3 * rng.f32()).collect();
+    let x: Vec<f32> = (0..m * k)
+        .map(|i| common[i % k] + 0.3 * rng.f32())
+        .collect();
     let w: Vec<f32> = rng.vec(n * k).iter().map(|v| 0.05 * v).collect();
     let mean_rows = |out: &[f32]| -> Vec<f64> {
         (0..n)
@@ -744,7 +755,11 @@ fn int8_corrections_cancel_the_shared_rounding_error() {
             .collect()
     };
     let dist = |a: &[f64], b: &[f64]| -> f64 {
-        a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt()
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).powi(2))
+            .sum::<f64>()
+            .sqrt()
     };
     let mut exact = vec![0.0; m * n];
     reference_linear(&x, m, &w, n, k, Epilogue::None, &mut exact);
@@ -757,4 +772,33 @@ fn int8_corrections_cancel_the_shared_rounding_error() {
         d_fixed * 5.0 < d_plain,
         "pooled error with corrections {d_fixed:e}, without {d_plain:e}"
     );
+}
+
+/// The vectorized row quantization (what the kernels run) equals the scalar definition, byte
+/// for byte, on rows of every remainder length, with outliers, constant rows and non-finite
+/// values.
+#[test]
+fn int8_vector_quantization_equals_scalar() {
+    let mut rng = Rng(99);
+    let mut rows: Vec<Vec<f32>> = (1..70).map(|len| rng.vec(len)).collect();
+    rows.push(
+        (0..384)
+            .map(|i| if i == 17 { 40.0 } else { rng.f32() })
+            .collect(),
+    );
+    rows.push(vec![0.0; 33]);
+    rows.push(vec![-2.5; 20]);
+    rows.push(vec![1e-30; 18]);
+    rows.push([1.0, f32::NAN, 3.0].repeat(7));
+    rows.push([1.0, f32::INFINITY].repeat(9));
+    rows.push((0..1536).map(|_| 3.0 * rng.f32() - 1.0).collect());
+    for row in &rows {
+        let (mut a, mut b) = (vec![0u8; row.len()], vec![7u8; row.len() + 3]);
+        let qa = int8::quantize_activation_row(row, &mut a);
+        let qb = int8::quantize_row_dispatch(row, &mut b);
+        assert_eq!(qa.scale.to_bits(), qb.scale.to_bits(), "len {}", row.len());
+        assert_eq!(qa.zero, qb.zero, "len {}", row.len());
+        assert_eq!(a, b[..row.len()], "len {}", row.len());
+        assert_eq!(b[row.len()..], [7, 7, 7], "wrote past the row");
+    }
 }
