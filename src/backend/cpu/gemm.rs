@@ -3,7 +3,8 @@
 //! # Design
 //!
 //! A packed, cache-blocked GEMM in the BLIS/GotoBLAS style, with a register-tiled micro-kernel
-//! chosen at run time (`is_x86_feature_detected!`; [`simd_level`], [`SIMD_ENV`] to force one):
+//! chosen at run time ([`simd_level`], decided for every CPU kernel in `simd.rs`; [`SIMD_ENV`]
+//! forces one):
 //!
 //! | level      | micro-tile (rows x cols)       | registers                                  |
 //! |------------|--------------------------------|--------------------------------------------|
@@ -54,7 +55,6 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::OnceLock;
 
 use super::ops::GELU_LANES;
 
@@ -99,122 +99,24 @@ mod x86;
 /// Width (output features) of one packed W panel, shared by every kernel level.
 pub const NR: usize = 32;
 
-/// Environment variable that forces a dispatch level (`portable`, `avx2`, `avx512`, `neon`);
-/// read once.
-/// A level this CPU cannot run is ignored (the detected level is used instead).
-pub const SIMD_ENV: &str = "DEBERTA_GEMM_SIMD";
+pub use super::simd::{simd_level, SimdLevel, SIMD_ENV};
+use super::simd::{bf16_dot_detected, cpu_is_intel};
 
-/// Which micro-kernel runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum SimdLevel {
-    /// Plain Rust, auto-vectorised by the compiler for the baseline target. Always available.
-    Portable,
-    /// x86-64 AVX2 + FMA.
-    Avx2,
-    /// x86-64 AVX-512F.
-    Avx512,
-    /// aarch64 Advanced SIMD (NEON).
-    Neon,
-}
-
-impl SimdLevel {
-    /// All levels, slowest first.
-    pub const ALL: [SimdLevel; 4] = [
-        SimdLevel::Portable,
-        SimdLevel::Avx2,
-        SimdLevel::Avx512,
-        SimdLevel::Neon,
-    ];
-
-    /// Whether this CPU can run the level.
-    pub fn is_available(self) -> bool {
-        match self {
-            SimdLevel::Portable => true,
-            #[cfg(target_arch = "x86_64")]
-            SimdLevel::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
-            #[cfg(target_arch = "x86_64")]
-            // (the epilogue and the bf16 path use FMA and AVX2 instructions too; every AVX-512
-            // CPU has them, but say so rather than assume)
-            SimdLevel::Avx512 => {
-                is_x86_feature_detected!("avx512f")
-                    && is_x86_feature_detected!("avx2")
-                    && is_x86_feature_detected!("fma")
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            SimdLevel::Avx2 | SimdLevel::Avx512 => false,
-            #[cfg(target_arch = "aarch64")]
-            SimdLevel::Neon => std::arch::is_aarch64_feature_detected!("neon"),
-            #[cfg(not(target_arch = "aarch64"))]
-            SimdLevel::Neon => false,
-        }
+/// Most rows of x one micro-kernel call handles at `level`.
+fn max_rows(level: SimdLevel) -> usize {
+    match level {
+        SimdLevel::Portable => portable::MR,
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 => x86::AVX2_MR,
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => x86::AVX512_MR,
+        #[cfg(not(target_arch = "x86_64"))]
+        SimdLevel::Avx2 | SimdLevel::Avx512 => portable::MR,
+        #[cfg(target_arch = "aarch64")]
+        SimdLevel::Neon => neon::NEON_MR,
+        #[cfg(not(target_arch = "aarch64"))]
+        SimdLevel::Neon => portable::MR,
     }
-
-    /// The levels this CPU can run, slowest first.
-    pub fn available() -> Vec<SimdLevel> {
-        Self::ALL.into_iter().filter(|l| l.is_available()).collect()
-    }
-
-    /// The fastest level this CPU can run.
-    pub fn detect() -> SimdLevel {
-        *Self::available().last().unwrap_or(&SimdLevel::Portable)
-    }
-
-    /// Parse a level name as accepted in [`SIMD_ENV`] (case-insensitive; `scalar` means portable).
-    pub fn parse(s: &str) -> Option<SimdLevel> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "portable" | "scalar" | "generic" => Some(SimdLevel::Portable),
-            "avx2" => Some(SimdLevel::Avx2),
-            "avx512" | "avx512f" | "avx-512" => Some(SimdLevel::Avx512),
-            "neon" => Some(SimdLevel::Neon),
-            _ => None,
-        }
-    }
-
-    /// Short name.
-    pub fn name(self) -> &'static str {
-        match self {
-            SimdLevel::Portable => "portable",
-            SimdLevel::Avx2 => "avx2",
-            SimdLevel::Avx512 => "avx512",
-            SimdLevel::Neon => "neon",
-        }
-    }
-
-    /// Most rows of x one micro-kernel call handles.
-    fn mr(self) -> usize {
-        match self {
-            SimdLevel::Portable => portable::MR,
-            #[cfg(target_arch = "x86_64")]
-            SimdLevel::Avx2 => x86::AVX2_MR,
-            #[cfg(target_arch = "x86_64")]
-            SimdLevel::Avx512 => x86::AVX512_MR,
-            #[cfg(not(target_arch = "x86_64"))]
-            SimdLevel::Avx2 | SimdLevel::Avx512 => portable::MR,
-            #[cfg(target_arch = "aarch64")]
-            SimdLevel::Neon => neon::NEON_MR,
-            #[cfg(not(target_arch = "aarch64"))]
-            SimdLevel::Neon => portable::MR,
-        }
-    }
-}
-
-impl std::fmt::Display for SimdLevel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// The level [`linear`] dispatches to: the fastest this CPU runs, unless [`SIMD_ENV`] names
-/// another available one. Decided once per process.
-pub fn simd_level() -> SimdLevel {
-    static LEVEL: OnceLock<SimdLevel> = OnceLock::new();
-    *LEVEL.get_or_init(|| {
-        std::env::var(SIMD_ENV)
-            .ok()
-            .and_then(|s| SimdLevel::parse(&s))
-            .filter(|l| l.is_available())
-            .unwrap_or_else(SimdLevel::detect)
-    })
 }
 
 /// Whether [`linear`] can run weights laid out by [`PackedWeight::with_bf16_dot`]: the
@@ -300,35 +202,6 @@ pub fn bf16_gemm_form() -> Bf16Form {
         }
     } else {
         Bf16Form::Storage
-    }
-}
-
-/// Whether CPUID names the vendor GenuineIntel.
-fn cpu_is_intel() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let v = std::arch::x86_64::__cpuid(0);
-        let mut name = [0u8; 12];
-        name[..4].copy_from_slice(&v.ebx.to_le_bytes());
-        name[4..8].copy_from_slice(&v.edx.to_le_bytes());
-        name[8..].copy_from_slice(&v.ecx.to_le_bytes());
-        &name == b"GenuineIntel"
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// Whether the CPU has the `avx512_bf16` instructions the dot-product kernel uses.
-fn bf16_dot_detected() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx512bf16") && SimdLevel::Avx512.is_available()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
     }
 }
 
@@ -1203,7 +1076,7 @@ impl Plan {
     /// `pairs`: the weight is in bf16 pairs of k (`with_bf16_dot`), so k-blocks start at even
     /// k.
     fn new(level: SimdLevel, m: usize, n: usize, k: usize, threads: usize, pairs: bool) -> Plan {
-        let mr = level.mr();
+        let mr = max_rows(level);
         let kc = if k <= KC_SINGLE_MAX {
             k
         } else {
@@ -1531,7 +1404,7 @@ impl TaskCtx<'_> {
                         // `out[..m * n]`; this rectangle belongs to this tile only (tiles are
                         // disjoint, see `SharedPtr`), and `out` is exclusively borrowed by
                         // `linear_with` for the duration. `a` holds `mr * kc` and every `b`
-                        // below `kc * NR` elements, and `mr <= level.mr()`, as the kernels
+                        // below `kc * NR` elements, and `mr <= max_rows(level)`, as the kernels
                         // require (for `Pairs`, `a` holds `mr * kc2` words, `b` `kc2 * NR`);
                         // `BlockSrc::Bf16` exists only when AVX-512F was detected, `Pairs`
                         // only with avx512_bf16 as well (`linear_with` checks it).
@@ -1648,7 +1521,7 @@ impl TaskCtx<'_> {
                     };
                     // SAFETY: as in `run_with`: the tile rows `i0 + r0 .. + mr`, columns
                     // `j0 .. j0 + nr` lie inside `out[..m * n]` and belong to this tile only;
-                    // `a` holds `mr * steps`, `b` `steps * NR` words, `mr <= level.mr()`;
+                    // `a` holds `mr * steps`, `b` `steps * NR` words, `mr <= max_rows(level)`;
                     // AVX-512F was detected (`level`), and avx512_bf16 too for pair panels
                     // (`linear_with`); when `pc > 0` the tile was written by the previous
                     // k-block.
@@ -1692,7 +1565,7 @@ impl TaskCtx<'_> {
 /// instead of overwriting it.
 ///
 /// # Safety
-/// `level` must be available on this CPU; `1 <= mr <= level.mr()`, `1 <= nr <= NR`,
+/// `level` must be available on this CPU; `1 <= mr <= max_rows(level)`, `1 <= nr <= NR`,
 /// `a.len() >= mr * kc`, `b.len() >= kc * NR`; `c` must be valid for reads (when `accumulate`)
 /// and writes of every `C[r, j]` above, and no other reference may access them meanwhile.
 #[allow(clippy::too_many_arguments)]
@@ -1708,7 +1581,7 @@ unsafe fn micro_kernel(
     nr: usize,
     accumulate: bool,
 ) {
-    debug_assert!((1..=level.mr()).contains(&mr) && (1..=NR).contains(&nr));
+    debug_assert!((1..=max_rows(level)).contains(&mr) && (1..=NR).contains(&nr));
     debug_assert!(a.len() >= mr * kc && b.len() >= kc * NR);
     match level {
         // SAFETY: forwarded contract (this function's preconditions).

@@ -159,11 +159,11 @@ const ROWS_PER_TASK: usize = 32;
 pub fn layer_norm_rows(x: &mut [f32], n: usize, w: &[f32], b: &[f32], eps: f32) {
     assert!(w.len() == n && b.len() == n && x.len().is_multiple_of(n));
     #[cfg(target_arch = "x86_64")]
-    let wide = std::arch::is_x86_feature_detected!("avx512f");
+    let wide = super::simd::simd_level() == super::simd::SimdLevel::Avx512;
     x.par_chunks_mut(n * ROWS_PER_TASK).for_each(|chunk| {
         #[cfg(target_arch = "x86_64")]
         if wide {
-            // SAFETY: AVX-512F was detected just above.
+            // SAFETY: the dispatched level is AVX-512, so the CPU has AVX-512F.
             unsafe { layer_norm_chunk_avx512(chunk, n, w, b, eps) };
             return;
         }

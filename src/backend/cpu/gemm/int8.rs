@@ -393,17 +393,7 @@ unsafe fn quantize_row_avx512(x: &[f32], dst: &mut [u8]) -> RowQuant {
     }
 }
 
-/// Whether the CPU has AVX512-VNNI (`vpdpbusd` on 512-bit registers) besides AVX-512F.
-pub(super) fn vnni_detected() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        super::SimdLevel::Avx512.is_available() && is_x86_feature_detected!("avx512vnni")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
+pub(super) use crate::backend::cpu::simd::vnni_detected;
 
 /// Rows of x one VNNI register tile covers (24 accumulators, 2 W registers, 1 broadcast).
 #[cfg(target_arch = "x86_64")]
