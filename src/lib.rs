@@ -903,10 +903,9 @@ fn run_batches(
     let h = model.config().hidden_size;
     let dim = pooling::pooled_dim(modes, h);
     let mut out = vec![0.0f32; ids.len() * dim];
-    let mut order: Vec<usize> = (0..ids.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(ids[i].len()));
+    let lens: Vec<usize> = ids.iter().map(Vec::len).collect();
     let mut batch = PackedBatch::default();
-    for chunk in token_batches(&order, |i| ids[i].len(), batch_size, max_tokens) {
+    for chunk in batches_by_length(&lens, batch_size, max_tokens) {
         batch.fill(chunk.iter().map(|&i| ids[i].as_slice()));
         model.forward(&batch, st, None);
         let hidden = st.hidden();
@@ -922,6 +921,21 @@ fn run_batches(
         }
     }
     out
+}
+
+/// Input indices grouped into the batches every backend runs: at most `batch_size` sequences
+/// and `max_tokens` tokens (a longer sequence forms a batch of its own), longest sequences
+/// first (ties keep input order), so that each batch is tight.
+pub(crate) fn batches_by_length(
+    lens: &[usize],
+    batch_size: usize,
+    max_tokens: usize,
+) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(lens[i]));
+    token_batches(&order, |i| lens[i], batch_size, max_tokens)
+        .map(<[usize]>::to_vec)
+        .collect()
 }
 
 /// Consecutive groups of `order` with at most `batch_size` items and at most `max_tokens`
@@ -1103,6 +1117,21 @@ mod tests {
             assert!(matches!(r, Err(Error::Input(m)) if m == "disk full"));
             assert_eq!(calls, 2, "overlap {overlap}");
         }
+    }
+
+    #[test]
+    fn batches_sorted_longest_first() {
+        let lens = [3, 10, 1, 10, 7];
+        let b = batches_by_length(&lens, 2, usize::MAX);
+        assert_eq!(b, vec![vec![1, 3], vec![4, 0], vec![2]]);
+        let all: usize = b.iter().map(Vec::len).sum();
+        assert_eq!(all, lens.len());
+        assert!(batches_by_length(&[], 4, 100).is_empty());
+        // the token budget cuts too: 10 + 10 > 15, 7 + 3 + 1 <= 11
+        let b = batches_by_length(&lens, 8, 15);
+        assert_eq!(b, vec![vec![1], vec![3], vec![4, 0, 2]]);
+        // a sequence over the budget still gets a batch
+        assert_eq!(batches_by_length(&[40, 2], 8, 16), vec![vec![0], vec![1]]);
     }
 
     #[test]

@@ -68,6 +68,55 @@ pub struct HostWeights {
     pub layers: Vec<HostLayer>,
 }
 
+impl HostLayer {
+    /// Query, key and value stacked into one `[3H, H]` weight and `[3H]` bias, the one fused
+    /// product both backends run.
+    pub fn fused_qkv(&self) -> (Vec<f32>, Vec<f32>) {
+        let w = [&self.query_w[..], &self.key_w[..], &self.value_w[..]].concat();
+        let b = [&self.query_b[..], &self.key_b[..], &self.value_b[..]].concat();
+        (w, b)
+    }
+
+    /// The position tables of this layer's attention, `[2S, H]` each, projected once at load
+    /// (both backends use them): PK = `rel . Wk^T + bk` for c2p and PQ = `rel . Wq^T + bq` for
+    /// p2c, with the separate `pos_key_proj` / `pos_query_proj` where the checkpoint has them
+    /// (`share_att_key = false`); `None` for a term the config does not use, or without
+    /// relative embeddings. The CPU's fp32 GEMM computes them.
+    pub fn position_tables(
+        &self,
+        cfg: &ModelConfig,
+        rel: Option<&[f32]>,
+    ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+        let Some(rel) = rel else {
+            return (None, None);
+        };
+        let (h, s2) = (cfg.hidden_size, 2 * cfg.att_span);
+        let project = |(w, b): (&Vec<f32>, &Vec<f32>)| {
+            let mut out = vec![0.0; s2 * h];
+            linear(
+                rel,
+                s2,
+                &PackedWeight::new(w, h, h),
+                Epilogue::Bias(b),
+                &mut out,
+            );
+            out
+        };
+        let key = self
+            .pos_key
+            .as_ref()
+            .map_or((&self.key_w, &self.key_b), |(w, b)| (w, b));
+        let query = self
+            .pos_query
+            .as_ref()
+            .map_or((&self.query_w, &self.query_b), |(w, b)| (w, b));
+        (
+            cfg.uses_c2p().then(|| project(key)),
+            cfg.uses_p2c().then(|| project(query)),
+        )
+    }
+}
+
 impl HostWeights {
     /// Pull every tensor the config requires out of a checkpoint, checking each shape.
     pub fn load(ck: &Checkpoint, cfg: &ModelConfig) -> Result<Self> {
@@ -541,48 +590,18 @@ impl CpuModel {
                 Precision::F32 | Precision::F16 => p,
             }
         };
-        let s2 = 2 * cfg.att_span;
         let rel = w.rel;
-        let project = |rows: &Option<Vec<f32>>, wt: &[f32], b: &[f32]| -> PosTable {
-            match rows {
-                Some(r) => {
-                    let mut out = vec![0.0; s2 * h];
-                    linear(
-                        r,
-                        s2,
-                        &PackedWeight::new(wt, h, h),
-                        Epilogue::Bias(b),
-                        &mut out,
-                    );
-                    PosTable::from_rows(&out, s2, cfg.num_heads, cfg.head_dim)
-                }
-                None => PosTable::default(),
-            }
+        let table = |rows: Option<Vec<f32>>| match rows {
+            Some(r) => PosTable::from_rows(&r, 2 * cfg.att_span, cfg.num_heads, cfg.head_dim),
+            None => PosTable::default(),
         };
         let layers = w
             .layers
             .into_iter()
             .map(|l| {
-                let (pk_w, pk_b) = l
-                    .pos_key
-                    .as_ref()
-                    .map_or((&l.key_w, &l.key_b), |(a, b)| (a, b));
-                let (pq_w, pq_b) = l
-                    .pos_query
-                    .as_ref()
-                    .map_or((&l.query_w, &l.query_b), |(a, b)| (a, b));
-                let pos_key = if cfg.uses_c2p() {
-                    project(&rel, pk_w, pk_b)
-                } else {
-                    PosTable::default()
-                };
-                let pos_query = if cfg.uses_p2c() {
-                    project(&rel, pq_w, pq_b)
-                } else {
-                    PosTable::default()
-                };
-                let qkv_w = [&l.query_w[..], &l.key_w[..], &l.value_w[..]].concat();
-                let qkv_b = [&l.query_b[..], &l.key_b[..], &l.value_b[..]].concat();
+                let (pk, pq) = l.position_tables(&cfg, rel.as_deref());
+                let (pos_key, pos_query) = (table(pk), table(pq));
+                let (qkv_w, qkv_b) = l.fused_qkv();
                 CpuLayer {
                     qkv: pack(&qkv_w, 3 * h, h),
                     qkv_b,

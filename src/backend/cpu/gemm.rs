@@ -99,8 +99,8 @@ mod x86;
 /// Width (output features) of one packed W panel, shared by every kernel level.
 pub const NR: usize = 32;
 
-pub use super::simd::{simd_level, SimdLevel, SIMD_ENV};
 use super::simd::{bf16_dot_detected, cpu_is_intel};
+pub use super::simd::{simd_level, SimdLevel, SIMD_ENV};
 
 /// Most rows of x one micro-kernel call handles at `level`.
 fn max_rows(level: SimdLevel) -> usize {

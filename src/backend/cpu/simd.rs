@@ -108,7 +108,6 @@ pub fn simd_level() -> SimdLevel {
     })
 }
 
-
 /// Whether CPUID names the vendor GenuineIntel.
 pub fn cpu_is_intel() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -137,7 +136,6 @@ pub fn bf16_dot_detected() -> bool {
         false
     }
 }
-
 
 /// Whether the CPU has AVX512-VNNI (`vpdpbusd` on 512-bit registers) besides AVX-512F.
 pub fn vnni_detected() -> bool {

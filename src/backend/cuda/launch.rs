@@ -245,17 +245,6 @@ impl BatchImage {
     }
 }
 
-/// Input indices grouped into batches of at most `batch_size` sequences and `max_tokens`
-/// tokens (a longer sequence forms a batch of its own), longest sequences first (ties keep
-/// input order), so that each batch is tight; the CPU path batches the same way.
-pub fn batches_by_length(lens: &[usize], batch_size: usize, max_tokens: usize) -> Vec<Vec<usize>> {
-    let mut order: Vec<usize> = (0..lens.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(lens[i]));
-    crate::token_batches(&order, |i| lens[i], batch_size, max_tokens)
-        .map(<[usize]>::to_vec)
-        .collect()
-}
-
 /// Pooling modes packed for the `pool` kernel: 4 bits per mode, first mode lowest, plus the
 /// count.
 pub fn pool_modes_code(modes: &[PoolingMode]) -> Result<(u32, i32)> {
@@ -471,21 +460,6 @@ mod tests {
         assert_eq!(p.batch(), 3);
         assert_eq!(p.max_len, 3);
         assert_eq!(p.tiles, vec![[0, 3, 0, 0], [3, 2, 0, 0]]);
-    }
-
-    #[test]
-    fn batches_sorted_longest_first() {
-        let lens = [3, 10, 1, 10, 7];
-        let b = batches_by_length(&lens, 2, usize::MAX);
-        assert_eq!(b, vec![vec![1, 3], vec![4, 0], vec![2]]);
-        let all: usize = b.iter().map(Vec::len).sum();
-        assert_eq!(all, lens.len());
-        assert!(batches_by_length(&[], 4, 100).is_empty());
-        // the token budget cuts too: 10 + 10 > 15, 7 + 3 + 1 <= 11
-        let b = batches_by_length(&lens, 8, 15);
-        assert_eq!(b, vec![vec![1], vec![3], vec![4, 0, 2]]);
-        // a sequence over the budget still gets a batch
-        assert_eq!(batches_by_length(&[40, 2], 8, 16), vec![vec![0], vec![1]]);
     }
 
     #[test]

@@ -26,7 +26,6 @@ pub mod testbed;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::backend::cpu::gemm::{linear, Epilogue, PackedWeight};
 use crate::config::{ModelConfig, PoolingMode};
 use crate::error::{Error, Result};
 use crate::model::HostWeights;
@@ -179,53 +178,20 @@ impl Resident {
         let gpu = Gpu::new(ordinal)?;
         let dt = Dtype::from(precision);
         launch::attention_dpl(cfg.head_dim)?;
-        let (h, e, i) = (cfg.hidden_size, cfg.embedding_size, cfg.intermediate_size);
+        let (e, i) = (cfg.embedding_size, cfg.intermediate_size);
         let s2 = 2 * cfg.att_span;
         let max_len = max_len.max(1);
         let up = |v: &[f32], what: &str| gpu.upload(dt, v, what);
         let up32 = |v: &[f32], what: &str| gpu.upload(Dtype::F32, v, what);
 
-        // PK / PQ on the host with the CPU GEMM (once per load), then rounded to the compute type.
-        let project = |r: &[f32], wt: &[f32], b: &[f32]| -> Vec<f32> {
-            let mut out = vec![0.0; s2 * h];
-            linear(
-                r,
-                s2,
-                &PackedWeight::new(wt, h, h),
-                Epilogue::Bias(b),
-                &mut out,
-            );
-            out
-        };
         let mut layers = Vec::with_capacity(w.layers.len());
         for (li, l) in w.layers.iter().enumerate() {
             let name = |s: &str| format!("layer {li} {s}");
-            let (pk, pq) = match &w.rel {
-                Some(r) => {
-                    let (kw, kb) = l
-                        .pos_key
-                        .as_ref()
-                        .map_or((&l.key_w, &l.key_b), |(a, b)| (a, b));
-                    let (qw, qb) = l
-                        .pos_query
-                        .as_ref()
-                        .map_or((&l.query_w, &l.query_b), |(a, b)| (a, b));
-                    let pk = if cfg.uses_c2p() {
-                        Some(up(&project(r, kw, kb), &name("PK"))?)
-                    } else {
-                        None
-                    };
-                    let pq = if cfg.uses_p2c() {
-                        Some(up(&project(r, qw, qb), &name("PQ"))?)
-                    } else {
-                        None
-                    };
-                    (pk, pq)
-                }
-                None => (None, None),
-            };
-            let qkv_w = [&l.query_w[..], &l.key_w[..], &l.value_w[..]].concat();
-            let qkv_b = [&l.query_b[..], &l.key_b[..], &l.value_b[..]].concat();
+            // PK / PQ projected on the host (once per load), then rounded to the compute type.
+            let (pk, pq) = l.position_tables(cfg, w.rel.as_deref());
+            let pk = pk.map(|t| up(&t, &name("PK"))).transpose()?;
+            let pq = pq.map(|t| up(&t, &name("PQ"))).transpose()?;
+            let (qkv_w, qkv_b) = l.fused_qkv();
             layers.push(DevLayer {
                 qkv_w: up(&qkv_w, &name("qkv weight"))?,
                 qkv_b: up32(&qkv_b, &name("qkv bias"))?,
@@ -312,7 +278,7 @@ impl Resident {
         let mut out = vec![0.0f32; ids.len() * dim];
         let lens: Vec<usize> = ids.iter().map(Vec::len).collect();
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        for chunk in launch::batches_by_length(&lens, batch_size, max_tokens) {
+        for chunk in crate::batches_by_length(&lens, batch_size, max_tokens) {
             let seqs: Vec<&[u32]> = chunk.iter().map(|&i| ids[i].as_slice()).collect();
             let packed = Packed::new(&seqs)?;
             if packed.tokens() == 0 {
