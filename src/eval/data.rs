@@ -11,10 +11,6 @@ use std::path::Path;
 
 use crate::{Error, Result};
 
-// ------------------------------------------------------------------------------------------
-// Data files
-// ------------------------------------------------------------------------------------------
-
 /// A sentence pair with a gold similarity score (any range).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScoredPair {
