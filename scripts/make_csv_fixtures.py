@@ -168,7 +168,13 @@ def main() -> None:
         "csv": csv_cases,
         "tsv": tsv_cases,
     }
-    OUT.write_text(json.dumps(out, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+    # one case per line
+    lines = ["{", f'"source": {json.dumps(out["source"])},']
+    for key in ("csv", "tsv"):
+        cases = [json.dumps(c, ensure_ascii=False) for c in out[key]]
+        lines.append(f'"{key}": [\n' + ",\n".join(cases) + "\n]" + ("," if key == "csv" else ""))
+    lines.append("}")
+    OUT.write_text("\n".join(lines) + "\n", encoding="utf-8")
     n_unclosed = sum(c["unclosed"] for c in csv_cases)
     print(f"wrote {OUT.name}: {len(csv_cases)} csv cases ({n_unclosed} unclosed), {len(tsv_cases)} tsv cases")
 
