@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the small PyTorch checkpoints that test src/checkpoint/pytorch.rs into tests/fixtures/bin/.
+"""Writes the small PyTorch checkpoints that test src/checkpoint/pytorch/ into tests/fixtures/bin/.
 
 For each of float32, float16 and bfloat16:
   weights_<dtype>.bin          torch.save of an OrderedDict state dict with the awkward cases a

@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::{OpenAiEmbedding, OpenAiErrorBody, OpenAiResponse, SimpleToken, TeiError, Usage};
+use super::routes::{
+    OpenAiEmbedding, OpenAiErrorBody, OpenAiResponse, SimpleToken, TeiError, Usage,
+};
 
 /// The document, built once per request (it is small; no state is involved).
 pub(super) async fn document() -> Response {

@@ -27,10 +27,12 @@ use axum::Json;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::{
-    admit_bytes, bool_field, embed_ids, holding, parse_object, read_body, str_field, texts_field,
-    with_stats, ApiError, Shared,
+use super::batcher::embed_ids;
+use super::routes::{
+    admit_bytes, bool_field, holding, parse_object, read_body, str_field, texts_field, with_stats,
+    ApiError, RequestStats,
 };
+use super::Shared;
 use crate::cross::{rank_scores, softmax, HeadConfig};
 use crate::ModelKind;
 
@@ -172,10 +174,7 @@ async fn tokenize_items(
 /// Logits of each sequence (`[N, num_labels]`, row-major) from the batcher. Identical
 /// sequences are sent once, so equal inputs get equal scores (and keep their input order in
 /// a ranking), whatever their places in the batch.
-async fn score_ids(
-    s: &Shared,
-    ids: Vec<Vec<u32>>,
-) -> Result<(Vec<f32>, super::RequestStats), ApiError> {
+async fn score_ids(s: &Shared, ids: Vec<Vec<u32>>) -> Result<(Vec<f32>, RequestStats), ApiError> {
     let l = s.embedder.dim();
     let mut unique: Vec<Vec<u32>> = Vec::new();
     let mut slot = Vec::with_capacity(ids.len());

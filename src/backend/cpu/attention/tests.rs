@@ -1,0 +1,224 @@
+//! The fast attention against the reference, and its helpers against their plain loops.
+
+use super::*;
+
+use crate::model::XorShift;
+
+#[test]
+fn tasks_cover_every_row_and_head_once() {
+    let cases: [(&[usize], usize); 6] = [
+        (&[0, 16], 2),
+        (&[0, 1], 8),
+        (&[0, 16, 16, 60], 2),
+        (&[0, 512], 2),
+        (&[0, 7, 40, 41, 100, 130, 200, 230, 250], 1),
+        (&[0, 3, 6, 9, 12, 15, 18, 21, 24, 27], 16),
+    ];
+    let heads = 6;
+    for (offsets, threads) in cases {
+        let tasks = split_tasks(offsets, heads, threads);
+        let tokens = *offsets.last().unwrap();
+        let mut seen = vec![0u8; tokens * heads];
+        for t in &tasks {
+            assert!(t.h0 < t.h1 && t.h1 <= heads && t.rows > 0 && t.q0 + t.rows <= t.n);
+            assert!(t.rows <= QUERY_BLOCK.max(t.n.div_ceil(t.n.div_ceil(QUERY_BLOCK))));
+            for i in t.start + t.q0..t.start + t.q0 + t.rows {
+                for hd in t.h0..t.h1 {
+                    seen[i * heads + hd] += 1;
+                }
+            }
+        }
+        assert!(seen.iter().all(|&c| c == 1), "{offsets:?}: {tasks:?}");
+        // a single short sentence still gives every thread work
+        if offsets.len() == 2 && tokens <= QUERY_BLOCK {
+            assert!(tasks.len() >= threads.min(heads), "{offsets:?}: {tasks:?}");
+        }
+    }
+}
+
+fn check(
+    lens: &[usize],
+    heads: usize,
+    d: usize,
+    buckets: i64,
+    max_rel: usize,
+    c2p: bool,
+    p2c: bool,
+) {
+    let h = heads * d;
+    let span = if buckets > 0 {
+        buckets as usize
+    } else {
+        max_rel
+    };
+    let max_len = *lens.iter().max().unwrap();
+    let relpos = RelPosTable::new(max_len, buckets, max_rel, span);
+    let mut rng = XorShift(0x1234_5678 + lens.len() as u64 * 7 + d as u64);
+    let t: usize = lens.iter().sum();
+    let qkv: Vec<f32> = (0..t * 3 * h).map(|_| rng.normal()).collect();
+    let pk: Vec<f32> = (0..2 * span * h).map(|_| rng.normal()).collect();
+    let pq: Vec<f32> = (0..2 * span * h).map(|_| rng.normal()).collect();
+    let mut offsets = vec![0];
+    for &l in lens {
+        offsets.push(offsets.last().unwrap() + l);
+    }
+    let p = AttentionParams {
+        heads,
+        head_dim: d,
+        scale: 1.0 / ((d * 3) as f32).sqrt(),
+        c2p,
+        p2c,
+    };
+    let mut want = vec![0.0; t * h];
+    attention_reference(&p, &qkv, &offsets, &pk, &pq, &relpos, &mut want);
+    let pkt = PosTable::from_rows(&pk, 2 * span, heads, d);
+    let pqt = PosTable::from_rows(&pq, 2 * span, heads, d);
+    for level in levels() {
+        let mut got = vec![f32::NAN; t * h]; // poisoned: every element must be written
+        let mut keys_t = vec![f32::NAN; keys_t_len(&offsets, heads, d)];
+        attention_at(
+            level,
+            &p,
+            &qkv,
+            &offsets,
+            &pkt,
+            &pqt,
+            &relpos,
+            &mut keys_t,
+            &mut got,
+        );
+        let err = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(
+                0.0f32,
+                |m, e| if e.is_nan() { f32::INFINITY } else { m.max(e) },
+            );
+        assert!(
+            err < 2e-5,
+            "{level:?}: lens {lens:?} d {d} buckets {buckets}: max err {err}"
+        );
+    }
+}
+
+/// Every instruction-set level this machine can run.
+fn levels() -> Vec<Level> {
+    let mut v = vec![Level::Portable];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            v.push(Level::Avx2);
+        }
+        if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+        {
+            v.push(Level::Avx512);
+        }
+    }
+    v
+}
+
+#[test]
+fn fast_attention_matches_reference() {
+    check(&[1], 2, 16, 256, 512, true, true);
+    check(&[7, 1, 33], 3, 12, -1, 12, true, true);
+    check(&[40, 5], 2, 32, 16, 64, true, false);
+    check(&[64, 17], 2, 64, 8, 32, false, true);
+    check(&[130], 1, 64, 256, 512, true, true);
+    check(&[70, 3, 31], 6, 64, 32, 128, false, false);
+    check(&[257, 9], 2, 32, 256, 512, true, true);
+    check(&[45], 1, 128, 16, 64, true, true);
+    check(&[20], 2, 100, -1, 24, true, true);
+    // around the near bands' edges (+-16 serves up to 17 tokens, +-32 up to 33)
+    check(&[16, 17, 18, 33, 34, 2], 6, 64, 256, 512, true, true);
+    // steep log buckets: neighbouring offsets up to several rows apart (max_relative_positions
+    // - 1 < e * position_buckets / 2), wider than a block's offsets; from 1 up to over 2S
+    check(&[60, 1, 29, 30, 9], 2, 16, 8, 7, true, true);
+    check(&[100, 33], 2, 32, 64, 40, true, true);
+    check(&[64, 5], 1, 8, 16, 10, true, false);
+    check(&[64, 5], 1, 8, 16, 10, false, true);
+}
+
+#[test]
+fn transpose_matches_the_plain_loop() {
+    for level in levels() {
+        for d in [12, 16, 64] {
+            for n in [1, 15, 16, 17, 33, 128] {
+                let (stride, ld) = (3 * d + 5, conflict_free_stride(n));
+                let src: Vec<f32> = (0..n * stride).map(|v| v as f32).collect();
+                let mut dst = vec![f32::NAN; d * ld];
+                transpose(level, &src, stride, n, d, &mut dst, ld);
+                for t in 0..d {
+                    for j in 0..ld {
+                        let got = dst[t * ld + j];
+                        if j < n {
+                            assert_eq!(got, src[j * stride + t], "{level:?} n {n} d {d}");
+                        } else {
+                            assert!(got.is_nan(), "{level:?} n {n} d {d}: wrote padding");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn add_transposed_matches_the_plain_loop() {
+    for level in levels() {
+        for (n, rows) in [(1, 1), (16, 16), (17, 5), (33, 26), (128, 26), (40, 29)] {
+            let pw = rows + 3;
+            let shift = |j: usize| (j * 7) % 4;
+            let c: Vec<f32> = (0..n * pw).map(|v| v as f32).collect();
+            let base: Vec<f32> = (0..rows * n).map(|v| 0.5 * v as f32).collect();
+            let mut got = base.clone();
+            add_transposed(level, &c, pw, &shift, n, rows, &mut got);
+            for i in 0..rows {
+                for j in 0..n {
+                    let want = base[i * n + j] + c[j * pw + shift(j) + i];
+                    assert_eq!(
+                        got[i * n + j],
+                        want,
+                        "{level:?} n {n} rows {rows} at {i},{j}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn near_bands_hold_the_middle_rows() {
+    let (rows, heads, d) = (512, 2, 8);
+    let proj: Vec<f32> = (0..rows * heads * d).map(|v| v as f32).collect();
+    let table = PosTable::from_rows(&proj, rows, heads, d);
+    // (positions wanted) -> first position of the operand that serves them
+    let cases = [
+        ((256 - 16, 256 + 17), 240),
+        ((256 - 15, 256 + 16), 240),
+        ((256 - 17, 256 + 16), 224),
+        ((256 - 16, 256 + 18), 224),
+        ((256 - 32, 256 + 33), 224),
+        ((256 - 33, 256), 0),
+        ((0, 512), 0),
+    ];
+    for ((lo, hi), want) in cases {
+        for hd in 0..heads {
+            let (m, first) = table.head_covering(hd, lo, hi);
+            assert_eq!(first, want, "positions {lo}..{hi}");
+            assert!(first + m.len >= hi);
+            // every position it serves has the full table's values
+            for t in 0..d {
+                for pos in lo..hi {
+                    let got = m.data[t * m.ld + pos - first];
+                    assert_eq!(got, proj[pos * heads * d + hd * d + t]);
+                }
+            }
+        }
+    }
+    // short tables keep no bands
+    let small = PosTable::from_rows(&proj[..64 * heads * d], 64, heads, d);
+    assert!(small.near.is_empty());
+}
