@@ -78,7 +78,7 @@ struct RankLine<'a> {
 
 /// One JSON line per document, best first: `{"index", "score"}` (+ `"text"`).
 pub fn rerank(a: RerankArgs) -> Result<()> {
-    let docs = crate::cli_input::read_inputs(&a.input)?;
+    let docs = crate::input::read_inputs(&a.input)?;
     let ce = load(&a.common, a.batch_size)?;
     let refs: Vec<&str> = docs.iter().map(String::as_str).collect();
     let ranked = ce.rank_with(&a.query, &refs, a.top_k, a.raw_scores)?;

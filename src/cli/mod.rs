@@ -9,10 +9,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use deberta_embed::{Device, Embedder, EmbedderOptions, Embeddings, Precision, Similarity};
 
-mod cli_cross;
-mod cli_eval;
-mod cli_input;
-mod cli_serve;
+mod cross;
+mod eval;
+mod input;
+mod serve;
 
 #[derive(Parser)]
 #[command(
@@ -39,19 +39,19 @@ enum Command {
     /// Time the forward + pooling on fixed-shape inputs (B sequences of exactly L tokens).
     Bench(BenchArgs),
     /// Evaluate a model on labelled sentence pairs, as sentence-transformers' evaluators do.
-    Eval(cli_eval::EvalArgs),
+    Eval(eval::EvalArgs),
     /// Serve embeddings over HTTP: OpenAI-compatible /v1/embeddings,
     /// text-embeddings-inference-compatible /embed and /tokenize, /health, Prometheus /metrics,
     /// /info and the OpenAPI document at /openapi.json.
-    Serve(cli_serve::ServeArgs),
+    Serve(serve::ServeArgs),
     /// Rank documents (one per input line) by a cross-encoder's score against a query, as
     /// sentence-transformers' CrossEncoder.rank: one JSON line {"index", "score"} per
     /// document, best first.
-    Rerank(cli_cross::RerankArgs),
+    Rerank(cross::RerankArgs),
     /// Score text pairs from a .tsv or .jsonl file with a cross-encoder, as
     /// sentence-transformers' CrossEncoder.predict: one JSON line per pair (a number for a
     /// one-label model, else one score per label).
-    Predict(cli_cross::PredictArgs),
+    Predict(cross::PredictArgs),
 }
 
 #[derive(clap::Args)]
@@ -290,10 +290,10 @@ fn main() -> ExitCode {
         Command::Tokenize(a) => tokenize(a),
         Command::Info(a) => info(a),
         Command::Bench(a) => bench(a),
-        Command::Eval(a) => cli_eval::run(a),
-        Command::Serve(a) => cli_serve::run(a),
-        Command::Rerank(a) => cli_cross::rerank(a),
-        Command::Predict(a) => cli_cross::predict(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Serve(a) => serve::run(a),
+        Command::Rerank(a) => cross::rerank(a),
+        Command::Predict(a) => cross::predict(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -393,8 +393,8 @@ const CHUNK: usize = 4096;
 const CHUNK_BYTES: usize = 64 << 20;
 
 /// How `embed` and `tokenize` bound a line: past what the tokenizer ever reads, it is skipped.
-fn line_bound(t: &deberta_embed::tokenize::TextTokenizer) -> cli_input::LineBound {
-    cli_input::LineBound {
+fn line_bound(t: &deberta_embed::tokenize::TextTokenizer) -> input::LineBound {
+    input::LineBound {
         keep: t.scan_limit() + 4096,
         squeeze: t.collapses_word_breaks(),
     }
@@ -402,7 +402,7 @@ fn line_bound(t: &deberta_embed::tokenize::TextTokenizer) -> cli_input::LineBoun
 
 /// A progress bar over the bytes of the input (hidden when stderr is not a terminal, with
 /// --quiet, or for input of unknown size).
-fn input_bar(inputs: &cli_input::Inputs, quiet: bool) -> indicatif::ProgressBar {
+fn input_bar(inputs: &input::Inputs, quiet: bool) -> indicatif::ProgressBar {
     match inputs.size {
         Some(n) if !quiet && std::io::stderr().is_terminal() && n > 1 << 20 => {
             let b = indicatif::ProgressBar::new(n);
@@ -429,7 +429,7 @@ fn embed(a: EmbedArgs) -> Result<()> {
     // an unknown prompt name fails before any input is read
     let prompt_opts = a.prompt.options();
     embedder.resolve_prompt(&prompt_opts)?;
-    let mut inputs = cli_input::Inputs::open(&a.input, Some(line_bound(embedder.tokenizer())))?;
+    let mut inputs = input::Inputs::open(&a.input, Some(line_bound(embedder.tokenizer())))?;
     let dim = embedder.dim();
     // npy needs the row count in its header: to a file, a placeholder is patched at the end;
     // to stdout, the rows are kept until the input is read.
@@ -494,7 +494,7 @@ fn embed(a: EmbedArgs) -> Result<()> {
 fn tokenize(a: TokenizeArgs) -> Result<()> {
     let dir = model_dir(&a.model, &a.revision, false)?;
     let tokenizer = deberta_embed::tokenize::TextTokenizer::load(&dir)?;
-    let mut inputs = cli_input::Inputs::open(&a.input, Some(line_bound(&tokenizer)))?;
+    let mut inputs = input::Inputs::open(&a.input, Some(line_bound(&tokenizer)))?;
     let sink: Box<dyn Write> = match &a.output {
         Some(p) => Box::new(
             std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
@@ -785,7 +785,7 @@ fn bench_rerank(a: &BenchArgs, dir: &Path, device: Device, opts: EmbedderOptions
     let lines;
     let (label, pairs, tokens, run): (String, usize, usize, Run) = match &a.rerank_input {
         Some(f) => {
-            lines = cli_input::read_inputs(f)?;
+            lines = input::read_inputs(f)?;
             let Some((query, docs)) = lines.split_first() else {
                 bail!("{}: empty (the first line is the query)", f.display());
             };
@@ -908,7 +908,7 @@ fn bench_corpus(
     device: Device,
     opts: EmbedderOptions,
 ) -> Result<()> {
-    let inputs = cli_input::read_inputs(corpus)?;
+    let inputs = input::read_inputs(corpus)?;
     if inputs.is_empty() {
         bail!("{}: no sentences", corpus.display());
     }
