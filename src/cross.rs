@@ -492,7 +492,7 @@ impl CrossEncoder {
         &self.inner
     }
 
-    /// Take the backbone and tokenizer (to serve it: [`crate::server::Server::new`]).
+    /// Take the backbone and tokenizer (to serve it: `server::Server::new`, feature `server`).
     pub fn into_embedder(self) -> Embedder {
         self.inner
     }

@@ -52,6 +52,7 @@ pub mod hub;
 pub mod model;
 pub mod pooling;
 pub mod relpos;
+#[cfg(feature = "server")]
 pub mod server;
 pub mod similarity;
 pub mod tokenize;

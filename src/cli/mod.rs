@@ -15,6 +15,7 @@ mod embed;
 mod eval;
 mod info;
 mod input;
+#[cfg(feature = "server")]
 mod serve;
 mod similarity;
 mod tokenize;
@@ -48,7 +49,15 @@ enum Command {
     /// Serve embeddings over HTTP: OpenAI-compatible /v1/embeddings,
     /// text-embeddings-inference-compatible /embed and /tokenize, /health, Prometheus /metrics,
     /// /info and the OpenAPI document at /openapi.json.
+    #[cfg(feature = "server")]
     Serve(serve::ServeArgs),
+    /// Not in this build: the HTTP server needs the `server` feature (a default one).
+    #[cfg(not(feature = "server"))]
+    #[command(hide = true, disable_help_flag = true)]
+    Serve {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Rank documents (one per input line) by a cross-encoder's score against a query, as
     /// sentence-transformers' CrossEncoder.rank: one JSON line {"index", "score"} per
     /// document, best first.
@@ -136,7 +145,12 @@ pub fn main() -> ExitCode {
         Command::Info(a) => info::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Eval(a) => eval::run(a),
+        #[cfg(feature = "server")]
         Command::Serve(a) => serve::run(a),
+        #[cfg(not(feature = "server"))]
+        Command::Serve { .. } => Err(anyhow::anyhow!(
+            "serve: this build has no HTTP server (build with the `server` feature, a default one)"
+        )),
         Command::Rerank(a) => cross::rerank(a),
         Command::Predict(a) => cross::predict(a),
     };
