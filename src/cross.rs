@@ -177,7 +177,7 @@ pub fn softmax(row: &mut [f32]) {
 
 /// The sequence-classification head: ContextPooler + classifier.
 #[derive(Clone, Debug)]
-pub struct ClassifierHead {
+pub(crate) struct ClassifierHead {
     hidden: usize,
     labels: usize,
     pooler_w: Vec<f32>, // [H, H]

@@ -89,7 +89,7 @@ const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
 /// Whether `s` is a hub model id of the form `org/name` (letters, digits, `-`, `_`, `.`; no
 /// `--` or `..`; neither part starts or ends with `-` or `.`; at most 96 characters).
-pub fn is_repo_id(s: &str) -> bool {
+pub(crate) fn is_repo_id(s: &str) -> bool {
     let part_ok = |p: &str| {
         !p.is_empty()
             && p.chars()

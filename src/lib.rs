@@ -40,7 +40,9 @@
 //! [`server`] serves a loaded model over HTTP (OpenAI- and text-embeddings-inference-compatible
 //! routes, with dynamic batching), as `deberta-embed serve` does.
 
+#[doc(hidden)]
 pub mod backend;
+#[doc(hidden)]
 pub mod checkpoint;
 pub mod config;
 pub mod cross;
@@ -49,8 +51,10 @@ pub mod eval;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hub;
+#[doc(hidden)]
 pub mod model;
 pub mod pooling;
+#[doc(hidden)]
 pub mod relpos;
 #[cfg(feature = "server")]
 pub mod server;
@@ -359,7 +363,8 @@ impl Embedder {
     }
 
     /// The deberta-v3-xsmall architecture with deterministic random weights and no tokenizer
-    /// (for benchmarks on a machine without a checkpoint): use [`Embedder::encode_ids`].
+    /// (for benchmarks on a machine without a checkpoint): use [`SyntheticEmbedder::encode_ids`].
+    #[doc(hidden)]
     pub fn synthetic_xsmall(opts: EmbedderOptions) -> Result<SyntheticEmbedder> {
         let cfg = ModelConfig::xsmall();
         let weights = HostWeights::random(&cfg, 0x5EED);
@@ -552,7 +557,7 @@ impl Embedder {
 
     /// Tokens left out of pooling at the start of each input prompted with `prompt`: its
     /// length when the Pooling module has `include_prompt: false`, else 0.
-    pub fn pooling_skip(&self, prompt: Option<&ResolvedPrompt>) -> usize {
+    pub(crate) fn pooling_skip(&self, prompt: Option<&ResolvedPrompt>) -> usize {
         match prompt {
             Some(p) if !self.pipeline.include_prompt => p.length,
             _ => 0,
@@ -567,7 +572,7 @@ impl Embedder {
 
     /// [`Embedder::tokenize`] without truncation: every token of each text (for counting or
     /// chunking; what the model sees is cut at [`Embedder::max_seq_length`]).
-    pub fn tokenize_all(&self, texts: &[&str]) -> Result<Vec<Tokenized>> {
+    pub(crate) fn tokenize_all(&self, texts: &[&str]) -> Result<Vec<Tokenized>> {
         self.tokenizer.tokenize(texts, false)
     }
 
@@ -702,13 +707,13 @@ impl Embedder {
 
     /// [`Embedder::encode_ids`] with the first `skip[i]` tokens of sequence `i` left out of
     /// pooling (ids of prompted texts: [`Embedder::pooling_skip`] of the prompt).
-    pub fn encode_ids_skipping(&self, ids: &[Vec<u32>], skip: &[usize]) -> Result<Embeddings> {
+    pub(crate) fn encode_ids_skipping(&self, ids: &[Vec<u32>], skip: &[usize]) -> Result<Embeddings> {
         self.encode_ids_with(ids, skip, self.normalizes())
     }
 
     /// [`Embedder::encode_ids_pooled`] with the first `skip[i]` tokens of sequence `i` left out
     /// of pooling ([`Embedder::pooling_skip`] of its prompt; an empty `skip` leaves out none).
-    pub fn encode_ids_pooled_skipping(
+    pub(crate) fn encode_ids_pooled_skipping(
         &self,
         ids: &[Vec<u32>],
         skip: &[usize],
@@ -826,6 +831,7 @@ impl Embedder {
 
 /// The synthetic xsmall model of `bench --synthetic xsmall`: the same forward and pooling,
 /// fed with token ids.
+#[doc(hidden)]
 pub struct SyntheticEmbedder {
     model: CpuModel,
     state: Mutex<RunState>,

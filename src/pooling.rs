@@ -3,7 +3,7 @@
 use crate::config::PoolingMode;
 
 /// Width of the pooled vector: one hidden-size block per enabled mode.
-pub fn pooled_dim(modes: &[PoolingMode], hidden: usize) -> usize {
+pub(crate) fn pooled_dim(modes: &[PoolingMode], hidden: usize) -> usize {
     modes.len() * hidden
 }
 
@@ -19,7 +19,7 @@ pub fn pool(modes: &[PoolingMode], x: &[f32], hidden: usize, out: &mut [f32]) {
 /// weight (its position + 1 in the whole sequence), mean and mean_sqrt_len_tokens divide by the
 /// tokens kept. When nothing is left, the masked reductions give what sentence-transformers'
 /// give: cls the sequence's first token, mean / weightedmean / lasttoken zeros, max -inf.
-pub fn pool_skipping(
+pub(crate) fn pool_skipping(
     modes: &[PoolingMode],
     x: &[f32],
     hidden: usize,

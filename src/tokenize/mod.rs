@@ -281,7 +281,7 @@ impl TextTokenizer {
     }
 
     /// The tokenizer of a resolved model directory.
-    pub fn for_pipeline(
+    pub(crate) fn for_pipeline(
         pipeline: &crate::config::PipelineConfig,
         cfg: &crate::config::ModelConfig,
     ) -> Result<Self> {
