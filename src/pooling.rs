@@ -1,4 +1,24 @@
 //! sentence-transformers pooling over a sequence's real tokens, and the Normalize module.
+//!
+//! [`Embedder`](crate::Embedder) pools as the model directory says; these functions are the
+//! same steps for token states of your own (e.g. from [`Embedder::hidden_states`]).
+//!
+//! ```
+//! use deberta_embed::pooling::{l2_normalize, pool};
+//! use deberta_embed::PoolingMode;
+//!
+//! // two tokens of hidden size 2
+//! let states = [1.0, 2.0, 3.0, 6.0];
+//! let mut out = [0.0; 4];
+//! pool(&[PoolingMode::Mean, PoolingMode::Max], &states, 2, &mut out);
+//! assert_eq!(out, [2.0, 4.0, 3.0, 6.0]); // the mean block, then the max block
+//!
+//! let mut v = [3.0, 4.0];
+//! l2_normalize(&mut v);
+//! assert_eq!(v, [0.6, 0.8]);
+//! ```
+//!
+//! [`Embedder::hidden_states`]: crate::Embedder::hidden_states
 
 use crate::config::PoolingMode;
 
