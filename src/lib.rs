@@ -652,7 +652,7 @@ impl Embedder {
 
     /// [`Embedder::tokenize`] without truncation: every token of each text (for counting or
     /// chunking; what the model sees is cut at [`Embedder::max_seq_length`]).
-    pub(crate) fn tokenize_all(&self, texts: &[&str]) -> Result<Vec<Tokenized>> {
+    pub fn tokenize_all(&self, texts: &[&str]) -> Result<Vec<Tokenized>> {
         self.tokenizer.tokenize(texts, false)
     }
 
