@@ -797,6 +797,8 @@ impl Embedder {
 
     /// [`Embedder::encode_ids_pooled`] with the first `skip[i]` tokens of sequence `i` left out
     /// of pooling ([`Embedder::pooling_skip`] of its prompt; an empty `skip` leaves out none).
+    /// The server's batcher is its one caller.
+    #[cfg(feature = "server")]
     pub(crate) fn encode_ids_pooled_skipping(
         &self,
         ids: &[Vec<u32>],
