@@ -14,14 +14,23 @@
 //! else `sentence_transformers.activation_fn` or the pre-4.0 `sbert_ce_default_activation_function`
 //! in config.json), else sigmoid for one label and identity for more.
 //!
-//! ```no_run
+//! ```
 //! use deberta_embed::{CrossEncoder, Device};
 //!
 //! # fn main() -> deberta_embed::Result<()> {
-//! let ce = CrossEncoder::load("path/to/reranker", Device::Cpu)?;
-//! let scores = ce.predict(&[("How many people live in Berlin?", "Berlin has 3.5 million people.")])?;
-//! let ranked = ce.rank("How many people live in Berlin?", &["Berlin is big.", "Paris is big."], None)?;
-//! println!("{} {:?}", scores.row(0)[0], ranked[0]);
+//! // A tiny test reranker of this repository (one label, tanh activation).
+//! let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models/ce_st6_1label_tanh");
+//! let ce = CrossEncoder::load(dir, Device::Cpu)?;
+//! let scores = ce.predict(&[("Hello world!", "  leading and trailing spaces  ")])?;
+//! assert!((scores.row(0)[0] - 0.985_727).abs() < 1e-4); // sentence-transformers 6.3
+//!
+//! // `rank`: documents best first, as `CrossEncoder.rank` orders them.
+//! let query = "Line one\twith a tab\nand a newline\r\nand  more   spaces.";
+//! let docs = ["a", "Café naïve résumé", "  leading and trailing spaces  "];
+//! let ranked = ce.rank(query, &docs, None)?;
+//! let order: Vec<usize> = ranked.iter().map(|r| r.index).collect();
+//! assert_eq!(order, [1, 2, 0]);
+//! assert!((ranked[0].score - 0.960_070).abs() < 1e-4); // sentence-transformers 6.3
 //! # Ok(())
 //! # }
 //! ```
@@ -177,7 +186,7 @@ pub fn softmax(row: &mut [f32]) {
 
 /// The sequence-classification head: ContextPooler + classifier.
 #[derive(Clone, Debug)]
-pub struct ClassifierHead {
+pub(crate) struct ClassifierHead {
     hidden: usize,
     labels: usize,
     pooler_w: Vec<f32>, // [H, H]
@@ -492,7 +501,7 @@ impl CrossEncoder {
         &self.inner
     }
 
-    /// Take the backbone and tokenizer (to serve it: [`crate::server::Server::new`]).
+    /// Take the backbone and tokenizer (to serve it: `server::Server::new`, feature `server`).
     pub fn into_embedder(self) -> Embedder {
         self.inner
     }

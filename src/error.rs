@@ -4,6 +4,18 @@
 use std::path::PathBuf;
 
 /// Everything that can go wrong while loading a model or embedding text.
+///
+/// ```
+/// use deberta_embed::{Device, Embedder, Error};
+///
+/// // A directory that is not a model: the error names the file at fault.
+/// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/eval");
+/// let err = Embedder::load(dir, Device::Cpu).err().expect("not a model");
+/// assert!(err.to_string().contains("config.json"), "{err}");
+///
+/// // Bad arguments are `Input` errors.
+/// assert!(matches!("cuda:x".parse::<Device>(), Err(Error::Input(_))));
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file could not be opened or read.

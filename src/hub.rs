@@ -89,7 +89,7 @@ const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
 /// Whether `s` is a hub model id of the form `org/name` (letters, digits, `-`, `_`, `.`; no
 /// `--` or `..`; neither part starts or ends with `-` or `.`; at most 96 characters).
-pub fn is_repo_id(s: &str) -> bool {
+pub(crate) fn is_repo_id(s: &str) -> bool {
     let part_ok = |p: &str| {
         !p.is_empty()
             && p.chars()
@@ -105,6 +105,27 @@ pub fn is_repo_id(s: &str) -> bool {
 /// Resolve a model argument to a local directory: an existing path as it is; a repo id
 /// (`org/name`) to its snapshot in the cache, downloaded first if it is not there (see the
 /// module docs). Anything else comes back unchanged, for the loader to report.
+///
+/// ```
+/// use std::path::Path;
+/// use deberta_embed::hub::{resolve_model, HubOptions};
+///
+/// # fn main() -> deberta_embed::Result<()> {
+/// // An existing directory is the model itself: no cache lookup, no request.
+/// let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models/st6_pool_max"));
+/// assert_eq!(resolve_model(dir, &HubOptions::default())?, dir);
+///
+/// // An id that is not in the cache, offline: an error naming the repository.
+/// let opts = HubOptions {
+///     cache_dir: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/no-cache-here").into()),
+///     offline: Some(true),
+///     ..Default::default()
+/// };
+/// let err = resolve_model(Path::new("org/some-model"), &opts).unwrap_err();
+/// assert!(matches!(err, deberta_embed::Error::Hub { ref repo, .. } if repo == "org/some-model"));
+/// # Ok(())
+/// # }
+/// ```
 pub fn resolve_model(spec: &Path, opts: &HubOptions) -> Result<PathBuf> {
     if spec.exists() {
         return Ok(spec.to_path_buf());

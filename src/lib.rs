@@ -1,46 +1,53 @@
-//! deberta-embed: DeBERTa-v2/v3 sentence embeddings in Rust, numerically identical to
-//! sentence-transformers.
+//! deberta-embed: an inference engine for DeBERTa-v2/v3 sentence-embedding models, written from
+//! scratch in Rust, whose embeddings match sentence-transformers' (max |diff| <= 1e-4 on the CPU
+//! in f32). It reads model directories as users have them on disk (sentence-transformers 2.x/3.x
+//! or 5.x+ layout, or a plain transformers checkpoint; `model.safetensors` or
+//! `pytorch_model.bin`), tokenizes as transformers does, runs the encoder on the CPU (SIMD GEMM
+//! and fused attention over rayon) or on an NVIDIA GPU (feature `cuda`), and pools as the
+//! model's modules say.
 //!
-//! Load a model directory as users have it on disk (sentence-transformers 2.x/3.x or 5.x+
-//! layout, or a plain transformers checkpoint; `model.safetensors` or `pytorch_model.bin`),
-//! then embed text:
-//!
-//! ```no_run
+//! ```
 //! use deberta_embed::{Device, Embedder, Similarity};
 //!
 //! # fn main() -> deberta_embed::Result<()> {
-//! let embedder = Embedder::load("path/to/model", Device::Cpu)?;
-//! let emb = embedder.encode(&["A man is eating food.", "Someone eats."])?;
-//! assert_eq!(emb.len(), 2);
-//! println!("dim = {}, first value = {}", emb.dim(), emb.row(0)[0]);
+//! // A model directory: here a tiny test model of this repository (CLS pooling, normalized).
+//! let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models/st6_proj_cls_norm");
+//! let embedder = Embedder::load(dir, Device::Cpu)?;
+//! let emb = embedder.encode(&["Hello world!", "Café naïve résumé"])?;
+//! assert_eq!((emb.len(), emb.dim()), (2, 32));
 //! let sims = Similarity::Cosine.matrix(&emb, &emb); // [2, 2], row-major
-//! println!("cosine(0, 1) = {}", sims[1]);
+//! assert!((sims[1] - 0.800_854).abs() < 1e-4); // sentence-transformers 6.3: 0.800854
 //! # Ok(())
 //! # }
 //! ```
 //!
 //! A hub id works wherever a directory does: `Embedder::load("org/name", Device::Cpu)` fetches
 //! the model into the Hugging Face cache on first use and reads it from there after (see
-//! [`hub`]; [`hub::resolve_model`] picks another revision).
-//!
-//! Options (threads, batch size, normalization) go through [`EmbedderOptions`]:
-//!
-//! ```no_run
-//! # use deberta_embed::{Device, Embedder, EmbedderOptions};
-//! # fn main() -> deberta_embed::Result<()> {
-//! let opts = EmbedderOptions { threads: Some(2), batch_size: 64, ..Default::default() };
-//! let embedder = Embedder::load_with("path/to/model", Device::Cpu, opts)?;
-//! # Ok(())
-//! # }
-//! ```
+//! [`hub`]; [`hub::resolve_model`] picks another revision). Options (threads, batch size,
+//! normalization, precision) go through [`EmbedderOptions`] and [`Embedder::load_with`].
 //!
 //! Cross-encoders (sequence-classification checkpoints: rerankers, pair classifiers) load as a
 //! [`CrossEncoder`], which scores text pairs on the same engine (see [`cross`]).
+//! [`eval`] computes sentence-transformers' evaluator metrics (STS correlations, pair
+//! classification). With the `server` feature, `server` serves a loaded model over HTTP
+//! (OpenAI- and text-embeddings-inference-compatible routes, dynamic batching), as
+//! `deberta-embed serve` does.
 //!
-//! [`server`] serves a loaded model over HTTP (OpenAI- and text-embeddings-inference-compatible
-//! routes, with dynamic batching), as `deberta-embed serve` does.
+//! # Features
+//!
+//! | Feature  | Default | What it adds |
+//! |----------|---------|--------------|
+//! | `hub`    | yes     | Models by hub id (`org/name`): downloads into the Hugging Face cache (hf-hub, ureq with rustls). Without it, local directories and models already in the cache still load. |
+//! | `cli`    | yes     | The `deberta-embed` binary (clap, indicatif, anyhow, tracing-subscriber). |
+//! | `server` | yes     | The `server` module: the HTTP server (tokio, axum, hyper, utoipa). |
+//! | `cuda`   | no      | [`Device::Cuda`]: the hand-written CUDA kernels (nvcc at build time, libcuda at run time). |
+//!
+//! As a library, `deberta-embed = { version = "0.1", default-features = false }` builds the
+//! engine alone; add the features you use.
 
+#[doc(hidden)]
 pub mod backend;
+#[doc(hidden)]
 pub mod checkpoint;
 pub mod config;
 pub mod cross;
@@ -49,9 +56,12 @@ pub mod eval;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hub;
+#[doc(hidden)]
 pub mod model;
 pub mod pooling;
+#[doc(hidden)]
 pub mod relpos;
+#[cfg(feature = "server")]
 pub mod server;
 pub mod similarity;
 pub mod tokenize;
@@ -152,7 +162,23 @@ impl std::fmt::Display for Precision {
     }
 }
 
-/// Load-time options.
+/// Load-time options of [`Embedder::load_with`] (and [`CrossEncoder::load_with`]).
+///
+/// ```
+/// use deberta_embed::{Device, Embedder, EmbedderOptions};
+///
+/// # fn main() -> deberta_embed::Result<()> {
+/// // A test model with max pooling and no Normalize module: normalization forced on here.
+/// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models/st6_pool_max");
+/// let opts = EmbedderOptions { threads: Some(1), normalize: Some(true), ..Default::default() };
+/// let embedder = Embedder::load_with(dir, Device::Cpu, opts)?;
+/// assert!(embedder.normalizes());
+/// let emb = embedder.encode(&["Hello world!"])?;
+/// let norm = emb.row(0).iter().map(|x| x * x).sum::<f32>().sqrt();
+/// assert!((norm - 1.0).abs() < 1e-5);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct EmbedderOptions {
     /// Worker threads for the forward; `None` = all available cores. More than
@@ -187,6 +213,28 @@ impl Default for EmbedderOptions {
 /// sentence-transformers' `encode(prompt_name=..., prompt=...)` chooses it. `prompt` wins over
 /// `prompt_name`; with neither, the model's `default_prompt_name` applies (if it has one); an
 /// empty prompt (`prompt: Some("")`) embeds the text alone, even for a model with a default.
+///
+/// ```
+/// use deberta_embed::{Device, Embedder, EncodeOptions};
+///
+/// # fn main() -> deberta_embed::Result<()> {
+/// // A test model whose prompts are {"query": "query: ", "passage": "passage: ", "plain": ""},
+/// // "query" by default.
+/// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/prompts/prompts_default");
+/// let embedder = Embedder::load(dir, Device::Cpu)?;
+/// let query = EncodeOptions { prompt_name: Some("query"), ..Default::default() };
+/// let p = embedder.resolve_prompt(&query)?.expect("a prompt");
+/// assert_eq!((p.text.as_str(), p.length), ("query: ", 8)); // sentence-transformers' prompt_length
+///
+/// // The default prompt applies without options; the same text spelled out gives the same rows.
+/// let by_default = embedder.encode(&["Hello world!"])?;
+/// let spelled = EncodeOptions { prompt: Some("query: "), ..Default::default() };
+/// assert_eq!(by_default, embedder.encode_with(&["Hello world!"], &spelled)?);
+/// let none = EncodeOptions { prompt: Some(""), ..Default::default() };
+/// assert_ne!(by_default, embedder.encode_with(&["Hello world!"], &none)?);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EncodeOptions<'a> {
     /// A key of the model's prompts (config_sentence_transformers.json); an unknown name is
@@ -219,6 +267,19 @@ impl ResolvedPrompt {
 }
 
 /// Embeddings of a list of texts: row-major f32, one row per input, in input order.
+///
+/// ```
+/// use deberta_embed::Embeddings;
+///
+/// # fn main() -> deberta_embed::Result<()> {
+/// let emb = Embeddings::from_vec(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 3)?; // 2 rows of 3
+/// assert_eq!((emb.len(), emb.dim()), (2, 3));
+/// assert_eq!(emb.row(1), &[4.0, 5.0, 6.0]);
+/// assert_eq!(emb.iter().count(), 2);
+/// assert!(Embeddings::from_vec(vec![1.0; 4], 3).is_err()); // not whole rows
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct Embeddings {
     data: Vec<f32>,
@@ -284,6 +345,30 @@ enum Engine {
 /// A loaded model: tokenizer + backbone + pooling, ready to embed. A cross-encoder's is the
 /// same with a classification head after `[CLS]` pooling ([`CrossEncoder`] wraps it): its
 /// "embeddings" are the logits.
+///
+/// `Embedder` is `Send + Sync`: threads may share one (calls on the CPU take turns on its
+/// forward; each call is parallel inside).
+///
+/// ```
+/// use deberta_embed::{Device, Embedder};
+///
+/// # fn main() -> deberta_embed::Result<()> {
+/// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models/st6_proj_cls_norm");
+/// let embedder = Embedder::load(dir, Device::Cpu)?;
+/// assert_eq!((embedder.dim(), embedder.max_seq_length()), (32, 40));
+/// // what the model sees: [CLS] pieces [SEP]
+/// assert_eq!(embedder.token_ids(&["Hello world!"])?[0], [1, 85, 6, 635, 635, 637, 156, 591, 2]);
+/// let emb = embedder.encode(&["Hello world!", "Café naïve résumé"])?;
+/// assert!((emb.row(0)[0] - -0.177_861).abs() < 1e-4); // sentence-transformers 6.3
+/// // batching does not change a row (beyond float rounding)
+/// let alone = embedder.encode(&["Café naïve résumé"])?;
+/// assert!(alone.row(0).iter().zip(emb.row(1)).all(|(a, b)| (a - b).abs() <= 1e-5));
+///
+/// fn shared<T: Send + Sync>(_: &T) {}
+/// shared(&embedder); // one Embedder may serve many threads
+/// # Ok(())
+/// # }
+/// ```
 pub struct Embedder {
     pipeline: PipelineConfig,
     tokenizer: TextTokenizer,
@@ -365,7 +450,8 @@ impl Embedder {
     }
 
     /// The deberta-v3-xsmall architecture with deterministic random weights and no tokenizer
-    /// (for benchmarks on a machine without a checkpoint): use [`Embedder::encode_ids`].
+    /// (for benchmarks on a machine without a checkpoint): use [`SyntheticEmbedder::encode_ids`].
+    #[doc(hidden)]
     pub fn synthetic_xsmall(opts: EmbedderOptions) -> Result<SyntheticEmbedder> {
         let cfg = ModelConfig::xsmall();
         let weights = HostWeights::random(&cfg, 0x5EED);
@@ -558,7 +644,7 @@ impl Embedder {
 
     /// Tokens left out of pooling at the start of each input prompted with `prompt`: its
     /// length when the Pooling module has `include_prompt: false`, else 0.
-    pub fn pooling_skip(&self, prompt: Option<&ResolvedPrompt>) -> usize {
+    pub(crate) fn pooling_skip(&self, prompt: Option<&ResolvedPrompt>) -> usize {
         match prompt {
             Some(p) if !self.pipeline.include_prompt => p.length,
             _ => 0,
@@ -708,13 +794,19 @@ impl Embedder {
 
     /// [`Embedder::encode_ids`] with the first `skip[i]` tokens of sequence `i` left out of
     /// pooling (ids of prompted texts: [`Embedder::pooling_skip`] of the prompt).
-    pub fn encode_ids_skipping(&self, ids: &[Vec<u32>], skip: &[usize]) -> Result<Embeddings> {
+    pub(crate) fn encode_ids_skipping(
+        &self,
+        ids: &[Vec<u32>],
+        skip: &[usize],
+    ) -> Result<Embeddings> {
         self.encode_ids_with(ids, skip, self.normalizes())
     }
 
     /// [`Embedder::encode_ids_pooled`] with the first `skip[i]` tokens of sequence `i` left out
     /// of pooling ([`Embedder::pooling_skip`] of its prompt; an empty `skip` leaves out none).
-    pub fn encode_ids_pooled_skipping(
+    /// The server's batcher is its one caller.
+    #[cfg(feature = "server")]
+    pub(crate) fn encode_ids_pooled_skipping(
         &self,
         ids: &[Vec<u32>],
         skip: &[usize],
@@ -832,6 +924,7 @@ impl Embedder {
 
 /// The synthetic xsmall model of `bench --synthetic xsmall`: the same forward and pooling,
 /// fed with token ids.
+#[doc(hidden)]
 pub struct SyntheticEmbedder {
     model: CpuModel,
     state: Mutex<RunState>,

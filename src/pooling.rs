@@ -1,9 +1,29 @@
 //! sentence-transformers pooling over a sequence's real tokens, and the Normalize module.
+//!
+//! [`Embedder`](crate::Embedder) pools as the model directory says; these functions are the
+//! same steps for token states of your own (e.g. from [`Embedder::hidden_states`]).
+//!
+//! ```
+//! use deberta_embed::pooling::{l2_normalize, pool};
+//! use deberta_embed::PoolingMode;
+//!
+//! // two tokens of hidden size 2
+//! let states = [1.0, 2.0, 3.0, 6.0];
+//! let mut out = [0.0; 4];
+//! pool(&[PoolingMode::Mean, PoolingMode::Max], &states, 2, &mut out);
+//! assert_eq!(out, [2.0, 4.0, 3.0, 6.0]); // the mean block, then the max block
+//!
+//! let mut v = [3.0, 4.0];
+//! l2_normalize(&mut v);
+//! assert_eq!(v, [0.6, 0.8]);
+//! ```
+//!
+//! [`Embedder::hidden_states`]: crate::Embedder::hidden_states
 
 use crate::config::PoolingMode;
 
 /// Width of the pooled vector: one hidden-size block per enabled mode.
-pub fn pooled_dim(modes: &[PoolingMode], hidden: usize) -> usize {
+pub(crate) fn pooled_dim(modes: &[PoolingMode], hidden: usize) -> usize {
     modes.len() * hidden
 }
 
@@ -19,7 +39,7 @@ pub fn pool(modes: &[PoolingMode], x: &[f32], hidden: usize, out: &mut [f32]) {
 /// weight (its position + 1 in the whole sequence), mean and mean_sqrt_len_tokens divide by the
 /// tokens kept. When nothing is left, the masked reductions give what sentence-transformers'
 /// give: cls the sequence's first token, mean / weightedmean / lasttoken zeros, max -inf.
-pub fn pool_skipping(
+pub(crate) fn pool_skipping(
     modes: &[PoolingMode],
     x: &[f32],
     hidden: usize,

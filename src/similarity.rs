@@ -5,6 +5,24 @@
 use crate::Embeddings;
 
 /// A similarity function, named as in sentence-transformers.
+///
+/// ```
+/// use deberta_embed::{Embeddings, Similarity};
+///
+/// # fn main() -> deberta_embed::Result<()> {
+/// let (a, b) = ([3.0, 4.0], [4.0, 0.0]);
+/// assert_eq!(Similarity::Dot.pair(&a, &b), 12.0);
+/// assert!((Similarity::Cosine.pair(&a, &b) - 0.6).abs() < 1e-6);
+/// assert_eq!(Similarity::Manhattan.pair(&a, &b), -5.0); // a negative distance
+/// assert_eq!(Similarity::parse("l2"), Some(Similarity::Euclidean));
+///
+/// let e = Embeddings::from_vec(vec![3.0, 4.0, 4.0, 0.0], 2)?;
+/// let m = Similarity::Euclidean.matrix(&e, &e); // [2, 2], row-major
+/// assert_eq!(m[0], 0.0);
+/// assert!((m[1] + 17f32.sqrt()).abs() < 1e-6);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Similarity {
     Cosine,

@@ -39,7 +39,7 @@ const MAX_REFUSING: usize = 32;
 const RESERVED_FDS: u64 = 64 + MAX_REFUSING as u64;
 
 /// The default connection cap: 1024, or fewer when the open-file limit is lower (it minus
-/// [`RESERVED_FDS`], at least 1).
+/// `RESERVED_FDS`, the descriptors the process keeps for itself; at least 1).
 pub fn default_max_connections() -> usize {
     match open_file_limit() {
         Some(n) => n.saturating_sub(RESERVED_FDS).clamp(1, 1024) as usize,

@@ -40,6 +40,45 @@
 //! Files: `routes.rs` (the route table, request parsing and the handlers), `batcher.rs` (the
 //! queue and the batcher thread), `metrics.rs` (the Prometheus metrics), `rerank.rs` (the
 //! cross-encoder routes), `openapi.rs` (the OpenAPI document), `listen.rs` (the accept loop).
+//!
+//! [`Server::new`] takes a loaded model and starts its batcher; [`serve`] runs it on a tokio
+//! listener until a shutdown future completes:
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! use deberta_embed::server::{serve, Server, ServerOptions};
+//! use deberta_embed::{Device, Embedder};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models/st6_proj_cls_norm");
+//! let want = Embedder::load(dir, Device::Cpu)?.encode(&["Hello world!"])?;
+//! let server = Server::new(Embedder::load(dir, Device::Cpu)?, ServerOptions::default())?;
+//! let rt = tokio::runtime::Runtime::new()?;
+//! let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+//! let addr = listener.local_addr()?;
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let running = rt.spawn(serve(listener, server, async {
+//!     let _ = stopped.await;
+//! }));
+//!
+//! // POST /embed, as text-embeddings-inference takes it (HTTP/1.0: the reply body is sent
+//! // whole, not in chunks, and the connection closes after it)
+//! let body = r#"{"inputs": ["Hello world!"]}"#;
+//! let mut conn = std::net::TcpStream::connect(addr)?;
+//! write!(conn, "POST /embed HTTP/1.0\r\nContent-Type: application/json\r\n")?;
+//! write!(conn, "Content-Length: {}\r\n\r\n{body}", body.len())?;
+//! let mut reply = String::new();
+//! conn.read_to_string(&mut reply)?;
+//! assert!(reply.starts_with("HTTP/1.0 200 OK"), "{reply}");
+//! let (_, json) = reply.split_once("\r\n\r\n").expect("a body");
+//! let rows: Vec<Vec<f32>> = serde_json::from_str(json)?;
+//! assert!(rows[0].iter().zip(want.row(0)).all(|(a, b)| (a - b).abs() <= 1e-6));
+//!
+//! stop.send(()).ok(); // the requests in flight are answered, then `serve` returns
+//! rt.block_on(running)??;
+//! # Ok(())
+//! # }
+//! ```
 
 use std::future::Future;
 use std::sync::Arc;

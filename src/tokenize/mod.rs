@@ -16,7 +16,7 @@
 //!   punctuation split when `split_by_punct` is set.
 //!
 //! A directory with `spm.model` and no `tokenizer.json` gets the tokenizer transformers
-//! converts from the sentencepiece model ([`spm`]).
+//! converts from the sentencepiece model (`spm.rs`).
 
 mod spm;
 
@@ -281,7 +281,7 @@ impl TextTokenizer {
     }
 
     /// The tokenizer of a resolved model directory.
-    pub fn for_pipeline(
+    pub(crate) fn for_pipeline(
         pipeline: &crate::config::PipelineConfig,
         cfg: &crate::config::ModelConfig,
     ) -> Result<Self> {

@@ -27,7 +27,7 @@ struct ServeModel {
     dtype: Option<String>,
     /// Worker threads (default: all cores; at most 4 per core, more is lowered to that with a
     /// notice).
-    #[arg(long, value_parser = crate::parse_threads, env = "DEBERTA_EMBED_THREADS")]
+    #[arg(long, value_parser = super::parse_threads, env = "DEBERTA_EMBED_THREADS")]
     threads: Option<usize>,
 }
 
@@ -142,15 +142,15 @@ pub fn run(a: ServeArgs) -> Result<()> {
     if a.max_batch_tokens == 0 || a.batch_size == 0 {
         bail!("--max-batch-tokens and --batch-size must be at least 1");
     }
-    let device = crate::parse_device(&a.common.device)?;
+    let device = super::parse_device(&a.common.device)?;
     let opts = EmbedderOptions {
         threads: a.common.threads,
         batch_size: a.batch_size,
         normalize: None,
-        precision: crate::parse_precision(a.common.dtype.as_deref(), device)?,
+        precision: super::parse_precision(a.common.dtype.as_deref(), device)?,
         max_batch_tokens: a.max_batch_tokens,
     };
-    let dir = crate::model_dir(&a.common.model, &a.common.revision, false)?;
+    let dir = super::model_dir(&a.common.model, &a.common.revision, false)?;
     let kind = match a.model_kind {
         KindArg::Auto => deberta_embed::cross::model_kind(&dir)?,
         KindArg::Embedding => ModelKind::Embedding,

@@ -30,7 +30,7 @@ enum EvalCommand {
 #[derive(clap::Args)]
 struct EvalDataArgs {
     #[command(flatten)]
-    common: crate::CommonModel,
+    common: super::CommonModel,
     /// Data file: .tsv (tab-separated, no quoting), .csv (RFC 4180 quoting) or .jsonl (one
     /// object per line), with a header naming the columns.
     #[arg(long, value_name = "FILE")]
@@ -42,7 +42,7 @@ struct EvalDataArgs {
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
     #[command(flatten)]
-    prompt: crate::PromptArgs,
+    prompt: super::PromptArgs,
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
@@ -79,7 +79,7 @@ fn sts(a: EvalDataArgs) -> Result<()> {
     // data errors first, before the model is loaded
     let data = eval::read_sts(&a.data)?;
     eval::check_sts(&data).map_err(|e| anyhow::anyhow!("{}: {e}", a.data.display()))?;
-    let embedder = crate::load(&a.common, a.batch_size, None, a.quiet)?;
+    let embedder = super::load(&a.common, a.batch_size, None, a.quiet)?;
     let bar = progress_bar(a.quiet);
     let opts = a.prompt.options();
     let report = eval::evaluate_sts_with(
@@ -103,7 +103,7 @@ fn sts(a: EvalDataArgs) -> Result<()> {
 fn pairs(a: EvalDataArgs) -> Result<()> {
     let data = eval::read_pairs(&a.data)?;
     eval::check_pairs(&data).map_err(|e| anyhow::anyhow!("{}: {e}", a.data.display()))?;
-    let dir = crate::model_dir(&a.common.model, &a.common.revision, a.quiet)?;
+    let dir = super::model_dir(&a.common.model, &a.common.revision, a.quiet)?;
     if deberta_embed::cross::model_kind(&dir)? == deberta_embed::ModelKind::CrossEncoder {
         let ce = load_cross(&a)?;
         // A one-label cross-encoder is evaluated by its scores; a classifier with several labels
@@ -113,7 +113,7 @@ fn pairs(a: EvalDataArgs) -> Result<()> {
             return pairs_cross(&a, &ce, &data);
         }
     }
-    let embedder = crate::load(&a.common, a.batch_size, None, a.quiet)?;
+    let embedder = super::load(&a.common, a.batch_size, None, a.quiet)?;
     let bar = progress_bar(a.quiet);
     let opts = a.prompt.options();
     let report = eval::evaluate_pairs_with(
@@ -136,15 +136,15 @@ fn pairs(a: EvalDataArgs) -> Result<()> {
 
 /// `--model` as a cross-encoder.
 fn load_cross(a: &EvalDataArgs) -> Result<deberta_embed::CrossEncoder> {
-    let device = crate::parse_device(&a.common.device)?;
+    let device = super::parse_device(&a.common.device)?;
     let opts = deberta_embed::EmbedderOptions {
         threads: a.common.threads,
         batch_size: a.batch_size,
         normalize: None,
-        precision: crate::parse_precision(a.common.dtype.as_deref(), device)?,
+        precision: super::parse_precision(a.common.dtype.as_deref(), device)?,
         max_batch_tokens: deberta_embed::EmbedderOptions::default().max_batch_tokens,
     };
-    let dir = crate::model_dir(&a.common.model, &a.common.revision, a.quiet)?;
+    let dir = super::model_dir(&a.common.model, &a.common.revision, a.quiet)?;
     Ok(deberta_embed::CrossEncoder::load_with(dir, device, opts)?)
 }
 

@@ -12,7 +12,7 @@ use serde_json::Value;
 #[derive(clap::Args)]
 pub struct RerankArgs {
     #[command(flatten)]
-    common: crate::CommonModel,
+    common: super::CommonModel,
     /// The query every document is scored against.
     #[arg(long)]
     query: String,
@@ -37,7 +37,7 @@ pub struct RerankArgs {
 #[derive(clap::Args)]
 pub struct PredictArgs {
     #[command(flatten)]
-    common: crate::CommonModel,
+    common: super::CommonModel,
     /// Pairs: .tsv (two tab-separated columns per line, no header, no quoting) or .jsonl (per
     /// line a JSON array of two strings, or an object with "text" and "text_pair"); - reads
     /// TSV from stdin.
@@ -54,16 +54,16 @@ pub struct PredictArgs {
     batch_size: usize,
 }
 
-fn load(common: &crate::CommonModel, batch_size: usize) -> Result<CrossEncoder> {
-    let device = crate::parse_device(&common.device)?;
+fn load(common: &super::CommonModel, batch_size: usize) -> Result<CrossEncoder> {
+    let device = super::parse_device(&common.device)?;
     let opts = EmbedderOptions {
         threads: common.threads,
         batch_size,
         normalize: None,
-        precision: crate::parse_precision(common.dtype.as_deref(), device)?,
+        precision: super::parse_precision(common.dtype.as_deref(), device)?,
         max_batch_tokens: EmbedderOptions::default().max_batch_tokens,
     };
-    let dir = crate::model_dir(&common.model, &common.revision, false)?;
+    let dir = super::model_dir(&common.model, &common.revision, false)?;
     Ok(CrossEncoder::load_with(dir, device, opts)?)
 }
 
@@ -78,7 +78,7 @@ struct RankLine<'a> {
 
 /// One JSON line per document, best first: `{"index", "score"}` (+ `"text"`).
 pub fn rerank(a: RerankArgs) -> Result<()> {
-    let docs = crate::cli_input::read_inputs(&a.input)?;
+    let docs = super::input::read_inputs(&a.input)?;
     let ce = load(&a.common, a.batch_size)?;
     let refs: Vec<&str> = docs.iter().map(String::as_str).collect();
     let ranked = ce.rank_with(&a.query, &refs, a.top_k, a.raw_scores)?;
