@@ -204,41 +204,6 @@ enum Arg {
     F(f32),
 }
 
-/// Every kernel entry point of the fatbin (checked at load).
-fn kernel_names() -> Vec<String> {
-    let mut v: Vec<String> = Vec::new();
-    for s in ["f32", "f16", "bf16"] {
-        v.push(format!("embed_gather_{s}"));
-        v.push(format!("embed_gather_ln_{s}"));
-        v.push(format!("layernorm_{s}"));
-        for dpl in [1, 2, 4, 8] {
-            v.push(format!("attention_{s}_dpl{dpl}"));
-        }
-    }
-    for s in ["f16", "bf16"] {
-        v.push(format!("attention_tc_{s}"));
-        v.push(format!("attention_tc_async_{s}"));
-    }
-    for s in ["f16", "bf16"] {
-        for o in [s, "f32"] {
-            v.push(format!("gemm_{s}_{o}"));
-            v.push(format!("gemm_{s}_{o}_k8"));
-            v.push(format!("gemm_{s}_{o}_k8_128"));
-        }
-    }
-    for n in [
-        "gemm_simt_f32",
-        "pool",
-        "l2_normalize",
-        "conv1d_act",
-        "mma_peak_f16",
-        "mma_peak_bf16",
-    ] {
-        v.push(n.to_string());
-    }
-    v
-}
-
 /// Check that the CUDA driver library can be loaded, before cudarc (which panics when it is
 /// absent) touches it.
 pub fn probe_driver() -> Result<()> {
@@ -476,11 +441,11 @@ impl Gpu {
             .load_module(cudarc::nvrtc::Ptx::from_binary(FATBIN.to_vec()))
             .map_err(|e| dev_err("cannot load the kernel module (fatbin for sm_80/sm_90)", e))?;
         let mut funcs = HashMap::new();
-        for n in kernel_names() {
+        for n in launch::names::ALL {
             let f = module
-                .load_function(&n)
+                .load_function(n)
                 .map_err(|e| dev_err(&format!("kernel `{n}` missing from the module"), e))?;
-            funcs.insert(n, f);
+            funcs.insert(n.to_string(), f);
         }
         let flag = |v: &str| std::env::var(v).is_ok_and(|v| v == "1");
         let sync_each = flag("DEBERTA_CUDA_SYNC");
@@ -1215,7 +1180,7 @@ impl Gpu {
     /// threads, each warp `iters` rounds of 8 mma.sync m16n8k16 in `dt` (f16 or bf16). Returns
     /// the FLOPs it queued; `out` takes one fp32 per thread.
     pub fn mma_peak(&self, dt: Dtype, blocks: usize, iters: usize, out: &DevBuf) -> Result<f64> {
-        const THREADS: usize = 128;
+        const THREADS: usize = launch::PEAK_THREADS as usize;
         let name = match dt {
             Dtype::F16 => "mma_peak_f16",
             Dtype::BF16 => "mma_peak_bf16",
@@ -1237,7 +1202,7 @@ impl Gpu {
                 &args,
             )?
         };
-        Ok((blocks * THREADS / 32) as f64 * iters as f64 * 8.0 * 2.0 * 16.0 * 8.0 * 16.0)
+        Ok(launch::mma_peak_flops(blocks, iters as usize))
     }
 
     /// L2-normalize each row of `x` (fp32 [rows, dim]) in place.
@@ -1279,11 +1244,7 @@ impl Gpu {
                 "conv: bad groups {groups} / kernel {k} for {h} channels"
             )));
         }
-        let act_code = match act {
-            Activation::Gelu => 0,
-            Activation::Tanh => 1,
-            Activation::Relu => 2,
-        };
+        let act_code = launch::activation_code(act);
         let args = [
             Arg::P(x.need("conv input", b.tokens * h, Dtype::F32)?),
             Arg::P(b.pos.need("pos", b.tokens, Dtype::F32)?),
