@@ -8,7 +8,8 @@
 
 use std::time::Instant;
 
-use super::device::{AttentionKernel, DevBuf, Dtype, Epi, GemmKernel, Gpu};
+use super::device::{DevBuf, Dtype, Gpu};
+use super::kernels::{AttentionKernel, Epi, GemmKernel};
 use super::launch::Packed;
 use crate::backend::cpu::attention::{attention_reference, AttentionParams};
 use crate::backend::cpu::gemm::{reference_linear, Epilogue};
