@@ -54,6 +54,8 @@ pub mod pooling;
 pub mod relpos;
 pub mod server;
 pub mod similarity;
+#[doc(hidden)]
+pub mod testing;
 pub mod tokenize;
 
 use std::path::Path;

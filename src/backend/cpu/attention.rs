@@ -1115,7 +1115,7 @@ pub fn attention_reference(
 mod tests {
     use super::*;
 
-    use crate::model::XorShift;
+    use crate::testing::XorShift;
 
     #[test]
     fn tasks_cover_every_row_and_head_once() {

@@ -3,24 +3,7 @@
 
 use super::*;
 
-/// Tiny deterministic xorshift RNG (no dependency).
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    /// Uniform in [-1, 1).
-    fn f32(&mut self) -> f32 {
-        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-    fn vec(&mut self, len: usize) -> Vec<f32> {
-        (0..len).map(|_| self.f32()).collect()
-    }
-}
+use crate::testing::XorShift as Rng;
 
 /// How the weight of a checked product is stored.
 #[derive(Clone, Copy, PartialEq)]
@@ -45,10 +28,10 @@ fn check_shape(m: usize, n: usize, k: usize) {
 /// summation order differs from the reference and the fp32 tolerance still applies.
 fn check_shape_with(m: usize, n: usize, k: usize, stored: Stored) {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((m * 1_000_003 + n * 1009 + k) as u64));
-    let mut x = rng.vec(m * k);
-    let mut w = rng.vec(n * k);
-    let bias = rng.vec(n);
-    let res = rng.vec(m * n);
+    let mut x = rng.signed_vec(m * k);
+    let mut w = rng.signed_vec(n * k);
+    let bias = rng.signed_vec(n);
+    let res = rng.signed_vec(m * n);
     let round = |v: &mut Vec<f32>| {
         v.iter_mut()
             .for_each(|v| *v = half::bf16::from_f32(*v).to_f32())
@@ -208,7 +191,7 @@ fn gemm_bf16_dot() {
             }
         }
     }
-    let w = Rng(5).vec(40 * 7);
+    let w = Rng(5).signed_vec(40 * 7);
     let via_pairs = PackedWeight::new(&w, 40, 7)
         .with_bf16_dot()
         .with_bf16_storage();
@@ -237,7 +220,7 @@ fn gemm_bf16_tiles() {
             }
         }
     }
-    let w = Rng(5).vec(40 * 37);
+    let w = Rng(5).signed_vec(40 * 37);
     let via_tiles = PackedWeight::new(&w, 40, 37)
         .with_bf16_tiles()
         .with_bf16_storage();
@@ -328,7 +311,7 @@ fn gemm_empty() {
 fn gemm_default_level_matches_forced() {
     let mut rng = Rng(42);
     let (m, n, k) = (16, 96, 384);
-    let (x, w) = (rng.vec(m * k), rng.vec(n * k));
+    let (x, w) = (rng.signed_vec(m * k), rng.signed_vec(n * k));
     let packed = PackedWeight::new(&w, n, k);
     let mut a = vec![0.0; m * n];
     let mut b = vec![0.0; m * n];
