@@ -81,18 +81,7 @@ impl CrossRef {
         out
     }
     fn ids(&self, key: &str) -> Vec<Vec<u32>> {
-        self.meta[key]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                r.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_u64().unwrap() as u32)
-                    .collect()
-            })
-            .collect()
+        common::id_rows(&self.meta[key])
     }
 }
 
@@ -165,27 +154,14 @@ fn logits_and_scores_equal_sentence_transformers() {
                 "{what}"
             );
             let pairs = r.pair_refs();
-            let raw = ce.predict_raw(&pairs).unwrap();
-            assert_close(
-                raw.as_slice(),
-                &r.rows("logits"),
-                VS_REFERENCE,
-                &format!("{what} logits"),
-            );
-            let scores = ce.predict(&pairs).unwrap();
-            assert_close(
-                scores.as_slice(),
-                &r.rows("scores"),
-                VS_REFERENCE,
-                &format!("{what} scores"),
-            );
-            let soft = ce.predict_softmax(&pairs).unwrap();
-            assert_close(
-                soft.as_slice(),
-                &r.rows("softmax_scores"),
-                VS_REFERENCE,
-                &format!("{what} softmax"),
-            );
+            for (got, key) in [
+                (ce.predict_raw(&pairs).unwrap(), "logits"),
+                (ce.predict(&pairs).unwrap(), "scores"),
+                (ce.predict_softmax(&pairs).unwrap(), "softmax_scores"),
+            ] {
+                let label = format!("{what} {key}");
+                assert_close(got.as_slice(), &r.rows(key), VS_REFERENCE, &label);
+            }
         }
         // labels as id2label names them
         let ce = load(name, 8);

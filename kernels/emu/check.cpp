@@ -7,7 +7,7 @@
 //
 // Inputs are rounded to the kernel's type first, so fp16 / bf16 errors come only from the
 // accumulation order and the output rounding; the tolerances are those of tests/gpu.rs
-// (src/backend/cuda/testbed.rs: tolerance).
+// (src/testing.rs: tol).
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -152,7 +152,7 @@ std::vector<float> rounded(Dt d, std::vector<float> v) {
   for (auto& x : v) x = round_to(d, x);
   return v;
 }
-// testbed::tolerance: relative norm error, out16 = rounded to the 16-bit type on output
+// testing::tol (src/testing.rs): relative norm error, out16 = rounded to the 16-bit type on output
 double tol(Dt d, bool out16) {
   if (d == F32) return 2e-6;
   if (!out16) return 1e-4;
