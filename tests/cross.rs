@@ -85,6 +85,21 @@ impl CrossRef {
     }
 }
 
+/// Run `cmd`, which must succeed, and parse each line of its stdout as JSON.
+fn json_lines(cmd: &mut Command, what: &str) -> Vec<Value> {
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|x| serde_json::from_str(x).unwrap())
+        .collect()
+}
+
 fn load(name: &str, batch_size: usize) -> CrossEncoder {
     let opts = EmbedderOptions {
         threads: Some(2),
@@ -395,17 +410,7 @@ fn cli_rerank_and_predict_equal_sentence_transformers() {
             if raw {
                 cmd.arg("--raw-scores");
             }
-            let o = cmd.output().unwrap();
-            assert!(
-                o.status.success(),
-                "{name}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-            let lines: Vec<Value> = String::from_utf8(o.stdout)
-                .unwrap()
-                .lines()
-                .map(|x| serde_json::from_str(x).unwrap())
-                .collect();
+            let lines = json_lines(&mut cmd, name);
             assert_eq!(lines.len(), rows.len(), "{name}");
             for (line, &i) in lines.iter().zip(&rows) {
                 let got: Vec<f32> = match line {
@@ -454,17 +459,7 @@ fn cli_rerank_and_predict_equal_sentence_transformers() {
             if let Some(k) = case["top_k"].as_u64() {
                 cmd.args(["--top-k", &k.to_string()]);
             }
-            let o = cmd.output().unwrap();
-            assert!(
-                o.status.success(),
-                "{name}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-            let lines: Vec<Value> = String::from_utf8(o.stdout)
-                .unwrap()
-                .lines()
-                .map(|x| serde_json::from_str(x).unwrap())
-                .collect();
+            let lines = json_lines(&mut cmd, name);
             let want = case["result"].as_array().unwrap();
             assert_eq!(lines.len(), want.len(), "{name} case {c}");
             let seen = seen_as(name, case["query"].as_str().unwrap(), &docs);

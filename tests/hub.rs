@@ -57,6 +57,13 @@ impl Env {
             .join(format!("models--{}", repo.replace('/', "--")))
     }
 
+    /// The repo's blobs directory in the cache, created if it is not there yet.
+    fn blobs_dir(&self, repo: &str) -> PathBuf {
+        let blobs = self.repo_dir(repo).join("blobs");
+        std::fs::create_dir_all(&blobs).unwrap();
+        blobs
+    }
+
     /// deberta-embed with HF_HOME in the temp dir and HF_ENDPOINT at `endpoint`.
     fn cmd(&self, endpoint: &str) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_deberta-embed"));
@@ -579,8 +586,7 @@ fn a_partial_file_left_by_a_killed_run_is_not_resumed_into_a_corrupt_blob() {
     // what a run killed during the weights leaves: hf-hub's .part and .lock, here with bytes
     // that are not a prefix of the file
     let (etag, bytes) = &h.files(&repo, "main")["model.safetensors"];
-    let blobs = env.repo_dir(&repo).join("blobs");
-    std::fs::create_dir_all(&blobs).unwrap();
+    let blobs = env.blobs_dir(&repo);
     std::fs::write(
         blobs.join(format!("{etag}.part")),
         vec![0xAB; bytes.len() / 3],
@@ -606,8 +612,7 @@ fn a_file_another_process_is_downloading_is_left_to_it() {
     let env = Env::new();
     // another download of the tokenizer holds hf-hub's lock on its blob
     let (etag, _) = &h.files(&repo, "main")["tokenizer.json"];
-    let blobs = env.repo_dir(&repo).join("blobs");
-    std::fs::create_dir_all(&blobs).unwrap();
+    let blobs = env.blobs_dir(&repo);
     let lock_path = blobs.join(format!("{etag}.lock"));
     let lock = std::fs::File::create(&lock_path).unwrap();
     lock.lock().unwrap();
