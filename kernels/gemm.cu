@@ -60,7 +60,7 @@ static __device__ __forceinline__ void tc_load_tile(T* tile, const T* src, int r
 
 // One tensor-core GEMM block: a BM x BN tile of C, WARPS_M x WARPS_N warps (each a
 // BM / WARPS_M x BN / WARPS_N tile of 16 x 8 mma tiles), STAGES k-tiles of 32 in flight. DYN: the
-// ring lives in dynamic shared memory (`gemm_smem`, sized by the host: gemm_tc_smem_bytes in
+// ring lives in dynamic shared memory (`gemm_smem`, sized by the host: gemm_tc_big_smem_bytes in
 // launch.rs), needed above the 48 KB of static shared memory.
 template <typename T, typename Tout, bool K8, int BM, int BN, int WARPS_M, int WARPS_N,
           int STAGES, bool DYN>
