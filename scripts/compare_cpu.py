@@ -62,6 +62,7 @@ from pathlib import Path
 
 from benchlib import REPO, CpuShare, git_revision, log, machine_info, ort_session, timed
 from benchlib import export_onnx as export_dynamic
+from fixturelib import offline_env
 RUNTIMES = ("pytorch", "ort", "ort-int8", "openvino-f32", "openvino-bf16", "deberta-embed", "deberta-embed-bf16")
 LABEL = {"pytorch": "PyTorch", "ort": "ONNX Runtime", "ort-int8": "ONNX Runtime int8 (dynamic)",
          "openvino-f32": "OpenVINO f32", "openvino-bf16": "OpenVINO bf16",
@@ -117,12 +118,7 @@ ARGS = parse_args()
 # Thread pools must be pinned before torch / numpy are imported.
 for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS"):
     os.environ[var] = str(ARGS.threads)
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
-os.environ["TOKENIZERS_PARALLELISM"] = "false"
-os.environ["CUDA_VISIBLE_DEVICES"] = ""
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+offline_env()
 
 import warnings
 
