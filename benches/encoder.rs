@@ -12,22 +12,10 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use deberta_embed::backend::cpu::attention::{
-    attention, attention_reference, AttentionParams, PosTable,
-};
+use deberta_embed::backend::cpu::attention::{attention, AttentionParams, PosTable};
 use deberta_embed::relpos::RelPosTable;
+use deberta_embed::testing::{attention_reference, signed_fill as fill};
 use deberta_embed::{Embedder, EmbedderOptions};
-
-fn fill(len: usize, mut seed: u64) -> Vec<f32> {
-    (0..len)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
 
 fn bench_attention(c: &mut Criterion) {
     let (heads, d, span) = (6usize, 64usize, 256usize);

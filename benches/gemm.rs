@@ -17,6 +17,8 @@ use deberta_embed::backend::cpu::gemm::{
     amx_available, bf16_dot_available, linear_with, reference_linear, simd_level, Epilogue,
     PackedWeight, SimdLevel,
 };
+// deterministic inputs in [-1, 1)
+use deberta_embed::testing::signed_fill as fill;
 
 /// Which stored form of the weight a run uses.
 #[derive(Clone, Copy, PartialEq)]
@@ -31,18 +33,6 @@ enum Form {
 const MS: [usize; 3] = [16, 512, 4096];
 /// (k, n) pairs of the model's Linear layers.
 const KN: [(usize, usize); 4] = [(384, 1152), (384, 384), (384, 1536), (1536, 384)];
-
-/// Deterministic inputs in [-1, 1).
-fn fill(len: usize, mut seed: u64) -> Vec<f32> {
-    (0..len)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
 
 struct Case {
     m: usize,

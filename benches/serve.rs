@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use deberta_embed::server::{serve, Server, ServerOptions};
+use deberta_embed::testing::{XorShift, GOLDEN};
 use deberta_embed::{Device, Embedder, EmbedderOptions};
 
 #[derive(Parser)]
@@ -114,13 +115,8 @@ fn main() -> Result<()> {
         },
     )?;
     // Requests: 1 to 4 sentences drawn with a fixed xorshift sequence.
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut rng = XorShift(GOLDEN);
+    let mut next = || rng.next_u64();
     let requests: Vec<Vec<&str>> = (0..a.requests)
         .map(|_| {
             let n = 1 + (next() % 4) as usize;

@@ -18,11 +18,7 @@
 // side by side in each), ctx: [T, H]. Accumulation and softmax statistics in fp32.
 #include "common.cuh"
 
-#define ATT_BQ 16
-#define ATT_BKV 32
-#define ATT_WARPS 4
-#define ATT_RPW (ATT_BQ / ATT_WARPS)
-#define ATT_NB (ATT_BQ + ATT_BKV - 1)
+// ATT_*: kernels/constants.cuh
 
 template <typename T, int DPL>
 static __device__ void attention_impl(const T* __restrict__ qkv, const T* __restrict__ pk,
@@ -151,18 +147,25 @@ static __device__ void attention_impl(const T* __restrict__ qkv, const T* __rest
   }
 }
 
-#define ATTENTION_ENTRY(SUFFIX, T, DPL)                                                       \
-  extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32) attention_##SUFFIX##_dpl##DPL( \
-      const T* qkv, const T* pk, const T* pq, const uint32_t* relidx, int max_len,            \
-      const int4* tiles, int heads, int d, float scale, int c2p, int p2c, T* ctx) {           \
+// One entry point per (compute type, DPL), each name written out in full so that a profiler row
+// or a launch error names text that is in this file (build.rs lists the entry points for
+// src/backend/cuda/launch.rs: names).
+#define ATTENTION_ENTRY(NAME, T, DPL)                                                         \
+  extern "C" __global__ void __launch_bounds__(ATT_THREADS)                                   \
+      NAME(const T* qkv, const T* pk, const T* pq, const uint32_t* relidx, int max_len,       \
+           const int4* tiles, int heads, int d, float scale, int c2p, int p2c, T* ctx) {      \
     attention_impl<T, DPL>(qkv, pk, pq, relidx, max_len, tiles, heads, d, scale, c2p, p2c,    \
                            ctx);                                                              \
   }
-#define ATTENTION_ALL_DPL(SUFFIX, T) \
-  ATTENTION_ENTRY(SUFFIX, T, 1)      \
-  ATTENTION_ENTRY(SUFFIX, T, 2)      \
-  ATTENTION_ENTRY(SUFFIX, T, 4)      \
-  ATTENTION_ENTRY(SUFFIX, T, 8)
-ATTENTION_ALL_DPL(f32, float)
-ATTENTION_ALL_DPL(f16, f16)
-ATTENTION_ALL_DPL(bf16, bf16)
+ATTENTION_ENTRY(attention_f32_dpl1, float, 1)
+ATTENTION_ENTRY(attention_f32_dpl2, float, 2)
+ATTENTION_ENTRY(attention_f32_dpl4, float, 4)
+ATTENTION_ENTRY(attention_f32_dpl8, float, 8)
+ATTENTION_ENTRY(attention_f16_dpl1, f16, 1)
+ATTENTION_ENTRY(attention_f16_dpl2, f16, 2)
+ATTENTION_ENTRY(attention_f16_dpl4, f16, 4)
+ATTENTION_ENTRY(attention_f16_dpl8, f16, 8)
+ATTENTION_ENTRY(attention_bf16_dpl1, bf16, 1)
+ATTENTION_ENTRY(attention_bf16_dpl2, bf16, 2)
+ATTENTION_ENTRY(attention_bf16_dpl4, bf16, 4)
+ATTENTION_ENTRY(attention_bf16_dpl8, bf16, 8)

@@ -30,14 +30,7 @@
 #include "common.cuh"
 #include "mma.cuh"
 
-#define A2_D 64
-#define A2_BQ 64
-#define A2_BKV 64
-#define A2_NB 128  // band rows staged per key tile (A2_BQ + A2_BKV - 1 = 127 used)
-#define A2_LDH 72  // smem row stride of the T operands, in elements
-#define A2_LDC 84  // row stride of the per-warp c2p scratch [16][80] (fp32)
-#define A2_LDP 132 // row stride of the p2c scratch [64][128] (fp32)
-#define A2_THREADS 128
+// A2_* (head dim, tile sizes, shared-memory strides, threads): kernels/constants.cuh
 
 template <typename T> struct Pack2;
 template <> struct Pack2<f16> {
@@ -87,8 +80,8 @@ static __device__ void attention_tc_impl(const T* __restrict__ qkv, const T* __r
   T* Vs = Ks + NBUF * A2_BKV * A2_LDH;     // [NBUF][64][LDH]
   T* PKs = Vs + NBUF * A2_BKV * A2_LDH;    // [128][LDH]
   T* PQs = PKs + A2_NB * A2_LDH;           // [128][LDH]
-  float* Cs = reinterpret_cast<float*>(PQs + A2_NB * A2_LDH);  // [4][16][LDC]
-  float* Ps = Cs + 4 * 16 * A2_LDC;                            // [64][LDP]
+  float* Cs = reinterpret_cast<float*>(PQs + A2_NB * A2_LDH);  // [A2_WARPS][16][LDC]
+  float* Ps = Cs + A2_WARPS * 16 * A2_LDC;                     // [A2_BKV][LDP]
 
   const int start = tile.x, len = tile.y, q0 = tile.z;
   const int head = blockIdx.y;

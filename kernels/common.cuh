@@ -14,6 +14,8 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+#include "constants.cuh"
+
 typedef __half f16;
 typedef __nv_bfloat16 bf16;
 

@@ -5,13 +5,11 @@
 // precision).
 #include "common.cuh"
 
-#define ACT_GELU 0
-#define ACT_TANH 1
-#define ACT_RELU 2
+// ACT_*: kernels/constants.cuh
 
 // x, out: fp32 [T, H]; weight: [H, H / groups, k] (torch layout); bias: [H]; pos / len: the
 // token's position inside its sequence and that sequence's length, [T] each.
-// Launch: grid (T, ceil(H / blockDim.x)), block 128; thread = (token, output channel).
+// Launch: grid (T, ceil(H / blockDim.x)), block COL_THREADS; thread = (token, output channel).
 extern "C" __global__ void conv1d_act(const float* __restrict__ x, const int* __restrict__ pos,
                                       const int* __restrict__ len, int tokens, int H, int k,
                                       int groups, const float* __restrict__ weight,

@@ -62,18 +62,23 @@ static __device__ void embed_gather_ln_impl(const uint32_t* ids, const int* pos,
   }
 }
 
-#define EMBED_ENTRIES(SUFFIX, T)                                                              \
-  extern "C" __global__ void embed_gather_##SUFFIX(const uint32_t* ids, const int* pos,       \
-                                                   int tokens, int n, const T* word,          \
-                                                   const T* pos_emb, const T* type0, T* out) { \
+// Entry points, each name written out in full (build.rs lists them for launch.rs: names).
+#define EMBED_GATHER_ENTRY(NAME, T)                                                           \
+  extern "C" __global__ void NAME(const uint32_t* ids, const int* pos, int tokens, int n,     \
+                                  const T* word, const T* pos_emb, const T* type0, T* out) {  \
     embed_gather_impl<T>(ids, pos, tokens, n, word, pos_emb, type0, out);                     \
-  }                                                                                           \
-  extern "C" __global__ void embed_gather_ln_##SUFFIX(                                        \
-      const uint32_t* ids, const int* pos, int tokens, int n, const T* word, const T* pos_emb, \
-      const T* type0, const float* w, const float* b, float eps, float* out32, T* outc) {     \
+  }
+#define EMBED_GATHER_LN_ENTRY(NAME, T)                                                        \
+  extern "C" __global__ void NAME(const uint32_t* ids, const int* pos, int tokens, int n,     \
+                                  const T* word, const T* pos_emb, const T* type0,            \
+                                  const float* w, const float* b, float eps, float* out32,    \
+                                  T* outc) {                                                  \
     embed_gather_ln_impl<T>(ids, pos, tokens, n, word, pos_emb, type0, w, b, eps, out32,      \
                             outc);                                                            \
   }
-EMBED_ENTRIES(f32, float)
-EMBED_ENTRIES(f16, f16)
-EMBED_ENTRIES(bf16, bf16)
+EMBED_GATHER_ENTRY(embed_gather_f32, float)
+EMBED_GATHER_ENTRY(embed_gather_f16, f16)
+EMBED_GATHER_ENTRY(embed_gather_bf16, bf16)
+EMBED_GATHER_LN_ENTRY(embed_gather_ln_f32, float)
+EMBED_GATHER_LN_ENTRY(embed_gather_ln_f16, f16)
+EMBED_GATHER_LN_ENTRY(embed_gather_ln_bf16, bf16)

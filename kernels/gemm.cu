@@ -16,10 +16,7 @@
 #include "common.cuh"
 #include "mma.cuh"
 
-#define EPI_NONE 0
-#define EPI_BIAS 1
-#define EPI_BIAS_GELU 2
-#define EPI_BIAS_RESIDUAL 3
+// EPI_*, TC_*, SG_*: kernels/constants.cuh
 
 static __device__ __forceinline__ float apply_epi(float acc, int epi, const float* bias,
                                                   const float* residual, int m, int n, int N) {
@@ -33,14 +30,6 @@ static __device__ __forceinline__ float apply_epi(float acc, int epi, const floa
 // ---------------------------------------------------------------------------------------------
 // Tensor-core GEMM
 // ---------------------------------------------------------------------------------------------
-#define TC_BM 64
-#define TC_BN 64
-#define TC_BK 32
-#define TC_PAD 8  // halves of padding per smem row: 80-byte rows, conflict-free ldmatrix
-#define TC_LD (TC_BK + TC_PAD)
-#define TC_STAGES 3
-#define TC_THREADS 128
-
 
 // Load rows [row0, row0 + ROWS) x k [k0, k0 + 32) of src ([rows, K], row-major) into a smem
 // tile [ROWS][TC_LD]; zeros outside the matrix. ROWS * 4 chunks of 8 elements over THREADS.
@@ -71,7 +60,7 @@ static __device__ __forceinline__ void tc_load_tile(T* tile, const T* src, int r
 
 // One tensor-core GEMM block: a BM x BN tile of C, WARPS_M x WARPS_N warps (each a
 // BM / WARPS_M x BN / WARPS_N tile of 16 x 8 mma tiles), STAGES k-tiles of 32 in flight. DYN: the
-// ring lives in dynamic shared memory (`gemm_smem`, sized by the host: gemm_tc_smem_bytes in
+// ring lives in dynamic shared memory (`gemm_smem`, sized by the host: gemm_tc_big_smem_bytes in
 // launch.rs), needed above the 48 KB of static shared memory.
 template <typename T, typename Tout, bool K8, int BM, int BN, int WARPS_M, int WARPS_N,
           int STAGES, bool DYN>
@@ -174,8 +163,8 @@ static __device__ void gemm_tc_impl(const T* __restrict__ A, const T* __restrict
   extern "C" __global__ void __launch_bounds__(TC_THREADS)                                    \
       NAME(const T* A, const T* W, const float* bias, const float* residual, TOUT* C, int M,  \
            int N, int K, int epi) {                                                           \
-    gemm_tc_impl<T, TOUT, K8, TC_BM, TC_BN, 2, 2, TC_STAGES, false>(A, W, bias, residual, C, \
-                                                                     M, N, K, epi);           \
+    gemm_tc_impl<T, TOUT, K8, TC_BM, TC_BN, TC_WARPS_M, TC_WARPS_N, TC_STAGES, false>(      \
+        A, W, bias, residual, C, M, N, K, epi);                                               \
   }
 GEMM_TC_ENTRY(gemm_f16_f16, f16, f16, false)
 GEMM_TC_ENTRY(gemm_f16_f32, f16, float, false)
@@ -192,11 +181,9 @@ GEMM_TC_ENTRY(gemm_bf16_f32_k8, bf16, float, true)
   extern "C" __global__ void __launch_bounds__(TC_BIG_THREADS)                                \
       NAME(const T* A, const T* W, const float* bias, const float* residual, TOUT* C, int M,  \
            int N, int K, int epi) {                                                           \
-    gemm_tc_impl<T, TOUT, true, 128, 128, 2, 4, TC_BIG_STAGES, true>(A, W, bias, residual, C, \
-                                                                      M, N, K, epi);          \
+    gemm_tc_impl<T, TOUT, true, TC_BIG, TC_BIG, TC_BIG_WARPS_M, TC_BIG_WARPS_N, TC_BIG_STAGES, \
+                 true>(A, W, bias, residual, C, M, N, K, epi);                                \
   }
-#define TC_BIG_THREADS 256
-#define TC_BIG_STAGES 4
 GEMM_TC_BIG_ENTRY(gemm_f16_f16_k8_128, f16, f16)
 GEMM_TC_BIG_ENTRY(gemm_f16_f32_k8_128, f16, float)
 GEMM_TC_BIG_ENTRY(gemm_bf16_bf16_k8_128, bf16, bf16)
@@ -205,11 +192,6 @@ GEMM_TC_BIG_ENTRY(gemm_bf16_f32_k8_128, bf16, float)
 // ---------------------------------------------------------------------------------------------
 // fp32 SIMT GEMM (the exact validation path)
 // ---------------------------------------------------------------------------------------------
-#define SG_BM 64
-#define SG_BN 64
-#define SG_BK 16
-#define SG_THREADS 256
-
 // Thread (tx, ty) of a 16x16 block computes rows bm + ty + 16 i, columns bn + tx + 16 j
 // (i, j < 4): strided so that the output stores are coalesced across tx and the smem reads
 // are conflict-free.

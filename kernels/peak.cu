@@ -3,10 +3,11 @@
 // fp32 accumulation, measured rather than taken from a datasheet (wgmma on sm_90 has a higher
 // ceiling; this is the one our kernels can reach).
 //
-// Every warp issues `iters` rounds of 8 independent mma.sync on register operands (8 chains
-// cover the instruction latency); no memory traffic but one store per thread, so the compiler
-// cannot drop the work. Operands are a small constant (1/1024): finite, nonzero, no overflow.
-// FLOPs: (threads / 32) * iters * 8 * 2 * 16 * 8 * 16.
+// Every warp issues `iters` rounds of PEAK_MMA_CHAINS (8) independent mma.sync on register
+// operands (8 chains cover the instruction latency); no memory traffic but one store per
+// thread, so the compiler cannot drop the work. Operands are a small constant (1/1024):
+// finite, nonzero, no overflow. FLOPs: (threads / 32) * iters * PEAK_MMA_CHAINS * 2 * 16 * 8 *
+// 16 (launch.rs: mma_peak_flops).
 #include "common.cuh"
 #include "mma.cuh"
 
@@ -22,16 +23,16 @@ template <typename T> static __device__ void mma_peak(int iters, float* __restri
   // Opaque to the compiler (depends on the launch), so the chains are not constant-folded.
   const uint32_t v = SmallPair<T>::bits ^ (threadIdx.x >> 31);
   const uint32_t a[4] = {v, v, v, v};
-  float c[8][4];
+  float c[PEAK_MMA_CHAINS][4];
 #pragma unroll
-  for (int j = 0; j < 8; ++j) c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.0f;
+  for (int j = 0; j < PEAK_MMA_CHAINS; ++j) c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.0f;
   for (int i = 0; i < iters; ++i) {
 #pragma unroll
-    for (int j = 0; j < 8; ++j) Mma<T>::run(c[j], a, v, v);
+    for (int j = 0; j < PEAK_MMA_CHAINS; ++j) Mma<T>::run(c[j], a, v, v);
   }
   float s = 0.0f;
 #pragma unroll
-  for (int j = 0; j < 8; ++j) s += c[j][0] + c[j][1] + c[j][2] + c[j][3];
+  for (int j = 0; j < PEAK_MMA_CHAINS; ++j) s += c[j][0] + c[j][1] + c[j][2] + c[j][3];
   out[blockIdx.x * blockDim.x + threadIdx.x] = s;
 }
 

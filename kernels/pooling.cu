@@ -1,17 +1,12 @@
 // sentence-transformers pooling per packed sequence, and row-wise L2 normalization.
 #include "common.cuh"
 
-// Mode codes (the host packs up to 6 of them, 4 bits each, in `modes`, first mode in the low
-// bits): 0 cls, 1 max, 2 mean, 3 mean_sqrt_len_tokens, 4 weightedmean, 5 lasttoken.
-#define POOL_CLS 0
-#define POOL_MAX 1
-#define POOL_MEAN 2
-#define POOL_MEAN_SQRT 3
-#define POOL_WEIGHTED 4
-#define POOL_LAST 5
+// Mode codes POOL_* (kernels/constants.cuh; the host packs up to POOL_MAX_MODES of them, 4 bits
+// each, in `modes`, first mode in the low bits): cls, max, mean, mean_sqrt_len_tokens,
+// weightedmean, lasttoken.
 
 // x: fp32 [T, H]; cu_seqlens: [B + 1]; out: fp32 [B, nmodes * H], blocks in mode order.
-// Launch: grid (B, ceil(H / blockDim.x)), block 128. Each thread owns one column of one
+// Launch: grid (B, ceil(H / blockDim.x)), block COL_THREADS. Each thread owns one column of one
 // sequence and walks its tokens in order (coalesced across the block), summing in fp32 in the
 // same order as the CPU reference. An empty sequence pools to zeros in every mode.
 extern "C" __global__ void pool(const float* __restrict__ x, const int* __restrict__ cu_seqlens,

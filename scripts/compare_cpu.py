@@ -51,7 +51,6 @@ import atexit
 import hashlib
 import json
 import os
-import platform
 import shlex
 import shutil
 import statistics
@@ -61,7 +60,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from benchlib import REPO, CpuShare, git_revision, log, machine_info, ort_session, timed
+from benchlib import export_onnx as export_dynamic
+from fixturelib import offline_env
 RUNTIMES = ("pytorch", "ort", "ort-int8", "openvino-f32", "openvino-bf16", "deberta-embed", "deberta-embed-bf16",
             "deberta-embed-int8")
 LABEL = {"pytorch": "PyTorch", "ort": "ONNX Runtime", "ort-int8": "ONNX Runtime int8 (dynamic)",
@@ -119,12 +120,7 @@ ARGS = parse_args()
 # Thread pools must be pinned before torch / numpy are imported.
 for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS"):
     os.environ[var] = str(ARGS.threads)
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
-os.environ["TOKENIZERS_PARALLELISM"] = "false"
-os.environ["CUDA_VISIBLE_DEVICES"] = ""
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+offline_env()
 
 import warnings
 
@@ -157,24 +153,7 @@ def load_backbone(model_dir: Path) -> Backbone:
 def export_onnx(model_dir: Path, out: Path) -> None:
     """Runs in a child process (torch.export leaves global state behind; keep the timed process clean)."""
     torch.set_num_threads(ARGS.threads)
-    w = load_backbone(model_dir)
-    # batch 2 / seq 17 so that neither axis gets specialized to 1
-    ids = torch.randint(4, 640, (2, 17))
-    mask = torch.ones_like(ids)
-    batch = torch.export.Dim("batch")
-    seq = torch.export.Dim("seq", max=512)
-    tmp = out.with_name(out.name + ".tmp")
-    torch.onnx.export(
-        w,
-        (ids, mask),
-        str(tmp),
-        dynamo=True,
-        input_names=["input_ids", "attention_mask"],
-        output_names=["last_hidden_state"],
-        dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
-        external_data=False,
-    )
-    tmp.replace(out)
+    export_dynamic(load_backbone(model_dir), out, "last_hidden_state")
 
 
 if ARGS._export is not None:
@@ -187,35 +166,6 @@ if ARGS._export is not None:
 # ------------------------------------------------------------------------------------------------
 
 
-def log(*a):
-    print(*a, flush=True)
-
-
-def sh(cmd: list[str]) -> str:
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
-    except Exception:
-        return ""
-
-
-def machine_info() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus_visible": os.cpu_count()}
-    for line in sh(["lscpu"]).splitlines():
-        k, _, v = line.partition(":")
-        k, v = k.strip(), v.strip()
-        if k in ("Model name", "CPU(s)", "Thread(s) per core", "Core(s) per socket", "Socket(s)", "L2 cache", "L3 cache"):
-            info[k] = v
-        if k == "Flags":
-            info["avx512f"] = "avx512f" in v.split()
-            info["avx512_bf16"] = "avx512_bf16" in v.split()
-            info["amx_tile"] = "amx_tile" in v.split()
-    try:
-        info["mem_total_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError):
-        pass
-    return info
-
-
 def versions() -> dict:
     import transformers
 
@@ -225,10 +175,9 @@ def versions() -> dict:
             v[mod] = __import__(mod).__version__
         except ImportError:
             v[mod] = None
-    rev = sh(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    rev = git_revision()
     if rev:
-        dirty = sh(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"])
-        v["deberta-embed (repo HEAD)"] = rev + ("+dirty" if dirty else "")
+        v["deberta-embed (repo HEAD)"] = rev
     return v
 
 
@@ -245,46 +194,6 @@ def compare(a: np.ndarray, b: np.ndarray) -> dict:
     b = np.asarray(b, dtype=np.float64)
     cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
     return {"max_abs_diff": float(np.abs(a - b).max()), "min_cosine": float(cos.min()), "ref_max_abs": float(np.abs(b).max())}
-
-
-def timed(fn, n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t) * 1e3)
-    return out
-
-
-class CpuShare:
-    """Share of the machine's CPU time that went to OTHER processes during a window (0 = quiet).
-
-    (busy jiffies of all CPUs from /proc/stat - CPU time of this process and its waited-for
-    children) / (wall time x CPUs); hypervisor steal counts as busy.
-    """
-
-    def __enter__(self):
-        self.t, self.busy, self.own = time.perf_counter(), self._busy(), self._own()
-        return self
-
-    def __exit__(self, *exc):
-        wall = time.perf_counter() - self.t
-        other = (self._busy() - self.busy) - (self._own() - self.own)
-        self.other = max(0.0, other / (wall * (os.cpu_count() or 1))) if wall > 0 else 0.0
-
-    @staticmethod
-    def _busy() -> float:
-        try:
-            f = [int(x) for x in open("/proc/stat").readline().split()[1:]]
-        except OSError:
-            return 0.0
-        user, nice, system, _idle, _iowait, irq, softirq, steal = (f + [0] * 8)[:8]
-        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-    @staticmethod
-    def _own() -> float:
-        t = os.times()
-        return t.user + t.system + t.children_user + t.children_system
 
 
 def iters_for(ms: float) -> int:
@@ -313,14 +222,7 @@ class TorchRunner:
 
 class OrtRunner:
     def __init__(self, onnx_path: Path, threads: int):
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self.sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+        self.sess = ort_session(onnx_path, threads)
 
     def prepare(self, ids: np.ndarray):
         self.feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}

@@ -115,7 +115,7 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from benchlib import REPO, cpu_model, git_revision, log, sh
 CUDA_SHAPES = "1x16,1x512,256x32,64x128,16x512,1024x32"
 CPU_SHAPES = "1x16"
 COS_MIN = 0.99
@@ -192,17 +192,6 @@ if ARGS.device == "cpu":
 import warnings
 
 warnings.filterwarnings("ignore")
-
-
-def log(*a):
-    print(*a, flush=True)
-
-
-def sh(cmd: list[str], timeout: float = 30) -> str:
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout).stdout.strip()
-    except Exception:
-        return ""
 
 
 def install_wheels(folder: Path) -> dict:
@@ -602,7 +591,7 @@ def versions() -> dict:
         except PackageNotFoundError:
             v[name] = "not installed"
     v["python"] = platform.python_version()
-    rev = sh(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    rev = git_revision(mark_dirty=False)
     if rev:
         v["repo HEAD"] = rev
     return v
@@ -615,11 +604,7 @@ def device_info() -> dict:
         return {"type": "cuda", "name": torch.cuda.get_device_name(0),
                 "detail": f"{p.multi_processor_count} SMs, {p.total_memory / 2**30:.0f} GiB, "
                           f"sm_{p.major}{p.minor}" + (f", driver {drv}" if drv else "")}
-    name = ""
-    for line in sh(["lscpu"]).splitlines():
-        if line.startswith("Model name:"):
-            name = line.split(":", 1)[1].strip()
-    return {"type": "cpu", "name": name or platform.processor() or "CPU", "detail": f"{torch.get_num_threads()} threads"}
+    return {"type": "cpu", "name": cpu_model() or "CPU", "detail": f"{torch.get_num_threads()} threads"}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import shlex
 import statistics
@@ -48,7 +47,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from benchlib import REPO, cpu_model, git_revision, log, ort_session, timed
+from benchlib import export_onnx as export_dynamic
 
 
 def parse_args():
@@ -94,45 +94,12 @@ def export_onnx(model_dir: Path, out: Path) -> None:
         def forward(self, input_ids, attention_mask):
             return self.m(input_ids=input_ids, attention_mask=attention_mask).logits
 
-    ids = torch.randint(4, 640, (2, 17))
-    batch = torch.export.Dim("batch")
-    seq = torch.export.Dim("seq", max=512)
-    tmp = out.with_name(out.name + ".tmp")
-    torch.onnx.export(
-        Wrap(m).eval(),
-        (ids, torch.ones_like(ids)),
-        str(tmp),
-        dynamo=True,
-        input_names=["input_ids", "attention_mask"],
-        output_names=["logits"],
-        dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
-        external_data=False,
-    )
-    tmp.replace(out)
+    export_dynamic(Wrap(m).eval(), out, "logits")
 
 
 if ARGS._export is not None:
     export_onnx(Path(ARGS._export[0]), Path(ARGS._export[1]))
     sys.exit(0)
-
-
-def log(*a):
-    print(*a, flush=True)
-
-
-def sh(cmd: list[str]) -> str:
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
-    except Exception:
-        return ""
-
-
-def cpu_model() -> str:
-    for line in sh(["lscpu"]).splitlines():
-        k, _, v = line.partition(":")
-        if k.strip() == "Model name":
-            return v.strip()
-    return platform.processor()
 
 
 def make_workload(tok, n_docs: int, doc_tokens: int) -> tuple[str, list[str]]:
@@ -152,15 +119,6 @@ def make_workload(tok, n_docs: int, doc_tokens: int) -> tuple[str, list[str]]:
     query = text_of(12)
     docs = [text_of(doc_tokens) for _ in range(n_docs)]
     return query, docs
-
-
-def timed(fn, n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t) * 1e3)
-    return out
 
 
 def main() -> None:
@@ -199,12 +157,7 @@ def main() -> None:
         log(f"ONNX: exporting with torch.onnx.export(dynamo=True) -> {onnx_path}")
         subprocess.run([sys.executable, __file__, "--model", str(ARGS.model), "--threads", str(ARGS.threads),
                         "--_export", str(ARGS.model), str(onnx_path)], check=True, capture_output=True)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = ARGS.threads
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    sess = ort_session(onnx_path, ARGS.threads)
     max_len = int(ce.max_seq_length)
 
     def ort_rank():
@@ -258,7 +211,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in rounds.items()}
     ratio = {k: statistics.median([a / b for a, b in zip(rounds[k], rounds["deberta-embed"])])
              for k in rounds if k != "deberta-embed"}
-    rev = sh(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    rev = git_revision(mark_dirty=False)
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "commit": rev,

@@ -72,7 +72,7 @@ MUTANTS=(
   "attention_v1_no_tile_barrier|attention.cu|    __syncthreads();  // the previous key tile is consumed|    // (barrier removed)|attention_f16_dpl1"
   "attention_v2_c2p_gather_shifted|attention_tc.cu|v += Cw[rl * A2_LDC + (rl - cl + A2_BKV - 1)];|v += Cw[rl * A2_LDC + (rl - cl + A2_BKV)];|attention_tc_f16"
   "attention_v2_no_scratch_barrier|attention_tc.cu|    __syncthreads();  // P (and C) written|    // (barrier removed)|attention_tc_bf16"
-  "attention_v2_rows_not_16_byte_aligned|attention_tc.cu|#define A2_LDH 72|#define A2_LDH 68|attention_tc_f16"
+  "attention_v2_rows_not_16_byte_aligned|constants.cuh|#define A2_LDH 72|#define A2_LDH 68|attention_tc_f16"
   "attention_v2_async_no_end_barrier|attention_tc.cu|      __syncthreads();     // ... everyone's, and this tile's C, P, K, V reads are done|      // (barrier removed)|attention_tc_async_f16"
   "attention_v2_async_band_not_waited|attention_tc.cu|      cp_async_wait<0>();  // the next tile's|      cp_async_wait<1>();  // the next tile's|attention_tc_async_bf16"
   "attention_v2_async_kv_into_current_buffer|attention_tc.cu|T* Kn = Ks + ((it + 1) % NBUF) * A2_BKV * A2_LDH;|T* Kn = Ks + (it % NBUF) * A2_BKV * A2_LDH;|attention_tc_async_f16"
@@ -102,8 +102,9 @@ PY
     fi
     objs=("$BUILD/runtime.o" "$BUILD/check.o")
     for k in "${KERNELS[@]}"; do
-      # every kernel that includes the mutated file is rebuilt from the mutant directory
-      if [[ $file == "$k.cu" ]] || { [[ $file == *.cuh ]] && grep -q "$file" "kernels/$k.cu" "kernels/mma.cuh"; }; then
+      # the mutated kernel is rebuilt from the mutant directory, and every kernel when a header
+      # is mutated (each includes common.cuh, which includes constants.cuh)
+      if [[ $file == "$k.cu" || $file == *.cuh ]]; then
         local mflags=() f
         for f in "${FLAGS[@]}"; do [[ $f == -Ikernels ]] && mflags+=("-I$dir") || mflags+=("$f"); done
         "$CXX" "${mflags[@]}" -x c++ -c "$dir/$k.cu" -o "$dir/k_$k.o"

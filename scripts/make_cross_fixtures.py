@@ -34,14 +34,9 @@ token types for sentence pairs (as CrossEncoder tokenizes them: longest-first tr
 
 from __future__ import annotations
 
-import os
+import fixturelib
 
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
-os.environ["TOKENIZERS_PARALLELISM"] = "false"
-os.environ["CUDA_VISIBLE_DEVICES"] = ""
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+fixturelib.offline_env()
 
 import argparse
 import json
@@ -70,72 +65,44 @@ TOK_SRC = MODELS / "st6_pool_weightedmean"
 
 
 def base_config(**kw) -> DebertaV2Config:
+    """The cross-encoder fixtures' backbone: 2 layers of 32 (2 heads), buckets 16, both
+    position terms, LayerNorm on the relative embeddings; `kw` overrides any field."""
     args = dict(
-        vocab_size=640,
         hidden_size=32,
-        num_hidden_layers=2,
         num_attention_heads=2,
-        intermediate_size=64,
-        hidden_act="gelu",
         max_position_embeddings=64,
         type_vocab_size=0,
-        relative_attention=True,
         max_relative_positions=-1,
         position_buckets=16,
         norm_rel_ebd="layer_norm",
         share_att_key=True,
         pos_att_type=["p2c", "c2p"],
         position_biased_input=False,
-        layer_norm_eps=1e-7,
-        pad_token_id=0,
         pooler_dropout=0.0,
         pooler_hidden_act="gelu",
-        hidden_dropout_prob=0.1,
-        attention_probs_dropout_prob=0.1,
-        initializer_range=0.02,
     )
     args.update(kw)
-    return DebertaV2Config(**args)
-
-
-def randomize_(model: torch.nn.Module, seed: int) -> None:
-    """Large random weights (as make_fixtures.py), so that positions, types and heads really matter."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            r = torch.randn(p.shape, generator=g, dtype=torch.float32)
-            if "LayerNorm.weight" in name:
-                v = 1.0 + 0.1 * r
-            elif name.endswith(".bias"):
-                v = 0.1 * r
-            elif "rel_embeddings" in name:
-                v = 1.0 * r
-            elif name.startswith("classifier") or name.startswith("pooler"):
-                v = 0.3 * r
-            else:
-                v = 0.2 * r
-            p.copy_(v.to(p.dtype))
+    return fixturelib.base_config(640, **args)
 
 
 def copy_tokenizer(d: Path, max_len: int) -> None:
     shutil.copy(TOK_SRC / "tokenizer.json", d / "tokenizer.json")
-    cfg = json.loads((TOK_SRC / "tokenizer_config.json").read_text())
+    cfg = fixturelib.drop_local_keys(json.loads((TOK_SRC / "tokenizer_config.json").read_text()))
     cfg["model_max_length"] = max_len
-    for k in ("is_local", "local_files_only"):
-        cfg.pop(k, None)
-    (d / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    fixturelib.write_json_sorted(cfg, d / "tokenizer_config.json")
 
 
 def patch_config(d: Path, **extra) -> None:
     p = d / "config.json"
     cfg = json.loads(p.read_text())
     cfg.update(extra)
-    p.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    fixturelib.write_json_sorted(cfg, p)
 
 
 def build_hf(d: Path, cfg: DebertaV2Config, seed: int, max_len: int) -> None:
     model = DebertaV2ForSequenceClassification(cfg).eval()
-    randomize_(model, seed)
+    # large random weights, as make_fixtures.py's, and visible heads
+    fixturelib.randomize_(model, seed, head_scale=0.3)
     d.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(d), safe_serialization=True)
     copy_tokenizer(d, max_len)
@@ -152,10 +119,7 @@ def build_st6(d: Path, cfg: DebertaV2Config, seed: int, max_len: int, activation
     for junk in ("README.md",):
         (d / junk).unlink(missing_ok=True)
     cfg_tok = d / "tokenizer_config.json"
-    t = json.loads(cfg_tok.read_text())
-    for k in ("is_local", "local_files_only"):
-        t.pop(k, None)
-    cfg_tok.write_text(json.dumps(t, indent=2, sort_keys=True) + "\n")
+    fixturelib.write_json_sorted(fixturelib.drop_local_keys(json.loads(cfg_tok.read_text())), cfg_tok)
 
 
 def sentences() -> list[str]:

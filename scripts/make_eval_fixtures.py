@@ -32,14 +32,9 @@ could legitimately jump and the comparison would test luck rather than the metri
 
 from __future__ import annotations
 
-import os
+from fixturelib import offline_env
 
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
-os.environ["TOKENIZERS_PARALLELISM"] = "false"
-os.environ["CUDA_VISIBLE_DEVICES"] = ""
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+offline_env()
 
 import csv
 import io

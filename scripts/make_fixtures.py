@@ -43,13 +43,9 @@ from __future__ import annotations
 
 import os
 
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
-os.environ["HF_DATASETS_OFFLINE"] = "1"
-os.environ["TOKENIZERS_PARALLELISM"] = "false"
-os.environ["CUDA_VISIBLE_DEVICES"] = ""
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+from fixturelib import base_config, offline_env, randomize_
+
+offline_env()
 
 import json
 import math
@@ -384,40 +380,6 @@ def load_v5_tokenizer(spm_path: Path, workdir: Path) -> DebertaV2Tokenizer:
 # --------------------------------------------------------------------------------------------
 # 3. models
 # --------------------------------------------------------------------------------------------
-
-
-def base_config(vocab_size: int, **kw) -> DebertaV2Config:
-    args = dict(
-        vocab_size=vocab_size,
-        num_hidden_layers=2,
-        intermediate_size=64,
-        hidden_act="gelu",
-        hidden_dropout_prob=0.1,
-        attention_probs_dropout_prob=0.1,
-        layer_norm_eps=1e-7,
-        relative_attention=True,
-        pad_token_id=0,
-        initializer_range=0.02,
-    )
-    args.update(kw)
-    return DebertaV2Config(**args)
-
-
-def randomize_(model: torch.nn.Module, seed: int) -> None:
-    """Large random weights so that positions / layers / heads really differ (std-0.02 init hides bugs)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            r = torch.randn(p.shape, generator=g, dtype=torch.float32)
-            if "LayerNorm.weight" in name:
-                v = 1.0 + 0.1 * r
-            elif name.endswith(".bias"):
-                v = 0.1 * r
-            elif "rel_embeddings" in name:
-                v = 1.0 * r  # visible position terms even without norm_rel_ebd
-            else:
-                v = 0.2 * r
-            p.copy_(v.to(p.dtype))
 
 
 def save_v4_tokenizer_files(d: Path, spm_path: Path, legacy_metaspace: bool, with_spm: bool) -> None:

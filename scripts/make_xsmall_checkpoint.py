@@ -31,14 +31,9 @@ Same seed -> same weights (the safetensors file is byte-identical across runs).
 
 from __future__ import annotations
 
-import os
+from fixturelib import offline_env
 
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
-os.environ["TOKENIZERS_PARALLELISM"] = "false"
-os.environ["CUDA_VISIBLE_DEVICES"] = ""
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+offline_env()
 
 import argparse
 import shutil

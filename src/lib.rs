@@ -64,6 +64,8 @@ pub mod relpos;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod similarity;
+#[doc(hidden)]
+pub mod testing;
 pub mod tokenize;
 
 use std::path::Path;

@@ -18,6 +18,7 @@ use crate::checkpoint::{Checkpoint, F32Tensor};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::relpos::RelPosTable;
+use crate::testing::XorShift;
 use crate::Precision;
 
 /// One encoder layer's weights as stored by torch (Linear weights are [out, in]).
@@ -365,29 +366,6 @@ impl HostWeights {
             n += l.out_ln_w.len() + l.out_ln_b.len();
         }
         n
-    }
-}
-
-/// Small deterministic PRNG for synthetic weights (no dependency, same numbers everywhere).
-pub(crate) struct XorShift(pub u64);
-
-impl XorShift {
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-    /// Uniform in [0, 1).
-    pub(crate) fn uniform(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-    /// Approximately standard normal (sum of 4 uniforms, rescaled): cheap and good enough.
-    pub(crate) fn normal(&mut self) -> f32 {
-        let s = self.uniform() + self.uniform() + self.uniform() + self.uniform();
-        (s - 2.0) * 1.732_050_8
     }
 }
 

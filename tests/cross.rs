@@ -81,19 +81,23 @@ impl CrossRef {
         out
     }
     fn ids(&self, key: &str) -> Vec<Vec<u32>> {
-        self.meta[key]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                r.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_u64().unwrap() as u32)
-                    .collect()
-            })
-            .collect()
+        common::id_rows(&self.meta[key])
     }
+}
+
+/// Run `cmd`, which must succeed, and parse each line of its stdout as JSON.
+fn json_lines(cmd: &mut Command, what: &str) -> Vec<Value> {
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|x| serde_json::from_str(x).unwrap())
+        .collect()
 }
 
 fn load(name: &str, batch_size: usize) -> CrossEncoder {
@@ -165,27 +169,14 @@ fn logits_and_scores_equal_sentence_transformers() {
                 "{what}"
             );
             let pairs = r.pair_refs();
-            let raw = ce.predict_raw(&pairs).unwrap();
-            assert_close(
-                raw.as_slice(),
-                &r.rows("logits"),
-                VS_REFERENCE,
-                &format!("{what} logits"),
-            );
-            let scores = ce.predict(&pairs).unwrap();
-            assert_close(
-                scores.as_slice(),
-                &r.rows("scores"),
-                VS_REFERENCE,
-                &format!("{what} scores"),
-            );
-            let soft = ce.predict_softmax(&pairs).unwrap();
-            assert_close(
-                soft.as_slice(),
-                &r.rows("softmax_scores"),
-                VS_REFERENCE,
-                &format!("{what} softmax"),
-            );
+            for (got, key) in [
+                (ce.predict_raw(&pairs).unwrap(), "logits"),
+                (ce.predict(&pairs).unwrap(), "scores"),
+                (ce.predict_softmax(&pairs).unwrap(), "softmax_scores"),
+            ] {
+                let label = format!("{what} {key}");
+                assert_close(got.as_slice(), &r.rows(key), VS_REFERENCE, &label);
+            }
         }
         // labels as id2label names them
         let ce = load(name, 8);
@@ -419,17 +410,7 @@ fn cli_rerank_and_predict_equal_sentence_transformers() {
             if raw {
                 cmd.arg("--raw-scores");
             }
-            let o = cmd.output().unwrap();
-            assert!(
-                o.status.success(),
-                "{name}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-            let lines: Vec<Value> = String::from_utf8(o.stdout)
-                .unwrap()
-                .lines()
-                .map(|x| serde_json::from_str(x).unwrap())
-                .collect();
+            let lines = json_lines(&mut cmd, name);
             assert_eq!(lines.len(), rows.len(), "{name}");
             for (line, &i) in lines.iter().zip(&rows) {
                 let got: Vec<f32> = match line {
@@ -478,17 +459,7 @@ fn cli_rerank_and_predict_equal_sentence_transformers() {
             if let Some(k) = case["top_k"].as_u64() {
                 cmd.args(["--top-k", &k.to_string()]);
             }
-            let o = cmd.output().unwrap();
-            assert!(
-                o.status.success(),
-                "{name}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-            let lines: Vec<Value> = String::from_utf8(o.stdout)
-                .unwrap()
-                .lines()
-                .map(|x| serde_json::from_str(x).unwrap())
-                .collect();
+            let lines = json_lines(&mut cmd, name);
             let want = case["result"].as_array().unwrap();
             assert_eq!(lines.len(), want.len(), "{name} case {c}");
             let seen = seen_as(name, case["query"].as_str().unwrap(), &docs);

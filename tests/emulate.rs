@@ -13,6 +13,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
+/// The kernel entry points as build.rs reads them from `kernels/*.cu` (the list the CUDA backend
+/// loads and launches by: `backend::cuda::launch::names`).
+mod names {
+    include!(concat!(env!("OUT_DIR"), "/kernel_names.rs"));
+}
+
 /// The two tests share the build directory: one at a time.
 static BUILD: Mutex<()> = Mutex::new(());
 
@@ -111,6 +117,33 @@ fn every_kernel_matches_its_reference_under_emulation() {
         unchecked.is_empty(),
         "kernels without an emulator check: {unchecked:?}"
     );
+    // the names the CUDA backend launches by are exactly the compiled entry points, and each
+    // is written out in kernels/*.cu (no name pasted together by the preprocessor)
+    let listed: BTreeSet<String> = names::ALL.iter().map(|s| s.to_string()).collect();
+    assert_eq!(listed.len(), names::ALL.len(), "duplicate kernel names");
+    assert_eq!(
+        listed, entries,
+        "build.rs's kernel list vs the compiled entry points"
+    );
+    let sources: Vec<String> = std::fs::read_dir(root().join("kernels"))
+        .expect("kernels/")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cu"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    for name in names::ALL {
+        let literal = sources.iter().any(|s| {
+            s.match_indices(name).any(|(i, _)| {
+                let word =
+                    |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+                !word(s[..i].chars().next_back()) && !word(s[i + name.len()..].chars().next())
+            })
+        });
+        assert!(
+            literal,
+            "kernel `{name}` is not written out in kernels/*.cu"
+        );
+    }
 }
 
 #[test]

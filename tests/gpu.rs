@@ -19,11 +19,10 @@ use common::{cosine, max_abs_diff, model_names, Reference};
 use deberta_embed::backend::cpu::gemm::{reference_linear, Epilogue};
 use deberta_embed::backend::cpu::ops::{conv1d_act_into, layer_norm_rows};
 use deberta_embed::backend::cuda::launch::Packed;
-use deberta_embed::backend::cuda::{
-    self, testbed, AttentionKernel, DevBuf, Dtype, Epi, GemmKernel, Gpu,
-};
+use deberta_embed::backend::cuda::{self, AttentionKernel, DevBuf, Dtype, Epi, GemmKernel, Gpu};
 use deberta_embed::config::{Activation, PoolingMode};
 use deberta_embed::relpos::RelPosTable;
+use deberta_embed::testing::{self, attention_ref, tol, XorShift};
 use deberta_embed::{Device, Embedder, EmbedderOptions, Precision};
 
 const DTYPES: [Dtype; 3] = [Dtype::F32, Dtype::F16, Dtype::BF16];
@@ -56,9 +55,7 @@ macro_rules! gpu_or_skip {
     };
 }
 
-/// Random source: a fresh seed per process (printed), or `GPU_TEST_SEED`.
-struct Rng(u64);
-
+/// This process's seed: a fresh one per process (printed), or `GPU_TEST_SEED`.
 fn seed() -> u64 {
     static SEED: OnceLock<u64> = OnceLock::new();
     *SEED.get_or_init(|| {
@@ -76,32 +73,9 @@ fn seed() -> u64 {
     })
 }
 
-impl Rng {
-    fn new(salt: u64) -> Self {
-        Rng((seed() ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-    fn uniform(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32
-    }
-    /// Roughly normal, std `s`, mean `m`.
-    fn normal(&mut self, m: f32, s: f32) -> f32 {
-        let u = self.uniform() + self.uniform() + self.uniform() + self.uniform();
-        m + (u - 2.0) * 1.732_050_8 * s
-    }
-    fn vec(&mut self, n: usize, m: f32, s: f32) -> Vec<f32> {
-        (0..n).map(|_| self.normal(m, s)).collect()
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
+/// The random source of stream `salt` in this process's run.
+fn rng(salt: u64) -> XorShift {
+    XorShift::salted(seed(), salt)
 }
 
 /// ||a - b|| / ||b|| in f64 (the testbed's), and fail on any non-finite value of `a`.
@@ -113,10 +87,10 @@ fn rel_err(a: &[f32], b: &[f32]) -> f64 {
             a[p]
         );
     }
-    testbed::rel_err(a, b)
+    testing::rel_err(a, b)
 }
 
-use cuda::testbed::tolerance as tol;
+use cuda::testbed::tolerance;
 
 fn out_buf(g: &Gpu, dt: Dtype, n: usize) -> DevBuf {
     let b = g.alloc(n * dt.size(), "test output").unwrap();
@@ -124,11 +98,11 @@ fn out_buf(g: &Gpu, dt: Dtype, n: usize) -> DevBuf {
     b
 }
 
-fn lens_batch(rng: &mut Rng, b: usize, max: usize) -> Vec<usize> {
+fn lens_batch(rng: &mut XorShift, b: usize, max: usize) -> Vec<usize> {
     (0..b).map(|_| 1 + rng.below(max)).collect()
 }
 
-fn ids_for(rng: &mut Rng, lens: &[usize], vocab: usize) -> Vec<Vec<u32>> {
+fn ids_for(rng: &mut XorShift, lens: &[usize], vocab: usize) -> Vec<Vec<u32>> {
     lens.iter()
         .map(|&l| (0..l).map(|_| rng.below(vocab) as u32).collect())
         .collect()
@@ -137,7 +111,7 @@ fn ids_for(rng: &mut Rng, lens: &[usize], vocab: usize) -> Vec<Vec<u32>> {
 #[test]
 fn gemm_matches_cpu() {
     let g = gpu_or_skip!();
-    let mut rng = Rng::new(1);
+    let mut rng = rng(1);
     // (m, n, k): xsmall shapes, awkward M, K not a multiple of 8, tiny and odd N
     let shapes = [
         (1, 384, 384),
@@ -155,10 +129,10 @@ fn gemm_matches_cpu() {
             if quick() && m * n * k > 128 * 384 * 384 {
                 continue;
             }
-            let a = dt.round(&rng.vec(m * k, 0.0, 1.0));
-            let w = dt.round(&rng.vec(n * k, 0.0, 1.0 / (k as f32).sqrt()));
-            let bias = rng.vec(n, 0.0, 0.1);
-            let res = rng.vec(m * n, 0.0, 1.0);
+            let a = dt.round(&rng.normal_vec(m * k, 0.0, 1.0));
+            let w = dt.round(&rng.normal_vec(n * k, 0.0, 1.0 / (k as f32).sqrt()));
+            let bias = rng.normal_vec(n, 0.0, 0.1);
+            let res = rng.normal_vec(m * n, 0.0, 1.0);
             let (da, dw) = (
                 g.upload(dt, &a, "a").unwrap(),
                 g.upload(dt, &w, "w").unwrap(),
@@ -193,7 +167,7 @@ fn gemm_matches_cpu() {
                         let got = g.download(out_dt, &c, m * n).unwrap();
                         let err = rel_err(&got, &want);
                         assert!(
-                            err <= tol(dt, !out_f32),
+                            err <= tolerance(dt, !out_f32),
                             "gemm {dt:?} -> {out_dt:?} {tiles:?} m={m} n={n} k={k} epi={epi}: \
                              rel err {err:e}"
                         );
@@ -208,16 +182,16 @@ fn gemm_matches_cpu() {
 #[test]
 fn layernorm_matches_cpu() {
     let g = gpu_or_skip!();
-    let mut rng = Rng::new(2);
+    let mut rng = rng(2);
     for dt in DTYPES {
         for &rows in &[1usize, 7, 33, 257] {
             for &n in &[32usize, 36, 40, 384, 1536] {
                 for with_res in [false, true] {
                     // a large mean on purpose: fp32 statistics must stay exact
-                    let x = rng.vec(rows * n, 3.0, 1.0);
-                    let r = rng.vec(rows * n, 0.0, 0.5);
-                    let w = rng.vec(n, 1.0, 0.1);
-                    let b = rng.vec(n, 0.0, 0.1);
+                    let x = rng.normal_vec(rows * n, 3.0, 1.0);
+                    let r = rng.normal_vec(rows * n, 0.0, 0.5);
+                    let w = rng.normal_vec(n, 1.0, 0.1);
+                    let b = rng.normal_vec(n, 0.0, 0.1);
                     let dx = g.upload(Dtype::F32, &x, "x").unwrap();
                     let dres = g.upload(Dtype::F32, &r, "r").unwrap();
                     let (dw, dbias) = (
@@ -252,7 +226,7 @@ fn layernorm_matches_cpu() {
                         "layernorm {dt:?} rows={rows} n={n} res={with_res}: max |diff| {d:e}"
                     );
                     let e = rel_err(&gotc, &dt.round(&want));
-                    assert!(e <= tol(dt, true), "layernorm copy {dt:?}: {e:e}");
+                    assert!(e <= tolerance(dt, true), "layernorm copy {dt:?}: {e:e}");
                     // in place (out32 == input), as the conv block uses it
                     g.layernorm(dt, &dx, res, rows, n, (&dw, &dbias, 1e-7), &dx, None)
                         .unwrap();
@@ -267,7 +241,7 @@ fn layernorm_matches_cpu() {
 #[test]
 fn embeddings_match_cpu() {
     let g = gpu_or_skip!();
-    let mut rng = Rng::new(3);
+    let mut rng = rng(3);
     let vocab = 1000;
     for dt in DTYPES {
         for &n in &[24usize, 32, 384] {
@@ -280,11 +254,11 @@ fn embeddings_match_cpu() {
                 let ids = ids_for(&mut rng, &lens, vocab);
                 let packed = Packed::new(&ids).unwrap();
                 let t = packed.tokens();
-                let word = dt.round(&rng.vec(vocab * n, 0.0, 0.5));
-                let pos = dt.round(&rng.vec(64 * n, 0.0, 0.5));
-                let ty = dt.round(&rng.vec(n, 0.0, 0.5));
-                let w = rng.vec(n, 1.0, 0.1);
-                let b = rng.vec(n, 0.0, 0.1);
+                let word = dt.round(&rng.normal_vec(vocab * n, 0.0, 0.5));
+                let pos = dt.round(&rng.normal_vec(64 * n, 0.0, 0.5));
+                let ty = dt.round(&rng.normal_vec(n, 0.0, 0.5));
+                let w = rng.normal_vec(n, 1.0, 0.1);
+                let b = rng.normal_vec(n, 0.0, 0.1);
                 let db = g.upload_batch(&packed, vocab).unwrap();
                 let dword = g.upload(dt, &word, "word").unwrap();
                 let dpos = g.upload(dt, &pos, "pos").unwrap();
@@ -315,7 +289,7 @@ fn embeddings_match_cpu() {
                 g.embed_gather(dt, &db, n, &dword, pe, te, &out).unwrap();
                 let got = g.download(dt, &out, t * n).unwrap();
                 let e = rel_err(&got, &dt.round(&raw));
-                assert!(e <= tol(dt, true), "embed_gather {dt:?} n={n}: {e:e}");
+                assert!(e <= tolerance(dt, true), "embed_gather {dt:?} n={n}: {e:e}");
 
                 let mut want = raw.clone();
                 layer_norm_rows(&mut want, n, &w, &b, 1e-7);
@@ -339,61 +313,6 @@ fn embeddings_match_cpu() {
             }
         }
     }
-}
-
-/// Plain f64 disentangled attention over packed sequences (the definition).
-#[allow(clippy::too_many_arguments)]
-fn attention_ref(
-    qkv: &[f32],
-    offsets: &[usize],
-    pk: Option<&[f32]>,
-    pq: Option<&[f32]>,
-    rel: &RelPosTable,
-    heads: usize,
-    d: usize,
-    scale: f32,
-) -> Vec<f32> {
-    let h = heads * d;
-    let t = *offsets.last().unwrap();
-    let mut out = vec![0.0f32; t * h];
-    let dot = |a: &[f32], b: &[f32]| {
-        a.iter()
-            .zip(b)
-            .map(|(&x, &y)| x as f64 * y as f64)
-            .sum::<f64>()
-    };
-    for w in offsets.windows(2) {
-        let (s0, n) = (w[0], w[1] - w[0]);
-        for hd in 0..heads {
-            let col = hd * d;
-            for i in 0..n {
-                let q = &qkv[(s0 + i) * 3 * h + col..][..d];
-                let mut sc = vec![0.0f64; n];
-                for (j, s) in sc.iter_mut().enumerate() {
-                    let k = &qkv[(s0 + j) * 3 * h + h + col..][..d];
-                    let r = rel.index(i, j) * h + col;
-                    let mut v = dot(q, k);
-                    if let Some(pk) = pk {
-                        v += dot(q, &pk[r..r + d]);
-                    }
-                    if let Some(pq) = pq {
-                        v += dot(k, &pq[r..r + d]);
-                    }
-                    *s = v * scale as f64;
-                }
-                let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let z: f64 = sc.iter().map(|s| (s - m).exp()).sum();
-                for c in 0..d {
-                    let mut acc = 0.0f64;
-                    for (j, s) in sc.iter().enumerate() {
-                        acc += (s - m).exp() / z * qkv[(s0 + j) * 3 * h + 2 * h + col + c] as f64;
-                    }
-                    out[(s0 + i) * h + col + c] = acc as f32;
-                }
-            }
-        }
-    }
-    out
 }
 
 #[test]
@@ -421,7 +340,7 @@ fn attention_tc_matches_cpu() {
 
 fn check_attention(g: &Gpu, kernel: AttentionKernel) {
     eprintln!("attention kernel {kernel:?}");
-    let mut rng = Rng::new(4);
+    let mut rng = rng(4);
     // (heads, d): xsmall, other instantiations, the fixtures' odd head dims, d > 128
     let heads_dims = [
         (6, 64),
@@ -469,9 +388,9 @@ fn check_attention(g: &Gpu, kernel: AttentionKernel) {
                     }))
                     .collect();
                 let t = *offsets.last().unwrap();
-                let qkv = dt.round(&rng.vec(t * 3 * h, 0.0, 1.0));
-                let pk = dt.round(&rng.vec(2 * span * h, 0.0, 1.0));
-                let pq = dt.round(&rng.vec(2 * span * h, 0.0, 1.0));
+                let qkv = dt.round(&rng.normal_vec(t * 3 * h, 0.0, 1.0));
+                let pk = dt.round(&rng.normal_vec(2 * span * h, 0.0, 1.0));
+                let pq = dt.round(&rng.normal_vec(2 * span * h, 0.0, 1.0));
                 let scale = 1.0 / ((d * (1 + c2p as usize + p2c as usize)) as f32).sqrt();
                 let ids: Vec<Vec<u32>> = lens.iter().map(|&l| vec![0u32; l]).collect();
                 let packed = Packed::new(&ids).unwrap();
@@ -507,9 +426,9 @@ fn check_attention(g: &Gpu, kernel: AttentionKernel) {
                 );
                 let err = rel_err(&got, &want);
                 let tl = if dt == Dtype::F32 {
-                    1e-5
+                    tol::ATTENTION_F32
                 } else {
-                    tol(dt, true)
+                    tolerance(dt, true)
                 };
                 assert!(
                     err <= tl,
@@ -528,9 +447,9 @@ fn check_attention(g: &Gpu, kernel: AttentionKernel) {
     let t = packed.tokens();
     let offsets: Vec<usize> = packed.cu_seqlens.iter().map(|&x| x as usize).collect();
     for dt in DTYPES {
-        let qkv = dt.round(&rng.vec(t * 3 * h, 0.0, 1.0));
-        let pk = dt.round(&rng.vec(2 * span * h, 0.0, 1.0));
-        let pq = dt.round(&rng.vec(2 * span * h, 0.0, 1.0));
+        let qkv = dt.round(&rng.normal_vec(t * 3 * h, 0.0, 1.0));
+        let pk = dt.round(&rng.normal_vec(2 * span * h, 0.0, 1.0));
+        let pq = dt.round(&rng.normal_vec(2 * span * h, 0.0, 1.0));
         let scale = 1.0 / ((d * 3) as f32).sqrt();
         let db = g.upload_batch(&packed, 1).unwrap();
         let drel = g.upload_relpos(&rel, 2 * span).unwrap();
@@ -557,9 +476,9 @@ fn check_attention(g: &Gpu, kernel: AttentionKernel) {
         let want = attention_ref(&qkv, &offsets, Some(&pk), Some(&pq), &rel, heads, d, scale);
         let err = rel_err(&got, &want);
         let tl = if dt == Dtype::F32 {
-            1e-5
+            tol::ATTENTION_F32
         } else {
-            tol(dt, true)
+            tolerance(dt, true)
         };
         assert!(err <= tl, "attention {dt:?} batch of 64: rel err {err:e}");
     }
@@ -568,7 +487,7 @@ fn check_attention(g: &Gpu, kernel: AttentionKernel) {
 #[test]
 fn pooling_and_normalize_match_cpu() {
     let g = gpu_or_skip!();
-    let mut rng = Rng::new(5);
+    let mut rng = rng(5);
     use PoolingMode::*;
     let mode_sets: [&[PoolingMode]; 8] = [
         &[Cls],
@@ -590,7 +509,7 @@ fn pooling_and_normalize_match_cpu() {
             let ids: Vec<Vec<u32>> = lens.iter().map(|&l| vec![0u32; l]).collect();
             let packed = Packed::new(&ids).unwrap();
             let t = packed.tokens();
-            let x = rng.vec(t * h, 0.0, 1.0);
+            let x = rng.normal_vec(t * h, 0.0, 1.0);
             let db = g.upload_batch(&packed, 1).unwrap();
             let dx = g.upload(Dtype::F32, &x, "x").unwrap();
             let dim = modes.len() * h;
@@ -622,7 +541,7 @@ fn pooling_and_normalize_match_cpu() {
 #[test]
 fn conv_matches_cpu() {
     let g = gpu_or_skip!();
-    let mut rng = Rng::new(6);
+    let mut rng = rng(6);
     for &(h, k, groups) in &[
         (40usize, 3usize, 2usize),
         (384, 3, 1),
@@ -638,13 +557,13 @@ fn conv_matches_cpu() {
             let packed = Packed::new(&ids).unwrap();
             let t = packed.tokens();
             let offsets: Vec<usize> = packed.cu_seqlens.iter().map(|&x| x as usize).collect();
-            let x = rng.vec(t * h, 0.0, 1.0);
-            let w = rng.vec(
+            let x = rng.normal_vec(t * h, 0.0, 1.0);
+            let w = rng.normal_vec(
                 h * (h / groups) * k,
                 0.0,
                 1.0 / ((h / groups * k) as f32).sqrt(),
             );
-            let bias = rng.vec(h, 0.0, 0.1);
+            let bias = rng.normal_vec(h, 0.0, 0.1);
             let db = g.upload_batch(&packed, 1).unwrap();
             let (dx, dw, dbias) = (
                 g.upload(Dtype::F32, &x, "x").unwrap(),
@@ -752,7 +671,7 @@ fn batch_invariance() {
 #[test]
 fn synthetic_xsmall_matches_cpu() {
     let _g = gpu_or_skip!();
-    let mut rng = Rng::new(7);
+    let mut rng = rng(7);
     let lens = [16usize, 128, 1, 512, 33];
     let ids = ids_for(&mut rng, &lens, 128_100);
     let cpu = Embedder::synthetic_xsmall(EmbedderOptions::default()).unwrap();
@@ -786,7 +705,7 @@ fn synthetic_xsmall_matches_cpu() {
 #[test]
 fn graph_replays_equal_eager_launches() {
     let _g = gpu_or_skip!();
-    let mut rng = Rng::new(11);
+    let mut rng = rng(11);
     let lens = [7usize, 64, 33, 20];
     let lens_c = [65usize, 16, 17, 26]; // 124 tokens, 10 tiles, as `lens`; 5 v2 blocks, not 4
     let (a, b, c) = (

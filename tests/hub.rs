@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 
 use deberta_embed::hub::{resolve_model, HubOptions};
 use deberta_embed::{Device, Embedder, EmbedderOptions};
-use standin::{fixture_model, fixture_repo, HubStandIn};
+use standin::{fixture_model, fixture_repo, with_fixture, HubStandIn};
 
 const SENTENCES: &str =
     "A man is eating food.\nSomeone eats.\nThe sky is blue over the quiet sea.\n";
@@ -55,6 +55,13 @@ impl Env {
     fn repo_dir(&self, repo: &str) -> PathBuf {
         self.cache()
             .join(format!("models--{}", repo.replace('/', "--")))
+    }
+
+    /// The repo's blobs directory in the cache, created if it is not there yet.
+    fn blobs_dir(&self, repo: &str) -> PathBuf {
+        let blobs = self.repo_dir(repo).join("blobs");
+        std::fs::create_dir_all(&blobs).unwrap();
+        blobs
     }
 
     /// deberta-embed with HF_HOME in the temp dir and HF_ENDPOINT at `endpoint`.
@@ -295,9 +302,7 @@ fn embed_by_id_downloads_what_the_model_needs_once_and_then_works_offline() {
 
 #[test]
 fn offline_without_the_model_in_the_cache_fails_naming_the_repo() {
-    let h = HubStandIn::start();
-    let repo = fixture_repo("st6_pool_max");
-    h.publish_dir(&repo, "main", &fixture_model("st6_pool_max"), &[]);
+    let (h, repo, _) = with_fixture("st6_pool_max");
     let env = Env::new();
     for value in ["1", "true", "YES"] {
         let o = env
@@ -495,10 +500,8 @@ fn tokens_from_the_environment_and_the_token_file() {
 
 #[test]
 fn an_interrupted_download_leaves_nothing_and_a_retry_succeeds() {
-    let h = HubStandIn::start();
     let name = "st6_pool_weightedmean";
-    let repo = fixture_repo(name);
-    let commit = h.publish_dir(&repo, "main", &fixture_model(name), &[]);
+    let (h, repo, commit) = with_fixture(name);
     h.cut_transfers("model.safetensors", 1);
     h.cut_transfers("tokenizer.json", 1);
     let env = Env::new();
@@ -556,10 +559,8 @@ fn an_interrupted_download_leaves_nothing_and_a_retry_succeeds() {
 
 #[test]
 fn a_snapshot_whose_blob_was_deleted_is_mended() {
-    let h = HubStandIn::start();
     let name = "st6_pool_max";
-    let repo = fixture_repo(name);
-    h.publish_dir(&repo, "main", &fixture_model(name), &[]);
+    let (h, repo, _) = with_fixture(name);
     let env = Env::new();
     let want = local_embedding(&env, name);
     assert_eq!(ok_stdout(&env.embed(&h.url(), &repo, &[])), want);
@@ -579,16 +580,13 @@ fn a_snapshot_whose_blob_was_deleted_is_mended() {
 
 #[test]
 fn a_partial_file_left_by_a_killed_run_is_not_resumed_into_a_corrupt_blob() {
-    let h = HubStandIn::start();
     let name = "st6_pool_max";
-    let repo = fixture_repo(name);
-    h.publish_dir(&repo, "main", &fixture_model(name), &[]);
+    let (h, repo, _) = with_fixture(name);
     let env = Env::new();
     // what a run killed during the weights leaves: hf-hub's .part and .lock, here with bytes
     // that are not a prefix of the file
     let (etag, bytes) = &h.files(&repo, "main")["model.safetensors"];
-    let blobs = env.repo_dir(&repo).join("blobs");
-    std::fs::create_dir_all(&blobs).unwrap();
+    let blobs = env.blobs_dir(&repo);
     std::fs::write(
         blobs.join(format!("{etag}.part")),
         vec![0xAB; bytes.len() / 3],
@@ -609,15 +607,12 @@ fn a_partial_file_left_by_a_killed_run_is_not_resumed_into_a_corrupt_blob() {
 
 #[test]
 fn a_file_another_process_is_downloading_is_left_to_it() {
-    let h = HubStandIn::start();
     let name = "st6_pool_max";
-    let repo = fixture_repo(name);
-    h.publish_dir(&repo, "main", &fixture_model(name), &[]);
+    let (h, repo, _) = with_fixture(name);
     let env = Env::new();
     // another download of the tokenizer holds hf-hub's lock on its blob
     let (etag, _) = &h.files(&repo, "main")["tokenizer.json"];
-    let blobs = env.repo_dir(&repo).join("blobs");
-    std::fs::create_dir_all(&blobs).unwrap();
+    let blobs = env.blobs_dir(&repo);
     let lock_path = blobs.join(format!("{etag}.lock"));
     let lock = std::fs::File::create(&lock_path).unwrap();
     lock.lock().unwrap();
@@ -668,9 +663,7 @@ fn weak_etags_name_blobs_as_huggingface_hub_does() {
 
 #[test]
 fn serve_names_the_model_by_its_id() {
-    let h = HubStandIn::start();
-    let repo = fixture_repo("st6_pool_max");
-    let commit = h.publish_dir(&repo, "main", &fixture_model("st6_pool_max"), &[]);
+    let (h, repo, commit) = with_fixture("st6_pool_max");
     let env = Env::new();
     // fill the cache, then serve it offline on a free port and ask /v1/embeddings and /info
     ok_stdout(&env.embed(&h.url(), &repo, &[]));
@@ -719,10 +712,8 @@ fn serve_names_the_model_by_its_id() {
 
 #[test]
 fn the_library_loads_by_id() {
-    let h = HubStandIn::start();
     let name = "st3_conv_multipool";
-    let repo = fixture_repo(name);
-    h.publish_dir(&repo, "main", &fixture_model(name), &[]);
+    let (h, repo, _) = with_fixture(name);
     h.publish_dir(&repo, "other", &fixture_model("st6_pool_max"), &[]);
     // every option explicit, so that the test process's own HF_* variables play no part
     h.accept_token("hf_library_token");

@@ -7,7 +7,7 @@
 //
 // Inputs are rounded to the kernel's type first, so fp16 / bf16 errors come only from the
 // accumulation order and the output rounding; the tolerances are those of tests/gpu.rs
-// (src/backend/cuda/testbed.rs: tolerance).
+// (src/testing.rs: tol).
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "constants.cuh"
 #include "runtime.h"
 
 typedef __half f16;
@@ -44,12 +45,18 @@ GEMM_DECL(gemm_simt_f32, float, float)
   extern "C" void NAME(const T* qkv, const T* pk, const T* pq, const uint32_t* relidx,         \
                        int max_len, const int4* tiles, int heads, int d, float scale, int c2p,  \
                        int p2c, T* ctx);
-#define ATT_DECL_ALL(S, T) \
-  ATT_DECL(attention_##S##_dpl1, T) ATT_DECL(attention_##S##_dpl2, T) \
-  ATT_DECL(attention_##S##_dpl4, T) ATT_DECL(attention_##S##_dpl8, T)
-ATT_DECL_ALL(f32, float)
-ATT_DECL_ALL(f16, f16)
-ATT_DECL_ALL(bf16, bf16)
+ATT_DECL(attention_f32_dpl1, float)
+ATT_DECL(attention_f32_dpl2, float)
+ATT_DECL(attention_f32_dpl4, float)
+ATT_DECL(attention_f32_dpl8, float)
+ATT_DECL(attention_f16_dpl1, f16)
+ATT_DECL(attention_f16_dpl2, f16)
+ATT_DECL(attention_f16_dpl4, f16)
+ATT_DECL(attention_f16_dpl8, f16)
+ATT_DECL(attention_bf16_dpl1, bf16)
+ATT_DECL(attention_bf16_dpl2, bf16)
+ATT_DECL(attention_bf16_dpl4, bf16)
+ATT_DECL(attention_bf16_dpl8, bf16)
 ATT_DECL(attention_tc_f16, f16)
 ATT_DECL(attention_tc_bf16, bf16)
 ATT_DECL(attention_tc_async_f16, f16)
@@ -60,16 +67,19 @@ ATT_DECL(attention_tc_async_bf16, bf16)
 LN_DECL(layernorm_f32, float)
 LN_DECL(layernorm_f16, f16)
 LN_DECL(layernorm_bf16, bf16)
-#define EMB_DECL(S, T)                                                                        \
-  extern "C" void embed_gather_##S(const uint32_t* ids, const int* pos, int tokens, int n,     \
-                                   const T* word, const T* pos_emb, const T* type0, T* out);   \
-  extern "C" void embed_gather_ln_##S(const uint32_t* ids, const int* pos, int tokens, int n,  \
-                                      const T* word, const T* pos_emb, const T* type0,          \
-                                      const float* w, const float* b, float eps, float* out32,  \
-                                      T* outc);
-EMB_DECL(f32, float)
-EMB_DECL(f16, f16)
-EMB_DECL(bf16, bf16)
+#define EMB_DECL(NAME, T)                                                                     \
+  extern "C" void NAME(const uint32_t* ids, const int* pos, int tokens, int n, const T* word,  \
+                       const T* pos_emb, const T* type0, T* out);
+#define EMB_LN_DECL(NAME, T)                                                                  \
+  extern "C" void NAME(const uint32_t* ids, const int* pos, int tokens, int n, const T* word,  \
+                       const T* pos_emb, const T* type0, const float* w, const float* b,        \
+                       float eps, float* out32, T* outc);
+EMB_DECL(embed_gather_f32, float)
+EMB_DECL(embed_gather_f16, f16)
+EMB_DECL(embed_gather_bf16, bf16)
+EMB_LN_DECL(embed_gather_ln_f32, float)
+EMB_LN_DECL(embed_gather_ln_f16, f16)
+EMB_LN_DECL(embed_gather_ln_bf16, bf16)
 extern "C" void pool(const float* x, const int* cu_seqlens, int batch, int H, unsigned modes,
                      int nmodes, float* out);
 extern "C" void l2_normalize(float* x, int rows, int dim);
@@ -142,7 +152,7 @@ std::vector<float> rounded(Dt d, std::vector<float> v) {
   for (auto& x : v) x = round_to(d, x);
   return v;
 }
-// testbed::tolerance: relative norm error, out16 = rounded to the 16-bit type on output
+// testing::tol (src/testing.rs): relative norm error, out16 = rounded to the 16-bit type on output
 double tol(Dt d, bool out16) {
   if (d == F32) return 2e-6;
   if (!out16) return 1e-4;
@@ -255,6 +265,8 @@ double gelu(double x) { return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0))); }
 // ---- GEMM --------------------------------------------------------------------------------------
 template <typename T, typename TO>
 using GemmFn = void (*)(const T*, const T*, const float*, const float*, TO*, int, int, int, int);
+// the 128 x 128 variant's ring: TC_BIG_STAGES stages of an A and a W tile of TC_BIG rows, halves
+constexpr size_t gemm_tc_big_smem_bytes() { return (size_t)TC_BIG_STAGES * 2 * TC_BIG * TC_LD * 2; }
 
 void check_gemm() {
   Rng rng(1);
@@ -287,19 +299,20 @@ void check_gemm() {
         std::string name;
         bool out16;
         unsigned threads, tile;  // tile: rows = columns of C per block
-        size_t smem;             // dynamic shared memory (launch.rs: gemm_tc_smem_bytes)
+        size_t smem;             // dynamic shared memory (launch.rs: gemm_tc_big_smem_bytes)
       };
       std::vector<Variant> vs;
       if (dt == F32) {
-        vs.push_back({"gemm_simt_f32", false, 256, 64, 0});
+        vs.push_back({"gemm_simt_f32", false, SG_THREADS, SG_BM, 0});
       } else {
         for (int v = 0; v < 3; ++v) {  // plain, _k8, _k8_128
           if (v > 0 && k % 8 != 0) continue;  // the host's gemm_k8_ok
           for (bool out16 : {false, true})
             vs.push_back({std::string("gemm_") + sfx(dt) + "_" + (out16 ? sfx(dt) : "f32") +
                               (v == 1 ? "_k8" : v == 2 ? "_k8_128" : ""),
-                          out16, v == 2 ? 256u : 128u, v == 2 ? 128u : 64u,
-                          v == 2 ? (size_t)4 * (128 + 128) * 40 * 2 : 0});
+                          out16, (unsigned)(v == 2 ? TC_BIG_THREADS : TC_THREADS),
+                          (unsigned)(v == 2 ? TC_BIG : TC_BM),
+                          v == 2 ? gemm_tc_big_smem_bytes() : 0});
         }
       }
       for (auto& v : vs) {
@@ -354,22 +367,25 @@ void check_gemm() {
 std::vector<int4> attention_tiles(const std::vector<int>& off) {
   std::vector<int4> lead, rest;
   for (size_t s = 0; s + 1 < off.size(); ++s)
-    for (int q0 = 0; q0 < off[s + 1] - off[s]; q0 += 16)
-      (q0 % 64 == 0 ? lead : rest).push_back({off[s], off[s + 1] - off[s], q0, 0});
+    for (int q0 = 0; q0 < off[s + 1] - off[s]; q0 += ATT_BQ)
+      (q0 % A2_BQ == 0 ? lead : rest).push_back({off[s], off[s + 1] - off[s], q0, 0});
   lead.insert(lead.end(), rest.begin(), rest.end());
   return lead;
 }
 unsigned attention_tc_tiles(const std::vector<int4>& tiles) {
   unsigned n = 0;
-  while (n < tiles.size() && tiles[n].z % 64 == 0) ++n;
+  while (n < tiles.size() && tiles[n].z % A2_BQ == 0) ++n;
   return n;
 }
 size_t attention_smem_bytes(size_t d) {
   const size_t ds = d | 1;
-  return (16 * d + 32 * ds + 32 * d + 2 * 47 * ds) * 4;
+  return (ATT_BQ * d + ATT_BKV * ds + ATT_BKV * d + 2 * ATT_NB * ds) * 4;
 }
-constexpr size_t kAttTcSmem = (3 * 64 + 2 * 128) * 72 * 2 + (4 * 16 * 84 + 64 * 132) * 4;
-constexpr size_t kAttTcAsyncSmem = kAttTcSmem + 2 * 64 * 72 * 2;  // a second K and V buffer
+// Q, K, V and the PK / PQ bands in the 2-byte type, the c2p and p2c scratch in fp32
+constexpr size_t kAttTcSmem = (A2_BQ + 2 * A2_BKV + 2 * A2_NB) * A2_LDH * 2 +
+                              (A2_WARPS * 16 * A2_LDC + A2_BKV * A2_LDP) * 4;
+constexpr size_t kAttTcAsyncSmem = kAttTcSmem + 2 * A2_BKV * A2_LDH * 2;  // a second K and V
+
 int attention_dpl(int d) { return d <= 32 ? 1 : d <= 64 ? 2 : d <= 128 ? 4 : 8; }
 
 std::vector<float> attention_ref(const std::vector<float>& qkv, const std::vector<int>& off,
@@ -477,7 +493,7 @@ void attention_case(Rng& rng, Dt dt, int heads, int d, const std::vector<size_t>
 #undef A
     if (tiles.empty()) continue;  // the host launches nothing
     const unsigned blocks = tc ? attention_tc_tiles(tiles) : (unsigned)tiles.size();
-    const std::string e = run(dim3(blocks, heads), dim3(128),
+    const std::string e = run(dim3(blocks, heads), dim3(tc ? A2_THREADS : ATT_THREADS),
                               !tc ? attention_smem_bytes(d)
                               : nm.find("_async_") != std::string::npos ? kAttTcAsyncSmem
                                                                         : kAttTcSmem,
@@ -731,7 +747,7 @@ void check_pooling() {
         const float* X = dx.p<float>();
         const int* CU = dcu.p<int>();
         float* O = out.p<float>();
-        const std::string e = run(dim3(batch, cdiv(h, 128)), dim3(128), 0, {&out},
+        const std::string e = run(dim3(batch, cdiv(h, COL_THREADS)), dim3(COL_THREADS), 0, {&out},
                                   [=] { pool(X, CU, batch, h, code, nm_, O); });
         if (!e.empty()) {
           report("pool", shape, false, e.c_str(), INFINITY, 0);
@@ -802,7 +818,7 @@ void check_conv() {
       const int *P = dpos.p<int>(), *L = dlen.p<int>();
       float* O = out.p<float>();
       const std::string shape = shape_str("tokens=%d h=%d k=%d groups=%d act=%d", t, h, k, groups, act);
-      const std::string e = run(dim3(t, cdiv(h, 128)), dim3(128), 0, {&out},
+      const std::string e = run(dim3(t, cdiv(h, COL_THREADS)), dim3(COL_THREADS), 0, {&out},
                                 [=] { conv1d_act(X, P, L, t, h, k, groups, Wt, B, act, O); });
       if (!e.empty()) {
         report("conv1d_act", shape, false, e.c_str(), INFINITY, 0);

@@ -620,6 +620,15 @@ pub fn fixture_repo(name: &str) -> String {
     format!("test-org/{}", name.replace('_', "-"))
 }
 
+/// A fresh stand-in with fixture model `name` published on `main` of [`fixture_repo`]`(name)`:
+/// the stand-in, the repo id and the commit.
+pub fn with_fixture(name: &str) -> (HubStandIn, String, String) {
+    let h = HubStandIn::start();
+    let repo = fixture_repo(name);
+    let commit = h.publish_dir(&repo, "main", &fixture_model(name), &[]);
+    (h, repo, commit)
+}
+
 /// Path of a fixture model directory.
 pub fn fixture_model(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

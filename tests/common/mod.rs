@@ -29,6 +29,21 @@ pub fn model_names() -> Vec<String> {
     names
 }
 
+/// A JSON array of arrays of token ids (a reference's `token_ids`, `input_ids`, ...).
+pub fn id_rows(v: &Value) -> Vec<Vec<u32>> {
+    v.as_array()
+        .expect("an array of id rows")
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .expect("a row of ids")
+                .iter()
+                .map(|x| x.as_u64().expect("a token id") as u32)
+                .collect()
+        })
+        .collect()
+}
+
 pub struct Reference {
     pub name: String,
     pub meta: Value,
@@ -51,18 +66,7 @@ impl Reference {
             .iter()
             .map(|s| s.as_str().unwrap().to_string())
             .collect();
-        let token_ids = meta["token_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                r.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_u64().unwrap() as u32)
-                    .collect()
-            })
-            .collect();
+        let token_ids = id_rows(&meta["token_ids"]);
         let dim = meta["dim"].as_u64().unwrap() as usize;
         let bytes = std::fs::read(dir.join(format!("{name}.safetensors"))).unwrap();
         Reference {

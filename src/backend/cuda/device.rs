@@ -1,17 +1,13 @@
-//! The GPU: driver probing, context, the module loaded once from the embedded fatbin, device
-//! buffers, and one safe wrapper per kernel (the testbed API used by `tests/gpu.rs` and by
-//! [`super::CudaModel`]).
-//!
-//! Every wrapper checks the sizes of the buffers it is given against the shapes before it
-//! launches, so a kernel never indexes past a buffer; index-bearing inputs (token ids, the
-//! relative-position table, attention tiles) only reach the kernels through [`DeviceBatch`] and
-//! [`DeviceRelPos`], whose constructors validate them on the host.
+//! The GPU: driver probing, context, the module loaded once from the embedded fatbin (every
+//! entry point of [`launch::names`]), device buffers, batch and relative-position uploads,
+//! graph capture / replay, and the one generic `launch`. The typed wrapper of each kernel is in
+//! [`super::kernels`], the profiler in [`super::profile`].
 //!
 //! Validated on an H200 (2026-11-27, docs/CUDA.md section 4) except the later additions:
 //! attention v2, graph capture / replay, the one-copy batch upload and the testbed's
 //! `mma_peak` probe compile and are unit-tested on the host but have not run on a GPU yet.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -20,12 +16,13 @@ use cudarc::driver::sys::{
     CUstreamCaptureMode,
 };
 use cudarc::driver::{
-    result as drv, CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaModule, CudaSlice,
-    CudaStream, DevicePtr, DriverError, LaunchConfig, PushKernelArg,
+    result as drv, CudaContext, CudaFunction, CudaGraph, CudaModule, CudaSlice, CudaStream,
+    DevicePtr, DriverError, LaunchConfig, PushKernelArg,
 };
 
+use super::kernels::{AttentionKernel, GemmKernel};
 use super::launch::{self, Packed};
-use crate::config::{Activation, PoolingMode};
+use super::profile::Profile;
 use crate::error::{Error, Result};
 use crate::relpos::RelPosTable;
 
@@ -122,7 +119,7 @@ impl DevBuf {
         self.ptr
     }
     /// Fail unless the buffer holds `n` elements of `dt`.
-    fn need(&self, what: &str, n: usize, dt: Dtype) -> Result<u64> {
+    pub(super) fn need(&self, what: &str, n: usize, dt: Dtype) -> Result<u64> {
         need_bytes(self.ptr, self.bytes, what, n, dt)
     }
 }
@@ -149,12 +146,13 @@ pub struct DevView {
 
 impl DevView {
     /// Fail unless the part holds `n` elements of `dt`.
-    fn need(&self, what: &str, n: usize, dt: Dtype) -> Result<u64> {
+    pub(super) fn need(&self, what: &str, n: usize, dt: Dtype) -> Result<u64> {
         need_bytes(self.ptr, self.bytes, what, n, dt)
     }
 }
 
-fn opt_need(b: Option<&DevBuf>, what: &str, n: usize, dt: Dtype) -> Result<u64> {
+/// The address of `b` if it holds `n` elements of `dt`, null (0) when absent.
+pub(super) fn opt_need(b: Option<&DevBuf>, what: &str, n: usize, dt: Dtype) -> Result<u64> {
     b.map_or(Ok(0), |b| b.need(what, n, dt))
 }
 
@@ -186,59 +184,12 @@ pub struct DeviceRelPos {
     pub rows: usize,
 }
 
-/// Fused epilogue of [`Gpu::gemm`].
-#[derive(Clone, Copy)]
-pub enum Epi<'a> {
-    None,
-    /// `+ bias[n]` (fp32 [N])
-    Bias(&'a DevBuf),
-    /// `gelu(. + bias[n])`
-    BiasGelu(&'a DevBuf),
-    /// `+ bias[n] + residual[m, n]` (fp32 [M, N], not the output buffer)
-    BiasResidual(&'a DevBuf, &'a DevBuf),
-}
-
 /// One kernel argument.
-enum Arg {
+pub(super) enum Arg {
     P(u64),
     I(i32),
     U(u32),
     F(f32),
-}
-
-/// Every kernel entry point of the fatbin (checked at load).
-fn kernel_names() -> Vec<String> {
-    let mut v: Vec<String> = Vec::new();
-    for s in ["f32", "f16", "bf16"] {
-        v.push(format!("embed_gather_{s}"));
-        v.push(format!("embed_gather_ln_{s}"));
-        v.push(format!("layernorm_{s}"));
-        for dpl in [1, 2, 4, 8] {
-            v.push(format!("attention_{s}_dpl{dpl}"));
-        }
-    }
-    for s in ["f16", "bf16"] {
-        v.push(format!("attention_tc_{s}"));
-        v.push(format!("attention_tc_async_{s}"));
-    }
-    for s in ["f16", "bf16"] {
-        for o in [s, "f32"] {
-            v.push(format!("gemm_{s}_{o}"));
-            v.push(format!("gemm_{s}_{o}_k8"));
-            v.push(format!("gemm_{s}_{o}_k8_128"));
-        }
-    }
-    for n in [
-        "gemm_simt_f32",
-        "pool",
-        "l2_normalize",
-        "conv1d_act",
-        "mma_peak_f16",
-        "mma_peak_bf16",
-    ] {
-        v.push(n.to_string());
-    }
-    v
 }
 
 /// Check that the CUDA driver library can be loaded, before cudarc (which panics when it is
@@ -276,44 +227,6 @@ pub fn dev_err(what: &str, e: DriverError) -> Error {
     Error::Device(format!("{what}: {e:?}"))
 }
 
-/// Per-kernel device time (`DEBERTA_CUDA_PROFILE=1`): an event pair around every launch,
-/// folded into totals every few thousand launches and printed when the [`Gpu`] is dropped.
-#[derive(Default)]
-struct Profile {
-    pending: Vec<(String, CudaEvent, CudaEvent)>,
-    /// kernel -> (total ms, launches)
-    totals: BTreeMap<String, (f64, u64)>,
-}
-
-impl Profile {
-    fn fold(&mut self) {
-        for (name, start, end) in self.pending.drain(..) {
-            let ms = start.elapsed_ms(&end).unwrap_or(f32::NAN) as f64;
-            let e = self.totals.entry(name).or_insert((0.0, 0));
-            e.0 += ms;
-            e.1 += 1;
-        }
-    }
-    fn report(&mut self) -> String {
-        self.fold();
-        let all: f64 = self.totals.values().map(|v| v.0).sum();
-        let mut rows: Vec<_> = self.totals.iter().collect();
-        rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
-        let mut out = format!(
-            "CUDA kernel profile (device time, event pairs):\n{:<28} {:>8} {:>11} {:>10} {:>6}\n",
-            "kernel", "launches", "total ms", "mean us", "share"
-        );
-        for (name, (ms, n)) in rows {
-            out.push_str(&format!(
-                "{name:<28} {n:>8} {ms:>11.3} {:>10.1} {:>5.1}%\n",
-                ms * 1e3 / *n as f64,
-                100.0 * ms / all.max(1e-12)
-            ));
-        }
-        out
-    }
-}
-
 /// The GPU with our module loaded: context, one stream, every kernel.
 pub struct Gpu {
     ctx: Arc<CudaContext>,
@@ -323,15 +236,15 @@ pub struct Gpu {
     name: String,
     cc: (i32, i32),
     sms: usize,
-    max_smem_optin: usize,
+    pub(super) max_smem_optin: usize,
     /// `DEBERTA_CUDA_SYNC=1`: synchronize and check after every launch (debugging).
     sync_each: bool,
     /// `DEBERTA_CUDA_PROFILE=1`: time every launch with events.
     profile: Option<Mutex<Profile>>,
     /// Which attention kernel runs where both can (`AttentionKernel as u8`).
-    attention_kernel: AtomicU8,
+    pub(super) attention_kernel: AtomicU8,
     /// Which tensor-core GEMM tiles run where both can (`GemmKernel as u8`).
-    gemm_kernel: AtomicU8,
+    pub(super) gemm_kernel: AtomicU8,
     /// Forwards may be captured into CUDA graphs (`DEBERTA_CUDA_GRAPHS=0` turns it off).
     graphs: AtomicBool,
 }
@@ -347,66 +260,11 @@ pub struct GpuGraph(CudaGraph);
 // serializes its forwards.
 unsafe impl Send for GpuGraph {}
 
-/// The tensor-core GEMM tiles (`bench --kernel gemm=64|128`, or `DEBERTA_CUDA_GEMM=64|128`
-/// when the device is opened).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum GemmKernel {
-    /// 64 x 64 tiles, 4 warps, 3 stages (the default).
-    Tile64 = 1,
-    /// 128 x 128 tiles, 8 warps, 4 stages in 80 KB of dynamic shared memory, where the `_k8`
-    /// variant applies (K % 8 == 0, aligned operands) and the device allows that much shared
-    /// memory; otherwise 64 x 64. Not yet measured.
-    Tile128 = 2,
-}
-
-impl std::str::FromStr for GemmKernel {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "64" | "64x64" => Ok(GemmKernel::Tile64),
-            "128" | "128x128" => Ok(GemmKernel::Tile128),
-            other => Err(Error::Input(format!(
-                "unknown GEMM tiles `{other}` (expected 64 or 128)"
-            ))),
-        }
-    }
-}
-
-/// The attention kernel variants (`bench --kernel attention=v1|v2|v2-async`, or
-/// `DEBERTA_CUDA_ATTENTION=v1|v2|v2-async` when the device is opened).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum AttentionKernel {
-    /// kernels/attention.cu: SIMT fp32 FMAs, any head dim and dtype (the default).
-    V1 = 1,
-    /// kernels/attention_tc.cu: tensor cores, f16 / bf16 with head dim 64; other cases fall
-    /// back to V1.
-    V2 = 2,
-    /// V2 with K / V double-buffered and every operand staged with `cp.async`, the next key
-    /// tile's loads overlapping this one's work (`attention_tc_async_*`; not yet measured).
-    V2Async = 3,
-}
-
-impl std::str::FromStr for AttentionKernel {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "v1" | "1" => Ok(AttentionKernel::V1),
-            "v2" | "2" | "tc" => Ok(AttentionKernel::V2),
-            "v2-async" | "v2a" => Ok(AttentionKernel::V2Async),
-            other => Err(Error::Input(format!(
-                "unknown attention kernel `{other}` (expected v1, v2 or v2-async)"
-            ))),
-        }
-    }
-}
-
 impl Drop for Gpu {
     fn drop(&mut self) {
         if let Some(p) = &self.profile {
             let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
-            if !p.pending.is_empty() || !p.totals.is_empty() {
+            if !p.is_empty() {
                 eprint!("{}", p.report());
             }
         }
@@ -478,11 +336,11 @@ impl Gpu {
             .load_module(cudarc::nvrtc::Ptx::from_binary(FATBIN.to_vec()))
             .map_err(|e| dev_err("cannot load the kernel module (fatbin for sm_80/sm_90)", e))?;
         let mut funcs = HashMap::new();
-        for n in kernel_names() {
+        for n in launch::names::ALL {
             let f = module
-                .load_function(&n)
+                .load_function(n)
                 .map_err(|e| dev_err(&format!("kernel `{n}` missing from the module"), e))?;
-            funcs.insert(n, f);
+            funcs.insert(n.to_string(), f);
         }
         let flag = |v: &str| std::env::var(v).is_ok_and(|v| v == "1");
         let sync_each = flag("DEBERTA_CUDA_SYNC");
@@ -549,54 +407,6 @@ impl Gpu {
     pub fn replay(&self, g: &GpuGraph) -> Result<()> {
         g.0.launch()
             .map_err(|e| dev_err("launching a CUDA graph", e))
-    }
-
-    /// Select the attention kernel for the following launches.
-    pub fn set_attention_kernel(&self, k: AttentionKernel) {
-        self.attention_kernel.store(k as u8, Ordering::Relaxed);
-    }
-
-    /// The attention kernel selected (see [`AttentionKernel`]).
-    pub fn attention_kernel(&self) -> AttentionKernel {
-        match self.attention_kernel.load(Ordering::Relaxed) {
-            2 => AttentionKernel::V2,
-            3 => AttentionKernel::V2Async,
-            _ => AttentionKernel::V1,
-        }
-    }
-
-    /// Select the tensor-core GEMM tiles for the following launches.
-    pub fn set_gemm_kernel(&self, k: GemmKernel) {
-        self.gemm_kernel.store(k as u8, Ordering::Relaxed);
-    }
-
-    /// The tensor-core GEMM tiles selected (see [`GemmKernel`]).
-    pub fn gemm_kernel(&self) -> GemmKernel {
-        match self.gemm_kernel.load(Ordering::Relaxed) {
-            2 => GemmKernel::Tile128,
-            _ => GemmKernel::Tile64,
-        }
-    }
-
-    /// The attention kernel that [`Gpu::attention`] runs for `dt` and head dim `d`: the one
-    /// selected, except that version 2 (either variant) needs `d` = 64, f16 or bf16, and its
-    /// shared memory (117 KB, pipelined 135 KB) within the device's opt-in limit per block
-    /// (sm_86 / sm_89 have 99 KB): otherwise version 1 runs.
-    pub fn attention_runs(&self, dt: Dtype, d: usize) -> AttentionKernel {
-        let k = self.attention_kernel();
-        let smem = match k {
-            AttentionKernel::V1 => return k,
-            AttentionKernel::V2 => launch::attention_tc_smem_bytes(),
-            AttentionKernel::V2Async => launch::attention_tc_async_smem_bytes(),
-        };
-        if d == launch::ATT_TC_D
-            && matches!(dt, Dtype::F16 | Dtype::BF16)
-            && smem <= self.max_smem_optin
-        {
-            k
-        } else {
-            AttentionKernel::V1
-        }
     }
 
     /// Device name.
@@ -800,7 +610,7 @@ impl Gpu {
     /// pointers, `I` int, `U` unsigned, `F` float), every pointer must be null or a live
     /// allocation large enough for every index the kernel computes from the other arguments,
     /// and `smem` must cover the kernel's dynamic shared memory.
-    unsafe fn launch(
+    pub(super) unsafe fn launch(
         &self,
         name: &str,
         grid: (u32, u32, u32),
@@ -861,10 +671,7 @@ impl Gpu {
             end.record(&self.stream)
                 .map_err(|e| dev_err("recording an event", e))?;
             let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
-            p.pending.push((name.to_string(), start, end));
-            if p.pending.len() >= 4096 {
-                p.fold();
-            }
+            p.push(name, start, end);
         }
         if self.sync_each {
             self.stream
@@ -872,442 +679,5 @@ impl Gpu {
                 .map_err(|e| dev_err(&format!("{name} failed"), e))?;
         }
         Ok(())
-    }
-
-    // ----------------------------------------------------------------------------------------
-    // Kernel wrappers
-    // ----------------------------------------------------------------------------------------
-
-    /// `out[t] = word[ids[t]] (+ pos_emb[pos[t]]) (+ type0)` ([T, n], type `dt`).
-    #[allow(clippy::too_many_arguments)]
-    pub fn embed_gather(
-        &self,
-        dt: Dtype,
-        b: &DeviceBatch,
-        n: usize,
-        word: &DevBuf,
-        pos_emb: Option<(&DevBuf, usize)>,
-        type0: Option<&DevBuf>,
-        out: &DevBuf,
-    ) -> Result<()> {
-        let (pe, pe_rows) = pos_emb.map_or((None, 0), |(b, r)| (Some(b), r));
-        if pe.is_some() && b.max_len > pe_rows {
-            return Err(Error::Input(format!(
-                "sequence of {} tokens exceeds the {pe_rows} position embeddings",
-                b.max_len
-            )));
-        }
-        let args = [
-            Arg::P(b.ids.need("ids", b.tokens, Dtype::F32)?),
-            Arg::P(b.pos.need("pos", b.tokens, Dtype::F32)?),
-            Arg::I(b.tokens as i32),
-            Arg::I(n as i32),
-            Arg::P(word.need("word embeddings", b.vocab * n, dt)?),
-            Arg::P(opt_need(pe, "position embeddings", pe_rows * n, dt)?),
-            Arg::P(opt_need(type0, "token-type row", n, dt)?),
-            Arg::P(out.need("embedding output", b.tokens * n, dt)?),
-        ];
-        let name = format!("embed_gather_{}", dt.suffix());
-        // SAFETY: 8 args = (const uint32_t* ids, const int* pos, int tokens, int n, const T* word,
-        // const T* pos_emb, const T* type0, T* out); ids < vocab (DeviceBatch), pos < pe_rows
-        // (max_len checked), every buffer size checked above; smem n floats.
-        unsafe {
-            self.launch(
-                &name,
-                (b.tokens as u32, 1, 1),
-                (launch::row_threads(n), 1, 1),
-                n * 4,
-                &args,
-            )
-        }
-    }
-
-    /// `out32 = LayerNorm(word[ids] (+ pos) (+ type0))`, compute-type copy to `outc`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn embed_gather_ln(
-        &self,
-        dt: Dtype,
-        b: &DeviceBatch,
-        n: usize,
-        word: &DevBuf,
-        pos_emb: Option<(&DevBuf, usize)>,
-        type0: Option<&DevBuf>,
-        ln: (&DevBuf, &DevBuf, f32),
-        out32: &DevBuf,
-        outc: Option<&DevBuf>,
-    ) -> Result<()> {
-        let (pe, pe_rows) = pos_emb.map_or((None, 0), |(b, r)| (Some(b), r));
-        if pe.is_some() && b.max_len > pe_rows {
-            return Err(Error::Input(format!(
-                "sequence of {} tokens exceeds the {pe_rows} position embeddings",
-                b.max_len
-            )));
-        }
-        let args = [
-            Arg::P(b.ids.need("ids", b.tokens, Dtype::F32)?),
-            Arg::P(b.pos.need("pos", b.tokens, Dtype::F32)?),
-            Arg::I(b.tokens as i32),
-            Arg::I(n as i32),
-            Arg::P(word.need("word embeddings", b.vocab * n, dt)?),
-            Arg::P(opt_need(pe, "position embeddings", pe_rows * n, dt)?),
-            Arg::P(opt_need(type0, "token-type row", n, dt)?),
-            Arg::P(ln.0.need("LayerNorm weight", n, Dtype::F32)?),
-            Arg::P(ln.1.need("LayerNorm bias", n, Dtype::F32)?),
-            Arg::F(ln.2),
-            Arg::P(out32.need("embedding output", b.tokens * n, Dtype::F32)?),
-            Arg::P(opt_need(outc, "embedding output copy", b.tokens * n, dt)?),
-        ];
-        let name = format!("embed_gather_ln_{}", dt.suffix());
-        // SAFETY: 12 args = (ids, pos, int tokens, int n, word, pos_emb, type0, const float* w,
-        // const float* b, float eps, float* out32, T* outc), sizes checked above, ids < vocab
-        // and positions < pe_rows; smem n floats.
-        unsafe {
-            self.launch(
-                &name,
-                (b.tokens as u32, 1, 1),
-                (launch::row_threads(n), 1, 1),
-                n * 4,
-                &args,
-            )
-        }
-    }
-
-    /// `out32 = LayerNorm(input (+ residual))` per row of `n`; `out32` may be `input`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn layernorm(
-        &self,
-        dt: Dtype,
-        input: &DevBuf,
-        residual: Option<&DevBuf>,
-        rows: usize,
-        n: usize,
-        ln: (&DevBuf, &DevBuf, f32),
-        out32: &DevBuf,
-        outc: Option<&DevBuf>,
-    ) -> Result<()> {
-        let args = [
-            Arg::P(input.need("LayerNorm input", rows * n, Dtype::F32)?),
-            Arg::P(opt_need(
-                residual,
-                "LayerNorm residual",
-                rows * n,
-                Dtype::F32,
-            )?),
-            Arg::I(rows as i32),
-            Arg::I(n as i32),
-            Arg::P(ln.0.need("LayerNorm weight", n, Dtype::F32)?),
-            Arg::P(ln.1.need("LayerNorm bias", n, Dtype::F32)?),
-            Arg::F(ln.2),
-            Arg::P(out32.need("LayerNorm output", rows * n, Dtype::F32)?),
-            Arg::P(opt_need(outc, "LayerNorm output copy", rows * n, dt)?),
-        ];
-        let name = format!("layernorm_{}", dt.suffix());
-        // SAFETY: 9 args = (const float* in, const float* residual, int rows, int n, const float* w,
-        // const float* b, float eps, float* out32, T* outc), sizes checked above; smem n floats.
-        unsafe {
-            self.launch(
-                &name,
-                (rows as u32, 1, 1),
-                (launch::row_threads(n), 1, 1),
-                n * 4,
-                &args,
-            )
-        }
-    }
-
-    /// `c[M, N] = epi(a[M, K] . w[N, K]^T)`. `dt` is the input type (F32: the SIMT kernel);
-    /// the output is fp32 when `out_f32`, else `dt`. The residual must not be `c`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn gemm(
-        &self,
-        dt: Dtype,
-        out_f32: bool,
-        a: &DevBuf,
-        w: &DevBuf,
-        m: usize,
-        n: usize,
-        k: usize,
-        epi: Epi<'_>,
-        c: &DevBuf,
-    ) -> Result<()> {
-        let out_dt = if out_f32 { Dtype::F32 } else { dt };
-        let (code, bias, res) = match epi {
-            Epi::None => (launch::EPI_NONE, None, None),
-            Epi::Bias(b) => (launch::EPI_BIAS, Some(b), None),
-            Epi::BiasGelu(b) => (launch::EPI_BIAS_GELU, Some(b), None),
-            Epi::BiasResidual(b, r) => (launch::EPI_BIAS_RESIDUAL, Some(b), Some(r)),
-        };
-        if let Some(r) = res {
-            if r.ptr == c.ptr {
-                return Err(Error::Device(
-                    "gemm: the residual must not be the output".into(),
-                ));
-            }
-        }
-        let args = [
-            Arg::P(a.need("GEMM A", m * k, dt)?),
-            Arg::P(w.need("GEMM W", n * k, dt)?),
-            Arg::P(opt_need(bias, "GEMM bias", n, Dtype::F32)?),
-            Arg::P(opt_need(res, "GEMM residual", m * n, Dtype::F32)?),
-            Arg::P(c.need("GEMM output", m * n, out_dt)?),
-            Arg::I(m as i32),
-            Arg::I(n as i32),
-            Arg::I(k as i32),
-            Arg::I(code),
-        ];
-        if m == 0 || n == 0 {
-            return Ok(());
-        }
-        let (name, grid, threads) = match dt {
-            Dtype::F32 => (
-                "gemm_simt_f32".to_string(),
-                launch::gemm_grid(m, n, launch::SG_BM, launch::SG_BN)?,
-                launch::SG_THREADS,
-            ),
-            _ => {
-                let k8 = launch::gemm_k8_ok(k, a.ptr, w.ptr);
-                let (s, dt_out) = (dt.suffix(), out_dt.suffix());
-                if k8
-                    && self.gemm_kernel() == GemmKernel::Tile128
-                    && launch::gemm_tc_big_smem_bytes() <= self.max_smem_optin
-                {
-                    (
-                        format!("gemm_{s}_{dt_out}_k8_128"),
-                        launch::gemm_grid(m, n, launch::TC_BIG, launch::TC_BIG)?,
-                        launch::TC_BIG_THREADS,
-                    )
-                } else {
-                    (
-                        format!("gemm_{s}_{dt_out}{}", if k8 { "_k8" } else { "" }),
-                        launch::gemm_grid(m, n, launch::TC_BM, launch::TC_BN)?,
-                        launch::TC_THREADS,
-                    )
-                }
-            }
-        };
-        let smem = if name.ends_with("_128") {
-            launch::gemm_tc_big_smem_bytes()
-        } else {
-            0
-        };
-        // SAFETY: 9 args = (const T* A, const T* W, const float* bias, const float* residual,
-        // Tout* C, int M, int N, int K, int epi); sizes checked above (bias / residual non-null
-        // whenever `epi` reads them); the _k8 variants (incl. _k8_128) only with K % 8 == 0 and
-        // 16-byte aligned A / W; static shared memory, except _k8_128's dynamic ring of
-        // gemm_tc_big_smem_bytes() (raised above 48 KB in `launch`, checked against the
-        // device's limit above).
-        unsafe { self.launch(&name, grid, (threads, 1, 1), smem, &args) }
-    }
-
-    /// Disentangled attention: `ctx[T, H] = attention(qkv[T, 3H])` for every sequence of `b`.
-    /// `pk` (c2p) / `pq` (p2c): [2S, H] in `dt`, `None` when the term is off.
-    #[allow(clippy::too_many_arguments)]
-    pub fn attention(
-        &self,
-        dt: Dtype,
-        b: &DeviceBatch,
-        qkv: &DevBuf,
-        pk: Option<&DevBuf>,
-        pq: Option<&DevBuf>,
-        rel: &DeviceRelPos,
-        heads: usize,
-        d: usize,
-        scale: f32,
-        ctx: &DevBuf,
-    ) -> Result<()> {
-        let h = heads * d;
-        if (pk.is_some() || pq.is_some()) && b.max_len > rel.max_len {
-            return Err(Error::Input(format!(
-                "sequence of {} tokens exceeds the relative-position table ({})",
-                b.max_len, rel.max_len
-            )));
-        }
-        if heads > 65_535 {
-            return Err(Error::Device(format!("{heads} heads: at most 65535")));
-        }
-        let args = [
-            Arg::P(qkv.need("qkv", b.tokens * 3 * h, dt)?),
-            Arg::P(opt_need(pk, "PK", rel.rows * h, dt)?),
-            Arg::P(opt_need(pq, "PQ", rel.rows * h, dt)?),
-            Arg::P(
-                rel.idx
-                    .need("relative index", 2 * rel.max_len - 1, Dtype::F32)?,
-            ),
-            Arg::I(rel.max_len as i32),
-            Arg::P(b.tiles.need("tiles", b.n_tiles * 4, Dtype::F32)?),
-            Arg::I(heads as i32),
-            Arg::I(d as i32),
-            Arg::F(scale),
-            Arg::I(pk.is_some() as i32),
-            Arg::I(pq.is_some() as i32),
-            Arg::P(ctx.need("attention output", b.tokens * h, dt)?),
-        ];
-        let (name, threads, smem, blocks) = match self.attention_runs(dt, d) {
-            AttentionKernel::V2 => (
-                format!("attention_tc_{}", dt.suffix()),
-                launch::ATT_TC_THREADS,
-                launch::attention_tc_smem_bytes(),
-                b.n_tiles_tc,
-            ),
-            AttentionKernel::V2Async => (
-                format!("attention_tc_async_{}", dt.suffix()),
-                launch::ATT_TC_THREADS,
-                launch::attention_tc_async_smem_bytes(),
-                b.n_tiles_tc,
-            ),
-            AttentionKernel::V1 => {
-                let dpl = launch::attention_dpl(d)?;
-                let name = format!("attention_{}_dpl{dpl}", dt.suffix());
-                let smem = launch::attention_smem_bytes(d);
-                (name, launch::ATT_THREADS, smem, b.n_tiles)
-            }
-        };
-        // SAFETY: 12 args = (const T* qkv, const T* pk, const T* pq, const uint32_t* relidx,
-        // int max_len, const int4* tiles, int heads, int d, float scale, int c2p, int p2c,
-        // T* ctx), the signature of both kernels; tiles stay inside their sequences
-        // (DeviceBatch), every relidx entry is < rel.rows (DeviceRelPos) and the kernels clamp
-        // offsets to the table, pk / pq are read only when their flag is 1; sizes checked
-        // above. Version 1: d <= 32 * DPL. Version 2 (tensor cores): d = 64 and a 2-byte T as
-        // it assumes, every row it reads or writes 16-byte aligned (d = 64 and 3H, H multiples
-        // of 64 elements; device allocations are 256-byte aligned). smem as
-        // attention_smem_bytes(d) / attention_tc_smem_bytes() / attention_tc_async_smem_bytes()
-        // (raised above 48 KB in `launch`).
-        unsafe {
-            self.launch(
-                &name,
-                (blocks as u32, heads as u32, 1),
-                (threads, 1, 1),
-                smem,
-                &args,
-            )
-        }
-    }
-
-    /// Pool each sequence of `b` from `x` (fp32 [T, h]) into `out` (fp32 [B, modes * h]).
-    pub fn pool(
-        &self,
-        b: &DeviceBatch,
-        x: &DevBuf,
-        h: usize,
-        modes: &[PoolingMode],
-        out: &DevBuf,
-    ) -> Result<()> {
-        let (code, nm) = launch::pool_modes_code(modes)?;
-        let args = [
-            Arg::P(x.need("pool input", b.tokens * h, Dtype::F32)?),
-            Arg::P(b.cu_seqlens.need("cu_seqlens", b.batch + 1, Dtype::F32)?),
-            Arg::I(b.batch as i32),
-            Arg::I(h as i32),
-            Arg::U(code),
-            Arg::I(nm),
-            Arg::P(out.need("pool output", b.batch * nm as usize * h, Dtype::F32)?),
-        ];
-        let grid = (
-            b.batch as u32,
-            h.div_ceil(launch::COL_THREADS as usize) as u32,
-            1,
-        );
-        // SAFETY: 7 args = (const float* x, const int* cu_seqlens, int batch, int H,
-        // unsigned modes, int nmodes, float* out); cu_seqlens is monotone and ends at T
-        // (Packed), sizes checked above.
-        unsafe { self.launch("pool", grid, (launch::COL_THREADS, 1, 1), 0, &args) }
-    }
-
-    /// The tensor-core probe of the kernel testbed (kernels/peak.cu): `blocks` blocks of 128
-    /// threads, each warp `iters` rounds of 8 mma.sync m16n8k16 in `dt` (f16 or bf16). Returns
-    /// the FLOPs it queued; `out` takes one fp32 per thread.
-    pub fn mma_peak(&self, dt: Dtype, blocks: usize, iters: usize, out: &DevBuf) -> Result<f64> {
-        const THREADS: usize = 128;
-        let name = match dt {
-            Dtype::F16 => "mma_peak_f16",
-            Dtype::BF16 => "mma_peak_bf16",
-            Dtype::F32 => return Err(Error::Input("the mma probe runs in f16 or bf16".into())),
-        };
-        let iters = i32::try_from(iters).map_err(|_| Error::Input("too many iterations".into()))?;
-        let args = [
-            Arg::I(iters),
-            Arg::P(out.need("probe output", blocks * THREADS, Dtype::F32)?),
-        ];
-        // SAFETY: 2 args = (int iters, float* out), the kernel's signature; it writes
-        // out[blockIdx.x * 128 + threadIdx.x] only, inside the `blocks * 128` floats checked.
-        unsafe {
-            self.launch(
-                name,
-                (blocks as u32, 1, 1),
-                (THREADS as u32, 1, 1),
-                0,
-                &args,
-            )?
-        };
-        Ok((blocks * THREADS / 32) as f64 * iters as f64 * 8.0 * 2.0 * 16.0 * 8.0 * 16.0)
-    }
-
-    /// L2-normalize each row of `x` (fp32 [rows, dim]) in place.
-    pub fn l2_normalize(&self, x: &DevBuf, rows: usize, dim: usize) -> Result<()> {
-        let args = [
-            Arg::P(x.need("normalize", rows * dim, Dtype::F32)?),
-            Arg::I(rows as i32),
-            Arg::I(dim as i32),
-        ];
-        // SAFETY: 3 args = (float* x, int rows, int dim), size checked above.
-        unsafe {
-            self.launch(
-                "l2_normalize",
-                (rows as u32, 1, 1),
-                (launch::row_threads(dim), 1, 1),
-                0,
-                &args,
-            )
-        }
-    }
-
-    /// Conv block: `out = act(conv1d(x) + bias)` per sequence of `b` (fp32 [T, h]);
-    /// `weight`: fp32 [h, h / groups, k].
-    #[allow(clippy::too_many_arguments)]
-    pub fn conv1d_act(
-        &self,
-        b: &DeviceBatch,
-        x: &DevBuf,
-        h: usize,
-        k: usize,
-        groups: usize,
-        weight: &DevBuf,
-        bias: &DevBuf,
-        act: Activation,
-        out: &DevBuf,
-    ) -> Result<()> {
-        if groups == 0 || !h.is_multiple_of(groups) || k == 0 {
-            return Err(Error::Device(format!(
-                "conv: bad groups {groups} / kernel {k} for {h} channels"
-            )));
-        }
-        let act_code = match act {
-            Activation::Gelu => 0,
-            Activation::Tanh => 1,
-            Activation::Relu => 2,
-        };
-        let args = [
-            Arg::P(x.need("conv input", b.tokens * h, Dtype::F32)?),
-            Arg::P(b.pos.need("pos", b.tokens, Dtype::F32)?),
-            Arg::P(b.len.need("len", b.tokens, Dtype::F32)?),
-            Arg::I(b.tokens as i32),
-            Arg::I(h as i32),
-            Arg::I(k as i32),
-            Arg::I(groups as i32),
-            Arg::P(weight.need("conv weight", h * (h / groups) * k, Dtype::F32)?),
-            Arg::P(bias.need("conv bias", h, Dtype::F32)?),
-            Arg::I(act_code),
-            Arg::P(out.need("conv output", b.tokens * h, Dtype::F32)?),
-        ];
-        let grid = (
-            b.tokens as u32,
-            h.div_ceil(launch::COL_THREADS as usize) as u32,
-            1,
-        );
-        // SAFETY: 11 args = (const float* x, const int* pos, const int* len, int tokens, int H,
-        // int k, int groups, const float* weight, const float* bias, int act, float* out);
-        // pos / len describe the packed sequences (Packed), so every source row stays inside
-        // the token's own sequence; sizes checked above.
-        unsafe { self.launch("conv1d_act", grid, (launch::COL_THREADS, 1, 1), 0, &args) }
     }
 }

@@ -2,8 +2,9 @@
 //! fatbin by build.rs and embedded here), driven through cudarc's driver API with the driver
 //! library loaded at run time.
 //!
-//! * [`device`]: driver probe, context, module, device buffers, one safe wrapper per kernel
-//!   (the testbed API: every kernel callable on its own).
+//! * [`device`]: driver probe, context, module, device buffers, graphs, the generic launch.
+//! * [`kernels`]: one safe wrapper per kernel (the testbed API: every kernel callable on its
+//!   own) and the choice of variant; `profile`: per-kernel device time.
 //! * [`launch`]: launch geometry and batch layout as plain functions, unit-tested without a GPU.
 //! * [`CudaModel`]: weights uploaded once, persistent activation buffers, the forward.
 //!
@@ -20,7 +21,9 @@
 //! and the one-copy batch upload.
 
 pub mod device;
+pub mod kernels;
 pub mod launch;
+mod profile;
 pub mod testbed;
 
 use std::collections::HashMap;
@@ -32,9 +35,8 @@ use crate::model::HostWeights;
 use crate::relpos::RelPosTable;
 use crate::Precision;
 
-pub use device::{
-    AttentionKernel, DevBuf, DeviceBatch, DeviceRelPos, Dtype, Epi, GemmKernel, Gpu, GpuGraph,
-};
+pub use device::{DevBuf, DeviceBatch, DeviceRelPos, Dtype, Gpu, GpuGraph};
+pub use kernels::{AttentionKernel, Epi, GemmKernel};
 use launch::{Packed, Workspace};
 
 /// One layer's weights on the device. Matrices in the compute type, vectors fp32.

@@ -8,13 +8,14 @@
 
 use std::time::Instant;
 
-use super::device::{AttentionKernel, DevBuf, Dtype, Epi, GemmKernel, Gpu};
+use super::device::{DevBuf, Dtype, Gpu};
+use super::kernels::{AttentionKernel, Epi, GemmKernel};
 use super::launch::Packed;
-use crate::backend::cpu::attention::{attention_reference, AttentionParams};
 use crate::backend::cpu::gemm::{reference_linear, Epilogue};
 use crate::error::{Error, Result};
-use crate::model::XorShift;
 use crate::relpos::RelPosTable;
+pub use crate::testing::rel_err;
+use crate::testing::{attention_reference, tol, AttentionParams, XorShift};
 
 /// The device's measured ceilings.
 #[derive(Clone, Copy, Debug)]
@@ -64,35 +65,16 @@ fn time(g: &Gpu, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> 
     Ok(samples[samples.len() / 2])
 }
 
-/// ||a - b|| / ||b|| in f64; infinite when `a` has a non-finite value (unwritten output) or
-/// the lengths differ.
-pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    if a.len() != b.len() || a.iter().any(|x| !x.is_finite()) {
-        return f64::INFINITY;
-    }
-    let num: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(&x, &y)| ((x - y) as f64).powi(2))
-        .sum();
-    let den: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
-    (num / den.max(1e-30)).sqrt()
-}
-
 /// Check tolerance on the relative norm of the error (inputs pre-rounded to `dt`, so only the
 /// accumulation order and the output rounding differ; `out16`: rounded to `dt` on output).
-/// tests/gpu.rs checks the kernels with the same values.
+/// tests/gpu.rs checks the kernels with the same values ([`crate::testing::tol`]).
 pub fn tolerance(dt: Dtype, out16: bool) -> f64 {
     match (dt, out16) {
-        (Dtype::F32, _) => 2e-6,
-        (Dtype::F16, false) | (Dtype::BF16, false) => 1e-4,
-        (Dtype::F16, true) => 1e-3,
-        (Dtype::BF16, true) => 8e-3,
+        (Dtype::F32, _) => tol::F32,
+        (Dtype::F16, false) | (Dtype::BF16, false) => tol::HALF_IN_F32_OUT,
+        (Dtype::F16, true) => tol::F16_OUT,
+        (Dtype::BF16, true) => tol::BF16_OUT,
     }
-}
-
-fn random(rng: &mut XorShift, n: usize, scale: f32) -> Vec<f32> {
-    (0..n).map(|_| rng.normal() * scale).collect()
 }
 
 /// Measure the peaks (f16 / bf16 `dt` for the tensor-core probe).
@@ -129,10 +111,10 @@ fn gemm_row(
 ) -> Result<Row> {
     g.set_gemm_kernel(tiles);
     let mut rng = XorShift(0x6E44 + (m * 31 + k * 7 + n) as u64);
-    let x = dt.round(&random(&mut rng, m * k, 1.0));
-    let w = dt.round(&random(&mut rng, n * k, 1.0 / (k as f32).sqrt()));
-    let bias = random(&mut rng, n, 0.1);
-    let residual = random(&mut rng, m * n, 1.0);
+    let x = dt.round(&rng.normal_vec(m * k, 0.0, 1.0));
+    let w = dt.round(&rng.normal_vec(n * k, 0.0, 1.0 / (k as f32).sqrt()));
+    let bias = rng.normal_vec(n, 0.0, 0.1);
+    let residual = rng.normal_vec(m * n, 0.0, 1.0);
     let out16 = what != "out";
     let gelu = what == "ffn-up";
     let (dx, dw) = (g.upload(dt, &x, "x")?, g.upload(dt, &w, "w")?);
@@ -192,8 +174,8 @@ fn attention_row(g: &Gpu, dt: Dtype, kernel: AttentionKernel, b: usize, l: usize
     let h = heads * d;
     let rel = RelPosTable::new(512, 256, 512, span);
     let mut rng = XorShift(0xA77 + (b * 1000 + l) as u64);
-    let pk = dt.round(&random(&mut rng, 2 * span * h, 1.0));
-    let pq = dt.round(&random(&mut rng, 2 * span * h, 1.0));
+    let pk = dt.round(&rng.normal_vec(2 * span * h, 0.0, 1.0));
+    let pq = dt.round(&rng.normal_vec(2 * span * h, 0.0, 1.0));
     let scale = 1.0 / ((d * 3) as f32).sqrt();
     let drel = g.upload_relpos(&rel, 2 * span)?;
     let (dpk, dpq) = (g.upload(dt, &pk, "pk")?, g.upload(dt, &pq, "pq")?);
@@ -223,7 +205,7 @@ fn attention_row(g: &Gpu, dt: Dtype, kernel: AttentionKernel, b: usize, l: usize
     };
     // check on two sequences
     let nchk = 2.min(b);
-    let qkv = dt.round(&random(&mut rng, nchk * l * 3 * h, 1.0));
+    let qkv = dt.round(&rng.normal_vec(nchk * l * 3 * h, 0.0, 1.0));
     let (dq, dc) = (
         g.upload(dt, &qkv, "qkv")?,
         g.alloc(nchk * l * h * dt.size(), "ctx")?,
@@ -244,7 +226,7 @@ fn attention_row(g: &Gpu, dt: Dtype, kernel: AttentionKernel, b: usize, l: usize
     let want = dt.round(&want);
     // time on the whole batch (the upload of the batch is outside the timed launches)
     let t = b * l;
-    let dq = g.upload(dt, &random(&mut rng, t * 3 * h, 1.0), "qkv")?;
+    let dq = g.upload(dt, &rng.normal_vec(t * 3 * h, 0.0, 1.0), "qkv")?;
     let dc = g.alloc(t * h * dt.size(), "ctx")?;
     let ids = vec![vec![0u32; l]; b];
     let db = g.upload_batch(&Packed::new(&ids)?, 1)?;
@@ -316,11 +298,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rel_err_fails_unwritten_outputs() {
-        assert_eq!(rel_err(&[1.0, 2.0], &[1.0, 2.0]), 0.0);
-        assert!((rel_err(&[1.0, 0.0], &[1.0, 1.0]) - 0.5f64.sqrt()).abs() < 1e-12);
-        assert!(rel_err(&[f32::NAN, 1.0], &[1.0, 1.0]).is_infinite());
-        assert!(rel_err(&[1.0], &[1.0, 1.0]).is_infinite());
+    fn rows_fail_unwritten_outputs() {
         let row = |rel_err| Row {
             op: "gemm",
             variant: String::new(),

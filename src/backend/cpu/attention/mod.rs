@@ -389,31 +389,19 @@ enum Level {
     Portable,
 }
 
-/// The instruction set the kernel runs with, detected once. `DEBERTA_EMBED_PORTABLE=1` forces
-/// the portable path (tests, debugging).
+/// The instruction set the kernel runs with: the CPU kernels' one decision
+/// (`super::simd::simd_level`, overridden by `DEBERTA_SIMD`); NEON has no attention kernel
+/// of its own and runs the portable one.
 fn simd() -> Level {
-    static LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
-    *LEVEL.get_or_init(detect)
-}
-
-fn detect() -> Level {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::env::var_os("DEBERTA_EMBED_PORTABLE").is_some() {
-            return Level::Portable;
-        }
-        // (block_avx512 is compiled with avx2 and fma as well)
-        if is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-        {
-            return Level::Avx512;
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return Level::Avx2;
-        }
+    use super::simd::{simd_level, SimdLevel};
+    match simd_level() {
+        // (block_avx512 is compiled with avx2 and fma as well: the level checks both)
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => Level::Avx512,
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 => Level::Avx2,
+        _ => Level::Portable,
     }
-    Level::Portable
 }
 
 // The whole block is compiled per instruction set so that the softmax and gather loops

@@ -2,7 +2,7 @@
 
 use super::*;
 
-use crate::model::XorShift;
+use crate::testing::XorShift;
 
 #[test]
 fn tasks_cover_every_row_and_head_once() {

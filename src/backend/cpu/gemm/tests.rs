@@ -3,24 +3,7 @@
 
 use super::*;
 
-/// Tiny deterministic xorshift RNG (no dependency).
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    /// Uniform in [-1, 1).
-    fn f32(&mut self) -> f32 {
-        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-    fn vec(&mut self, len: usize) -> Vec<f32> {
-        (0..len).map(|_| self.f32()).collect()
-    }
-}
+use crate::testing::XorShift as Rng;
 
 /// How the weight of a checked product is stored.
 #[derive(Clone, Copy, PartialEq)]
@@ -45,10 +28,10 @@ fn check_shape(m: usize, n: usize, k: usize) {
 /// summation order differs from the reference and the fp32 tolerance still applies.
 fn check_shape_with(m: usize, n: usize, k: usize, stored: Stored) {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((m * 1_000_003 + n * 1009 + k) as u64));
-    let mut x = rng.vec(m * k);
-    let mut w = rng.vec(n * k);
-    let bias = rng.vec(n);
-    let res = rng.vec(m * n);
+    let mut x = rng.signed_vec(m * k);
+    let mut w = rng.signed_vec(n * k);
+    let bias = rng.signed_vec(n);
+    let res = rng.signed_vec(m * n);
     let round = |v: &mut Vec<f32>| {
         v.iter_mut()
             .for_each(|v| *v = half::bf16::from_f32(*v).to_f32())
@@ -208,7 +191,7 @@ fn gemm_bf16_dot() {
             }
         }
     }
-    let w = Rng(5).vec(40 * 7);
+    let w = Rng(5).signed_vec(40 * 7);
     let via_pairs = PackedWeight::new(&w, 40, 7)
         .with_bf16_dot()
         .with_bf16_storage();
@@ -237,7 +220,7 @@ fn gemm_bf16_tiles() {
             }
         }
     }
-    let w = Rng(5).vec(40 * 37);
+    let w = Rng(5).signed_vec(40 * 37);
     let via_tiles = PackedWeight::new(&w, 40, 37)
         .with_bf16_tiles()
         .with_bf16_storage();
@@ -328,7 +311,7 @@ fn gemm_empty() {
 fn gemm_default_level_matches_forced() {
     let mut rng = Rng(42);
     let (m, n, k) = (16, 96, 384);
-    let (x, w) = (rng.vec(m * k), rng.vec(n * k));
+    let (x, w) = (rng.signed_vec(m * k), rng.signed_vec(n * k));
     let packed = PackedWeight::new(&w, n, k);
     let mut a = vec![0.0; m * n];
     let mut b = vec![0.0; m * n];
@@ -482,14 +465,14 @@ fn check_int8_shape(
     offsets: Option<&[usize]>,
 ) {
     let mut rng = Rng(0x51ED_270B ^ ((m * 1_000_003 + n * 1009 + k) as u64));
-    let mut x = rng.vec(m * k);
+    let mut x = rng.signed_vec(m * k);
     // a few outliers, as activations have
     for i in 0..m {
         x[i * k + (i * 7) % k] *= 9.0;
     }
-    let w = rng.vec(n * k);
-    let bias = rng.vec(n);
-    let res = rng.vec(m * n);
+    let w = rng.signed_vec(n * k);
+    let bias = rng.signed_vec(n);
+    let res = rng.signed_vec(m * n);
     let packed = PackedWeight::new(&w, n, k).with_int8();
     assert!(packed.is_int8() && (packed.n(), packed.k()) == (n, k));
     let eps: [(&str, Epilogue<'_>); 4] = [
@@ -589,7 +572,7 @@ fn gemm_int8_dispatch() {
     }
     let (m, n, k) = (40, 70, 130);
     let mut rng = Rng(11);
-    let (x, w) = (rng.vec(m * k), rng.vec(n * k));
+    let (x, w) = (rng.signed_vec(m * k), rng.signed_vec(n * k));
     let packed = PackedWeight::new(&w, n, k).with_int8();
     let (mut got, mut want) = (vec![0.0; m * n], vec![0.0; m * n]);
     linear(&x, m, &packed, Epilogue::None, &mut got);
@@ -628,7 +611,7 @@ fn int8_weight_quantization() {
     // the packed layout dequantizes to scale * q, feature by feature, and the column sums
     // are the sums of q
     let (n, k) = (37, 70);
-    let w = Rng(3).vec(n * k);
+    let w = Rng(3).signed_vec(n * k);
     let packed = PackedWeight::new(&w, n, k).with_int8();
     let Storage::Int8(w8) = &packed.storage else {
         panic!("with_int8 gives int8 panels")
@@ -699,7 +682,7 @@ fn int8_activation_quantization() {
     // vectorized loop's remainder included) with outliers
     let mut rng = Rng(77);
     for len in [1, 15, 16, 17, 33, 384, 1000] {
-        let mut x = rng.vec(len);
+        let mut x = rng.signed_vec(len);
         x[len / 2] *= 50.0;
         let mut q = vec![0u8; len];
         let r = int8::quantize_activation_row(&x, &mut q);
@@ -720,9 +703,9 @@ fn int8_activation_quantization() {
 fn gemm_int8_propagates_non_finite() {
     let kernels = int8_kernels();
     let (m, n, k) = (3, 4, 20);
-    let mut w = Rng(8).vec(n * k);
+    let mut w = Rng(8).signed_vec(n * k);
     w[2 * k + 5] = f32::NAN;
-    let mut x = Rng(9).vec(m * k);
+    let mut x = Rng(9).signed_vec(m * k);
     x[k + 3] = f32::INFINITY;
     let packed = PackedWeight::new(&w, n, k).with_int8();
     let mut want = vec![0.0; m * n];
@@ -744,11 +727,11 @@ fn gemm_int8_propagates_non_finite() {
 fn int8_corrections_cancel_the_shared_rounding_error() {
     let (m, n, k) = (64, 96, 384);
     let mut rng = Rng(21);
-    let common = rng.vec(k);
+    let common = rng.signed_vec(k);
     let x: Vec<f32> = (0..m * k)
-        .map(|i| common[i % k] + 0.3 * rng.f32())
+        .map(|i| common[i % k] + 0.3 * rng.signed())
         .collect();
-    let w: Vec<f32> = rng.vec(n * k).iter().map(|v| 0.05 * v).collect();
+    let w: Vec<f32> = rng.signed_vec(n * k).iter().map(|v| 0.05 * v).collect();
     let mean_rows = |out: &[f32]| -> Vec<f64> {
         (0..n)
             .map(|j| (0..m).map(|i| f64::from(out[i * n + j])).sum::<f64>() / m as f64)
@@ -780,10 +763,10 @@ fn int8_corrections_cancel_the_shared_rounding_error() {
 #[test]
 fn int8_vector_quantization_equals_scalar() {
     let mut rng = Rng(99);
-    let mut rows: Vec<Vec<f32>> = (1..70).map(|len| rng.vec(len)).collect();
+    let mut rows: Vec<Vec<f32>> = (1..70).map(|len| rng.signed_vec(len)).collect();
     rows.push(
         (0..384)
-            .map(|i| if i == 17 { 40.0 } else { rng.f32() })
+            .map(|i| if i == 17 { 40.0 } else { rng.signed() })
             .collect(),
     );
     rows.push(vec![0.0; 33]);
@@ -791,7 +774,7 @@ fn int8_vector_quantization_equals_scalar() {
     rows.push(vec![1e-30; 18]);
     rows.push([1.0, f32::NAN, 3.0].repeat(7));
     rows.push([1.0, f32::INFINITY].repeat(9));
-    rows.push((0..1536).map(|_| 3.0 * rng.f32() - 1.0).collect());
+    rows.push((0..1536).map(|_| 3.0 * rng.signed() - 1.0).collect());
     for row in &rows {
         let (mut a, mut b) = (vec![0u8; row.len()], vec![7u8; row.len() + 3]);
         let qa = int8::quantize_activation_row(row, &mut a);
