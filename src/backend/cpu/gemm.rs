@@ -154,6 +154,24 @@ pub enum Int8Form {
     F32,
 }
 
+/// Whether the tile unit runs bf16 (`int8` false) or int8 products here, whatever level
+/// [`simd_level`] dispatches to (a caller of [`linear_with`] names the level itself).
+fn amx_hardware(int8: bool) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if int8 {
+            amx::amx_int8_available()
+        } else {
+            amx::amx_available()
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = int8;
+        false
+    }
+}
+
 /// The one place that picks the int8 form: AMX-INT8 tiles where the CPU has them, Linux
 /// grants the tile state and `DEBERTA_GEMM_AMX` does not turn them off; else AVX512-VNNI at
 /// the AVX-512 level; else none (f32 weights). Both kernels compute the same integers (see
@@ -622,14 +640,15 @@ fn linear_impl(
         }
     }
     assert!(
-        !w.is_bf16_tiles() || (level == SimdLevel::Avx512 && amx_available()),
+        !w.is_bf16_tiles() || (level == SimdLevel::Avx512 && amx_hardware(false)),
         "bf16 tile weights need the AVX-512 level on a CPU with AMX-BF16"
     );
     if m == 0 || n == 0 {
         return;
     }
     assert!(
-        !w.is_int8() || (level == SimdLevel::Avx512 && int8_gemm_form() != Int8Form::F32),
+        !w.is_int8()
+            || (level == SimdLevel::Avx512 && (amx_hardware(true) || int8::vnni_detected())),
         "int8 weights need the AVX-512 level on a CPU with AVX512-VNNI or AMX-INT8"
     );
     let out = &mut out[..m * n];
@@ -644,7 +663,7 @@ fn linear_impl(
                 return;
             }
             Storage::Int8(_) => {
-                let amx = int8_gemm_form() == Int8Form::Tiles;
+                let amx = amx_hardware(true);
                 int8_linear(x, m, w, ep, out, amx, threads, offsets);
                 return;
             }
