@@ -279,19 +279,31 @@ pub(super) fn linear(
         let prepare = |u: usize| {
             let rows = BLOCK.min(m - u * BLOCK);
             let xs = &x[u * BLOCK * k..][..rows * k];
-            // SAFETY: block u (`block_bytes` from `u * block_bytes`) is inside the buffer of
-            // `blocks * block_bytes` bytes, and so are its 32 quantization slots; each unit
-            // writes only its own block, and no tile reads the buffer before every unit has
-            // finished (`run_jobs` barrier).
-            let dst = unsafe {
-                std::slice::from_raw_parts_mut(
-                    xb.get().cast::<u8>().add(u * block_bytes),
-                    block_bytes,
-                )
-            };
             match w {
-                TilePanels::Bf16(_) => round_block_bf16(xs, rows, k, dst),
+                TilePanels::Bf16(_) => {
+                    // SAFETY: block u (`block_bytes / 4` words from `u * block_bytes / 4`) is
+                    // inside the buffer of `blocks * block_bytes` bytes, which is lines of
+                    // floats; each unit writes only its own block, and no tile reads the
+                    // buffer before every unit has finished (`run_jobs` barrier).
+                    let words = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            xb.get().add(u * block_bytes / 4),
+                            block_bytes / 4,
+                        )
+                    };
+                    round_block_bf16(xs, rows, k, words)
+                }
                 TilePanels::Int8 { .. } => {
+                    // SAFETY: block u (`block_bytes` from `u * block_bytes`) is inside the buffer of
+                    // `blocks * block_bytes` bytes, and so are its 32 quantization slots; each unit
+                    // writes only its own block, and no tile reads the buffer before every unit has
+                    // finished (`run_jobs` barrier).
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            xb.get().cast::<u8>().add(u * block_bytes),
+                            block_bytes,
+                        )
+                    };
                     // SAFETY: as above (slots u * 32 .. u * 32 + 32 < m_pad).
                     let q = unsafe {
                         std::slice::from_raw_parts_mut(
@@ -425,7 +437,7 @@ pub(super) fn linear(
 /// Round the rows of `x` (`[rows, k]`) to bf16 into a 32-row block of the tile layout: step
 /// `st` (32 values of k) of row `r` is the 64 bytes at `(st * 32 + r) * 64`; values past k,
 /// and rows past `rows`, are zero.
-fn round_block_bf16(x: &[f32], rows: usize, k: usize, dst: &mut [u8]) {
+fn round_block_bf16(x: &[f32], rows: usize, k: usize, dst: &mut [f32]) {
     let kp = 2 * padded_pairs(k);
     let words = k.div_ceil(2);
     let mut row = vec![0.0f32; kp / 2];
@@ -437,14 +449,9 @@ fn round_block_bf16(x: &[f32], rows: usize, k: usize, dst: &mut [u8]) {
         } else {
             row.fill(0.0);
         }
-        // step st of row r: 16 words (64 bytes) at (st * 32 + r) * 64 bytes
+        // step st of row r: 16 words (64 bytes) at (st * 32 + r) * 16 words
         for (st, chunk) in row.chunks_exact(16).enumerate() {
-            for (d, v) in dst[(st * BLOCK + r) * 64..][..64]
-                .chunks_exact_mut(4)
-                .zip(chunk)
-            {
-                d.copy_from_slice(&v.to_bits().to_le_bytes());
-            }
+            dst[(st * BLOCK + r) * 16..][..16].copy_from_slice(chunk);
         }
     }
 }
