@@ -15,6 +15,12 @@
 //!   `out[i, j] = f32(acc[i, j] - zx[i] * cw[j]) * (sx[i] * sw[j])` with `cw[j] = sum_p qw[j, p]`
 //!   (exact again), then the epilogue in f32. Every kernel computes the same integers, so the
 //!   kernels agree with the reference bit for bit before the epilogue.
+//! * **Per-sequence correction** (`linear_seqs`, which the forward uses): the rounding residual
+//!   `R = W - sw * qw` is quantized the same way, and each sequence's rows get `R . mean(x)`
+//!   (the mean of its rows, quantized as a row) added before the epilogue. Rounding W shifts
+//!   every token of a sentence alike, and mean pooling keeps such a shift while token-by-token
+//!   errors mostly average out; on the xsmall-shaped checkpoint this took cosine to fp32 from
+//!   0.998 to 0.9997 for one extra product of one row per sequence.
 //! * A non-finite weight or input value makes its scale NaN, so the output turns NaN (which
 //!   the forward reports) instead of the value being dropped silently.
 //!
