@@ -1069,8 +1069,8 @@ const PARALLEL_MIN_FLOPS: usize = 1 << 21;
 /// Tiles wanted per thread, for load balance, when m is split into blocks.
 const TILES_PER_THREAD: usize = 4;
 /// Tiles wanted per thread when m is too small to split and the columns are split instead
-/// (m = 16: one sentence). Two, not four: each tile is one DRAM stream of W, and four per
-/// thread measured ~7% slower.
+/// (m = 16: one sentence). Two, not four: each tile is one DRAM stream of W, and more
+/// concurrent streams per thread compete for the same memory bandwidth.
 const COLUMN_TILES_PER_THREAD: usize = 2;
 
 /// How one product is cut into blocks and parallel tiles. A tile is (m-block, n-group): it packs

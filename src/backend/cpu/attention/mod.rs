@@ -61,7 +61,7 @@ pub struct PosTable {
     /// sentence's attention reads only such a band, and after each layer's weight stream it
     /// comes from DRAM: in the full table a band is d snippets of ~2 lines per head, 2S floats
     /// apart; here it is one contiguous block (74 KB for +-16) that the hardware prefetchers
-    /// stream. One 16-token sentence: the attention ~30% faster, the forward ~3%.
+    /// stream.
     near: Vec<(usize, PosTable)>,
 }
 
@@ -671,8 +671,7 @@ fn block(job: &Job<'_>, sc: &mut Scratch, level: Level) {
                 // Log buckets: first gather each key's values into query order in place (row
                 // j: `c[j][i] = c[j][idx(q0 + i, j) - glo(g)]`, read through a copy of the
                 // row), then add them like the linear case. (Adding straight from the gather
-                // wrote each value to another score row: at 1 x 512 that was 13% of the
-                // forward.)
+                // would write each value to another score row.)
                 let mut row = vec![0.0f32; pw];
                 for j in 0..n {
                     let crow = &mut c[j * pw..(j + 1) * pw];
@@ -713,8 +712,7 @@ fn block(job: &Job<'_>, sc: &mut Scratch, level: Level) {
 
 /// `s[i * n + j] += c[j * pw + shift(j) + i]` for `i < rows`, `j < n`: the p2c products (one
 /// row per key) added to the score rows (one per query). AVX-512 goes through 16 x 16 blocks
-/// transposed in registers; the plain loop writes every value to another row (at 32 x 128 it
-/// was 8% of the attention).
+/// transposed in registers; the plain loop writes every value to another row.
 fn add_transposed(
     level: Level,
     c: &[f32],

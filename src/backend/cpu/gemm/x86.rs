@@ -146,9 +146,7 @@ const OWN: usize = usize::MAX;
 /// One `MR x 32` tile over `kc` k-steps. Each k-step prefetches either its own W `PF_AHEAD`
 /// ahead (`LINES == OWN`) or `LINES` lines of the stream at `at` (`LINES` lines per k-step).
 /// The k-loop walks pointers, two k-steps per iteration: apart from the FMAs and their loads
-/// a k-step costs about two instructions, so the FMAs, not the front end, set the pace: the
-/// m = 16 GEMM on L2-resident W ran ~30% faster than with an indexed loop and a run-time
-/// stream length (same run, alternated).
+/// a k-step costs about two instructions, so the FMAs, not the front end, set the pace.
 ///
 /// # Safety
 /// As `avx512_kernel`, with `MR == mr`, `a` valid for `MR * kc` and `b` for `kc * NR` reads.
