@@ -26,7 +26,8 @@ class Embedder:
 
     model: a model directory or a Hugging Face hub id (`org/name`).
     device: "cpu", or "cuda" / "cuda:N" in a build with the `cuda` feature.
-    dtype: None or "f32" (exact), "bf16" (bf16-stored weights), "f16" (GPU only).
+    dtype: None or "f32" (exact), "bf16" (bf16 weights and inputs), "int8" (CPU: int8 weights,
+        inputs quantized per row), "f16" (GPU only).
     threads: worker threads of the forward (None: one per core).
     batch_size: default sentences per forward batch of `encode`.
     normalize: None follows the model; True / False force L2 normalization on / off.
@@ -83,7 +84,7 @@ class Embedder:
         """"cpu", "cuda:0", ..."""
     @property
     def dtype(self) -> str:
-        """"f32", "bf16" or "f16"."""
+        """"f32", "bf16", "int8" or "f16"."""
     @property
     def threads(self) -> int:
         """Worker threads of the forward."""

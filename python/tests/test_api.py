@@ -122,11 +122,12 @@ def test_properties_and_repr(st2):
     assert m.model == str(st2.model_dir)
     r = repr(m)
     assert r.startswith("Embedder(") and "dim=32" in r and "max_seq_length=24" in r
-    bf = Embedder(st2.model_dir, dtype="bf16")
-    assert bf.dtype == "bf16"
-    got = bf.encode(st2.sentences)
-    cos = np.sum(got * st2.embeddings, 1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(st2.embeddings, axis=1))
-    assert cos.min() >= 0.999  # the library's bf16 contract
+    for dtype in ("bf16", "int8"):
+        low = Embedder(st2.model_dir, dtype=dtype)
+        assert low.dtype == dtype
+        got = low.encode(st2.sentences)
+        cos = np.sum(got * st2.embeddings, 1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(st2.embeddings, axis=1))
+        assert cos.min() >= 0.999, dtype  # the library's bf16 / int8 contract
 
 
 def test_path_objects_and_module_surface(st2):
