@@ -77,8 +77,9 @@ pub use error::{Error, Result};
 pub use similarity::Similarity;
 pub use tokenize::Tokenized;
 
+use backend::{run_batches, Backend};
 use checkpoint::Checkpoint;
-use model::{CpuModel, HostWeights, PackedBatch, RunState};
+use model::{CpuModel, CpuState, HostWeights};
 use tokenize::TextTokenizer;
 
 /// Where the forward runs.
@@ -338,7 +339,7 @@ impl Embeddings {
 enum Engine {
     Cpu {
         model: CpuModel,
-        state: Mutex<RunState>,
+        state: Mutex<CpuState>,
     },
     #[cfg(feature = "cuda")]
     Cuda(backend::cuda::CudaModel),
@@ -462,7 +463,7 @@ impl Embedder {
         let pool = build_pool(opts.threads)?;
         Ok(SyntheticEmbedder {
             model: CpuModel::new(cfg, weights, max_len, opts.precision),
-            state: Mutex::new(RunState::default()),
+            state: Mutex::new(CpuState::default()),
             pool,
             pooling: vec![PoolingMode::Mean],
             num_params,
@@ -503,7 +504,7 @@ impl Embedder {
                     pipeline.max_seq_length,
                     opts.precision,
                 ),
-                state: Mutex::new(RunState::default()),
+                state: Mutex::new(CpuState::default()),
             },
             #[cfg(feature = "cuda")]
             Device::Cuda(ordinal) => {
@@ -860,18 +861,10 @@ impl Embedder {
                 // caller waiting for the lock inside the pool could be run (stolen) by the very
                 // worker that holds it, in the middle of its forward, and wait for itself.
                 let mut st = lock_state(state);
-                let st: &mut RunState = &mut st;
-                self.install(|| {
-                    run_batches(
-                        model,
-                        st,
-                        modes,
-                    self.opts.batch_size,
-                    self.opts.max_batch_tokens,
-                        ids,
-                        skip,
-                    )
-                })
+                let st: &mut CpuState = &mut st;
+                let dim = pooling::pooled_dim(modes, self.cfg.hidden_size);
+                let (batch, tokens) = (self.opts.batch_size, self.opts.max_batch_tokens);
+                self.install(|| run_batches(model, st, ids, skip, modes, dim, batch, tokens))?
             }
             #[cfg(feature = "cuda")]
             Engine::Cuda(_) if !skip.is_empty() => {
@@ -904,12 +897,9 @@ impl Embedder {
         }
         match &self.engine {
             Engine::Cpu { model, state } => {
-                let batch = PackedBatch::new(&[ids]);
-                let mut hs = Vec::new();
                 let mut guard = state.lock().map_err(|_| poisoned())?;
-                let st: &mut RunState = &mut guard;
-                self.install(|| model.forward(&batch, st, Some(&mut hs)));
-                Ok(hs)
+                let st: &mut CpuState = &mut guard;
+                self.install(|| model.hidden_states(st, ids))
             }
             #[cfg(feature = "cuda")]
             Engine::Cuda(m) => m.hidden_states(ids),
@@ -929,7 +919,7 @@ impl Embedder {
 #[doc(hidden)]
 pub struct SyntheticEmbedder {
     model: CpuModel,
-    state: Mutex<RunState>,
+    state: Mutex<CpuState>,
     pool: Option<rayon::ThreadPool>,
     pooling: Vec<PoolingMode>,
     num_params: usize,
@@ -949,22 +939,24 @@ impl SyntheticEmbedder {
         }
         // (locked before entering the pool: see `Embedder::encode_ids_pooled_skipping`)
         let mut st = lock_state(&self.state);
-        let st: &mut RunState = &mut st;
+        let st: &mut CpuState = &mut st;
+        let (model, modes) = (&self.model, &self.pooling);
         let mut run = move || {
             run_batches(
-                &self.model,
+                model,
                 st,
-                &self.pooling,
-                ids.len().max(1),
-                usize::MAX,
                 ids,
                 &[],
+                modes,
+                dim,
+                ids.len().max(1),
+                usize::MAX,
             )
         };
         let out = match &self.pool {
             Some(p) => p.install(run),
             None => run(),
-        };
+        }?;
         Embeddings::from_vec(out, dim)
     }
     /// The architecture.
@@ -977,45 +969,10 @@ impl SyntheticEmbedder {
     }
 }
 
-/// Sort by length (longest first), cut into batches of at most `batch_size` sequences and
-/// `max_tokens` tokens, pool each sequence (leaving out its first `skip[i]` tokens; `skip`
-/// empty: none), return rows in input order.
-/// The run state, locked. A poisoned lock only means an earlier forward panicked; the buffers
-/// are rewritten by the next one anyway.
-fn lock_state(state: &Mutex<RunState>) -> std::sync::MutexGuard<'_, RunState> {
+/// The state of a backend, locked. A poisoned lock only means an earlier forward panicked; the
+/// buffers are rewritten by the next one anyway.
+fn lock_state<T>(state: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     state.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn run_batches(
-    model: &CpuModel,
-    st: &mut RunState,
-    modes: &[PoolingMode],
-    batch_size: usize,
-    max_tokens: usize,
-    ids: &[Vec<u32>],
-    skip: &[usize],
-) -> Vec<f32> {
-    let h = model.config().hidden_size;
-    let dim = pooling::pooled_dim(modes, h);
-    let mut out = vec![0.0f32; ids.len() * dim];
-    let lens: Vec<usize> = ids.iter().map(Vec::len).collect();
-    let mut batch = PackedBatch::default();
-    for chunk in batches_by_length(&lens, batch_size, max_tokens) {
-        batch.fill(chunk.iter().map(|&i| ids[i].as_slice()));
-        model.forward(&batch, st, None);
-        let hidden = st.hidden();
-        for (b, &i) in chunk.iter().enumerate() {
-            let (s, e) = (batch.offsets[b], batch.offsets[b + 1]);
-            pooling::pool_skipping(
-                modes,
-                &hidden[s * h..e * h],
-                h,
-                skip.get(i).copied().unwrap_or(0),
-                &mut out[i * dim..(i + 1) * dim],
-            );
-        }
-    }
-    out
 }
 
 /// Input indices grouped into the batches every backend runs: at most `batch_size` sequences

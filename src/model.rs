@@ -451,6 +451,46 @@ impl PackedBatch {
     }
 }
 
+/// The CPU backend's state (`backend::Backend::State`): the activation buffers and the packed
+/// ids of the batch being run, both reused across calls.
+#[derive(Default)]
+pub struct CpuState {
+    pub run: RunState,
+    pub batch: PackedBatch,
+}
+
+impl crate::backend::Backend for CpuModel {
+    type State = CpuState;
+
+    fn encode_batch(
+        &self,
+        st: &mut CpuState,
+        seqs: &[&[u32]],
+        modes: &[crate::config::PoolingMode],
+        skip: &[usize],
+        out: &mut [f32],
+    ) -> crate::Result<()> {
+        let h = self.cfg.hidden_size;
+        let dim = crate::pooling::pooled_dim(modes, h);
+        st.batch.fill(seqs.iter().copied());
+        self.forward(&st.batch, &mut st.run, None);
+        let hidden = st.run.hidden();
+        for (b, row) in out.chunks_exact_mut(dim.max(1)).enumerate() {
+            let (s, e) = (st.batch.offsets[b], st.batch.offsets[b + 1]);
+            let skip = skip.get(b).copied().unwrap_or(0);
+            crate::pooling::pool_skipping(modes, &hidden[s * h..e * h], h, skip, row);
+        }
+        Ok(())
+    }
+
+    fn hidden_states(&self, st: &mut CpuState, ids: &[u32]) -> crate::Result<Vec<Vec<f32>>> {
+        st.batch.fill(std::iter::once(ids));
+        let mut hs = Vec::new();
+        self.forward(&st.batch, &mut st.run, Some(&mut hs));
+        Ok(hs)
+    }
+}
+
 /// Activation buffers, sized for the largest batch seen and reused across calls.
 #[derive(Default)]
 pub struct RunState {

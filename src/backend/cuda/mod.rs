@@ -273,43 +273,11 @@ impl Resident {
         max_tokens: usize,
         modes: &[PoolingMode],
     ) -> Result<Vec<f32>> {
-        let h = self.cfg.hidden_size;
-        let dim = modes.len() * h;
+        let dim = modes.len() * self.cfg.hidden_size;
         self.check_inputs(ids.iter().map(Vec::as_slice))?;
         launch::pool_modes_code(modes)?;
-        let mut out = vec![0.0f32; ids.len() * dim];
-        let lens: Vec<usize> = ids.iter().map(Vec::len).collect();
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        for chunk in crate::batches_by_length(&lens, batch_size, max_tokens) {
-            let seqs: Vec<&[u32]> = chunk.iter().map(|&i| ids[i].as_slice()).collect();
-            let packed = Packed::new(&seqs)?;
-            if packed.tokens() == 0 {
-                continue; // all empty: zeros, as the CPU path
-            }
-            self.forward_pooled(&mut st, &packed, modes)?;
-            let rows = self
-                .gpu
-                .download(Dtype::F32, buf(&st.pooled)?, chunk.len() * dim)?;
-            for (b, &i) in chunk.iter().enumerate() {
-                out[i * dim..(i + 1) * dim].copy_from_slice(&rows[b * dim..(b + 1) * dim]);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Every layer's output for one sequence (index 0 = embedding output), [n, H] each.
-    fn hidden_states(&self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
-        self.check_inputs(std::iter::once(ids))?;
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let mut hs = Vec::new();
-        if ids.is_empty() {
-            return Ok(vec![Vec::new(); self.cfg.num_layers + 1]);
-        }
-        let packed = Packed::new(&[ids])?;
-        self.prepare(&mut st, &packed)?;
-        self.record(&st, Some(&mut hs))?;
-        self.gpu.sync()?;
-        Ok(hs)
+        crate::backend::run_batches(self, &mut st, ids, &[], modes, dim, batch_size, max_tokens)
     }
 
     /// Forward + pooling of one packed batch into `st.pooled` (queued, not waited for):
@@ -631,6 +599,49 @@ impl Resident {
     }
 }
 
+impl crate::backend::Backend for Resident {
+    type State = RunBuffers;
+
+    fn encode_batch(
+        &self,
+        st: &mut RunBuffers,
+        seqs: &[&[u32]],
+        modes: &[PoolingMode],
+        skip: &[usize],
+        out: &mut [f32],
+    ) -> Result<()> {
+        if skip.iter().any(|&s| s > 0) {
+            return Err(Error::Input(
+                "a prompt left out of pooling (include_prompt: false) is not supported on the GPU yet; use --device cpu".into(),
+            ));
+        }
+        self.check_inputs(seqs.iter().copied())?;
+        let packed = Packed::new(seqs)?;
+        if packed.tokens() == 0 {
+            out.fill(0.0); // all empty: zeros, as the CPU path
+            return Ok(());
+        }
+        self.forward_pooled(st, &packed, modes)?;
+        let rows = self.gpu.download(Dtype::F32, buf(&st.pooled)?, out.len())?;
+        out.copy_from_slice(&rows);
+        Ok(())
+    }
+
+    /// Every layer's output for one sequence (index 0 = embedding output), [n, H] each.
+    fn hidden_states(&self, st: &mut RunBuffers, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
+        self.check_inputs(std::iter::once(ids))?;
+        let mut hs = Vec::new();
+        if ids.is_empty() {
+            return Ok(vec![Vec::new(); self.cfg.num_layers + 1]);
+        }
+        let packed = Packed::new(&[ids])?;
+        self.prepare(st, &packed)?;
+        self.record(st, Some(&mut hs))?;
+        self.gpu.sync()?;
+        Ok(hs)
+    }
+}
+
 /// The model resident on one GPU.
 pub struct CudaModel(Box<Resident>);
 
@@ -661,7 +672,8 @@ impl CudaModel {
 
     /// Every layer's output for one sequence (index 0 = embedding output), [n, H] each.
     pub fn hidden_states(&self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
-        self.0.hidden_states(ids)
+        let mut st = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
+        crate::backend::Backend::hidden_states(&*self.0, &mut st, ids)
     }
 
     /// Graphs captured so far for the shapes seen, and the failed captures' errors.
