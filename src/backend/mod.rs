@@ -1,8 +1,8 @@
 //! Compute backends. The CPU backend is always compiled; CUDA sits behind the `cuda` feature.
 //!
-//! Both implement [`Backend`]: pooled rows of one batch of sequences, and one sequence's
+//! Both implement `Backend`: pooled rows of one batch of sequences, and one sequence's
 //! hidden states. What lies above a batch (validation, sorting by length, the token budget,
-//! rows back in input order) is written once, in [`run_batches`]; what lies below it (weights
+//! rows back in input order) is written once, in `run_batches`; what lies below it (weights
 //! laid out for the device from the shared preparation in `model.rs`, the forward, pooling)
 //! is each backend's own.
 
