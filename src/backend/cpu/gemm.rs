@@ -102,21 +102,98 @@ pub const NR: usize = 32;
 use super::simd::{bf16_dot_detected, cpu_is_intel};
 pub use super::simd::{simd_level, SimdLevel, SIMD_ENV};
 
-/// Most rows of x one micro-kernel call handles at `level`.
-fn max_rows(level: SimdLevel) -> usize {
-    match level {
-        SimdLevel::Portable => portable::MR,
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => x86::AVX2_MR,
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => x86::AVX512_MR,
-        #[cfg(not(target_arch = "x86_64"))]
-        SimdLevel::Avx2 | SimdLevel::Avx512 => portable::MR,
-        #[cfg(target_arch = "aarch64")]
-        SimdLevel::Neon => neon::NEON_MR,
-        #[cfg(not(target_arch = "aarch64"))]
-        SimdLevel::Neon => portable::MR,
+/// One instruction set's pieces of the fp32 GEMM: its micro-kernel, the epilogue and the bf16
+/// widening compiled for it. A new ISA is a type implementing this next to its kernels (as
+/// `portable::Portable`, `x86::{Avx2, Avx512}`, `neon::Neon` do) plus one line in
+/// [`with_isa!`], the one place that maps a [`SimdLevel`] to its type.
+///
+/// # Safety
+/// The functions may use the ISA's instructions: call them only where the level is available
+/// (`SimdLevel::is_available`), and with the contracts written on each.
+pub(super) trait Isa {
+    /// Most rows of x one micro-kernel call handles.
+    const MR: usize;
+
+    /// The micro-kernel; see [`micro_kernel`] for the contract.
+    ///
+    /// # Safety
+    /// As [`micro_kernel`], with `mr <= Self::MR`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn kernel(
+        mr: usize,
+        kc: usize,
+        a: &[f32],
+        b: &[f32],
+        c: *mut f32,
+        ldc: usize,
+        nr: usize,
+        accumulate: bool,
+    );
+
+    /// The epilogue on one tile; see [`epilogue_tile`] for the contract.
+    ///
+    /// # Safety
+    /// As [`epilogue_tile`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn epilogue(
+        ep: Epilogue<'_>,
+        c: *mut f32,
+        mr: usize,
+        nr: usize,
+        row0: usize,
+        j0: usize,
+        n: usize,
+    ) {
+        // SAFETY: forwarded contract.
+        unsafe { epilogue_tile_generic::<false>(ep, c, mr, nr, row0, j0, n) }
     }
+
+    /// Append `src` (bf16 bits) to `dst` as f32.
+    ///
+    /// # Safety
+    /// The ISA is available.
+    unsafe fn widen_bf16(src: &[u16], dst: &mut Vec<f32>) {
+        widen_bf16_generic(src, dst)
+    }
+}
+
+/// Run `$body` with `$I` the [`Isa`] type of `$level`: the one match from levels to kernels.
+macro_rules! with_isa {
+    ($level:expr, $I:ident => $body:expr) => {
+        with_isa!($level, $I => $body, _ => unreachable!("SIMD level not compiled for this CPU"))
+    };
+    // (`_ =>`: what a level of another architecture gives)
+    ($level:expr, $I:ident => $body:expr, _ => $other:expr) => {
+        match $level {
+            SimdLevel::Portable => {
+                type $I = portable::Portable;
+                $body
+            }
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx2 => {
+                type $I = x86::Avx2;
+                $body
+            }
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx512 => {
+                type $I = x86::Avx512;
+                $body
+            }
+            #[cfg(target_arch = "aarch64")]
+            SimdLevel::Neon => {
+                type $I = neon::Neon;
+                $body
+            }
+            #[allow(unreachable_patterns)]
+            _ => $other,
+        }
+    };
+}
+
+/// Most rows of x one micro-kernel call handles at `level`.
+/// (A level of another architecture, which never runs here, plans like the portable one.)
+fn max_rows(level: SimdLevel) -> usize {
+    with_isa!(level, I => I::MR, _ => portable::MR)
 }
 
 /// Whether [`linear`] can run weights laid out by [`PackedWeight::with_bf16_dot`]: the
@@ -933,16 +1010,8 @@ unsafe fn epilogue_tile(
     j0: usize,
     n: usize,
 ) {
-    match level {
-        // SAFETY: forwarded contract; AVX-512F was detected (`level` is available).
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => unsafe { x86::epilogue_avx512(ep, c, mr, nr, row0, j0, n) },
-        // SAFETY: forwarded contract; AVX2 and FMA were detected (`level` is available).
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => unsafe { x86::epilogue_avx2(ep, c, mr, nr, row0, j0, n) },
-        // SAFETY: forwarded contract.
-        _ => unsafe { epilogue_tile_generic::<false>(ep, c, mr, nr, row0, j0, n) },
-    }
+    // SAFETY: forwarded contract; `level` is available, so its instructions may run.
+    with_isa!(level, I => unsafe { I::epilogue(ep, c, mr, nr, row0, j0, n) })
 }
 
 /// The body of [`epilogue_tile`], inlined into each ISA-specific wrapper.
@@ -1030,15 +1099,8 @@ fn bias_gelu_lanes<const FMA: bool, const N: usize>(o: &mut [f32], b: &[f32]) {
 /// Append `src` (bf16 bits) to `dst` as f32 (exact: a bf16 is the top half of an f32), in a
 /// function compiled for `level`'s vector ISA.
 fn widen_bf16(level: SimdLevel, src: &[u16], dst: &mut Vec<f32>) {
-    match level {
-        // SAFETY: AVX-512F was detected (`level` is available).
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => unsafe { x86::widen_bf16_avx512(src, dst) },
-        // SAFETY: AVX2 was detected (`level` is available).
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => unsafe { x86::widen_bf16_avx2(src, dst) },
-        _ => widen_bf16_generic(src, dst),
-    }
+    // SAFETY: `level` is available (the caller dispatches on an available level).
+    with_isa!(level, I => unsafe { I::widen_bf16(src, dst) })
 }
 
 #[inline(always)]
@@ -1602,23 +1664,6 @@ unsafe fn micro_kernel(
 ) {
     debug_assert!((1..=max_rows(level)).contains(&mr) && (1..=NR).contains(&nr));
     debug_assert!(a.len() >= mr * kc && b.len() >= kc * NR);
-    match level {
-        // SAFETY: forwarded contract (this function's preconditions).
-        SimdLevel::Portable => unsafe { portable::kernel(mr, kc, a, b, c, ldc, nr, accumulate) },
-        // SAFETY: forwarded contract; `level` is available, i.e. AVX2 and FMA were detected.
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => unsafe { x86::avx2_kernel(mr, kc, a, b, c, ldc, nr, accumulate) },
-        // SAFETY: forwarded contract; `level` is available, i.e. AVX-512F was detected.
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => unsafe {
-            x86::avx512_kernel(mr, kc, a, b, c, ldc, nr, accumulate, None)
-        },
-        #[cfg(not(target_arch = "x86_64"))]
-        SimdLevel::Avx2 | SimdLevel::Avx512 => unreachable!("x86 level on a non-x86 CPU"),
-        // SAFETY: forwarded contract; `level` is available, i.e. NEON was detected.
-        #[cfg(target_arch = "aarch64")]
-        SimdLevel::Neon => unsafe { neon::neon_kernel(mr, kc, a, b, c, ldc, nr, accumulate) },
-        #[cfg(not(target_arch = "aarch64"))]
-        SimdLevel::Neon => unreachable!("NEON level on a non-aarch64 CPU"),
-    }
+    // SAFETY: forwarded contract; `level` is available, so its instructions may run.
+    with_isa!(level, I => unsafe { I::kernel(mr, kc, a, b, c, ldc, nr, accumulate) })
 }

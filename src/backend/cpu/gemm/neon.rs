@@ -3,10 +3,32 @@
 
 use std::arch::aarch64::*;
 
-use super::NR;
+use super::{Isa, NR};
 
 /// Most rows per NEON micro-kernel call.
 pub(super) const NEON_MR: usize = 6;
+
+/// The NEON level (`SimdLevel::Neon`); its epilogue and bf16 widening are the portable ones,
+/// which the baseline aarch64 target already compiles to NEON.
+pub(super) struct Neon;
+
+impl Isa for Neon {
+    const MR: usize = NEON_MR;
+
+    unsafe fn kernel(
+        mr: usize,
+        kc: usize,
+        a: &[f32],
+        b: &[f32],
+        c: *mut f32,
+        ldc: usize,
+        nr: usize,
+        accumulate: bool,
+    ) {
+        // SAFETY: forwarded contract (the level is available: NEON).
+        unsafe { neon_kernel(mr, kc, a, b, c, ldc, nr, accumulate) }
+    }
+}
 
 /// NEON micro-kernel, see `super::micro_kernel` for the contract.
 ///

@@ -2,10 +2,31 @@
 //! 32-wide W panel, written so the compiler keeps the accumulators in vector registers on the
 //! baseline target (SSE2 on x86-64, NEON on aarch64). Always compiled, on every architecture.
 
-use super::NR;
+use super::{Isa, NR};
 
 /// Most rows per portable micro-kernel call (4 x 16 accumulators = 16 NEON / SSE registers).
 pub(super) const MR: usize = 4;
+
+/// The portable level (`SimdLevel::Portable`).
+pub(super) struct Portable;
+
+impl Isa for Portable {
+    const MR: usize = MR;
+
+    unsafe fn kernel(
+        mr: usize,
+        kc: usize,
+        a: &[f32],
+        b: &[f32],
+        c: *mut f32,
+        ldc: usize,
+        nr: usize,
+        accumulate: bool,
+    ) {
+        // SAFETY: forwarded contract.
+        unsafe { kernel(mr, kc, a, b, c, ldc, nr, accumulate) }
+    }
+}
 
 /// Columns per half tile.
 const H: usize = 16;

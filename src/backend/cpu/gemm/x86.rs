@@ -11,13 +11,91 @@
 
 use std::arch::x86_64::*;
 
-use super::{Epilogue, NR};
+use super::{Epilogue, Isa, NR};
 
 /// Most rows per AVX-512 micro-kernel call: 14 rows x 2 zmm = 28 accumulators, plus the two W
 /// vectors (the x value is an embedded-broadcast memory operand of the FMA).
 pub(super) const AVX512_MR: usize = 14;
 /// Most rows per AVX2 micro-kernel call: 6 rows x 2 ymm = 12 accumulators + 2 W + 1 broadcast.
 pub(super) const AVX2_MR: usize = 6;
+
+/// The AVX-512 level (`SimdLevel::Avx512`: AVX-512F with AVX2 and FMA).
+pub(super) struct Avx512;
+
+impl Isa for Avx512 {
+    const MR: usize = AVX512_MR;
+
+    unsafe fn kernel(
+        mr: usize,
+        kc: usize,
+        a: &[f32],
+        b: &[f32],
+        c: *mut f32,
+        ldc: usize,
+        nr: usize,
+        accumulate: bool,
+    ) {
+        // SAFETY: forwarded contract (the level is available: AVX-512F, AVX2, FMA).
+        unsafe { avx512_kernel(mr, kc, a, b, c, ldc, nr, accumulate, None) }
+    }
+
+    unsafe fn epilogue(
+        ep: Epilogue<'_>,
+        c: *mut f32,
+        mr: usize,
+        nr: usize,
+        row0: usize,
+        j0: usize,
+        n: usize,
+    ) {
+        // SAFETY: forwarded contract.
+        unsafe { epilogue_avx512(ep, c, mr, nr, row0, j0, n) }
+    }
+
+    unsafe fn widen_bf16(src: &[u16], dst: &mut Vec<f32>) {
+        // SAFETY: the level is available (AVX-512F).
+        unsafe { widen_bf16_avx512(src, dst) }
+    }
+}
+
+/// The AVX2 level (`SimdLevel::Avx2`: AVX2 and FMA).
+pub(super) struct Avx2;
+
+impl Isa for Avx2 {
+    const MR: usize = AVX2_MR;
+
+    unsafe fn kernel(
+        mr: usize,
+        kc: usize,
+        a: &[f32],
+        b: &[f32],
+        c: *mut f32,
+        ldc: usize,
+        nr: usize,
+        accumulate: bool,
+    ) {
+        // SAFETY: forwarded contract (the level is available: AVX2, FMA).
+        unsafe { avx2_kernel(mr, kc, a, b, c, ldc, nr, accumulate) }
+    }
+
+    unsafe fn epilogue(
+        ep: Epilogue<'_>,
+        c: *mut f32,
+        mr: usize,
+        nr: usize,
+        row0: usize,
+        j0: usize,
+        n: usize,
+    ) {
+        // SAFETY: forwarded contract.
+        unsafe { epilogue_avx2(ep, c, mr, nr, row0, j0, n) }
+    }
+
+    unsafe fn widen_bf16(src: &[u16], dst: &mut Vec<f32>) {
+        // SAFETY: the level is available (AVX2).
+        unsafe { widen_bf16_avx2(src, dst) }
+    }
+}
 
 /// How far ahead (in elements of the W panel: 8 k-steps) the kernels prefetch W.
 const PF_AHEAD: usize = 24 * NR;
