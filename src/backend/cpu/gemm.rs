@@ -81,6 +81,38 @@ macro_rules! by_mr {
     };
 }
 
+/// The body of a micro-kernel that runs the 32-wide W panel as two 16-column halves, each
+/// through `$tile::<MR>` (`MR` = `mr`, up to 6) with the signature
+/// `(kc, a: *const f32, b: *const f32, c: *mut f32, ldc, cols, accumulate)`: the AVX2 and NEON
+/// kernels (see their contracts, which this body relies on).
+macro_rules! half_panel_kernel {
+    ($tile:ident, $mr:expr, $kc:expr, $a:expr, $b:expr, $c:expr, $ldc:expr, $nr:expr, $accumulate:expr) => {{
+        let (mr, kc, a, b, c, ldc, nr, accumulate) = ($mr, $kc, $a, $b, $c, $ldc, $nr, $accumulate);
+        assert!(mr * kc <= a.len() && kc * NR <= b.len() && (1..=NR).contains(&nr));
+        let a = a.as_ptr();
+        for half in 0..2 {
+            let j0 = half * 16;
+            if j0 >= nr {
+                break;
+            }
+            let cols = (nr - j0).min(16);
+            // SAFETY: lengths checked above; `b[j0..]` still has kc rows of stride NR with 16
+            // columns each (j0 + 16 <= NR); `c + j0` stays inside row 0 of the tile (j0 < nr),
+            // and the half-tile is `mr x cols` with `j0 + cols <= nr`.
+            unsafe {
+                let bh = b.as_ptr().add(j0);
+                let ch = c.add(j0);
+                by_mr!(
+                    mr,
+                    $tile,
+                    (kc, a, bh, ch, ldc, cols, accumulate),
+                    [1, 2, 3, 4, 5, 6]
+                )
+            }
+        }
+    }};
+}
+
 #[clippy::msrv = "1.89"]
 #[cfg(target_arch = "x86_64")]
 mod amx;

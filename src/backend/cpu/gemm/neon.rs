@@ -48,28 +48,7 @@ pub(super) unsafe fn neon_kernel(
     nr: usize,
     accumulate: bool,
 ) {
-    assert!(mr * kc <= a.len() && kc * NR <= b.len() && (1..=NR).contains(&nr));
-    let a = a.as_ptr();
-    for half in 0..2 {
-        let j0 = half * 16;
-        if j0 >= nr {
-            break;
-        }
-        let cols = (nr - j0).min(16);
-        // SAFETY: lengths checked above; `b[j0..]` still has kc rows of stride NR with 16
-        // columns each (j0 + 16 <= NR); `c + j0` stays inside row 0 of the tile (j0 < nr), and
-        // the half-tile is `mr x cols` with `j0 + cols <= nr`.
-        unsafe {
-            let bh = b.as_ptr().add(j0);
-            let ch = c.add(j0);
-            by_mr!(
-                mr,
-                neon_tile,
-                (kc, a, bh, ch, ldc, cols, accumulate),
-                [1, 2, 3, 4, 5, 6]
-            )
-        }
-    }
+    half_panel_kernel!(neon_tile, mr, kc, a, b, c, ldc, nr, accumulate)
 }
 
 /// `MR x 16` NEON tile over one half of a W panel (row stride `NR`).
