@@ -1,6 +1,6 @@
 """Helpers shared by the comparison scripts (compare_cpu.py, compare_rerank.py, compare_gpu.py):
 logging, the machine and repository a run is labelled with, the timing loop, the share of the
-CPUs other processes took, ONNX export and the ONNX Runtime session every CPU comparison uses.
+CPUs other processes took, ONNX export and the ONNX Runtime InferenceSession every CPU comparison uses.
 
 Standard library only at import time: the scripts pin thread-pool environment variables before
 they import torch or numpy, so torch and onnxruntime are imported inside the functions that
