@@ -57,10 +57,16 @@ const XFEATURE_XTILEDATA: libc::c_long = 18;
 /// Whether the CPU has AMX-TILE and AMX-BF16 (CPUID leaf 7, EDX bits 24 and 22). Says nothing
 /// about the operating system's permission: see [`amx_available`].
 pub fn amx_bf16_detected() -> bool {
-    // (CPUID leaf 7 exists on every x86-64 CPU that has AVX-512, checked first)
+    amx_detected(22)
+}
+
+/// Whether the CPU has AMX-TILE (CPUID leaf 7, EDX bit 24) and the AMX extension in EDX bit
+/// `bit` (22: AMX-BF16, 25: AMX-INT8), with AVX-512 (CPUID leaf 7 exists on every x86-64 CPU
+/// that has AVX-512, checked first).
+fn amx_detected(bit: u32) -> bool {
     SimdLevel::Avx512.is_available() && {
         let leaf7 = __cpuid_count(7, 0);
-        leaf7.edx & (1 << 24) != 0 && leaf7.edx & (1 << 22) != 0
+        leaf7.edx & (1 << 24) != 0 && leaf7.edx & (1 << bit) != 0
     }
 }
 
@@ -79,13 +85,7 @@ pub fn amx_available() -> bool {
 /// not turn it off. Decided once per process.
 pub fn amx_int8_available() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
-    *OK.get_or_init(|| {
-        let detected = SimdLevel::Avx512.is_available() && {
-            let leaf7 = __cpuid_count(7, 0);
-            leaf7.edx & (1 << 24) != 0 && leaf7.edx & (1 << 25) != 0
-        };
-        !amx_off() && detected && request_tile_permission()
-    })
+    *OK.get_or_init(|| !amx_off() && amx_detected(25) && request_tile_permission())
 }
 
 /// Whether [`AMX_ENV`] turns the tile kernels off.
