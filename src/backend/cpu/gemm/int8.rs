@@ -237,13 +237,20 @@ pub(super) fn dequantize_row(
     colsum: &[i32],
     fix: Option<&[f32]>,
 ) {
-    for ((v, &sw), &cw) in row.iter_mut().zip(wscale).zip(colsum) {
+    let dequantize = |v: f32, sw: f32, cw: i32| {
         let acc = v.to_bits() as i32;
-        *v = (acc.wrapping_sub(q.zero.wrapping_mul(cw))) as f32 * (q.scale * sw);
-    }
-    if let Some(fix) = fix {
-        for (v, &f) in row.iter_mut().zip(fix) {
-            *v += f;
+        (acc.wrapping_sub(q.zero.wrapping_mul(cw))) as f32 * (q.scale * sw)
+    };
+    match fix {
+        None => {
+            for ((v, &sw), &cw) in row.iter_mut().zip(wscale).zip(colsum) {
+                *v = dequantize(*v, sw, cw);
+            }
+        }
+        Some(fix) => {
+            for (((v, &sw), &cw), &f) in row.iter_mut().zip(wscale).zip(colsum).zip(fix) {
+                *v = dequantize(*v, sw, cw) + f;
+            }
         }
     }
 }
