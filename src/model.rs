@@ -590,6 +590,9 @@ impl CpuModel {
     pub fn new(cfg: ModelConfig, w: HostWeights, max_len: usize, precision: Precision) -> Self {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         let pack = |w: &[f32], n: usize, k: usize| {
+            if precision == Precision::INT8 && int8_gemm_form() != Int8Form::F32 {
+                return PackedWeight::new_int8(w, n, k);
+            }
             let p = PackedWeight::new(w, n, k);
             match precision {
                 Precision::BF16 => match bf16_gemm_form() {
@@ -601,11 +604,8 @@ impl CpuModel {
                     Bf16Form::Storage => p.with_bf16_storage(),
                     Bf16Form::F32 => p,
                 },
-                Precision::INT8 => match int8_gemm_form() {
-                    Int8Form::Tiles | Int8Form::Vnni => p.with_int8(),
-                    Int8Form::F32 => p,
-                },
-                Precision::F32 | Precision::F16 => p,
+                // (int8 without an int8 kernel: f32 weights)
+                Precision::INT8 | Precision::F32 | Precision::F16 => p,
             }
         };
         let rel = w.rel;

@@ -518,9 +518,17 @@ impl PackedWeight {
                 *v = src[(p * k + pk) * NR + c];
             }
         }
+        PackedWeight::new_int8(&rows, n, k)
+    }
+
+    /// [`with_int8`](Self::with_int8) straight from a torch-layout weight `w: [n, k]`
+    /// (row-major), without packing it as f32 first.
+    pub fn new_int8(w: &[f32], n: usize, k: usize) -> Self {
+        assert_eq!(w.len(), n * k, "weight length must be n * k");
         PackedWeight {
-            storage: Storage::Int8(Box::new(int8::Int8Weight::new(&rows, n, k))),
-            ..w
+            n,
+            k,
+            storage: Storage::Int8(Box::new(int8::Int8Weight::new(w, n, k))),
         }
     }
 

@@ -617,6 +617,15 @@ fn int8_weight_quantization() {
         panic!("with_int8 gives int8 panels")
     };
     let (scale, colsum) = (w8.main.scale.clone(), w8.main.colsum.clone());
+    // quantizing straight from the torch layout gives the same panels as through f32 panels
+    let direct8 = PackedWeight::new_int8(&w, n, k);
+    let Storage::Int8(d8) = &direct8.storage else {
+        panic!("new_int8 gives int8 panels")
+    };
+    for (a, b) in [(&w8.main, &d8.main), (&w8.residual, &d8.residual)] {
+        assert_eq!(lines_as_u32_any(&a.words), lines_as_u32_any(&b.words));
+        assert_eq!((&a.scale, &a.colsum), (&b.scale, &b.colsum));
+    }
     // the residual panels hold W - scale * q, quantized the same way
     let mut resid = vec![0.0f32; n * k];
     let mut qrow = vec![0i8; k];
