@@ -867,14 +867,9 @@ impl Embedder {
                 self.install(|| run_batches(model, st, ids, skip, modes, dim, batch, tokens))?
             }
             #[cfg(feature = "cuda")]
-            Engine::Cuda(_) if !skip.is_empty() => {
-                return Err(Error::Input(
-                    "a prompt left out of pooling (include_prompt: false) is not supported on the GPU yet; use --device cpu".into(),
-                ))
-            }
-            #[cfg(feature = "cuda")]
             Engine::Cuda(m) => {
-                m.encode_batches(ids, self.opts.batch_size, self.opts.max_batch_tokens, modes)?
+                let (batch, tokens) = (self.opts.batch_size, self.opts.max_batch_tokens);
+                m.encode_batches_skipping(ids, skip, batch, tokens, modes)?
             }
         };
         if let Some((head, _)) = &self.head {

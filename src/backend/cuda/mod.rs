@@ -266,18 +266,19 @@ impl Resident {
     }
 
     /// Pooled (not normalized) embeddings of `ids`, rows in input order.
+    /// (each batch's ids and pooling offsets are checked by `encode_batch`)
     fn encode_batches(
         &self,
         ids: &[Vec<u32>],
+        skip: &[usize],
         batch_size: usize,
         max_tokens: usize,
         modes: &[PoolingMode],
     ) -> Result<Vec<f32>> {
         let dim = modes.len() * self.cfg.hidden_size;
-        self.check_inputs(ids.iter().map(Vec::as_slice))?;
         launch::pool_modes_code(modes)?;
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        crate::backend::run_batches(self, &mut st, ids, &[], modes, dim, batch_size, max_tokens)
+        crate::backend::run_batches(self, &mut st, ids, skip, modes, dim, batch_size, max_tokens)
     }
 
     /// Forward + pooling of one packed batch into `st.pooled` (queued, not waited for):
@@ -667,7 +668,23 @@ impl CudaModel {
         max_tokens: usize,
         modes: &[PoolingMode],
     ) -> Result<Vec<f32>> {
-        self.0.encode_batches(ids, batch_size, max_tokens, modes)
+        self.0
+            .encode_batches(ids, &[], batch_size, max_tokens, modes)
+    }
+
+    /// [`encode_batches`](Self::encode_batches) leaving the first `skip[i]` tokens of sequence
+    /// `i` out of pooling (`skip` empty: none); any non-zero offset is refused on the GPU for
+    /// now.
+    pub(crate) fn encode_batches_skipping(
+        &self,
+        ids: &[Vec<u32>],
+        skip: &[usize],
+        batch_size: usize,
+        max_tokens: usize,
+        modes: &[PoolingMode],
+    ) -> Result<Vec<f32>> {
+        self.0
+            .encode_batches(ids, skip, batch_size, max_tokens, modes)
     }
 
     /// Every layer's output for one sequence (index 0 = embedding output), [n, H] each.
