@@ -5,91 +5,122 @@
 //!   multiply-adds of QK^T, c2p, p2c and PV (4 * B * L^2 * H) as 2 FLOPs each.
 //! * `encoder/BxL`: forward + mean pooling of the synthetic xsmall model (12 layers).
 //!
+//! `attention-tiles/L`: the same on the AMX-BF16 tiles (bf16 operands), where the CPU has them.
+//!
 //! `cargo bench --bench encoder`. The attention kernel is checked against the per-element
-//! reference once per shape before it is timed.
+//! reference once per shape before it is timed (the tiles against it on their bf16 operands).
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use deberta_embed::backend::cpu::attention::{attention, AttentionParams, PosTable};
+use deberta_embed::backend::cpu::attention::{
+    attention, tiles_available, AttentionParams, AttentionScratch, PosTable,
+};
 use deberta_embed::relpos::RelPosTable;
-use deberta_embed::testing::{attention_reference, signed_fill as fill};
+use deberta_embed::testing::{attention_reference_with, signed_fill as fill};
 use deberta_embed::{Embedder, EmbedderOptions};
 
 fn bench_attention(c: &mut Criterion) {
     let (heads, d, span) = (6usize, 64usize, 256usize);
     let h = heads * d;
-    let p = AttentionParams {
-        heads,
-        head_dim: d,
-        scale: 1.0 / ((d * 3) as f32).sqrt(),
-        c2p: true,
-        p2c: true,
-    };
     let pk = fill(2 * span * h, 11);
     let pq = fill(2 * span * h, 12);
-    let (pkt, pqt) = (
-        PosTable::from_rows(&pk, 2 * span, heads, d),
-        PosTable::from_rows(&pq, 2 * span, heads, d),
-    );
-    let mut g = c.benchmark_group("attention");
-    g.measurement_time(Duration::from_secs(3)).sample_size(10);
-    for (b, l) in [(32usize, 16usize), (8, 128), (2, 512)] {
-        let relpos = RelPosTable::new(l, 256, 512, span);
-        let t = b * l;
-        let qkv = fill(t * 3 * h, 13 + l as u64);
-        let offsets: Vec<usize> = (0..=b).map(|i| i * l).collect();
-        let mut out = vec![0.0; t * h];
-        let mut keys_t = Vec::new();
-        // check, then time
-        let mut want = vec![0.0; t * h];
-        attention_reference(
-            &p,
-            &qkv,
-            &offsets[..2],
-            &pk,
-            &pq,
-            &relpos,
-            &mut want[..l * h],
+    let bf16 = |x: f32| half::bf16::from_f32(x).to_f32();
+    let round_all = |v: &[f32]| v.iter().map(|&x| bf16(x)).collect::<Vec<f32>>();
+    // fp32, then (where the CPU has them) the tiles with bf16 operands
+    for tiles in [false, true] {
+        if tiles && !tiles_available(d) {
+            eprintln!("attention-tiles: no AMX-BF16 tiles on this CPU, skipped");
+            continue;
+        }
+        let p = AttentionParams {
+            heads,
+            head_dim: d,
+            scale: 1.0 / ((d * 3) as f32).sqrt(),
+            c2p: true,
+            p2c: true,
+            tiles,
+        };
+        let (mut pkt, mut pqt) = (
+            PosTable::from_rows(&pk, 2 * span, heads, d),
+            PosTable::from_rows(&pq, 2 * span, heads, d),
         );
-        attention(
-            &p,
-            &qkv,
-            &offsets,
-            &pkt,
-            &pqt,
-            &relpos,
-            &mut keys_t,
-            &mut out,
-        );
-        let err = out[..l * h]
-            .iter()
-            .zip(&want[..l * h])
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        assert!(err < 1e-4, "attention L={l}: max err {err}");
-        g.throughput(Throughput::Elements((2 * 4 * b * l * l * h) as u64));
-        g.bench_with_input(
-            BenchmarkId::from_parameter(format!("{b}x{l}")),
-            &l,
-            |bench, _| {
-                bench.iter(|| {
-                    attention(
-                        &p,
-                        black_box(&qkv),
-                        &offsets,
-                        &pkt,
-                        &pqt,
-                        &relpos,
-                        &mut keys_t,
-                        &mut out,
-                    );
-                })
-            },
-        );
+        if tiles {
+            pkt = pkt.with_tile_panels(&pk, heads);
+            pqt = pqt.with_tile_panels(&pq, heads);
+        }
+        let name = if tiles {
+            "attention-tiles"
+        } else {
+            "attention"
+        };
+        let mut g = c.benchmark_group(name);
+        g.measurement_time(Duration::from_secs(3)).sample_size(10);
+        for (b, l) in [(32usize, 16usize), (8, 128), (2, 512)] {
+            let relpos = RelPosTable::new(l, 256, 512, span);
+            let t = b * l;
+            let qkv = fill(t * 3 * h, 13 + l as u64);
+            let offsets: Vec<usize> = (0..=b).map(|i| i * l).collect();
+            let mut out = vec![0.0; t * h];
+            let mut scratch = AttentionScratch::default();
+            // check (the tiles against the reference on their bf16 operands), then time
+            let mut want = vec![0.0; t * h];
+            let (qkv_r, pk_r, pq_r) = if tiles {
+                (round_all(&qkv), round_all(&pk), round_all(&pq))
+            } else {
+                (qkv.clone(), pk.clone(), pq.clone())
+            };
+            let round: &dyn Fn(f32) -> f32 = if tiles { &bf16 } else { &|x| x };
+            attention_reference_with(
+                &p,
+                &qkv_r,
+                &offsets[..2],
+                &pk_r,
+                &pq_r,
+                &relpos,
+                round,
+                &mut want[..l * h],
+            );
+            attention(
+                &p,
+                &qkv,
+                &offsets,
+                &pkt,
+                &pqt,
+                &relpos,
+                &mut scratch,
+                &mut out,
+            );
+            let err = out[..l * h]
+                .iter()
+                .zip(&want[..l * h])
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            let tol = if tiles { 2e-3 } else { 1e-4 };
+            assert!(err < tol, "{name} L={l}: max err {err}");
+            g.throughput(Throughput::Elements((2 * 4 * b * l * l * h) as u64));
+            g.bench_with_input(
+                BenchmarkId::from_parameter(format!("{b}x{l}")),
+                &l,
+                |bench, _| {
+                    bench.iter(|| {
+                        attention(
+                            &p,
+                            black_box(&qkv),
+                            &offsets,
+                            &pkt,
+                            &pqt,
+                            &relpos,
+                            &mut scratch,
+                            &mut out,
+                        );
+                    })
+                },
+            );
+        }
+        g.finish();
     }
-    g.finish();
 }
 
 fn bench_encoder(c: &mut Criterion) {

@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use crate::backend::cpu::attention::{self, AttentionParams, PosTable};
+use crate::backend::cpu::attention::{self, AttentionParams, AttentionScratch, PosTable};
 use crate::backend::cpu::gemm::{
     bf16_gemm_form, int8_gemm_form, linear, linear_seqs, Bf16Form, Epilogue, Int8Form, PackedWeight,
 };
@@ -401,6 +401,8 @@ pub struct CpuModel {
     conv: Option<HostConv>,
     layers: Vec<CpuLayer>,
     relpos: RelPosTable,
+    /// the attention's products on the AMX-BF16 tiles (bf16 and int8, where available)
+    tile_attention: bool,
 }
 
 /// A batch of token sequences packed back to back.
@@ -495,14 +497,14 @@ impl crate::backend::Backend for CpuModel {
 #[derive(Default)]
 pub struct RunState {
     cap: usize,
-    emb: Vec<f32>,    // [T, E]  pre-projection embeddings (embed_proj models)
-    x: Vec<f32>,      // [T, H]  hidden state; holds the last layer's output after a forward
-    x0: Vec<f32>,     // [T, H]  embedding output, input of the conv block (conv models)
-    qkv: Vec<f32>,    // [T, 3H]
-    ctx: Vec<f32>,    // [T, H]  attention context, heads side by side
-    keys_t: Vec<f32>, // keys transposed per sequence and head (attention scratch, grown there)
-    attn: Vec<f32>,   // [T, H]  post-attention LayerNorm output
-    ffn: Vec<f32>,    // [min(T, FFN_ROWS), I]  one row chunk of the FFN's inner activations
+    emb: Vec<f32>, // [T, E]  pre-projection embeddings (embed_proj models)
+    x: Vec<f32>,   // [T, H]  hidden state; holds the last layer's output after a forward
+    x0: Vec<f32>,  // [T, H]  embedding output, input of the conv block (conv models)
+    qkv: Vec<f32>, // [T, 3H]
+    ctx: Vec<f32>, // [T, H]  attention context, heads side by side
+    attention: AttentionScratch, // prepared keys (and values) per sequence and head
+    attn: Vec<f32>, // [T, H]  post-attention LayerNorm output
+    ffn: Vec<f32>, // [min(T, FFN_ROWS), I]  one row chunk of the FFN's inner activations
 }
 
 /// Tokens one group of whole sequences holds at most when a layer runs group by group (a
@@ -609,8 +611,18 @@ impl CpuModel {
             }
         };
         let rel = w.rel;
+        // The opt-in low precisions take the attention's products to the tiles too.
+        let tile_attention = matches!(precision, Precision::BF16 | Precision::INT8)
+            && attention::tiles_available(cfg.head_dim);
         let table = |rows: Option<Vec<f32>>| match rows {
-            Some(r) => PosTable::from_rows(&r, 2 * cfg.att_span, cfg.num_heads, cfg.head_dim),
+            Some(r) => {
+                let t = PosTable::from_rows(&r, 2 * cfg.att_span, cfg.num_heads, cfg.head_dim);
+                if tile_attention {
+                    t.with_tile_panels(&r, cfg.num_heads)
+                } else {
+                    t
+                }
+            }
             None => PosTable::default(),
         };
         let layers = w
@@ -657,6 +669,7 @@ impl CpuModel {
             conv: w.conv,
             layers,
             relpos,
+            tile_attention,
             cfg,
         }
     }
@@ -748,6 +761,7 @@ impl CpuModel {
             scale: 1.0 / ((cfg.head_dim * cfg.scale_factor()) as f32).sqrt(),
             c2p: cfg.uses_c2p(),
             p2c: cfg.uses_p2c(),
+            tiles: self.tile_attention,
         };
         let groups = row_groups(&batch.offsets, LAYER_ROWS);
         let mut group_offsets = Vec::with_capacity(batch.offsets.len());
@@ -777,7 +791,7 @@ impl CpuModel {
                     &layer.pos_key,
                     &layer.pos_query,
                     &self.relpos,
-                    &mut st.keys_t,
+                    &mut st.attention,
                     &mut st.ctx[..rows * h],
                 );
                 linear_seqs(

@@ -5,7 +5,9 @@
 //! Not API: hidden from the docs, public only so that `tests/` and `benches/` (separate crates)
 //! can reach it, and free to change with the tests that use it.
 
-pub use crate::backend::cpu::attention::{attention_reference, AttentionParams};
+pub use crate::backend::cpu::attention::{
+    attention_reference, attention_reference_with, AttentionParams,
+};
 use crate::relpos::RelPosTable;
 
 /// Small deterministic xorshift64 generator (no dependency, the same numbers everywhere). The
@@ -114,6 +116,7 @@ pub fn attention_ref(
         scale,
         c2p: pos_key.is_some(),
         p2c: pos_query.is_some(),
+        tiles: false,
     };
     let t = offsets.last().copied().unwrap_or(0);
     let mut out = vec![0.0f32; t * heads * d];

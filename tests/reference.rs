@@ -222,3 +222,49 @@ fn tokenizer_edge_cases_follow_transformers() {
         }
     }
 }
+
+/// The opt-in low precisions on a full-size architecture: the synthetic xsmall (384 wide, heads
+/// of 64, position buckets 256), whose attention runs on the AMX-BF16 tiles with bf16 and int8
+/// where the CPU has them, keeps cosine >= 0.999 to its own fp32 embeddings from 1 to 512
+/// tokens (log-bucketed offsets past 128), one batch of mixed lengths.
+#[test]
+fn synthetic_xsmall_low_precision_stays_within_cosine_0_999() {
+    eprintln!(
+        "attention on tiles with bf16 / int8: {}",
+        deberta_embed::backend::cpu::attention::tiles_available(64)
+    );
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let lens = [1usize, 2, 16, 31, 32, 33, 128, 129, 300, 512];
+    let ids: Vec<Vec<u32>> = lens
+        .iter()
+        .map(|&n| {
+            (0..n)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    (state % 128_000) as u32
+                })
+                .collect()
+        })
+        .collect();
+    let f32_model = Embedder::synthetic_xsmall(EmbedderOptions::default()).unwrap();
+    let want = f32_model.encode_ids(&ids).unwrap();
+    for precision in [Precision::BF16, Precision::INT8] {
+        let opts = EmbedderOptions {
+            precision,
+            ..Default::default()
+        };
+        let got = Embedder::synthetic_xsmall(opts)
+            .unwrap()
+            .encode_ids(&ids)
+            .unwrap();
+        let mut worst = 1.0f64;
+        for (i, n) in lens.iter().enumerate() {
+            let c = cosine(got.row(i), want.row(i));
+            assert!(c >= 0.999, "{precision}: {n} tokens: cosine {c}");
+            worst = worst.min(c);
+        }
+        eprintln!("synthetic xsmall {precision}: min cosine {worst:.6}");
+    }
+}

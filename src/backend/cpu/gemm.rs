@@ -250,6 +250,9 @@ pub fn amx_available() -> bool {
 
 #[cfg(target_arch = "x86_64")]
 pub use amx::AMX_ENV;
+/// The tile unit for the attention's bf16 products (see `attention/tiles.rs`).
+#[cfg(target_arch = "x86_64")]
+pub(crate) use amx::{round_rows_to_steps, TileSession, STEP_WORDS};
 pub use int8::reference_linear_int8;
 
 /// How int8 GEMM weights are multiplied on this CPU (`--dtype int8`).
@@ -606,6 +609,17 @@ impl PackedWeight {
     /// Whether the weight is laid out for the AMX tile kernel (`with_bf16_tiles`).
     pub fn is_bf16_tiles(&self) -> bool {
         matches!(self.storage, Storage::Bf16Tiles(_))
+    }
+
+    /// The tile panels of a weight laid out by `with_bf16_tiles`: panel `q` (columns
+    /// `32q .. 32q + 32`) is `padded_pairs(k) / 16` steps of [`STEP_WORDS`] words, each step
+    /// 16 rows (pairs of k) of 32 words (columns).
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn tile_panels(&self) -> Option<&[u32]> {
+        match &self.storage {
+            Storage::Bf16Tiles(lines) => Some(lines_as_u32(lines)),
+            _ => None,
+        }
     }
 
     /// Whether the weight is laid out for the bf16 dot-product kernel (`with_bf16_dot`).

@@ -221,6 +221,7 @@ fn attention_row(g: &Gpu, dt: Dtype, kernel: AttentionKernel, b: usize, l: usize
         scale,
         c2p: true,
         p2c: true,
+        tiles: false,
     };
     attention_reference(&p, &qkv, &offsets, &pk, &pq, &rel, &mut want);
     let want = dt.round(&want);

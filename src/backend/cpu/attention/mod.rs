@@ -18,7 +18,26 @@ mod reference;
 #[cfg(test)]
 mod tests;
 #[cfg(target_arch = "x86_64")]
+mod tiles;
+#[cfg(target_arch = "x86_64")]
 mod x86;
+
+/// Without x86-64 there are no tiles: the attention always runs in fp32.
+#[cfg(not(target_arch = "x86_64"))]
+mod tiles {
+    pub fn tiles_available(_head_dim: usize) -> bool {
+        false
+    }
+    #[derive(Default)]
+    pub struct PosPanels;
+    impl PosPanels {
+        pub fn from_rows(_: &[f32], _: usize, _: usize, _: usize) -> Self {
+            PosPanels
+        }
+    }
+    #[derive(Default)]
+    pub struct TileScratch;
+}
 
 use std::cell::RefCell;
 
@@ -26,7 +45,9 @@ use rayon::prelude::*;
 
 use crate::relpos::RelPosTable;
 
-pub use self::reference::attention_reference;
+pub use self::reference::{attention_reference, attention_reference_with};
+pub use self::tiles::tiles_available;
+use self::tiles::{PosPanels, TileScratch};
 
 /// Query rows per task: 29 so that a group of 4 keys' p2c window (block + 3 positions) is
 /// exactly one 32-wide tile.
@@ -41,14 +62,29 @@ pub struct AttentionParams {
     pub scale: f32,
     pub c2p: bool,
     pub p2c: bool,
+    /// The products on the AMX-BF16 tiles (operands rounded to bf16, fp32 sums; see
+    /// `tiles.rs`): for the opt-in low precisions, where [`tiles_available`] and the position
+    /// tables have their panels ([`PosTable::with_tile_panels`]).
+    pub tiles: bool,
+}
+
+/// Scratch of the attention, grown as needed and reused across calls: the keys of each
+/// sequence longer than one query block, transposed per head (fp32 path: [nH, d, n] with rows
+/// padded to a conflict-free stride, one such slab per sequence, end to end), or every
+/// sequence's tile operands (tile path).
+#[derive(Default)]
+pub struct AttentionScratch {
+    keys_t: Vec<f32>,
+    tiles: TileScratch,
 }
 
 /// Offsets `-r ..= r` (rows `S - r ..= S + r`) for each `r` here are kept again, compact: they
 /// are all the rows a sequence of up to `r + 1` tokens touches.
 const NEAR: [usize; 2] = [16, 32];
 
-/// A projected rel-embedding table (PK or PQ) laid out per head, transposed: [nH, d, 2S].
-#[derive(Clone, Debug, Default)]
+/// A projected rel-embedding table (PK or PQ) laid out per head, transposed: [nH, d, 2S]; with
+/// [`with_tile_panels`](Self::with_tile_panels), as bf16 tile panels per head too.
+#[derive(Default)]
 pub struct PosTable {
     /// 2S
     rows: usize,
@@ -63,6 +99,8 @@ pub struct PosTable {
     /// apart; here it is one contiguous block (74 KB for +-16) that the hardware prefetchers
     /// stream.
     near: Vec<(usize, PosTable)>,
+    /// the tile attention's copy (empty unless asked for)
+    panels: PosPanels,
 }
 
 impl PosTable {
@@ -100,7 +138,15 @@ impl PosTable {
             head_dim,
             data,
             near: Vec::new(),
+            panels: PosPanels::default(),
         }
+    }
+
+    /// Keep the table as bf16 tile panels too (for attention with [`AttentionParams::tiles`]);
+    /// `proj` is the row-major projection it was built from.
+    pub fn with_tile_panels(mut self, proj: &[f32], heads: usize) -> Self {
+        self.panels = PosPanels::from_rows(proj, self.rows, heads, self.head_dim);
+        self
     }
 
     /// Whether the table exists (its position term is used).
@@ -157,10 +203,8 @@ fn grow(v: &mut Vec<f32>, n: usize) {
     }
 }
 
-/// `ctx[T, H] = attention(qkv[T, 3H])` for every packed sequence (fast path). `keys_t` is
-/// scratch, grown here as needed and reused across calls (the keys of each sequence longer
-/// than one query block, transposed per head: [nH, d, n] with rows padded to a conflict-free
-/// stride, one such slab per sequence, end to end).
+/// `ctx[T, H] = attention(qkv[T, 3H])` for every packed sequence (fast path), on the tiles
+/// where `p.tiles` says so.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     p: &AttentionParams,
@@ -169,7 +213,7 @@ pub fn attention(
     pos_key: &PosTable,
     pos_query: &PosTable,
     relpos: &RelPosTable,
-    keys_t: &mut Vec<f32>,
+    scratch: &mut AttentionScratch,
     ctx: &mut [f32],
 ) {
     attention_at(
@@ -180,7 +224,7 @@ pub fn attention(
         pos_key,
         pos_query,
         relpos,
-        keys_t,
+        scratch,
         ctx,
     )
 }
@@ -275,12 +319,31 @@ fn attention_at(
     pos_key: &PosTable,
     pos_query: &PosTable,
     relpos: &RelPosTable,
-    keys_t: &mut Vec<f32>,
+    scratch: &mut AttentionScratch,
     ctx: &mut [f32],
 ) {
     let h = p.heads * p.head_dim;
     let tokens = offsets.last().copied().unwrap_or(0);
     assert!(qkv.len() >= tokens * 3 * h && ctx.len() >= tokens * h);
+    let threads = rayon::current_num_threads();
+    #[cfg(target_arch = "x86_64")]
+    if p.tiles {
+        let slab = |n: usize| tiles::sequence_words(n, p.heads, p.head_dim);
+        let tasks = split_tasks(offsets, p.heads, threads, tiles::BLOCK, &slab);
+        let ctx = CtxPtr(ctx.as_mut_ptr());
+        return tiles::attention_tiles(
+            p,
+            qkv,
+            offsets,
+            &pos_key.panels,
+            &pos_query.panels,
+            relpos,
+            &mut scratch.tiles,
+            tasks,
+            ctx,
+        );
+    }
+    let keys_t = &mut scratch.keys_t;
     // Sequences longer than one query block share one transposition of their keys; a sequence
     // of a single block transposes its own keys in its task (cheaper than an extra pass).
     let need = keys_t_len(offsets, p.heads, p.head_dim);
@@ -290,7 +353,8 @@ fn attention_at(
     }
     let keys_t: &[f32] = keys_t;
     let ctx = CtxPtr(ctx.as_mut_ptr());
-    let tasks = split_tasks(offsets, p.heads, rayon::current_num_threads());
+    let slab = |n: usize| key_slab_ld(n).map_or(0, |ld| p.heads * p.head_dim * ld);
+    let tasks = split_tasks(offsets, p.heads, threads, QUERY_BLOCK, &slab);
     tasks.into_par_iter().for_each(|task| {
         SCRATCH.with(|cell| {
             let mut sc = cell.borrow_mut();
@@ -323,8 +387,8 @@ fn attention_at(
 struct Task {
     start: usize,
     n: usize,
-    /// where the sequence's transposed keys start in `keys_t`, in units of `nH * d` floats
-    /// (the sum of the slab strides, `key_slab_ld`, of the sequences before it)
+    /// where the sequence's prepared keys start in the scratch: the sum of the slab sizes of
+    /// the sequences before it (floats of transposed keys, or words of tile operands)
     keys_at: usize,
     q0: usize,
     rows: usize,
@@ -332,19 +396,26 @@ struct Task {
     h1: usize,
 }
 
-/// The tasks of one call: each sequence in as few query blocks as QUERY_BLOCK allows, of even
-/// size (32 rows: 16 + 16, not 29 + 3); when that gives fewer than two tasks per thread (a
-/// sentence or two), each block is split further into groups of heads.
-fn split_tasks(offsets: &[usize], heads: usize, threads: usize) -> Vec<Task> {
+/// The tasks of one call: each sequence in as few query blocks of at most `block` rows as
+/// possible, of even size (32 rows in blocks of 29: 16 + 16, not 29 + 3); when that gives
+/// fewer than two tasks per thread (a sentence or two), each block is split further into
+/// groups of heads. `slab(n)`: the scratch a sequence of `n` tokens prepares (`Task::keys_at`).
+fn split_tasks(
+    offsets: &[usize],
+    heads: usize,
+    threads: usize,
+    block: usize,
+    slab: &dyn Fn(usize) -> usize,
+) -> Vec<Task> {
     let mut blocks = Vec::new();
     let mut keys_at = 0;
     for w in offsets.windows(2) {
         let n = w[1] - w[0];
-        let rows = n.div_ceil(n.div_ceil(QUERY_BLOCK).max(1)).max(1);
+        let rows = n.div_ceil(n.div_ceil(block).max(1)).max(1);
         for q0 in (0..n).step_by(rows) {
             blocks.push((w[0], n, keys_at, q0, rows.min(n - q0)));
         }
-        keys_at += key_slab_ld(n).unwrap_or(0);
+        keys_at += slab(n);
     }
     let want = 2 * threads.max(1);
     let groups = if blocks.len() >= want {
@@ -617,7 +688,7 @@ fn block(job: &Job<'_>, sc: &mut Scratch, level: Level) {
         let hs = hd * d;
         // K^T of this head and sequence: row t = component t of keys start .. start + n
         let kt = match slab_ld {
-            Some(ld) => Mat::new(&job.keys_t[d * (nh * keys_at + hd * ld)..], ld, n),
+            Some(ld) => Mat::new(&job.keys_t[keys_at + hd * d * ld..], ld, n),
             None => {
                 let keys = &job.qkv[start * 3 * h + h + hs..];
                 transpose(level, keys, 3 * h, n, d, kt_local, n);
@@ -666,7 +737,7 @@ fn block(job: &Job<'_>, sc: &mut Scratch, level: Level) {
             if linear {
                 // idx(q0 + i, j) - glo(g) = i + min(g + 3, n - 1) - j
                 let shift = |j: usize| (j / 4 * 4 + 3).min(n - 1) - j;
-                add_transposed(level, c, pw, &shift, n, bq, s);
+                add_transposed(level, c, pw, &shift, n, bq, s, n);
             } else {
                 // Log buckets: first gather each key's values into query order in place (row
                 // j: `c[j][i] = c[j][idx(q0 + i, j) - glo(g)]`, read through a copy of the
@@ -683,7 +754,7 @@ fn block(job: &Job<'_>, sc: &mut Scratch, level: Level) {
                         *v = row[r as usize - lo];
                     }
                 }
-                add_transposed(level, c, pw, &|_| 0, n, bq, s);
+                add_transposed(level, c, pw, &|_| 0, n, bq, s, n);
             }
         }
 
@@ -710,9 +781,10 @@ fn block(job: &Job<'_>, sc: &mut Scratch, level: Level) {
     }
 }
 
-/// `s[i * n + j] += c[j * pw + shift(j) + i]` for `i < rows`, `j < n`: the p2c products (one
-/// row per key) added to the score rows (one per query). AVX-512 goes through 16 x 16 blocks
-/// transposed in registers; the plain loop writes every value to another row.
+/// `s[i * lds + j] += c[j * pw + shift(j) + i]` for `i < rows`, `j < n` (`lds >= n`): the p2c
+/// products (one row per key) added to the score rows (one per query). AVX-512 goes through
+/// 16 x 16 blocks transposed in registers; the plain loop writes every value to another row.
+#[allow(clippy::too_many_arguments)]
 fn add_transposed(
     level: Level,
     c: &[f32],
@@ -721,22 +793,26 @@ fn add_transposed(
     n: usize,
     rows: usize,
     s: &mut [f32],
+    lds: usize,
 ) {
     assert!(
-        (0..n).all(|j| shift(j) + rows <= pw) && c.len() >= n * pw && s.len() >= rows * n,
+        (0..n).all(|j| shift(j) + rows <= pw)
+            && c.len() >= n * pw
+            && lds >= n
+            && (rows == 0 || s.len() >= (rows - 1) * lds + n),
         "p2c operands"
     );
     #[cfg(target_arch = "x86_64")]
     if level == Level::Avx512 {
         // SAFETY: avx512f was detected (`Level::Avx512` comes from `simd()`); the extents were
         // checked above.
-        return unsafe { x86::add_transposed_avx512(c, pw, shift, n, rows, s) };
+        return unsafe { x86::add_transposed_avx512(c, pw, shift, n, rows, s, lds) };
     }
     let _ = level;
     for j in 0..n {
         let from = &c[j * pw + shift(j)..][..rows];
         for (i, &v) in from.iter().enumerate() {
-            s[i * n + j] += v;
+            s[i * lds + j] += v;
         }
     }
 }

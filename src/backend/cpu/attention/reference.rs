@@ -15,6 +15,23 @@ pub fn attention_reference(
     relpos: &RelPosTable,
     ctx: &mut [f32],
 ) {
+    attention_reference_with(p, qkv, offsets, pos_key, pos_query, relpos, &|x| x, ctx)
+}
+
+/// [`attention_reference`] with each normalized probability passed through `round` before it
+/// weighs the values (the tile path's bf16 probabilities: with its inputs rounded to bf16 as
+/// well, the reference of `AttentionParams::tiles`).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_reference_with(
+    p: &AttentionParams,
+    qkv: &[f32],
+    offsets: &[usize],
+    pos_key: &[f32],
+    pos_query: &[f32],
+    relpos: &RelPosTable,
+    round: &dyn Fn(f32) -> f32,
+    ctx: &mut [f32],
+) {
     let h = p.heads * p.head_dim;
     let d = p.head_dim;
     let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
@@ -50,7 +67,7 @@ pub fn attention_reference(
                 let o = &mut ctx[(start + i) * h + hs..(start + i) * h + hs + d];
                 for (t, ov) in o.iter_mut().enumerate() {
                     *ov = (0..n)
-                        .map(|j| scores[j] / sum * row(j)[2 * h + hs + t])
+                        .map(|j| round(scores[j] / sum) * row(j)[2 * h + hs + t])
                         .sum();
                 }
             }

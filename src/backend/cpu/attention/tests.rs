@@ -15,13 +15,20 @@ fn tasks_cover_every_row_and_head_once() {
         (&[0, 3, 6, 9, 12, 15, 18, 21, 24, 27], 16),
     ];
     let heads = 6;
-    for (offsets, threads) in cases {
-        let tasks = split_tasks(offsets, heads, threads);
+    for ((offsets, threads), block) in cases.into_iter().flat_map(|c| [(c, QUERY_BLOCK), (c, 32)]) {
+        let slab = |n: usize| n + 1;
+        let tasks = split_tasks(offsets, heads, threads, block, &slab);
         let tokens = *offsets.last().unwrap();
         let mut seen = vec![0u8; tokens * heads];
         for t in &tasks {
             assert!(t.h0 < t.h1 && t.h1 <= heads && t.rows > 0 && t.q0 + t.rows <= t.n);
-            assert!(t.rows <= QUERY_BLOCK.max(t.n.div_ceil(t.n.div_ceil(QUERY_BLOCK))));
+            assert!(t.rows <= block);
+            // the sequence's slab starts after those of the sequences before it
+            let before = (0..offsets.len() - 1)
+                .find(|&s| offsets[s] == t.start && offsets[s + 1] - offsets[s] == t.n)
+                .unwrap();
+            let want: usize = offsets[..=before].windows(2).map(|w| w[1] - w[0] + 1).sum();
+            assert_eq!(t.keys_at, want, "{offsets:?}");
             for i in t.start + t.q0..t.start + t.q0 + t.rows {
                 for hd in t.h0..t.h1 {
                     seen[i * heads + hd] += 1;
@@ -30,7 +37,7 @@ fn tasks_cover_every_row_and_head_once() {
         }
         assert!(seen.iter().all(|&c| c == 1), "{offsets:?}: {tasks:?}");
         // a single short sentence still gives every thread work
-        if offsets.len() == 2 && tokens <= QUERY_BLOCK {
+        if offsets.len() == 2 && tokens <= block {
             assert!(tasks.len() >= threads.min(heads), "{offsets:?}: {tasks:?}");
         }
     }
@@ -68,6 +75,7 @@ fn check(
         scale: 1.0 / ((d * 3) as f32).sqrt(),
         c2p,
         p2c,
+        tiles: false,
     };
     let mut want = vec![0.0; t * h];
     attention_reference(&p, &qkv, &offsets, &pk, &pq, &relpos, &mut want);
@@ -75,7 +83,10 @@ fn check(
     let pqt = PosTable::from_rows(&pq, 2 * span, heads, d);
     for level in levels() {
         let mut got = vec![f32::NAN; t * h]; // poisoned: every element must be written
-        let mut keys_t = vec![f32::NAN; keys_t_len(&offsets, heads, d)];
+        let mut scratch = AttentionScratch {
+            keys_t: vec![f32::NAN; keys_t_len(&offsets, heads, d)],
+            ..Default::default()
+        };
         attention_at(
             level,
             &p,
@@ -84,7 +95,7 @@ fn check(
             &pkt,
             &pqt,
             &relpos,
-            &mut keys_t,
+            &mut scratch,
             &mut got,
         );
         let err = got
@@ -168,20 +179,29 @@ fn transpose_matches_the_plain_loop() {
 #[test]
 fn add_transposed_matches_the_plain_loop() {
     for level in levels() {
-        for (n, rows) in [(1, 1), (16, 16), (17, 5), (33, 26), (128, 26), (40, 29)] {
-            let pw = rows + 3;
+        let cases = [
+            (1, 1),
+            (16, 16),
+            (17, 5),
+            (33, 26),
+            (128, 26),
+            (40, 29),
+            (50, 32),
+        ];
+        for ((n, rows), pad) in cases.into_iter().zip([0, 15, 0, 31, 0, 24, 14]) {
+            let (pw, lds) = (rows + 3, n + pad);
             let shift = |j: usize| (j * 7) % 4;
             let c: Vec<f32> = (0..n * pw).map(|v| v as f32).collect();
-            let base: Vec<f32> = (0..rows * n).map(|v| 0.5 * v as f32).collect();
+            let base: Vec<f32> = (0..rows * lds).map(|v| 0.5 * v as f32).collect();
             let mut got = base.clone();
-            add_transposed(level, &c, pw, &shift, n, rows, &mut got);
+            add_transposed(level, &c, pw, &shift, n, rows, &mut got, lds);
             for i in 0..rows {
-                for j in 0..n {
-                    let want = base[i * n + j] + c[j * pw + shift(j) + i];
+                for j in 0..lds {
+                    let add = if j < n { c[j * pw + shift(j) + i] } else { 0.0 };
                     assert_eq!(
-                        got[i * n + j],
-                        want,
-                        "{level:?} n {n} rows {rows} at {i},{j}"
+                        got[i * lds + j],
+                        base[i * lds + j] + add,
+                        "{level:?} n {n} rows {rows} lds {lds} at {i},{j}"
                     );
                 }
             }
@@ -221,4 +241,134 @@ fn near_bands_hold_the_middle_rows() {
     // short tables keep no bands
     let small = PosTable::from_rows(&proj[..64 * heads * d], 64, heads, d);
     assert!(small.near.is_empty());
+}
+
+/// The tile path against the reference run on its bf16 operands (inputs and probabilities
+/// rounded to bf16), and against the fp32 reference within bf16's error.
+#[allow(clippy::too_many_arguments)]
+fn check_tiles(
+    lens: &[usize],
+    heads: usize,
+    d: usize,
+    buckets: i64,
+    max_rel: usize,
+    c2p: bool,
+    p2c: bool,
+    threads: usize,
+) -> bool {
+    if !tiles_available(d) {
+        return false;
+    }
+    let h = heads * d;
+    let span = if buckets > 0 {
+        buckets as usize
+    } else {
+        max_rel
+    };
+    let max_len = *lens.iter().max().unwrap();
+    let relpos = RelPosTable::new(max_len, buckets, max_rel, span);
+    let mut rng = XorShift(0x5eed_0000 + lens.iter().sum::<usize>() as u64 * 31 + d as u64);
+    let t: usize = lens.iter().sum();
+    let qkv: Vec<f32> = (0..t * 3 * h).map(|_| rng.normal()).collect();
+    let pk: Vec<f32> = (0..2 * span * h).map(|_| rng.normal()).collect();
+    let pq: Vec<f32> = (0..2 * span * h).map(|_| rng.normal()).collect();
+    let mut offsets = vec![0];
+    for &l in lens {
+        offsets.push(offsets.last().unwrap() + l);
+    }
+    let mut p = AttentionParams {
+        heads,
+        head_dim: d,
+        scale: 1.0 / ((d * 3) as f32).sqrt(),
+        c2p,
+        p2c,
+        tiles: false,
+    };
+    let bf16 = |x: f32| half::bf16::from_f32(x).to_f32();
+    let round_all = |v: &[f32]| v.iter().map(|&x| bf16(x)).collect::<Vec<f32>>();
+    let mut want = vec![0.0; t * h];
+    let (qkv_r, pk_r, pq_r) = (round_all(&qkv), round_all(&pk), round_all(&pq));
+    attention_reference_with(
+        &p, &qkv_r, &offsets, &pk_r, &pq_r, &relpos, &bf16, &mut want,
+    );
+    let mut exact = vec![0.0; t * h];
+    attention_reference(&p, &qkv, &offsets, &pk, &pq, &relpos, &mut exact);
+    p.tiles = true;
+    let pkt = PosTable::from_rows(&pk, 2 * span, heads, d).with_tile_panels(&pk, heads);
+    let pqt = PosTable::from_rows(&pq, 2 * span, heads, d).with_tile_panels(&pq, heads);
+    let mut got = vec![f32::NAN; t * h]; // poisoned: every element must be written
+    let mut scratch = AttentionScratch::default();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        attention(
+            &p,
+            &qkv,
+            &offsets,
+            &pkt,
+            &pqt,
+            &relpos,
+            &mut scratch,
+            &mut got,
+        )
+    });
+    let max_err = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(
+                0.0f32,
+                |m, e| {
+                    if e.is_nan() {
+                        f32::INFINITY
+                    } else {
+                        m.max(e)
+                    }
+                },
+            )
+    };
+    let (err, err_exact) = (max_err(&got, &want), max_err(&got, &exact));
+    let what = format!("lens {lens:?} heads {heads} d {d} buckets {buckets} c2p {c2p} p2c {p2c}");
+    assert!(
+        err < 2e-3,
+        "{what}: max err {err} against the bf16 reference"
+    );
+    assert!(err_exact < 5e-2, "{what}: max err {err_exact} against fp32");
+    true
+}
+
+/// (lengths, heads, head_dim, position buckets, max_relative_positions, c2p, p2c, threads)
+type TileCase = (
+    &'static [usize],
+    usize,
+    usize,
+    i64,
+    usize,
+    bool,
+    bool,
+    usize,
+);
+
+#[test]
+fn tile_attention_matches_the_bf16_reference() {
+    let cases: [TileCase; 9] = [
+        (&[1], 2, 64, 256, 512, true, true, 2),
+        (&[512], 2, 64, 256, 512, true, true, 2),
+        (&[7, 1, 33, 32, 64, 65], 3, 64, 256, 512, true, true, 2),
+        (&[130, 5], 6, 64, 32, 128, true, true, 3),
+        (&[100, 33], 2, 32, 64, 40, true, true, 1),
+        (&[60, 1, 29, 30, 9], 2, 32, 8, 7, true, true, 2),
+        (&[45, 200], 1, 128, -1, 300, true, true, 2),
+        (&[64, 5], 2, 64, 16, 10, true, false, 2),
+        (&[64, 5], 2, 64, 16, 10, false, true, 2),
+    ];
+    let mut ran = 0;
+    for (lens, heads, d, buckets, max_rel, c2p, p2c, threads) in cases {
+        ran += check_tiles(lens, heads, d, buckets, max_rel, c2p, p2c, threads) as usize;
+    }
+    if ran == 0 {
+        eprintln!("tile attention not checked: no AMX-BF16 tiles on this CPU");
+    }
 }

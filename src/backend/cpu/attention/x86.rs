@@ -118,8 +118,9 @@ pub(super) unsafe fn transpose_avx512(
 /// See `super::add_transposed`.
 ///
 /// SAFETY (caller): avx512f available; `shift(j) + rows <= pw` for `j < n`, `c` holds
-/// `n * pw` values and `s` `rows * n`.
+/// `n * pw` values and `s` `(rows - 1) * lds + n`.
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn add_transposed_avx512(
     c: &[f32],
     pw: usize,
@@ -127,6 +128,7 @@ pub(super) unsafe fn add_transposed_avx512(
     n: usize,
     rows: usize,
     s: &mut [f32],
+    lds: usize,
 ) {
     let (cp, sp) = (c.as_ptr(), s.as_mut_ptr());
     for j0 in (0..n).step_by(16) {
@@ -156,7 +158,7 @@ pub(super) unsafe fn add_transposed_avx512(
                 // SAFETY: score row i0 + i < rows, columns j0 .. j0 + keys <= n: inside s
                 // (caller contract; masked-off lanes are not accessed).
                 unsafe {
-                    let at = sp.add((i0 + i) * n + j0);
+                    let at = sp.add((i0 + i) * lds + j0);
                     if keys == 16 {
                         _mm512_storeu_ps(at, _mm512_add_ps(_mm512_loadu_ps(at), *v));
                     } else {
@@ -307,5 +309,49 @@ pub(super) unsafe fn tile_avx2(
             c0 += 16;
         }
         i += 4;
+    }
+}
+
+/// See `tiles::value_panels` (extents checked there): per panel of 32 components and pair of
+/// keys, each half of 16 components of the two keys rounded to bf16 together
+/// (`vcvtne2ps2bf16`: the first key's in lanes 0-15, the second's in 16-31) and interleaved
+/// into words (lane `2c` = first key's component `c`, `2c + 1` = second key's).
+///
+/// SAFETY (caller): avx512f, avx512bw and avx512_bf16 available; `v` holds `n` rows of `d`
+/// values `ld` apart, `dst` the `d / 32` panels of `ceil(n / 32) * 16` rows of 32 words.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub(super) unsafe fn value_panels_avx512(
+    v: &[f32],
+    ld: usize,
+    n: usize,
+    d: usize,
+    dst: &mut [u32],
+) {
+    let pairs = n.div_ceil(32) * 16;
+    let order: [i16; 32] = std::array::from_fn(|l| (l / 2 + 16 * (l % 2)) as i16);
+    // SAFETY: 64 bytes read from a 64-byte array.
+    let order = unsafe { _mm512_loadu_si512(order.as_ptr().cast()) };
+    let (vp, dp) = (v.as_ptr(), dst.as_mut_ptr());
+    // SAFETY (every access below): key rows `j < n` at `j * ld + col`, `col + 16 <= d`, are
+    // inside `v`; words `(p * pairs + kp) * 32 + 16 * half .. + 16` inside `dst`.
+    let row = |j: usize, col: usize| unsafe {
+        if j < n {
+            _mm512_loadu_ps(vp.add(j * ld + col))
+        } else {
+            _mm512_setzero_ps()
+        }
+    };
+    for p in 0..d / 32 {
+        for kp in 0..pairs {
+            for half in 0..2 {
+                let col = 32 * p + 16 * half;
+                let both = _mm512_cvtne2ps_pbh(row(2 * kp + 1, col), row(2 * kp, col));
+                let words =
+                    _mm512_permutexvar_epi16(order, std::mem::transmute::<__m512bh, __m512i>(both));
+                unsafe {
+                    _mm512_storeu_si512(dp.add((p * pairs + kp) * 32 + 16 * half).cast(), words)
+                };
+            }
+        }
     }
 }

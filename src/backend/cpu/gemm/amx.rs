@@ -620,3 +620,114 @@ unsafe fn block_int8(
     // SAFETY: forwarded contract.
     unsafe { tile_block::<true>(a, b, steps, c, ldc, prefetch) }
 }
+
+/// Words of one step of a 32-row A block (32 rows of 64 bytes) or of a B panel (16 rows of 32
+/// words): the unit the tile products walk.
+pub(crate) const STEP_WORDS: usize = STEP_BYTES / 4;
+
+/// The tile unit configured on the calling thread for bf16 products on layouts other than the
+/// GEMM's own (the attention's): created by [`TileSession::start`], which loads the tile
+/// configuration; dropping it releases the thread's tile state. Not `Send`: the configuration
+/// belongs to the thread.
+pub(crate) struct TileSession {
+    _thread: std::marker::PhantomData<*const ()>,
+}
+
+impl TileSession {
+    /// Configure the tiles on this thread.
+    ///
+    /// # Panics
+    /// Where [`amx_available`] does not hold.
+    pub(crate) fn start() -> TileSession {
+        assert!(
+            amx_available(),
+            "tile products need AMX-BF16 and the tile permission"
+        );
+        // SAFETY: AMX-BF16 is available and the permission granted (asserted above); the
+        // configuration is the one `tile_block` assumes.
+        unsafe { asm!("ldtilecfg [{0}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly)) };
+        TileSession {
+            _thread: std::marker::PhantomData,
+        }
+    }
+
+    /// `c[r, j] = sum_p A[r, p] B[p, j]` for the 32 x 32 block at `c` (row stride `ldc`): `a`
+    /// a 32-row block in step order (see [`round_rows_to_steps`]), `b` a panel of 32 columns
+    /// (per step 16 rows of 32 words, each word a pair of k in bf16), `steps` steps of 32
+    /// values of k each.
+    ///
+    /// # Panics
+    /// If `a` or `b` hold fewer than `steps` steps, or `c` fewer than 32 rows of 32 values.
+    #[inline]
+    pub(crate) fn product(&self, a: &[u32], b: &[u32], steps: usize, c: &mut [f32], ldc: usize) {
+        if steps == 0 {
+            c.chunks_mut(ldc)
+                .take(BLOCK)
+                .for_each(|row| row[..BLOCK].fill(0.0));
+            return;
+        }
+        assert!(
+            a.len() >= steps * STEP_WORDS && b.len() >= steps * STEP_WORDS,
+            "tile operands shorter than their steps"
+        );
+        assert!(
+            ldc >= BLOCK && c.len() >= (BLOCK - 1) * ldc + BLOCK,
+            "tile product output"
+        );
+        // SAFETY: the session loaded the configuration on this thread (it is not Send); the
+        // extents `tile_block` reads and writes were checked above; `c` is borrowed mutably.
+        unsafe {
+            tile_block::<false>(
+                a.as_ptr().cast(),
+                b.as_ptr(),
+                steps,
+                c.as_mut_ptr(),
+                ldc,
+                None,
+            )
+        }
+    }
+}
+
+impl Drop for TileSession {
+    fn drop(&mut self) {
+        // SAFETY: releases this thread's tile state; no tile is live past a product.
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+}
+
+/// Round `rows` rows of `k` values (row `r` at `x[r * ld ..]`) to bf16 into a 32-row A block in
+/// step order: step `st` of row `r` is the 16 words at `(st * 32 + r) * 16`, word `w` the
+/// values `32 st + 2w` and `32 st + 2w + 1` (low and high half). Values past `k` and rows past
+/// `rows` are zero. `dst` holds `ceil(k / 32)` steps.
+///
+/// # Panics
+/// Where [`amx_available`] does not hold (the rounding uses `avx512_bf16`), or the operands
+/// are shorter than the shapes.
+pub(crate) fn round_rows_to_steps(x: &[f32], ld: usize, rows: usize, k: usize, dst: &mut [u32]) {
+    let steps = k.div_ceil(BLOCK);
+    assert!(rows <= BLOCK && dst.len() >= steps * STEP_WORDS);
+    assert!(rows == 0 || (rows - 1) * ld + k <= x.len());
+    assert!(amx_available(), "bf16 rounding needs avx512_bf16");
+    for st in 0..steps {
+        let (lo, hi) = (st * BLOCK, (st * BLOCK + BLOCK).min(k));
+        for r in 0..BLOCK {
+            let out = &mut dst[(st * BLOCK + r) * 16..][..16];
+            if r < rows {
+                let words = bytemuck_f32(out);
+                // SAFETY: avx512f and avx512_bf16 are available (`amx_available` implies them).
+                unsafe { super::x86::round_to_bf16_pairs(&x[r * ld + lo..r * ld + hi], words) };
+                words[(hi - lo).div_ceil(2)..].fill(0.0);
+            } else {
+                out.fill(0);
+            }
+        }
+    }
+}
+
+/// The words as floats of the same bits (what `round_to_bf16_pairs` writes).
+fn bytemuck_f32(words: &mut [u32]) -> &mut [f32] {
+    // SAFETY: u32 and f32 have the same size and alignment and every bit pattern is valid in
+    // both; the exclusive borrow carries over.
+    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<f32>(), words.len()) }
+}
