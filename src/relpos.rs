@@ -39,6 +39,9 @@ pub struct RelPosTable {
     /// Largest difference between neighbouring entries (1 unless log buckets grow faster than
     /// the offset, as when `max_relative_positions - 1 < e * position_buckets / 2`).
     max_step: usize,
+    /// Whether entries never fall as the offset grows (true unless `max_relative_positions -
+    /// 1 < position_buckets / 2`, where the log buckets run backwards).
+    monotone: bool,
 }
 
 impl RelPosTable {
@@ -57,16 +60,17 @@ impl RelPosTable {
                 (b + span).clamp(0, 2 * span - 1) as u32
             })
             .collect::<Vec<u32>>();
-        // (`bucket` is monotone and the clamp keeps it so: entries never fall)
         let max_step = idx
             .windows(2)
             .map(|w| w[1].abs_diff(w[0]) as usize)
             .max()
             .unwrap_or(0);
+        let monotone = idx.windows(2).all(|w| w[1] >= w[0]);
         RelPosTable {
             max_len,
             idx,
             max_step,
+            monotone,
         }
     }
 
@@ -74,6 +78,12 @@ impl RelPosTable {
     /// span at most `(k - 1) * max_step + 1` rows.
     pub fn max_step(&self) -> usize {
         self.max_step
+    }
+
+    /// Whether the entries never fall as the offset grows, so that the smallest and largest
+    /// index of a run of offsets are those of its ends.
+    pub fn is_monotone(&self) -> bool {
+        self.monotone
     }
 
     /// Longest sequence the table covers.

@@ -326,8 +326,9 @@ fn attention_at(
     let tokens = offsets.last().copied().unwrap_or(0);
     assert!(qkv.len() >= tokens * 3 * h && ctx.len() >= tokens * h);
     let threads = rayon::current_num_threads();
+    // (the tile path's windows and lookups take a monotone table's ends as its bounds)
     #[cfg(target_arch = "x86_64")]
-    if p.tiles {
+    if p.tiles && relpos.is_monotone() {
         let slab = |n: usize| tiles::sequence_words(n, p.heads, p.head_dim);
         let tasks = split_tasks(offsets, p.heads, threads, tiles::BLOCK, &slab);
         let ctx = CtxPtr(ctx.as_mut_ptr());

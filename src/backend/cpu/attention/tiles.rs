@@ -222,7 +222,6 @@ struct TaskScratch {
     s: Vec<f32>,   // [32, np] scores
     c: Vec<f32>,   // [32, cw] c2p products, or [np, pw] p2c products
     o: Vec<f32>,   // [32, d] this head's output rows
-    row: Vec<f32>, // [pw] one key's p2c products, while they are gathered
 }
 
 thread_local! {
@@ -308,17 +307,14 @@ fn block(
         s,
         c,
         o,
-        row,
     } = sc;
     let qa = words_of(q, q_words);
     let pa = words_of(pr, np / BLOCK * STEP_WORDS);
     grow(s, BLOCK * np);
-    grow(
-        c,
-        if p.c2p { BLOCK * cw } else { 0 }.max(if p.p2c { np * pw } else { 0 }),
-    );
+    // (+ 32: a lookup may read a whole 32-value window from the last row)
+    let c_len = if p.c2p { BLOCK * cw } else { 0 }.max(if p.p2c { np * pw } else { 0 });
+    grow(c, c_len + BLOCK);
     grow(o, BLOCK * d);
-    grow(row, pw);
     let tiles = TileSession::start();
 
     for hd in h0..h1 {
@@ -347,11 +343,10 @@ fn block(
                 tiles.product(qa, panel, steps_d, &mut c[pi * BLOCK..], cw);
             }
             for i in 0..bq {
-                let (srow, crow) = (&mut s[i * np..i * np + n], &c[i * cw..(i + 1) * cw]);
+                // (rows past this one are read but not used: see `add_positions_reversed`)
+                let (srow, crow) = (&mut s[i * np..i * np + n], &c[i * cw..]);
                 let at = &tbl[q0 + i + off + 1 - n..=q0 + i + off]; // idx(q0 + i, n - 1 ..= 0)
-                for (sv, &r) in srow.iter_mut().zip(at.iter().rev()) {
-                    *sv += crow[r as usize - c_p0 * BLOCK];
-                }
+                add_positions_reversed(srow, crow, at, c_p0 * BLOCK);
             }
         }
 
@@ -373,14 +368,10 @@ fn block(
                 }
             }
             for j in 0..n {
-                let crow = &mut c[j * pw..(j + 1) * pw];
                 let base = p_first(j / BLOCK) * BLOCK;
-                row[..pw].copy_from_slice(crow);
                 // idx(q0 + i, j) for i < bq: entries q0 + off - j .. + bq of the table
                 let at = &tbl[q0 + off - j..][..bq];
-                for (v, &r) in crow.iter_mut().zip(at) {
-                    *v = row[r as usize - base];
-                }
+                gather_positions(&mut c[j * pw..], at, base);
             }
             super::add_transposed(super::simd(), c, pw, &|_| 0, n, bq, s, np);
         }
@@ -405,4 +396,37 @@ fn block(
             }
         }
     }
+}
+
+/// `dst[k] += src[at[len - 1 - k] - base]` for `k < dst.len()` (`len = at.len() >= dst.len()`):
+/// a row's c2p products (by position, from `base`) added to its scores (by key, whose
+/// positions fall as the key grows). `src` may run past the positions used: the AVX-512
+/// lookup reads 32-value windows.
+///
+/// # Panics
+/// If a position falls outside `src`. The table must be monotone (`RelPosTable::is_monotone`,
+/// which the tile path requires): the ends of `at` bound its entries.
+fn add_positions_reversed(dst: &mut [f32], src: &[f32], at: &[u32], base: usize) {
+    let Some(&first) = at.first() else { return };
+    assert!(at.len() >= dst.len() && first as usize >= base);
+    assert!((at[at.len() - 1] as usize - base) < src.len(), "c2p positions");
+    debug_assert!(at.windows(2).all(|w| w[0] <= w[1]));
+    // SAFETY: the tiles are available, which implies AVX-512F; every position lies between
+    // the ends' (monotone table), inside src (checked above).
+    unsafe { super::x86::add_positions_reversed_avx512(dst, src, at, base) }
+}
+
+/// `row[k] = row[at[k] - base]` for `k < at.len() <= 32`, every value read before any is
+/// written: one key's p2c products (by position, from `base`) into query order. `row` may
+/// run past the positions used (see [`add_positions_reversed`]).
+///
+/// # Panics
+/// As [`add_positions_reversed`].
+fn gather_positions(row: &mut [f32], at: &[u32], base: usize) {
+    let Some(&first) = at.first() else { return };
+    assert!(at.len() <= BLOCK && at.len() <= row.len() && first as usize >= base);
+    assert!((at[at.len() - 1] as usize - base) < row.len(), "p2c positions");
+    debug_assert!(at.windows(2).all(|w| w[0] <= w[1]));
+    // SAFETY: as in `add_positions_reversed`.
+    unsafe { super::x86::gather_positions_avx512(row, at, base) }
 }

@@ -355,3 +355,98 @@ pub(super) unsafe fn value_panels_avx512(
         }
     }
 }
+
+/// 16 values `src[pos[l]]` (lanes in `mask`; others 0), `lo` and `hi` the smallest and largest
+/// position in the mask: two loads and a two-register permute when they lie within 32 values
+/// of each other (the relative-position table moves by at most a row per offset, so 16
+/// neighbouring offsets almost always do), a gather otherwise.
+///
+/// SAFETY (caller): avx512f available; every masked `pos[l]` < `src.len()`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn lookup16(src: &[f32], pos: __m512i, mask: __mmask16, lo: usize, hi: usize) -> __m512 {
+    // SAFETY: caller contract; the two loads read `src[lo .. lo + 32]`, checked inside src.
+    unsafe {
+        if hi < lo + 32 && lo + 32 <= src.len() {
+            let a = _mm512_loadu_ps(src.as_ptr().add(lo));
+            let b = _mm512_loadu_ps(src.as_ptr().add(lo + 16));
+            let at = _mm512_sub_epi32(pos, _mm512_set1_epi32(lo as i32));
+            _mm512_maskz_permutex2var_ps(mask, a, at, b)
+        } else {
+            _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, pos, src.as_ptr())
+        }
+    }
+}
+
+/// See `tiles::add_positions_reversed`: `dst[k] += src[at[len - 1 - k] - base]`.
+///
+/// SAFETY (caller): avx512f available; `at.len() >= dst.len()`, every `at[k] - base` in
+/// `0 .. src.len()` (checked by the caller).
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn add_positions_reversed_avx512(
+    dst: &mut [f32],
+    src: &[f32],
+    at: &[u32],
+    base: usize,
+) {
+    let (n, len) = (dst.len(), at.len());
+    let iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    let mut j0 = 0;
+    while j0 < n {
+        let m = (n - j0).min(16);
+        let mask = mask16(m as isize);
+        // entries len - j0 - m .. len - j0 in address order: lane l is key j0 + m - 1 - l
+        let first = len - j0 - m;
+        // SAFETY: `at[first .. first + m]` is inside `at`; masked-off lanes are not read.
+        let raw = unsafe { _mm512_maskz_loadu_epi32(mask, at.as_ptr().add(first).cast()) };
+        let rev = _mm512_sub_epi32(_mm512_set1_epi32(m as i32 - 1), iota);
+        let pos = _mm512_sub_epi32(
+            _mm512_maskz_permutexvar_epi32(mask, rev, raw),
+            _mm512_set1_epi32(base as i32),
+        );
+        let (lo, hi) = (at[first] as usize - base, at[first + m - 1] as usize - base);
+        // SAFETY: positions in range (caller contract); `dst[j0 .. j0 + m]` is inside dst.
+        unsafe {
+            let v = lookup16(src, pos, mask, lo, hi);
+            let d = dst.as_mut_ptr().add(j0);
+            let sum = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, d), v);
+            _mm512_mask_storeu_ps(d, mask, sum);
+        }
+        j0 += 16;
+    }
+}
+
+/// See `tiles::gather_positions`: `row[k] = row[at[k] - base]` for `k < at.len() <= 32`, every
+/// value read before any is written.
+///
+/// SAFETY (caller): avx512f available; `at.len() <= 32`, every `at[k] - base` in
+/// `0 .. row.len()` (checked by the caller).
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn gather_positions_avx512(row: &mut [f32], at: &[u32], base: usize) {
+    let n = at.len();
+    let base_v = _mm512_set1_epi32(base as i32);
+    let mut out = [_mm512_setzero_ps(); 2];
+    for (c, o) in out.iter_mut().enumerate() {
+        let i0 = 16 * c;
+        if i0 >= n {
+            break;
+        }
+        let m = (n - i0).min(16);
+        let mask = mask16(m as isize);
+        // SAFETY: `at[i0 .. i0 + m]` is inside `at`; positions in range (caller contract).
+        unsafe {
+            let raw = _mm512_maskz_loadu_epi32(mask, at.as_ptr().add(i0).cast());
+            let pos = _mm512_sub_epi32(raw, base_v);
+            let (lo, hi) = (at[i0] as usize - base, at[i0 + m - 1] as usize - base);
+            *o = lookup16(row, pos, mask, lo, hi);
+        }
+    }
+    for (c, o) in out.iter().enumerate() {
+        let i0 = 16 * c;
+        if i0 >= n {
+            break;
+        }
+        // SAFETY: `row[i0 .. i0 + m]`, m = min(16, n - i0), is inside row (n <= row.len()).
+        unsafe { _mm512_mask_storeu_ps(row.as_mut_ptr().add(i0), mask16((n - i0) as isize), *o) };
+    }
+}
