@@ -672,7 +672,9 @@ fn block(job: &Job<'_>, sc: &mut Scratch, level: Level) {
     let cw = ((n + bq - 2) * step + 1).min(rows.max(n + bq - 1));
     let pw = ((bq + 2) * step + 1).min(rows.max(bq + 3));
     grow(&mut sc.s, bq * n);
-    grow(&mut sc.c, (bq * cw).max(n.div_ceil(4) * 4 * pw));
+    // (+ 32: a lookup may read a whole 32-value window from the last row)
+    grow(&mut sc.c, (bq * cw).max(n.div_ceil(4) * 4 * pw) + 32);
+    let monotone = job.relpos.is_monotone();
     grow(&mut sc.o, bq * d);
     let slab_ld = key_slab_ld(n);
     if slab_ld.is_none() {
@@ -718,9 +720,9 @@ fn block(job: &Job<'_>, sc: &mut Scratch, level: Level) {
                         *sv += cv;
                     }
                 } else {
-                    for (j, sv) in srow.iter_mut().enumerate() {
-                        *sv += crow[idx(q0 + i, j) - lo];
-                    }
+                    // idx(q0 + i, n - 1 ..= 0)
+                    let at = &tbl[q0 + i + off + 1 - n..=q0 + i + off];
+                    add_positions_reversed(level, monotone, srow, crow, at, lo);
                 }
             }
         }
@@ -744,16 +746,10 @@ fn block(job: &Job<'_>, sc: &mut Scratch, level: Level) {
                 // j: `c[j][i] = c[j][idx(q0 + i, j) - glo(g)]`, read through a copy of the
                 // row), then add them like the linear case. (Adding straight from the gather
                 // would write each value to another score row.)
-                let mut row = vec![0.0f32; pw];
                 for j in 0..n {
-                    let crow = &mut c[j * pw..(j + 1) * pw];
-                    let lo = glo(j / 4 * 4);
-                    row[..pw].copy_from_slice(crow);
                     // idx(q0 + i, j) for i < bq: entries q0 + off - j .. + bq of the table
                     let at = &tbl[q0 + off - j..][..bq];
-                    for (v, &r) in crow.iter_mut().zip(at) {
-                        *v = row[r as usize - lo];
-                    }
+                    gather_positions(level, monotone, &mut c[j * pw..], at, glo(j / 4 * 4));
                 }
                 add_transposed(level, c, pw, &|_| 0, n, bq, s, n);
             }
@@ -816,4 +812,71 @@ fn add_transposed(
             s[i * lds + j] += v;
         }
     }
+}
+
+/// `dst[k] += src[at[len - 1 - k] - base]` for `k < dst.len()` (`len = at.len() >= dst.len()`):
+/// a row's c2p products (by position, from `base`) added to its scores (by key, whose
+/// positions fall as the key grows). `src` may run past the positions used: with AVX-512 and a
+/// `monotone` table (`RelPosTable::is_monotone`: the ends of `at` bound its entries), 16
+/// positions at a time are looked up in a 32-value window (see `x86::lookup16`).
+///
+/// # Panics
+/// If a position falls outside `src` or below `base`.
+fn add_positions_reversed(
+    level: Level,
+    monotone: bool,
+    dst: &mut [f32],
+    src: &[f32],
+    at: &[u32],
+    base: usize,
+) {
+    assert!(at.len() >= dst.len());
+    let at = &at[at.len() - dst.len()..];
+    #[cfg(target_arch = "x86_64")]
+    if level == Level::Avx512 && monotone {
+        let (Some(&lo), Some(&hi)) = (at.first(), at.last()) else {
+            return;
+        };
+        assert!(
+            lo as usize >= base && (hi as usize - base) < src.len(),
+            "c2p positions"
+        );
+        debug_assert!(at.windows(2).all(|w| w[0] <= w[1]));
+        // SAFETY: avx512f was detected (`Level::Avx512` comes from `simd()`); every position
+        // lies between the ends' (monotone), inside src (checked above).
+        return unsafe { x86::add_positions_reversed_avx512(dst, src, at, base) };
+    }
+    let _ = (level, monotone);
+    for (v, &r) in dst.iter_mut().zip(at.iter().rev()) {
+        *v += src[r as usize - base];
+    }
+}
+
+/// `row[k] = row[at[k] - base]` for `k < at.len() <= 32`, every value read before any is
+/// written: one key's p2c products (by position, from `base`) into query order. `row` may run
+/// past the positions used (see [`add_positions_reversed`]).
+///
+/// # Panics
+/// As [`add_positions_reversed`], or with more than 32 positions.
+fn gather_positions(level: Level, monotone: bool, row: &mut [f32], at: &[u32], base: usize) {
+    assert!(at.len() <= 32 && at.len() <= row.len());
+    #[cfg(target_arch = "x86_64")]
+    if level == Level::Avx512 && monotone {
+        let (Some(&lo), Some(&hi)) = (at.first(), at.last()) else {
+            return;
+        };
+        assert!(
+            lo as usize >= base && (hi as usize - base) < row.len(),
+            "p2c positions"
+        );
+        debug_assert!(at.windows(2).all(|w| w[0] <= w[1]));
+        // SAFETY: as in `add_positions_reversed`.
+        return unsafe { x86::gather_positions_avx512(row, at, base) };
+    }
+    let _ = (level, monotone);
+    let mut vals = [0.0f32; 32];
+    for (v, &r) in vals.iter_mut().zip(at) {
+        *v = row[r as usize - base];
+    }
+    row[..at.len()].copy_from_slice(&vals[..at.len()]);
 }

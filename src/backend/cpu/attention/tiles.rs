@@ -28,7 +28,9 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::{softmax_scaled, AttentionParams, Task};
+use super::{
+    add_positions_reversed, gather_positions, softmax_scaled, AttentionParams, Level, Task,
+};
 use crate::backend::cpu::gemm::{round_rows_to_steps, PackedWeight, TileSession, STEP_WORDS};
 use crate::relpos::RelPosTable;
 
@@ -301,13 +303,7 @@ fn block(
         .unwrap_or(BLOCK);
 
     let q_words = steps_d * STEP_WORDS;
-    let TaskScratch {
-        q,
-        pr,
-        s,
-        c,
-        o,
-    } = sc;
+    let TaskScratch { q, pr, s, c, o } = sc;
     let qa = words_of(q, q_words);
     let pa = words_of(pr, np / BLOCK * STEP_WORDS);
     grow(s, BLOCK * np);
@@ -346,7 +342,7 @@ fn block(
                 // (rows past this one are read but not used: see `add_positions_reversed`)
                 let (srow, crow) = (&mut s[i * np..i * np + n], &c[i * cw..]);
                 let at = &tbl[q0 + i + off + 1 - n..=q0 + i + off]; // idx(q0 + i, n - 1 ..= 0)
-                add_positions_reversed(srow, crow, at, c_p0 * BLOCK);
+                add_positions_reversed(Level::Avx512, true, srow, crow, at, c_p0 * BLOCK);
             }
         }
 
@@ -371,7 +367,7 @@ fn block(
                 let base = p_first(j / BLOCK) * BLOCK;
                 // idx(q0 + i, j) for i < bq: entries q0 + off - j .. + bq of the table
                 let at = &tbl[q0 + off - j..][..bq];
-                gather_positions(&mut c[j * pw..], at, base);
+                gather_positions(Level::Avx512, true, &mut c[j * pw..], at, base);
             }
             super::add_transposed(super::simd(), c, pw, &|_| 0, n, bq, s, np);
         }
@@ -396,37 +392,4 @@ fn block(
             }
         }
     }
-}
-
-/// `dst[k] += src[at[len - 1 - k] - base]` for `k < dst.len()` (`len = at.len() >= dst.len()`):
-/// a row's c2p products (by position, from `base`) added to its scores (by key, whose
-/// positions fall as the key grows). `src` may run past the positions used: the AVX-512
-/// lookup reads 32-value windows.
-///
-/// # Panics
-/// If a position falls outside `src`. The table must be monotone (`RelPosTable::is_monotone`,
-/// which the tile path requires): the ends of `at` bound its entries.
-fn add_positions_reversed(dst: &mut [f32], src: &[f32], at: &[u32], base: usize) {
-    let Some(&first) = at.first() else { return };
-    assert!(at.len() >= dst.len() && first as usize >= base);
-    assert!((at[at.len() - 1] as usize - base) < src.len(), "c2p positions");
-    debug_assert!(at.windows(2).all(|w| w[0] <= w[1]));
-    // SAFETY: the tiles are available, which implies AVX-512F; every position lies between
-    // the ends' (monotone table), inside src (checked above).
-    unsafe { super::x86::add_positions_reversed_avx512(dst, src, at, base) }
-}
-
-/// `row[k] = row[at[k] - base]` for `k < at.len() <= 32`, every value read before any is
-/// written: one key's p2c products (by position, from `base`) into query order. `row` may
-/// run past the positions used (see [`add_positions_reversed`]).
-///
-/// # Panics
-/// As [`add_positions_reversed`].
-fn gather_positions(row: &mut [f32], at: &[u32], base: usize) {
-    let Some(&first) = at.first() else { return };
-    assert!(at.len() <= BLOCK && at.len() <= row.len() && first as usize >= base);
-    assert!((at[at.len() - 1] as usize - base) < row.len(), "p2c positions");
-    debug_assert!(at.windows(2).all(|w| w[0] <= w[1]));
-    // SAFETY: as in `add_positions_reversed`.
-    unsafe { super::x86::gather_positions_avx512(row, at, base) }
 }
