@@ -580,8 +580,9 @@ impl RunState {
 impl CpuModel {
     /// Build the CPU layout: fused QKV, packed GEMM weights, PK/PQ precomputed per layer.
     /// `max_len` bounds the sequence length (sizes the relative-position table). `precision`
-    /// picks how the encoder's GEMM weights are kept (embeddings, LayerNorms, biases, PK/PQ and
-    /// attention stay f32 in every case):
+    /// picks how the encoder's GEMM weights are kept (embeddings, LayerNorms and biases stay
+    /// f32 in every case; with bf16 and int8 the attention's products go to the AMX-BF16 tiles
+    /// where [`attention::tiles_for`] says so, else they stay f32):
     /// * `BF16` (opt-in: half the weight traffic): in the form [`bf16_gemm_form`] picks for
     ///   this CPU: AMX-BF16 tiles or `avx512_bf16` dot products (each Linear's input rounded
     ///   to bf16 too, fp32 sums), else widened to f32 inside fp32 products;
@@ -611,9 +612,7 @@ impl CpuModel {
             }
         };
         let rel = w.rel;
-        // The opt-in low precisions take the attention's products to the tiles too.
-        let tile_attention = matches!(precision, Precision::BF16 | Precision::INT8)
-            && attention::tiles_available(cfg.head_dim);
+        let tile_attention = attention::tiles_for(precision, cfg.head_dim);
         let table = |rows: Option<Vec<f32>>| match rows {
             Some(r) => {
                 let t = PosTable::from_rows(&r, 2 * cfg.att_span, cfg.num_heads, cfg.head_dim);

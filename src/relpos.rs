@@ -154,5 +154,17 @@ mod tests {
             .all(|w| w[0] <= w[1] && (w[1] - w[0]) as usize <= t.max_step()));
         // the seed model's buckets never do
         assert_eq!(RelPosTable::new(512, 256, 512, 256).max_step(), 1);
+        assert!(t.is_monotone() && RelPosTable::new(512, 256, 512, 256).is_monotone());
+    }
+
+    #[test]
+    fn backward_log_buckets_are_not_monotone() {
+        // max_relative_positions - 1 = 19 < mid = 32: the log ratio is negative, so offsets
+        // past mid fall back below it
+        let t = RelPosTable::new(100, 64, 20, 64);
+        assert!(!t.is_monotone());
+        assert!(t.index(33, 0) < t.index(32, 0));
+        // without buckets the clamped offsets are monotone
+        assert!(RelPosTable::new(40, -1, 12, 12).is_monotone());
     }
 }

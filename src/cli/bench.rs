@@ -446,63 +446,67 @@ pub fn run(a: BenchArgs) -> Result<()> {
             })
             .collect()
     };
-    // (label, model FLOPs per token at --seq-len, one timed call)
+    // (label, model FLOPs per token at --seq-len, head size, one timed call)
     type Run = Box<dyn Fn() -> Result<()>>;
-    let (label, flops_per_token, run): (String, f64, Run) = match (&dir, &a.synthetic) {
-        (Some(dir), _) => {
-            let e = Embedder::load_with(dir, device, opts)?;
-            if a.seq_len > e.max_seq_length() {
-                bail!(
-                    "--seq-len {} exceeds the model's max_seq_length {}",
-                    a.seq_len,
-                    e.max_seq_length()
-                );
+    let (label, flops_per_token, head_dim, run): (String, f64, usize, Run) =
+        match (&dir, &a.synthetic) {
+            (Some(dir), _) => {
+                let e = Embedder::load_with(dir, device, opts)?;
+                if a.seq_len > e.max_seq_length() {
+                    bail!(
+                        "--seq-len {} exceeds the model's max_seq_length {}",
+                        a.seq_len,
+                        e.max_seq_length()
+                    );
+                }
+                let ids = make_ids(e.config().vocab_size);
+                (
+                    dir.display().to_string(),
+                    e.config().forward_flops_per_token(a.seq_len),
+                    e.config().head_dim,
+                    Box::new(move || e.encode_ids(&ids).map(|_| ()).map_err(Into::into)),
+                )
             }
-            let ids = make_ids(e.config().vocab_size);
-            (
-                dir.display().to_string(),
-                e.config().forward_flops_per_token(a.seq_len),
-                Box::new(move || e.encode_ids(&ids).map(|_| ()).map_err(Into::into)),
-            )
-        }
-        #[cfg(feature = "cuda")]
-        (None, Some(_)) if matches!(device, Device::Cuda(_)) => {
-            let Device::Cuda(ordinal) = device else {
-                unreachable!()
-            };
-            let m = deberta_embed::backend::cuda::synthetic_xsmall(ordinal, precision)?;
-            if a.seq_len > m.config().max_position_embeddings {
-                bail!("--seq-len must be <= 512 for xsmall");
+            #[cfg(feature = "cuda")]
+            (None, Some(_)) if matches!(device, Device::Cuda(_)) => {
+                let Device::Cuda(ordinal) = device else {
+                    unreachable!()
+                };
+                let m = deberta_embed::backend::cuda::synthetic_xsmall(ordinal, precision)?;
+                if a.seq_len > m.config().max_position_embeddings {
+                    bail!("--seq-len must be <= 512 for xsmall");
+                }
+                let ids = make_ids(m.config().vocab_size);
+                let modes = [deberta_embed::PoolingMode::Mean];
+                (
+                    "synthetic xsmall".to_string(),
+                    m.config().forward_flops_per_token(a.seq_len),
+                    m.config().head_dim,
+                    Box::new(move || {
+                        m.encode_batches(&ids, ids.len().max(1), usize::MAX, &modes)
+                            .map(|_| ())
+                            .map_err(Into::into)
+                    }),
+                )
             }
-            let ids = make_ids(m.config().vocab_size);
-            let modes = [deberta_embed::PoolingMode::Mean];
-            (
-                "synthetic xsmall".to_string(),
-                m.config().forward_flops_per_token(a.seq_len),
-                Box::new(move || {
-                    m.encode_batches(&ids, ids.len().max(1), usize::MAX, &modes)
-                        .map(|_| ())
-                        .map_err(Into::into)
-                }),
-            )
-        }
-        (None, Some(_)) => {
-            if device != Device::Cpu {
-                bail!("--synthetic runs on the CPU only in this build");
+            (None, Some(_)) => {
+                if device != Device::Cpu {
+                    bail!("--synthetic runs on the CPU only in this build");
+                }
+                let e = Embedder::synthetic_xsmall(opts)?;
+                if a.seq_len > e.config().max_position_embeddings {
+                    bail!("--seq-len must be <= 512 for xsmall");
+                }
+                let ids = make_ids(e.config().vocab_size);
+                (
+                    "synthetic xsmall".to_string(),
+                    e.config().forward_flops_per_token(a.seq_len),
+                    e.config().head_dim,
+                    Box::new(move || e.encode_ids(&ids).map(|_| ()).map_err(Into::into)),
+                )
             }
-            let e = Embedder::synthetic_xsmall(opts)?;
-            if a.seq_len > e.config().max_position_embeddings {
-                bail!("--seq-len must be <= 512 for xsmall");
-            }
-            let ids = make_ids(e.config().vocab_size);
-            (
-                "synthetic xsmall".to_string(),
-                e.config().forward_flops_per_token(a.seq_len),
-                Box::new(move || e.encode_ids(&ids).map(|_| ()).map_err(Into::into)),
-            )
-        }
-        (None, None) => bail!("give --model DIR or --synthetic xsmall"),
-    };
+            (None, None) => bail!("give --model DIR or --synthetic xsmall"),
+        };
     for _ in 0..a.warmup {
         run()?;
     }
@@ -529,7 +533,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         a.seq_len,
         times.len()
     );
-    let cpu_kernels = cpu_kernels(device, precision);
+    let cpu_kernels = cpu_kernels(device, precision, head_dim);
     if let Some(k) = &cpu_kernels {
         println!("cpu kernels: {k}");
     }
@@ -576,7 +580,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
 /// Which CPU GEMM kernels a forward at `precision` runs (the SIMD level; for bf16, the weight
 /// form this CPU gets: AMX tiles, `avx512_bf16` dot products or widened storage; for int8,
 /// AMX-INT8 or VNNI); `None` on a GPU.
-fn cpu_kernels(device: Device, precision: Precision) -> Option<String> {
+fn cpu_kernels(device: Device, precision: Precision, head_dim: usize) -> Option<String> {
     use deberta_embed::backend::cpu::gemm::{
         bf16_gemm_form, int8_gemm_form, simd_level, Bf16Form, Int8Form,
     };
@@ -599,7 +603,12 @@ fn cpu_kernels(device: Device, precision: Precision) -> Option<String> {
             _ => "",
         },
     };
-    Some(format!("gemm {}{bf16}", simd_level()))
+    let attention = if deberta_embed::backend::cpu::attention::tiles_for(precision, head_dim) {
+        ", attention on AMX-BF16 tiles"
+    } else {
+        ""
+    };
+    Some(format!("gemm {}{bf16}{attention}", simd_level()))
 }
 
 /// (used, total) bytes of the GPU's memory, all processes included; `None` on the CPU.

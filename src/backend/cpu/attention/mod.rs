@@ -47,6 +47,13 @@ use crate::relpos::RelPosTable;
 
 pub use self::reference::{attention_reference, attention_reference_with};
 pub use self::tiles::tiles_available;
+
+/// The one decision whether a model's attention runs on the tiles ([`AttentionParams::tiles`]):
+/// with the opt-in low precisions (bf16, int8), where [`tiles_available`] for its head size.
+pub fn tiles_for(precision: crate::Precision, head_dim: usize) -> bool {
+    matches!(precision, crate::Precision::BF16 | crate::Precision::INT8)
+        && tiles_available(head_dim)
+}
 use self::tiles::{PosPanels, TileScratch};
 
 /// Query rows per task: 29 so that a group of 4 keys' p2c window (block + 3 positions) is
@@ -326,9 +333,8 @@ fn attention_at(
     let tokens = offsets.last().copied().unwrap_or(0);
     assert!(qkv.len() >= tokens * 3 * h && ctx.len() >= tokens * h);
     let threads = rayon::current_num_threads();
-    // (the tile path's windows and lookups take a monotone table's ends as its bounds)
     #[cfg(target_arch = "x86_64")]
-    if p.tiles && relpos.is_monotone() {
+    if p.tiles {
         let slab = |n: usize| tiles::sequence_words(n, p.heads, p.head_dim);
         let tasks = split_tasks(offsets, p.heads, threads, tiles::BLOCK, &slab);
         let ctx = CtxPtr(ctx.as_mut_ptr());
@@ -654,7 +660,7 @@ fn block(job: &Job<'_>, sc: &mut Scratch, level: Level) {
     // index table entry for offset r = i - j
     let tbl = job.relpos.as_slice();
     let off = job.relpos.max_len() - 1;
-    let idx = |i: usize, j: usize| tbl[i + off - j] as usize;
+    // (entry `i + off - j` is idx(i, j), the position of query i against key j)
     // Whether every offset this sequence has (|i - j| < n) maps to its own row, consecutively
     // (`idx(i, j) = i - j + idx(0, 0)`: no log bucket reached), so the c2p / p2c gathers become
     // contiguous copies.
@@ -674,8 +680,17 @@ fn block(job: &Job<'_>, sc: &mut Scratch, level: Level) {
     grow(&mut sc.s, bq * n);
     // (+ 32: a lookup may read a whole 32-value window from the last row)
     grow(&mut sc.c, (bq * cw).max(n.div_ceil(4) * 4 * pw) + 32);
-    let monotone = job.relpos.is_monotone();
     grow(&mut sc.o, bq * d);
+    // The smallest and largest entry of tbl[a..=b]: its ends, for a monotone table.
+    let monotone = job.relpos.is_monotone();
+    let lo_at = |a: usize, b: usize| match monotone {
+        true => tbl[a] as usize,
+        false => tbl[a..=b].iter().copied().min().unwrap_or(0) as usize,
+    };
+    let hi_at = |a: usize, b: usize| match monotone {
+        true => tbl[b] as usize,
+        false => tbl[a..=b].iter().copied().max().unwrap_or(0) as usize,
+    };
     let slab_ld = key_slab_ld(n);
     if slab_ld.is_none() {
         grow(&mut sc.kt, d * n);
@@ -708,8 +723,10 @@ fn block(job: &Job<'_>, sc: &mut Scratch, level: Level) {
 
         // c2p: c[i, r - lo] = q_i . PK[r] over the block's position range, gathered into s
         if p.c2p {
-            let lo = idx(q0, n - 1);
-            let w = idx(q0 + bq - 1, 0) - lo + 1;
+            // entries idx(q0, n - 1) ..= idx(q0 + bq - 1, 0)
+            let (a, b) = (q0 + off + 1 - n, q0 + bq - 1 + off);
+            let lo = lo_at(a, b);
+            let w = hi_at(a, b) - lo + 1;
             let (pk, first) = job.pos_key.head_covering(hd, lo, lo + w);
             tile_gemm(level, bq, d, q, pk, Cols::At(lo - first), w, c, cw);
             for i in 0..bq {
@@ -730,10 +747,17 @@ fn block(job: &Job<'_>, sc: &mut Scratch, level: Level) {
         // p2c: c[j, r - lo(g)] = k_j . PQ[r], the window sliding with each group of 4 keys
         // (g = first key of the group, whose window [idx(q0, g+3), ..] covers all 4)
         if p.p2c {
-            let glo = |g: usize| idx(q0, (g + 3).min(n - 1));
-            // (idx falls as j grows: the last group's window starts lowest, the first's ends
-            // highest)
-            let (lo, hi) = (glo((n - 1) / 4 * 4), glo(0) + pw);
+            // (entries idx(q0, min(g + 3, n - 1)) ..= idx(q0 + bq - 1, g))
+            let glo = |g: usize| lo_at(q0 + off - (g + 3).min(n - 1), q0 + bq - 1 + off - g);
+            // (monotone: idx falls as j grows, so the last group's window starts lowest and
+            // the first's ends highest)
+            let (lo, hi) = if monotone {
+                (glo((n - 1) / 4 * 4), glo(0) + pw)
+            } else {
+                let starts = (0..n).step_by(4).map(glo);
+                let lo = starts.clone().min().unwrap_or(0);
+                (lo, starts.max().unwrap_or(0) + pw)
+            };
             let (pq, first) = job.pos_query.head_covering(hd, lo, hi);
             let window = |g: usize| glo(g) - first;
             tile_gemm(level, n, d, k, pq, Cols::SlidingPer4(&window), pw, c, pw);

@@ -150,6 +150,7 @@ fn fast_attention_matches_reference() {
     check(&[100, 33], 2, 32, 64, 40, true, true);
     check(&[64, 5], 1, 8, 16, 10, true, false);
     check(&[64, 5], 1, 8, 16, 10, false, true);
+    check(&[40, 70, 3], 2, 32, 64, 20, true, true);
 }
 
 #[test]
@@ -353,7 +354,7 @@ type TileCase = (
 
 #[test]
 fn tile_attention_matches_the_bf16_reference() {
-    let cases: [TileCase; 9] = [
+    let cases: [TileCase; 10] = [
         (&[1], 2, 64, 256, 512, true, true, 2),
         (&[512], 2, 64, 256, 512, true, true, 2),
         (&[7, 1, 33, 32, 64, 65], 3, 64, 256, 512, true, true, 2),
@@ -363,6 +364,9 @@ fn tile_attention_matches_the_bf16_reference() {
         (&[45, 200], 1, 128, -1, 300, true, true, 2),
         (&[64, 5], 2, 64, 16, 10, true, false, 2),
         (&[64, 5], 2, 64, 16, 10, false, true, 2),
+        // log buckets that run backwards (max_relative_positions - 1 < position_buckets / 2):
+        // a table that is not monotone
+        (&[40, 70, 3], 2, 32, 64, 20, true, true, 2),
     ];
     let mut ran = 0;
     for (lens, heads, d, buckets, max_rel, c2p, p2c, threads) in cases {

@@ -224,6 +224,8 @@ struct TaskScratch {
     s: Vec<f32>,   // [32, np] scores
     c: Vec<f32>,   // [32, cw] c2p products, or [np, pw] p2c products
     o: Vec<f32>,   // [32, d] this head's output rows
+    /// per block of 32 keys, the range of position panels its p2c products take
+    key_panels: Vec<(usize, usize)>,
 }
 
 thread_local! {
@@ -284,26 +286,45 @@ fn block(
     debug_assert!(h0 < h1 && h1 <= nh && q0 + bq <= n && bq <= BLOCK);
     let tbl = relpos.as_slice();
     let off = relpos.max_len() - 1;
-    let idx = |i: usize, j: usize| tbl[i + off - j] as usize;
+    let monotone = relpos.is_monotone();
     let (np, steps_d) = (padded(n), d / BLOCK);
     let panel_words = steps_d * STEP_WORDS; // of a PK/PQ panel or a key block
     let part = np * d / 2;
-
-    // c2p: the panels of positions idx(q0 + bq - 1, 0) (highest) .. idx(q0, n - 1) (lowest)
-    let c_p0 = idx(q0, n - 1) / BLOCK;
-    let cw = (idx(q0 + bq - 1, 0) / BLOCK + 1 - c_p0) * BLOCK;
-    // p2c: per block of keys kb, the panels of positions idx(q0, last key) .. idx(q0 + bq -
-    // 1, first key)
-    let key_blocks = np / BLOCK;
-    let p_first = |kb: usize| idx(q0, (kb * BLOCK + BLOCK - 1).min(n - 1)) / BLOCK;
-    let p_last = |kb: usize| idx(q0 + bq - 1, kb * BLOCK) / BLOCK;
-    let pw = (0..key_blocks)
-        .map(|kb| (p_last(kb) + 1 - p_first(kb)) * BLOCK)
+    // The panels `p0 .. p1` holding the positions of queries q0 .. q0 + bq against keys j0 ..=
+    // j1: those of table entries q0 + off - j1 ..= q0 + bq - 1 + off - j0 (their ends, for a
+    // monotone table).
+    let panel_range = |j0: usize, j1: usize| {
+        let at = &tbl[q0 + off - j1..=q0 + bq - 1 + off - j0];
+        let (lo, hi) = if monotone {
+            (at[0], at[at.len() - 1])
+        } else {
+            let lo = at.iter().copied().min().unwrap_or(0);
+            (lo, at.iter().copied().max().unwrap_or(0))
+        };
+        (lo as usize / BLOCK, hi as usize / BLOCK + 1)
+    };
+    let TaskScratch {
+        q,
+        pr,
+        s,
+        c,
+        o,
+        key_panels,
+    } = sc;
+    // c2p: all keys at once; p2c: per block of 32 keys
+    let (c_p0, c_p1) = panel_range(0, n - 1);
+    let cw = (c_p1 - c_p0) * BLOCK;
+    key_panels.clear();
+    key_panels.extend(
+        (0..np / BLOCK).map(|kb| panel_range(kb * BLOCK, (kb * BLOCK + BLOCK - 1).min(n - 1))),
+    );
+    let pw = key_panels
+        .iter()
+        .map(|(p0, p1)| (p1 - p0) * BLOCK)
         .max()
         .unwrap_or(BLOCK);
 
     let q_words = steps_d * STEP_WORDS;
-    let TaskScratch { q, pr, s, c, o } = sc;
     let qa = words_of(q, q_words);
     let pa = words_of(pr, np / BLOCK * STEP_WORDS);
     grow(s, BLOCK * np);
@@ -342,7 +363,7 @@ fn block(
                 // (rows past this one are read but not used: see `add_positions_reversed`)
                 let (srow, crow) = (&mut s[i * np..i * np + n], &c[i * cw..]);
                 let at = &tbl[q0 + i + off + 1 - n..=q0 + i + off]; // idx(q0 + i, n - 1 ..= 0)
-                add_positions_reversed(Level::Avx512, true, srow, crow, at, c_p0 * BLOCK);
+                add_positions_reversed(Level::Avx512, monotone, srow, crow, at, c_p0 * BLOCK);
             }
         }
 
@@ -350,10 +371,10 @@ fn block(
         // gathered into query order (c[j, i]) and added to s through transposes
         if p.p2c {
             let panels = pos_query.head(hd);
-            for kb in 0..key_blocks {
+            for (kb, &(p0, p1)) in key_panels.iter().enumerate() {
                 let a = &k_blocks[kb * panel_words..(kb + 1) * panel_words];
-                for pi in 0..p_last(kb) + 1 - p_first(kb) {
-                    let panel = &panels[(p_first(kb) + pi) * panel_words..];
+                for pi in 0..p1 - p0 {
+                    let panel = &panels[(p0 + pi) * panel_words..];
                     tiles.product(
                         a,
                         panel,
@@ -364,10 +385,10 @@ fn block(
                 }
             }
             for j in 0..n {
-                let base = p_first(j / BLOCK) * BLOCK;
+                let base = key_panels[j / BLOCK].0 * BLOCK;
                 // idx(q0 + i, j) for i < bq: entries q0 + off - j .. + bq of the table
                 let at = &tbl[q0 + off - j..][..bq];
-                gather_positions(Level::Avx512, true, &mut c[j * pw..], at, base);
+                gather_positions(Level::Avx512, monotone, &mut c[j * pw..], at, base);
             }
             super::add_transposed(super::simd(), c, pw, &|_| 0, n, bq, s, np);
         }
