@@ -238,11 +238,14 @@ pub fn attention(
 
 /// For each sequence longer than one query block (`n` tokens from `start`), per head, its keys
 /// as a [d, n] operand with rows contiguous over its tokens (the `K^T` of the content scores):
-/// `slab[t * ld + j] = k_{start + j}[hd * d + t]`, ld = `conflict_free_stride(n)`. The slabs lie
-/// end to end in `keys_t` in sequence order, heads inside (see `Task::keys_at`); one rayon task
-/// per (sequence, head). A sequence's own slab, rather than one [d, T] operand for the whole
-/// batch, keeps the rows a tile walks `ld` apart (576 B at n = 128) instead of a whole batch
-/// apart (32 x 128: 16 KB, 64 pages per tile).
+/// `slab[t * ld + j] = k_{start + j}[hd * d + t]`, ld = `conflict_free_stride(n)`; then the
+/// head's keys and values again as [n, d] rows back to back (the A operand of p2c and the B
+/// operand of `P V`: in qkv a head's rows are 3H apart, 4.6 KB at H = 384, more than a page,
+/// which the hardware prefetchers do not follow). The slabs ([`head_slab`] floats per head)
+/// lie end to end in `keys_t` in sequence order, heads inside (see `Task::keys_at`); one rayon
+/// task per (sequence, head). A sequence's own slab, rather than one [d, T] operand for the
+/// whole batch, keeps the rows a tile walks `ld` apart (576 B at n = 128) instead of a whole
+/// batch apart (32 x 128: 16 KB, 64 pages per tile).
 fn transpose_keys(
     level: Level,
     qkv: &[f32],
@@ -258,15 +261,22 @@ fn transpose_keys(
         let n = w[1] - w[0];
         if let Some(ld) = key_slab_ld(n) {
             for hd in 0..heads {
-                let (slab, tail) = std::mem::take(&mut rest).split_at_mut(d * ld);
+                let (slab, tail) = std::mem::take(&mut rest).split_at_mut(head_slab(n, d, ld));
                 slabs.push((w[0], n, ld, hd, slab));
                 rest = tail;
             }
         }
     }
-    slabs.into_par_iter().for_each(|(start, n, ld, hd, kt)| {
+    slabs.into_par_iter().for_each(|(start, n, ld, hd, slab)| {
         let keys = &qkv[start * 3 * h + h + hd * d..];
+        let (kt, rows) = slab.split_at_mut(d * ld);
         transpose(level, keys, 3 * h, n, d, kt, ld);
+        let (k, v) = rows.split_at_mut(n * d);
+        for (j, (kr, vr)) in k.chunks_exact_mut(d).zip(v.chunks_exact_mut(d)).enumerate() {
+            let row = &qkv[(start + j) * 3 * h + h + hd * d..];
+            kr.copy_from_slice(&row[..d]);
+            vr.copy_from_slice(&row[h..h + d]);
+        }
     });
 }
 
@@ -310,11 +320,20 @@ fn key_slab_ld(n: usize) -> Option<usize> {
     (n > QUERY_BLOCK).then(|| conflict_free_stride(n))
 }
 
-/// Floats of the transposed-keys scratch for these sequences: a [nH, d, ld] slab for each one
-/// that gets one.
+/// Floats of the keys scratch for these sequences: `nH` head slabs ([`head_slab`]) for each one
+/// that gets them.
 fn keys_t_len(offsets: &[usize], heads: usize, head_dim: usize) -> usize {
-    let lds = offsets.windows(2).filter_map(|w| key_slab_ld(w[1] - w[0]));
-    heads * head_dim * lds.sum::<usize>()
+    let slabs = offsets.windows(2).filter_map(|w| {
+        let n = w[1] - w[0];
+        key_slab_ld(n).map(|ld| head_slab(n, head_dim, ld))
+    });
+    heads * slabs.sum::<usize>()
+}
+
+/// Floats of one head's slab of a sequence of `n` tokens (see `transpose_keys`): `K^T` [d, ld],
+/// then K and V [n, d].
+fn head_slab(n: usize, d: usize, ld: usize) -> usize {
+    d * ld + 2 * n * d
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -360,7 +379,7 @@ fn attention_at(
     }
     let keys_t: &[f32] = keys_t;
     let ctx = CtxPtr(ctx.as_mut_ptr());
-    let slab = |n: usize| key_slab_ld(n).map_or(0, |ld| p.heads * p.head_dim * ld);
+    let slab = |n: usize| key_slab_ld(n).map_or(0, |ld| p.heads * head_slab(n, p.head_dim, ld));
     let tasks = split_tasks(offsets, p.heads, threads, QUERY_BLOCK, &slab);
     tasks.into_par_iter().for_each(|task| {
         SCRATCH.with(|cell| {
@@ -704,19 +723,29 @@ fn block(job: &Job<'_>, sc: &mut Scratch, level: Level) {
 
     for hd in h0..h1 {
         let hs = hd * d;
-        // K^T of this head and sequence: row t = component t of keys start .. start + n
-        let kt = match slab_ld {
-            Some(ld) => Mat::new(&job.keys_t[keys_at + hd * d * ld..], ld, n),
+        // K^T of this head and sequence (row t = component t of keys start .. start + n),
+        // and its keys and values as [n, d] rows: from the sequence's slab (see
+        // `transpose_keys`), or for a single block, K^T transposed here and the rows read in
+        // qkv
+        let base = start * 3 * h;
+        let (kt, k, v) = match slab_ld {
+            Some(ld) => {
+                let slab = &job.keys_t[keys_at + hd * head_slab(n, d, ld)..];
+                let (kt, rows) = slab.split_at(d * ld);
+                let (k, v) = rows.split_at(n * d);
+                (Mat::new(kt, ld, n), Mat::new(k, d, d), Mat::new(v, d, d))
+            }
             None => {
-                let keys = &job.qkv[start * 3 * h + h + hs..];
+                let keys = &job.qkv[base + h + hs..];
                 transpose(level, keys, 3 * h, n, d, kt_local, n);
-                Mat::new(kt_local, n, n)
+                (
+                    Mat::new(kt_local, n, n),
+                    Mat::new(&job.qkv[base + h + hs..], 3 * h, d),
+                    Mat::new(&job.qkv[base + 2 * h + hs..], 3 * h, d),
+                )
             }
         };
-        let base = start * 3 * h;
         let q = Mat::new(&job.qkv[base + q0 * 3 * h + hs..], 3 * h, d);
-        let k = Mat::new(&job.qkv[base + h + hs..], 3 * h, d);
-        let v = Mat::new(&job.qkv[base + 2 * h + hs..], 3 * h, d);
 
         // content scores s[i, j] = q_i . k_j
         tile_gemm(level, bq, d, q, kt, Cols::At(0), n, s, n);

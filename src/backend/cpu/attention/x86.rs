@@ -17,7 +17,10 @@ fn mask16(valid: isize) -> u16 {
     }
 }
 
-/// See `tile_gemm`; `R` rows per register tile (4 or 8; 4 for `Cols::SlidingPer4`).
+/// See `tile_gemm`. For `Cols::At`, the 32-column blocks of `b` are the outer loop, so each
+/// (d rows of 32 columns) stays in L1 while every group of rows uses it, and the rows go in
+/// groups of 8, then 4, then single rows (no padded rows computed); sliding windows
+/// (`Cols::SlidingPer4`) move per `R` = 4 rows, the row groups outermost.
 /// SAFETY (caller): avx512f available; `a` covers `nrows` rows of at least `d` values, `b`
 /// covers `d` rows, `out` holds `(nrows - 1) * ldo + w` values.
 #[target_feature(enable = "avx512f")]
@@ -37,41 +40,88 @@ pub(super) unsafe fn tile_avx512<const R: usize>(
         R == 4 || matches!(cols, Cols::At(_)),
         "sliding windows move per 4 rows"
     );
-    let ap = a.data.as_ptr();
-    let bp = b.data.as_ptr();
     let op = out.as_mut_ptr();
-    let mut i = 0;
-    while i < nrows {
-        let rn = (nrows - i).min(R);
-        let o = cols.first(i);
-        // rows past the end repeat the last real row (computed, never stored)
-        let ar: [*const f32; R] = std::array::from_fn(|k| ap.add((i + k.min(rn - 1)) * a.ld));
-        let mut c0 = 0;
-        while c0 < w {
-            // columns valid in b (past b.len read as 0) and wanted in out
-            let vb = b.len as isize - (o + c0) as isize;
-            let vw = (w - c0) as isize;
-            let lm0 = mask16(vb.min(vw));
-            let lm1 = mask16(vb.min(vw) - 16);
-            let base = bp.add(o + c0);
-            // (plain loads where all 32 columns are valid: masked loads are markedly slower
-            // on some CPUs, e.g. AMD Zen 5)
-            let (lo, hi) = if lm0 & lm1 == 0xFFFF {
-                rows_x32::<R, false>(d, &ar, base, b.ld, 0, 0)
-            } else {
-                rows_x32::<R, true>(d, &ar, base, b.ld, lm0, lm1)
-            };
-            let sm0 = mask16(vw);
-            let sm1 = mask16(vw - 16);
-            for k in 0..rn {
-                let dst = op.add((i + k) * ldo + c0);
-                _mm512_mask_storeu_ps(dst, sm0, lo[k]);
-                _mm512_mask_storeu_ps(dst.add(16), sm1, hi[k]);
+    match cols {
+        Cols::At(o) => {
+            let mut c0 = 0;
+            while c0 < w {
+                let mut i = 0;
+                while i < nrows {
+                    // SAFETY: forwarded contract; rows i .. i + group are inside a and out.
+                    i += unsafe {
+                        match nrows - i {
+                            8.. => row_group::<8>(i, 8, d, a, b, o, c0, w, op, ldo),
+                            4.. => row_group::<4>(i, 4, d, a, b, o, c0, w, op, ldo),
+                            _ => row_group::<1>(i, 1, d, a, b, o, c0, w, op, ldo),
+                        }
+                    };
+                }
+                c0 += 32;
             }
-            c0 += 32;
         }
-        i += R;
+        Cols::SlidingPer4(_) => {
+            let mut i = 0;
+            while i < nrows {
+                let rn = (nrows - i).min(R);
+                let o = cols.first(i);
+                let mut c0 = 0;
+                while c0 < w {
+                    // SAFETY: forwarded contract; rows i .. i + rn are inside a and out.
+                    unsafe { row_group::<R>(i, rn, d, a, b, o, c0, w, op, ldo) };
+                    c0 += 32;
+                }
+                i += R;
+            }
+        }
     }
+}
+
+/// Rows `i .. i + rn` (`rn <= R`; rows past them repeat the last real row, computed and never
+/// stored) and columns `c0 .. c0 + 32` of `tile_avx512`'s product, `b` read from column `o +
+/// c0`; returns `rn`.
+/// SAFETY (caller): as `tile_avx512`, for these rows.
+#[target_feature(enable = "avx512f")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn row_group<const R: usize>(
+    i: usize,
+    rn: usize,
+    d: usize,
+    a: Mat<'_>,
+    b: Mat<'_>,
+    o: usize,
+    c0: usize,
+    w: usize,
+    op: *mut f32,
+    ldo: usize,
+) -> usize {
+    // SAFETY: caller contract: the row pointers stay inside a; the b columns read are masked
+    // to b.len; the stores to the rows' w columns are inside out.
+    unsafe {
+        let ap = a.data.as_ptr();
+        let ar: [*const f32; R] = std::array::from_fn(|k| ap.add((i + k.min(rn - 1)) * a.ld));
+        // columns valid in b (past b.len read as 0) and wanted in out
+        let vb = b.len as isize - (o + c0) as isize;
+        let vw = (w - c0) as isize;
+        let lm0 = mask16(vb.min(vw));
+        let lm1 = mask16(vb.min(vw) - 16);
+        let base = b.data.as_ptr().add(o + c0);
+        // (plain loads where all 32 columns are valid: masked loads are markedly slower on
+        // some CPUs, e.g. AMD Zen 5)
+        let (lo, hi) = if lm0 & lm1 == 0xFFFF {
+            rows_x32::<R, false>(d, &ar, base, b.ld, 0, 0)
+        } else {
+            rows_x32::<R, true>(d, &ar, base, b.ld, lm0, lm1)
+        };
+        let sm0 = mask16(vw);
+        let sm1 = mask16(vw - 16);
+        for k in 0..rn {
+            let dst = op.add((i + k) * ldo + c0);
+            _mm512_mask_storeu_ps(dst, sm0, lo[k]);
+            _mm512_mask_storeu_ps(dst.add(16), sm1, hi[k]);
+        }
+    }
+    rn
 }
 
 /// See `super::transpose` (`d` a multiple of 16): per block of 16 keys, each 16 x 16 block
