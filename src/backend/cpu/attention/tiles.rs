@@ -38,10 +38,15 @@ use crate::relpos::RelPosTable;
 /// panel.
 pub(super) const BLOCK: usize = 32;
 
-/// Whether the attention runs on tiles for heads of `head_dim` values: the GEMM's AMX-BF16
-/// tiles are available (see `gemm::amx_available`) and a head is whole steps of 32 values.
+/// Whether the attention can run on tiles for heads of `head_dim` values: the GEMM's AMX-BF16
+/// tiles are available (see `gemm::amx_available`: AVX-512F, `avx512_bf16`, AMX-BF16 and the
+/// tile permission), with AVX512-BW (the value panels' word shuffles; every CPU with AMX has
+/// it), and a head is whole steps of 32 values.
 pub fn tiles_available(head_dim: usize) -> bool {
-    head_dim > 0 && head_dim.is_multiple_of(BLOCK) && crate::backend::cpu::gemm::amx_available()
+    head_dim > 0
+        && head_dim.is_multiple_of(BLOCK)
+        && crate::backend::cpu::gemm::amx_available()
+        && is_x86_feature_detected!("avx512bw")
 }
 
 /// A projected position table (PK or PQ, `[2S, H]`) as per-head B panels: head `hd`'s panel
@@ -208,12 +213,13 @@ fn value_panels(v: &[f32], ld: usize, n: usize, d: usize, dst: &mut [u32]) {
     let np = padded(n);
     let panel_words = np / 2 * BLOCK;
     assert!(dst.len() >= d / BLOCK * panel_words && (n == 0 || (n - 1) * ld + d <= v.len()));
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: the tiles are available (asserted by the caller's `attention_tiles`), which
-        // implies avx512f, avx512bw and avx512_bf16; extents checked above.
-        unsafe { super::x86::value_panels_avx512(v, ld, n, d, dst) }
-    }
+    assert!(
+        tiles_available(d),
+        "value panels need the tile attention's extensions"
+    );
+    // SAFETY: `tiles_available` implies avx512f, avx512bw and avx512_bf16; extents checked
+    // above.
+    unsafe { super::x86::value_panels_avx512(v, ld, n, d, dst) }
 }
 
 /// Per-thread scratch of the tasks, grown on demand.
