@@ -37,6 +37,7 @@ mod tiles {
     }
     #[derive(Default)]
     pub struct TileScratch;
+    pub const MIN_TOKENS: usize = usize::MAX;
 }
 
 use std::cell::RefCell;
@@ -47,6 +48,14 @@ use crate::relpos::RelPosTable;
 
 pub use self::reference::{attention_reference, attention_reference_with};
 pub use self::tiles::tiles_available;
+
+/// Whether a call with [`AttentionParams::tiles`] runs on the tiles: when its longest sequence
+/// has at least [`tiles::MIN_TOKENS`] tokens. Shorter ones run the fp32 path, where the tile
+/// path's per-sequence preparation (operands rounded and laid out per head) costs more than
+/// its products save (BENCHMARKS.md, "attention on AMX tiles").
+fn on_tiles(offsets: &[usize]) -> bool {
+    offsets.windows(2).any(|w| w[1] - w[0] >= tiles::MIN_TOKENS)
+}
 
 /// The one decision whether a model's attention runs on the tiles ([`AttentionParams::tiles`]):
 /// with the opt-in low precisions (bf16, int8), where [`tiles_available`] for its head size.
@@ -353,7 +362,7 @@ fn attention_at(
     assert!(qkv.len() >= tokens * 3 * h && ctx.len() >= tokens * h);
     let threads = rayon::current_num_threads();
     #[cfg(target_arch = "x86_64")]
-    if p.tiles {
+    if p.tiles && on_tiles(offsets) {
         let slab = |n: usize| tiles::sequence_words(n, p.heads, p.head_dim);
         let tasks = split_tasks(offsets, p.heads, threads, tiles::BLOCK, &slab);
         let ctx = CtxPtr(ctx.as_mut_ptr());

@@ -332,11 +332,16 @@ fn check_tiles(
     };
     let (err, err_exact) = (max_err(&got, &want), max_err(&got, &exact));
     let what = format!("lens {lens:?} heads {heads} d {d} buckets {buckets} c2p {c2p} p2c {p2c}");
-    assert!(
-        err < 2e-3,
-        "{what}: max err {err} against the bf16 reference"
-    );
-    assert!(err_exact < 5e-2, "{what}: max err {err_exact} against fp32");
+    if on_tiles(&offsets) {
+        assert!(
+            err < 2e-3,
+            "{what}: max err {err} against the bf16 reference"
+        );
+        assert!(err_exact < 5e-2, "{what}: max err {err_exact} against fp32");
+    } else {
+        // only short sequences: the fp32 path ran
+        assert!(err_exact < 2e-5, "{what}: max err {err_exact} against fp32");
+    }
     true
 }
 
@@ -354,8 +359,10 @@ type TileCase = (
 
 #[test]
 fn tile_attention_matches_the_bf16_reference() {
-    let cases: [TileCase; 10] = [
+    let cases: [TileCase; 12] = [
         (&[1], 2, 64, 256, 512, true, true, 2),
+        (&[1, 2, 23], 2, 64, 256, 512, true, true, 2),
+        (&[1, 24], 2, 64, 256, 512, true, true, 2),
         (&[512], 2, 64, 256, 512, true, true, 2),
         (&[7, 1, 33, 32, 64, 65], 3, 64, 256, 512, true, true, 2),
         (&[130, 5], 6, 64, 32, 128, true, true, 3),

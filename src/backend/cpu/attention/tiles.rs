@@ -38,6 +38,10 @@ use crate::relpos::RelPosTable;
 /// panel.
 pub(super) const BLOCK: usize = 32;
 
+/// Tokens of the longest sequence of a call from which it runs on the tiles (see
+/// `on_tiles`).
+pub(super) const MIN_TOKENS: usize = 24;
+
 /// Whether the attention can run on tiles for heads of `head_dim` values: the GEMM's AMX-BF16
 /// tiles are available (see `gemm::amx_available`: AVX-512F, `avx512_bf16`, AMX-BF16 and the
 /// tile permission), with AVX512-BW (the value panels' word shuffles; every CPU with AMX has
