@@ -126,7 +126,7 @@ impl std::str::FromStr for Device {
 /// (`BF16`: bf16 products with fp32 sums on AMX or `avx512_bf16`, or widened to fp32, as
 /// `backend::cpu::gemm::bf16_gemm_form` decides for the CPU) or int8 GEMMs (`INT8`: int8
 /// weights per output feature, each Linear's input quantized per row to 8 bits, exact integer
-/// sums, on AMX-INT8 or AVX512-VNNI as `backend::cpu::gemm::int8_gemm_form` decides; f32
+/// sums, on AMX-INT8, AVX512-VNNI or AVX-VNNI as `backend::cpu::gemm::int8_gemm_form` decides; f32
 /// weights on a CPU with neither); the CUDA path runs fp32 (exact, for validation) or fp16/bf16
 /// matrix products with fp32 accumulation and fp32 statistics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

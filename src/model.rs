@@ -587,8 +587,8 @@ impl CpuModel {
     ///   this CPU: AMX-BF16 tiles or `avx512_bf16` dot products (each Linear's input rounded
     ///   to bf16 too, fp32 sums), else widened to f32 inside fp32 products;
     /// * `INT8` (opt-in: a quarter of the weight bytes): int8 per output feature, each Linear's
-    ///   input quantized per row, on the kernel [`int8_gemm_form`] picks (AMX-INT8 or
-    ///   AVX512-VNNI); f32 where the CPU has neither;
+    ///   input quantized per row, on the kernel [`int8_gemm_form`] picks (AMX-INT8,
+    ///   AVX512-VNNI or AVX-VNNI); f32 where the CPU has none of them;
     /// * anything else: f32.
     pub fn new(cfg: ModelConfig, w: HostWeights, max_len: usize, precision: Precision) -> Self {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);

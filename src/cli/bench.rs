@@ -51,7 +51,7 @@ pub struct BenchArgs {
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Precision: f32 (CPU and GPU), f16 (GPU), bf16 (GPU; on the CPU: bf16 weights, on AMX tiles where the CPU has them) or int8 (CPU: int8 weights, inputs quantized per row; AMX-INT8 or AVX512-VNNI). Default: f32 on the CPU, f16 on a GPU.
+    /// Precision: f32 (CPU and GPU), f16 (GPU), bf16 (GPU; on the CPU: bf16 weights, on AMX tiles where the CPU has them) or int8 (CPU: int8 weights, inputs quantized per row; AMX-INT8, AVX512-VNNI or AVX-VNNI). Default: f32 on the CPU, f16 on a GPU.
     #[arg(long)]
     dtype: Option<String>,
     /// Worker threads (default: all cores; at most 4 per core, more is lowered to that with a
@@ -597,8 +597,9 @@ fn cpu_kernels(device: Device, precision: Precision, head_dim: usize) -> Option<
         _ => match (precision, int8_gemm_form()) {
             (Precision::INT8, Int8Form::Tiles) => ", int8 weights on AMX-INT8 tiles",
             (Precision::INT8, Int8Form::Vnni) => ", int8 weights as AVX512-VNNI dot products",
+            (Precision::INT8, Int8Form::AvxVnni) => ", int8 weights as AVX-VNNI dot products",
             (Precision::INT8, Int8Form::F32) => {
-                ", int8 requested but weights kept f32 (no AVX512-VNNI or AMX-INT8 on this CPU)"
+                ", int8 requested but weights kept f32 (no AMX-INT8, AVX512-VNNI or AVX-VNNI on this CPU)"
             }
             _ => "",
         },

@@ -80,7 +80,7 @@ struct CommonModel {
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Precision: f32 (CPU and GPU), f16 (GPU), bf16 (GPU; on the CPU: bf16 weights, on AMX tiles where the CPU has them) or int8 (CPU: int8 weights, inputs quantized per row; AMX-INT8 or AVX512-VNNI). Default: f32 on the CPU, f16 on a GPU.
+    /// Precision: f32 (CPU and GPU), f16 (GPU), bf16 (GPU; on the CPU: bf16 weights, on AMX tiles where the CPU has them) or int8 (CPU: int8 weights, inputs quantized per row; AMX-INT8, AVX512-VNNI or AVX-VNNI). Default: f32 on the CPU, f16 on a GPU.
     #[arg(long)]
     dtype: Option<String>,
     /// Worker threads (default: all cores; at most 4 per core, more is lowered to that with a

@@ -262,6 +262,8 @@ pub enum Int8Form {
     Tiles,
     /// AVX512-VNNI dot products (`vpdpbusd`).
     Vnni,
+    /// AVX-VNNI dot products (`vpdpbusd` on 256-bit registers: CPUs without AVX-512).
+    AvxVnni,
     /// No int8 kernel on this CPU: the weights stay f32 (and the numerics those of f32).
     F32,
 }
@@ -286,17 +288,22 @@ fn amx_hardware(int8: bool) -> bool {
 
 /// The one place that picks the int8 form: AMX-INT8 tiles where the CPU has them, Linux
 /// grants the tile state and `DEBERTA_GEMM_AMX` does not turn them off; else AVX512-VNNI at
-/// the AVX-512 level; else none (f32 weights). Both kernels compute the same integers (see
-/// `int8.rs`), so the choice changes speed, not results.
+/// the AVX-512 level; else AVX-VNNI at the AVX2 or AVX-512 level; else none (f32 weights).
+/// Every kernel computes the same integers (see `int8.rs`), so the choice changes speed, not
+/// results.
 pub fn int8_gemm_form() -> Int8Form {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if simd_level() == SimdLevel::Avx512 && amx::amx_int8_available() {
-            return Int8Form::Tiles;
-        }
-    }
-    if simd_level() == SimdLevel::Avx512 && int8::vnni_detected() {
+    int8_form_at(simd_level())
+}
+
+/// [`int8_gemm_form`] for the kernels of `level`.
+fn int8_form_at(level: SimdLevel) -> Int8Form {
+    let avx512 = level == SimdLevel::Avx512;
+    if avx512 && amx_hardware(true) {
+        Int8Form::Tiles
+    } else if avx512 && int8::vnni_detected() {
         Int8Form::Vnni
+    } else if matches!(level, SimdLevel::Avx512 | SimdLevel::Avx2) && int8::avx_vnni_detected() {
+        Int8Form::AvxVnni
     } else {
         Int8Form::F32
     }
@@ -778,9 +785,8 @@ fn linear_impl(
         return;
     }
     assert!(
-        !w.is_int8()
-            || (level == SimdLevel::Avx512 && (amx_hardware(true) || int8::vnni_detected())),
-        "int8 weights need the AVX-512 level on a CPU with AVX512-VNNI or AMX-INT8"
+        !w.is_int8() || int8_form_at(level) != Int8Form::F32,
+        "int8 weights need AMX-INT8 or AVX512-VNNI at the AVX-512 level, or AVX-VNNI"
     );
     let out = &mut out[..m * n];
     #[cfg(target_arch = "x86_64")]
@@ -794,8 +800,12 @@ fn linear_impl(
                 return;
             }
             Storage::Int8(_) => {
-                let amx = amx_hardware(true);
-                int8_linear(x, m, w, ep, out, amx, threads, offsets);
+                let kernel = match int8_form_at(level) {
+                    Int8Form::Tiles => int8::Int8Kernel::Amx,
+                    Int8Form::Vnni => int8::Int8Kernel::Vnni512,
+                    Int8Form::AvxVnni | Int8Form::F32 => int8::Int8Kernel::Vnni256,
+                };
+                int8_linear(x, m, w, ep, out, kernel, threads, offsets);
                 return;
             }
             _ => {}
@@ -867,8 +877,8 @@ fn linear_impl(
     }
 }
 
-/// [`linear`] for int8 weights (`with_int8`) on the AMX-INT8 kernel (`amx`) or the VNNI kernel,
-/// with `threads` participants (tests compare both on one CPU); with `offsets`, the
+/// [`linear`] for int8 weights (`with_int8`) on one of the int8 kernels, with `threads`
+/// participants (tests compare them on one CPU); with `offsets`, the
 /// per-sequence residual corrections of [`reference_linear_int8`]. `k > 0`; the caller checked
 /// the shapes and that the kernel is available.
 #[cfg(target_arch = "x86_64")]
@@ -879,7 +889,7 @@ fn int8_linear(
     w: &PackedWeight,
     ep: Epilogue<'_>,
     out: &mut [f32],
-    amx: bool,
+    kernel: int8::Int8Kernel,
     threads: usize,
     offsets: Option<&[usize]>,
 ) {
@@ -887,16 +897,16 @@ fn int8_linear(
         unreachable!("int8_linear is called with int8 weights")
     };
     let (n, k) = (w.n, w.k);
-    fn panels(p: &int8::Int8Panels, amx: bool) -> amx::TilePanels<'_> {
+    fn panels(p: &int8::Int8Panels, kernel: int8::Int8Kernel) -> amx::TilePanels<'_> {
         amx::TilePanels::Int8 {
             words: lines_as_u32(&p.words),
             scale: &p.scale,
             colsum: &p.colsum,
-            amx,
+            kernel,
         }
     }
     let Some(offsets) = offsets else {
-        amx::linear(x, m, n, k, panels(&w8.main, amx), ep, out, threads, None);
+        amx::linear(x, m, n, k, panels(&w8.main, kernel), ep, out, threads, None);
         return;
     };
     let seqs = offsets.len().saturating_sub(1);
@@ -909,7 +919,7 @@ fn int8_linear(
             seqs,
             n,
             k,
-            panels(&w8.residual, amx),
+            panels(&w8.residual, kernel),
             Epilogue::None,
             &mut values,
             threads,
@@ -930,7 +940,7 @@ fn int8_linear(
         m,
         n,
         k,
-        panels(&w8.main, amx),
+        panels(&w8.main, kernel),
         ep,
         out,
         threads,

@@ -137,6 +137,19 @@ pub fn bf16_dot_detected() -> bool {
     }
 }
 
+/// Whether the CPU has AVX-VNNI (`vpdpbusd` on 256-bit registers, VEX-encoded: Alder Lake and
+/// later client cores, Sapphire Rapids) besides the AVX2 level.
+pub fn avx_vnni_detected() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        SimdLevel::Avx2.is_available() && is_x86_feature_detected!("avxvnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Whether the CPU has AVX512-VNNI (`vpdpbusd` on 512-bit registers) besides AVX-512F.
 pub fn vnni_detected() -> bool {
     #[cfg(target_arch = "x86_64")]

@@ -40,7 +40,7 @@ use std::arch::x86_64::__cpuid_count;
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
-use super::int8::{padded_quads, Corrections, RowQuant};
+use super::int8::{padded_quads, Corrections, Int8Kernel, RowQuant};
 use super::{padded_pairs, run_jobs, Epilogue, Line, SharedPtr, SimdLevel, NR};
 
 /// Environment variable: `0`/`off`/`false` keeps weights off the tile unit (bf16 then runs on
@@ -147,13 +147,13 @@ pub(super) enum TilePanels<'a> {
     /// multiplied on AMX-BF16 (`tdpbf16ps`) with x rounded to bf16.
     Bf16(&'a [u32]),
     /// int8 quad panels (`with_int8`: `padded_quads(k)` rows of 32 words per panel) with the
-    /// per-feature scales and sums (`n` padded to the panels), multiplied on AMX-INT8
-    /// (`tdpbusd`, `amx`) or AVX512-VNNI with x quantized per row (see `int8.rs`).
+    /// per-feature scales and sums (`n` padded to the panels), multiplied by `kernel`
+    /// (AMX-INT8 `tdpbusd`, AVX512-VNNI or AVX-VNNI) with x quantized per row (see `int8.rs`).
     Int8 {
         words: &'a [u32],
         scale: &'a [f32],
         colsum: &'a [i32],
-        amx: bool,
+        kernel: Int8Kernel,
     },
 }
 
@@ -176,7 +176,7 @@ impl TilePanels<'_> {
     fn on_tiles(&self) -> bool {
         match self {
             TilePanels::Bf16(_) => true,
-            TilePanels::Int8 { amx, .. } => *amx,
+            TilePanels::Int8 { kernel, .. } => *kernel == Int8Kernel::Amx,
         }
     }
 }
@@ -216,13 +216,26 @@ pub(super) fn linear(
             amx_available(),
             "the AMX kernel needs AMX-BF16 and the tile permission"
         ),
-        TilePanels::Int8 { amx: true, .. } => assert!(
+        TilePanels::Int8 {
+            kernel: Int8Kernel::Amx,
+            ..
+        } => assert!(
             amx_int8_available(),
             "the AMX int8 kernel needs AMX-INT8 and the tile permission"
         ),
-        TilePanels::Int8 { amx: false, .. } => assert!(
+        TilePanels::Int8 {
+            kernel: Int8Kernel::Vnni512,
+            ..
+        } => assert!(
             super::int8::vnni_detected(),
             "the VNNI int8 kernel needs AVX-512F and AVX512-VNNI"
+        ),
+        TilePanels::Int8 {
+            kernel: Int8Kernel::Vnni256,
+            ..
+        } => assert!(
+            super::int8::avx_vnni_detected(),
+            "the AVX-VNNI int8 kernel needs AVX2 and AVX-VNNI"
         ),
     }
     let steps = w.steps(k);
@@ -315,6 +328,14 @@ pub(super) fn linear(
                 }
             }
         };
+        // (every kernel runs at the AVX-512 level but AVX-VNNI's, at AVX2)
+        let avx512 = !matches!(
+            w,
+            TilePanels::Int8 {
+                kernel: Int8Kernel::Vnni256,
+                ..
+            }
+        );
         let tile = |t: usize, _next: Option<usize>| {
             let (mt, ng) = (t / n_groups, t % n_groups);
             let b0 = mt * per_tile;
@@ -339,40 +360,45 @@ pub(super) fn linear(
                 if let TilePanels::Int8 { scale, colsum, .. } = w {
                     // SAFETY: the quantization slots of rows i0 .. i0 + rows were written by
                     // the preparation units (finished before any tile ran) and are only read
-                    // now; AVX-512F is available (every int8 kernel needs it).
+                    // now; the scratch block holds this block's sums; AVX-512F is available
+                    // unless the kernel is AVX-VNNI, and AVX2 with every kernel.
                     unsafe {
                         let q = std::slice::from_raw_parts(
                             qp.get().cast::<RowQuant>().add(p.i0).cast_const(),
                             p.rows,
                         );
-                        super::int8::dequantize_block_avx512(
-                            s,
-                            BLOCK,
-                            p.rows,
-                            q,
+                        let args = (
                             &scale[p.j0..p.j0 + p.cols],
                             &colsum[p.j0..p.j0 + p.cols],
-                            fix,
                             (p.i0, p.j0),
-                        )
+                        );
+                        if avx512 {
+                            super::int8::dequantize_block_avx512(
+                                s, BLOCK, p.rows, q, args.0, args.1, fix, args.2,
+                            )
+                        } else {
+                            super::int8::dequantize_block_avx2(
+                                s, BLOCK, p.rows, q, args.0, args.1, fix, args.2,
+                            )
+                        }
                     }
                 }
-                // SAFETY: AVX-512F and FMA (every tile kernel implies them); the scratch block
-                // holds this block's products (stored by an earlier `block` call on this
-                // thread); the block at (p.i0, p.j0) is inside out (p.rows x p.cols in range)
-                // and owned by this tile.
+                let dst = out_ptr.get().wrapping_add(p.i0 * n + p.j0);
+                // SAFETY: AVX-512F and FMA (every kernel but AVX-VNNI implies them), else AVX2
+                // and FMA (the AVX2 level that kernel runs at); the scratch block holds this
+                // block's products (stored by an earlier `block` call on this thread); the
+                // block at (p.i0, p.j0) is inside out (p.rows x p.cols in range) and owned by
+                // this tile.
                 unsafe {
-                    super::x86::epilogue_from_scratch_avx512(
-                        ep,
-                        s,
-                        BLOCK,
-                        out_ptr.get().add(p.i0 * n + p.j0),
-                        p.rows,
-                        p.cols,
-                        p.i0,
-                        p.j0,
-                        n,
-                    )
+                    if avx512 {
+                        super::x86::epilogue_from_scratch_avx512(
+                            ep, s, BLOCK, dst, p.rows, p.cols, p.i0, p.j0, n,
+                        )
+                    } else {
+                        super::x86::epilogue_from_scratch_avx2(
+                            ep, s, BLOCK, dst, p.rows, p.cols, p.i0, p.j0, n,
+                        )
+                    }
                 }
             };
             let words = w.words();
@@ -402,12 +428,17 @@ pub(super) fn linear(
                             TilePanels::Bf16(_) => {
                                 block_bf16(a, b_panel.as_ptr(), steps, c, BLOCK, next)
                             }
-                            TilePanels::Int8 { amx: true, .. } => {
-                                block_int8(a, b_panel.as_ptr(), steps, c, BLOCK, next)
-                            }
-                            TilePanels::Int8 { amx: false, .. } => {
-                                super::int8::vnni_block(a, b_panel.as_ptr(), steps, c, rows)
-                            }
+                            TilePanels::Int8 { kernel, .. } => match kernel {
+                                Int8Kernel::Amx => {
+                                    block_int8(a, b_panel.as_ptr(), steps, c, BLOCK, next)
+                                }
+                                Int8Kernel::Vnni512 => {
+                                    super::int8::vnni_block(a, b_panel.as_ptr(), steps, c, rows)
+                                }
+                                Int8Kernel::Vnni256 => {
+                                    super::int8::vnni256_block(a, b_panel.as_ptr(), steps, c, rows)
+                                }
+                            },
                         }
                     };
                     let this = Pending {

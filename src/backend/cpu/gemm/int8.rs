@@ -31,6 +31,8 @@
 //! * AMX-INT8 (`tdpbusd`: unsigned x bytes times signed W bytes), driven by `amx::linear`.
 //! * AVX512-VNNI (`vpdpbusd`, [`vnni_block`]): the same blocks on 512-bit registers, for CPUs
 //!   without AMX (Ice Lake, Zen 4 and later), up to 12 rows x 32 columns per register tile.
+//! * AVX-VNNI (the VEX `vpdpbusd`, [`vnni256_block`]): on 256-bit registers, for CPUs with AVX2
+//!   but no AVX-512 (Alder Lake and later client cores), up to 6 rows x 16 columns.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -273,16 +275,16 @@ impl<'a> Corrections<'a> {
 }
 
 /// [`dequantize_row`] over `rows` rows of a scratch block (row stride `lds`; output rows
-/// `i0 ..`, columns `j0 ..`, for the corrections), compiled for AVX-512 so the loop
-/// vectorizes.
+/// `i0 ..`, columns `j0 ..`, for the corrections); compiled per instruction set by the
+/// wrappers below so the loop vectorizes.
 ///
 /// # Safety
-/// AVX-512F available; `s` valid for `rows` rows of `wscale.len()` (<= lds) values, not
-/// accessed otherwise meanwhile; `quant.len() >= rows`; `colsum.len() >= wscale.len()`.
+/// `s` valid for `rows` rows of `wscale.len()` (<= lds) values, not accessed otherwise
+/// meanwhile; `quant.len() >= rows`; `colsum.len() >= wscale.len()`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn dequantize_block_avx512(
+unsafe fn dequantize_block(
     s: *mut f32,
     lds: usize,
     rows: usize,
@@ -298,6 +300,48 @@ pub(super) unsafe fn dequantize_block_avx512(
         let fix = fix.map(|f| f.row(i0 + r, j0, wscale.len()));
         dequantize_row(row, q, wscale, colsum, fix);
     }
+}
+
+/// [`dequantize_block`] compiled for AVX-512.
+///
+/// # Safety
+/// AVX-512F available, and the contract of [`dequantize_block`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn dequantize_block_avx512(
+    s: *mut f32,
+    lds: usize,
+    rows: usize,
+    quant: &[RowQuant],
+    wscale: &[f32],
+    colsum: &[i32],
+    fix: Option<Corrections<'_>>,
+    at: (usize, usize),
+) {
+    // SAFETY: forwarded contract.
+    unsafe { dequantize_block(s, lds, rows, quant, wscale, colsum, fix, at) }
+}
+
+/// [`dequantize_block`] compiled for AVX2 (the AVX-VNNI kernel's CPUs).
+///
+/// # Safety
+/// AVX2 available, and the contract of [`dequantize_block`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn dequantize_block_avx2(
+    s: *mut f32,
+    lds: usize,
+    rows: usize,
+    quant: &[RowQuant],
+    wscale: &[f32],
+    colsum: &[i32],
+    fix: Option<Corrections<'_>>,
+    at: (usize, usize),
+) {
+    // SAFETY: forwarded contract.
+    unsafe { dequantize_block(s, lds, rows, quant, wscale, colsum, fix, at) }
 }
 
 /// Quantize the rows of `x` (`[rows, k]`) into a 32-row block of the tile layout: step `st`
@@ -406,7 +450,18 @@ unsafe fn quantize_row_avx512(x: &[f32], dst: &mut [u8]) -> RowQuant {
     }
 }
 
-pub(super) use crate::backend::cpu::simd::vnni_detected;
+pub(super) use crate::backend::cpu::simd::{avx_vnni_detected, vnni_detected};
+
+/// Which kernel multiplies an int8 weight (all compute the same integers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Int8Kernel {
+    /// AMX-INT8 tiles (`tdpbusd`, see `amx.rs`).
+    Amx,
+    /// AVX512-VNNI, [`vnni_block`].
+    Vnni512,
+    /// AVX-VNNI (256-bit), [`vnni256_block`].
+    Vnni256,
+}
 
 /// Rows of x one VNNI register tile covers (24 accumulators, 2 W registers, 1 broadcast).
 #[cfg(target_arch = "x86_64")]
@@ -444,6 +499,82 @@ pub(super) unsafe fn vnni_block(
             )
         };
         r0 += mr;
+    }
+}
+
+/// Rows of x one AVX-VNNI register tile covers (12 accumulators of 16 columns, 2 W registers,
+/// 1 broadcast: 15 of the 16 registers).
+#[cfg(target_arch = "x86_64")]
+const VNNI256_MR: usize = 6;
+
+/// [`vnni_block`] on AVX-VNNI (256-bit registers, for CPUs without AVX-512): the panel's 32
+/// columns as two halves of 16, each in register tiles of up to 6 rows.
+///
+/// # Safety
+/// AVX2 and AVX-VNNI available; otherwise as [`vnni_block`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avxvnni")]
+pub(super) unsafe fn vnni256_block(
+    a: *const u8,
+    b: *const u32,
+    steps: usize,
+    c: *mut f32,
+    rows: usize,
+) {
+    for half in 0..2 {
+        let mut r0 = 0;
+        while r0 < rows {
+            let mr = VNNI256_MR.min(rows - r0);
+            // SAFETY: rows r0 .. r0 + mr of the block and columns 16 * half .. + 16 of the
+            // panel and of c (contract), as in `vnni_block`.
+            unsafe {
+                by_mr!(
+                    mr,
+                    vnni256_tile,
+                    (
+                        a.add(r0 * 64),
+                        b.add(16 * half),
+                        steps,
+                        c.add(r0 * 32 + 16 * half)
+                    ),
+                    [1, 2, 3, 4, 5, 6]
+                )
+            };
+            r0 += mr;
+        }
+    }
+}
+
+/// `MR` rows x 16 columns of [`vnni256_block`]: `b` and `c` point at the half's first column
+/// (rows of 32 words / values).
+///
+/// # Safety
+/// As [`vnni256_block`] for rows `0 .. MR` at `a` and `c`, 16 columns at `b` and `c`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avxvnni")]
+#[inline]
+unsafe fn vnni256_tile<const MR: usize>(a: *const u8, b: *const u32, steps: usize, c: *mut f32) {
+    let mut lo = [_mm256_setzero_si256(); MR];
+    let mut hi = [_mm256_setzero_si256(); MR];
+    // SAFETY: as in `vnni_tile`, for 16 of the 32 words of each W row.
+    unsafe {
+        for st in 0..steps {
+            let (ast, bst) = (a.add(st * 2048), b.add(st * 16 * 32));
+            for qq in 0..16 {
+                let b0 = _mm256_loadu_si256(bst.add(qq * 32).cast());
+                let b1 = _mm256_loadu_si256(bst.add(qq * 32 + 8).cast());
+                for r in 0..MR {
+                    let word = ast.add(r * 64 + 4 * qq).cast::<i32>().read_unaligned();
+                    let av = _mm256_set1_epi32(word);
+                    lo[r] = _mm256_dpbusd_avx_epi32(lo[r], av, b0);
+                    hi[r] = _mm256_dpbusd_avx_epi32(hi[r], av, b1);
+                }
+            }
+        }
+        for r in 0..MR {
+            _mm256_storeu_si256(c.add(r * 32).cast(), lo[r]);
+            _mm256_storeu_si256(c.add(r * 32 + 8).cast(), hi[r]);
+        }
     }
 }
 

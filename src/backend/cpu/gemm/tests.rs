@@ -441,13 +441,16 @@ fn run_jobs_propagates_panics_without_hanging() {
 
 /// The int8 kernels this CPU runs: the tile unit (AMX-INT8) and AVX512-VNNI, each where present.
 #[cfg(target_arch = "x86_64")]
-fn int8_kernels() -> Vec<(&'static str, bool)> {
+fn int8_kernels() -> Vec<(&'static str, int8::Int8Kernel)> {
     let mut k = Vec::new();
     if amx::amx_int8_available() {
-        k.push(("amx-int8", true));
+        k.push(("amx-int8", int8::Int8Kernel::Amx));
     }
     if int8::vnni_detected() {
-        k.push(("vnni", false));
+        k.push(("vnni", int8::Int8Kernel::Vnni512));
+    }
+    if int8::avx_vnni_detected() {
+        k.push(("avx-vnni", int8::Int8Kernel::Vnni256));
     }
     k
 }
@@ -461,7 +464,7 @@ fn check_int8_shape(
     m: usize,
     n: usize,
     k: usize,
-    kernels: &[(&'static str, bool)],
+    kernels: &[(&'static str, int8::Int8Kernel)],
     offsets: Option<&[usize]>,
 ) {
     let mut rng = Rng(0x51ED_270B ^ ((m * 1_000_003 + n * 1009 + k) as u64));
@@ -510,11 +513,11 @@ fn check_int8_shape(
                 }
             }
         }
-        for &(kernel, amx) in kernels {
+        for &(kernel, which) in kernels {
             for (threads, _) in pools() {
                 let mut got = vec![f32::NAN; m * n + 1];
                 got[m * n] = 7.0;
-                int8_linear(&x, m, &packed, ep, &mut got, amx, threads, offsets);
+                int8_linear(&x, m, &packed, ep, &mut got, which, threads, offsets);
                 assert_eq!(got[m * n], 7.0, "{kernel} {name} wrote past m*n");
                 for idx in 0..m * n {
                     let (g, e) = (got[idx], want[idx]);
@@ -540,7 +543,9 @@ fn check_int8_shape(
 fn gemm_int8_kernels_match_reference() {
     let kernels = int8_kernels();
     if kernels.is_empty() {
-        eprintln!("SKIPPED gemm_int8_kernels_match_reference: no AMX-INT8 or AVX512-VNNI here");
+        eprintln!(
+            "SKIPPED gemm_int8_kernels_match_reference: no AMX-INT8, AVX512-VNNI or AVX-VNNI here"
+        );
         return;
     }
     for m in [1, 16, 31, 32, 33, 129, 300] {
@@ -722,9 +727,9 @@ fn gemm_int8_propagates_non_finite() {
     let nan_at = |out: &[f32]| -> Vec<bool> { out.iter().map(|v| v.is_nan()).collect() };
     let expect: Vec<bool> = (0..m * n).map(|i| i / n == 1 || i % n == 2).collect();
     assert_eq!(nan_at(&want), expect);
-    for (kernel, amx) in kernels {
+    for (kernel, which) in kernels {
         let mut got = vec![0.0; m * n];
-        int8_linear(&x, m, &packed, Epilogue::None, &mut got, amx, 1, None);
+        int8_linear(&x, m, &packed, Epilogue::None, &mut got, which, 1, None);
         assert_eq!(nan_at(&got), expect, "{kernel}");
     }
 }

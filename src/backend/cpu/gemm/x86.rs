@@ -653,6 +653,38 @@ pub(super) unsafe fn epilogue_from_scratch_avx512(
     }
 }
 
+/// [`epilogue_from_scratch_avx512`] for CPUs without AVX-512 (the AVX-VNNI int8 kernel's):
+/// the epilogue compiled for AVX2 + FMA, the rows copied with plain slices.
+///
+/// # Safety
+/// AVX2 and FMA available, and the contract of [`epilogue_from_scratch_avx512`].
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn epilogue_from_scratch_avx2(
+    ep: Epilogue<'_>,
+    s: *mut f32,
+    lds: usize,
+    dst: *mut f32,
+    mr: usize,
+    nr: usize,
+    row0: usize,
+    j0: usize,
+    n: usize,
+) {
+    for r in 0..mr {
+        // SAFETY: row r of the scratch block and of dst's block, nr values each (contract);
+        // the two do not overlap.
+        let (row, out) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(s.add(r * lds), nr),
+                std::slice::from_raw_parts_mut(dst.add(r * n), nr),
+            )
+        };
+        super::apply_epilogue_row::<true>(ep, row, row0 + r, j0, n);
+        out.copy_from_slice(row);
+    }
+}
+
 /// `super::epilogue_tile` compiled for AVX2 + FMA.
 ///
 /// # Safety
