@@ -49,12 +49,13 @@ use crate::relpos::RelPosTable;
 pub use self::reference::{attention_reference, attention_reference_with};
 pub use self::tiles::tiles_available;
 
-/// Whether a call with [`AttentionParams::tiles`] runs on the tiles: when its longest sequence
-/// has at least [`tiles::MIN_TOKENS`] tokens. Shorter ones run the fp32 path, where the tile
-/// path's per-sequence preparation (operands rounded and laid out per head) costs more than
-/// its products save (BENCHMARKS.md, "attention on AMX tiles").
-fn on_tiles(offsets: &[usize]) -> bool {
-    offsets.windows(2).any(|w| w[1] - w[0] >= tiles::MIN_TOKENS)
+/// Whether a sequence of `n` tokens runs on the tiles under [`AttentionParams::tiles`]: from
+/// [`tiles::MIN_TOKENS`] tokens on. Shorter ones run the fp32 path, where the tile path's
+/// per-sequence preparation (operands rounded and laid out per head) costs more than its
+/// products save (BENCHMARKS.md, "attention on AMX tiles"). Decided per sequence, so a
+/// sequence's result does not depend on the batch it comes in.
+fn on_tiles(n: usize) -> bool {
+    n >= tiles::MIN_TOKENS
 }
 
 /// The one decision whether a model's attention runs on the tiles ([`AttentionParams::tiles`]):
@@ -362,11 +363,19 @@ fn attention_at(
     assert!(qkv.len() >= tokens * 3 * h && ctx.len() >= tokens * h);
     let threads = rayon::current_num_threads();
     #[cfg(target_arch = "x86_64")]
-    if p.tiles && on_tiles(offsets) {
-        let slab = |n: usize| tiles::sequence_words(n, p.heads, p.head_dim);
-        let tasks = split_tasks(offsets, p.heads, threads, tiles::BLOCK, &slab);
+    if p.tiles {
+        // the sequences of at least MIN_TOKENS on the tiles, the others (a single block each,
+        // needing no prepared keys) on the fp32 kernels
+        let slab = |n: usize| match on_tiles(n) {
+            true => tiles::sequence_words(n, p.heads, p.head_dim),
+            false => 0,
+        };
+        let (long, short): (Vec<Task>, Vec<Task>) =
+            split_tasks(offsets, p.heads, threads, tiles::BLOCK, &slab)
+                .into_iter()
+                .partition(|t| on_tiles(t.n));
         let ctx = CtxPtr(ctx.as_mut_ptr());
-        return tiles::attention_tiles(
+        tiles::attention_tiles(
             p,
             qkv,
             offsets,
@@ -374,9 +383,11 @@ fn attention_at(
             &pos_query.panels,
             relpos,
             &mut scratch.tiles,
-            tasks,
+            long,
             ctx,
         );
+        debug_assert!(short.iter().all(|t| key_slab_ld(t.n).is_none()));
+        return run_tasks(level, p, qkv, short, &[], pos_key, pos_query, relpos, ctx);
     }
     let keys_t = &mut scratch.keys_t;
     // Sequences longer than one query block share one transposition of their keys; a sequence
@@ -390,6 +401,24 @@ fn attention_at(
     let ctx = CtxPtr(ctx.as_mut_ptr());
     let slab = |n: usize| key_slab_ld(n).map_or(0, |ld| p.heads * head_slab(n, p.head_dim, ld));
     let tasks = split_tasks(offsets, p.heads, threads, QUERY_BLOCK, &slab);
+    run_tasks(
+        level, p, qkv, tasks, keys_t, pos_key, pos_query, relpos, ctx,
+    )
+}
+
+/// The fp32 kernels on `tasks`, in parallel.
+#[allow(clippy::too_many_arguments)]
+fn run_tasks(
+    level: Level,
+    p: &AttentionParams,
+    qkv: &[f32],
+    tasks: Vec<Task>,
+    keys_t: &[f32],
+    pos_key: &PosTable,
+    pos_query: &PosTable,
+    relpos: &RelPosTable,
+    ctx: CtxPtr,
+) {
     tasks.into_par_iter().for_each(|task| {
         SCRATCH.with(|cell| {
             let mut sc = cell.borrow_mut();

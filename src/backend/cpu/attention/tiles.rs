@@ -38,8 +38,7 @@ use crate::relpos::RelPosTable;
 /// panel.
 pub(super) const BLOCK: usize = 32;
 
-/// Tokens of the longest sequence of a call from which it runs on the tiles (see
-/// `on_tiles`).
+/// Tokens from which a sequence runs on the tiles (see `on_tiles`).
 pub(super) const MIN_TOKENS: usize = 24;
 
 /// Whether the attention can run on tiles for heads of `head_dim` values: the GEMM's AMX-BF16
@@ -124,8 +123,9 @@ pub(super) fn sequence_words(n: usize, heads: usize, d: usize) -> usize {
     heads * head_words(n, d)
 }
 
-/// `ctx = attention(qkv)` on tiles (see the module docs); `tasks` as `split_tasks` made them
-/// with [`BLOCK`]-row blocks and [`sequence_words`] slabs.
+/// `ctx = attention(qkv)` on tiles (see the module docs) for the sequences of at least
+/// [`MIN_TOKENS`] tokens; `tasks` (theirs) as `split_tasks` made them with [`BLOCK`]-row blocks
+/// and [`sequence_words`] slabs for those sequences (none for the others).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn attention_tiles(
     p: &AttentionParams,
@@ -142,15 +142,17 @@ pub(super) fn attention_tiles(
     assert!(tiles_available(d), "tile attention unavailable");
     assert!(!p.c2p || pos_key.heads.len() == nh, "c2p needs PK panels");
     assert!(!p.p2c || pos_query.heads.len() == nh, "p2c needs PQ panels");
+    let long = |w: &&[usize]| w[1] - w[0] >= MIN_TOKENS;
     let total: usize = offsets
         .windows(2)
+        .filter(long)
         .map(|w| sequence_words(w[1] - w[0], nh, d))
         .sum();
     let buf = words_of(&mut scratch.lines, total);
     // one unit per (sequence, head): its slice of the buffer
     let mut units = Vec::new();
     let mut rest = &mut buf[..total];
-    for w in offsets.windows(2) {
+    for w in offsets.windows(2).filter(long) {
         let n = w[1] - w[0];
         for hd in 0..nh {
             let (unit, tail) = std::mem::take(&mut rest).split_at_mut(head_words(n, d));
@@ -293,7 +295,7 @@ fn block(
         h1,
         ..
     } = task;
-    debug_assert!(h0 < h1 && h1 <= nh && q0 + bq <= n && bq <= BLOCK);
+    debug_assert!(h0 < h1 && h1 <= nh && q0 + bq <= n && bq <= BLOCK && n >= MIN_TOKENS);
     let tbl = relpos.as_slice();
     let off = relpos.max_len() - 1;
     let monotone = relpos.is_monotone();
