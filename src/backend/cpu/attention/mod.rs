@@ -487,23 +487,55 @@ fn split_tasks(
     } else {
         want.div_ceil(blocks.len().max(1)).clamp(1, heads.max(1))
     };
-    let mut tasks = Vec::with_capacity(blocks.len() * groups);
-    for (start, n, keys_at, q0, rows) in blocks {
-        for g in 0..groups {
-            let (h0, h1) = (g * heads / groups, (g + 1) * heads / groups);
-            tasks.push(Task {
-                start,
-                n,
-                keys_at,
-                q0,
-                rows,
-                h0,
-                h1,
-            });
+    let mut tasks = Vec::with_capacity(blocks.len() * groups.max(heads));
+    let mut i = 0;
+    while i < blocks.len() {
+        let (start, n, keys_at, ..) = blocks[i];
+        let seq = i..i + blocks[i..]
+            .iter()
+            .take_while(|b| b.0 == start && b.1 == n)
+            .count();
+        i = seq.end;
+        if groups == 1 && n >= HEAD_MAJOR {
+            // a long sequence: one task per (head, block), head by head, so that the
+            // consecutive tasks a thread takes share one head's operands in its cache
+            for hd in 0..heads {
+                for &(_, _, _, q0, rows) in &blocks[seq.clone()] {
+                    tasks.push(Task {
+                        start,
+                        n,
+                        keys_at,
+                        q0,
+                        rows,
+                        h0: hd,
+                        h1: hd + 1,
+                    });
+                }
+            }
+            continue;
+        }
+        for &(start, n, keys_at, q0, rows) in &blocks[seq] {
+            for g in 0..groups {
+                let (h0, h1) = (g * heads / groups, (g + 1) * heads / groups);
+                tasks.push(Task {
+                    start,
+                    n,
+                    keys_at,
+                    q0,
+                    rows,
+                    h0,
+                    h1,
+                });
+            }
         }
     }
     tasks
 }
+
+/// Tokens from which a sequence's tasks are one head each, head by head (see `split_tasks`):
+/// at 512 tokens one head's keys, values and position tables are about 0.6 MB, all heads more
+/// than a core's L2.
+const HEAD_MAJOR: usize = 256;
 
 /// The attention output `ctx` ([T, H]) shared by the tasks of one call.
 #[derive(Clone, Copy)]
