@@ -1,15 +1,20 @@
 //! Disentangled self-attention over packed sequences.
 //!
-//! The keys of each sequence longer than one query block are transposed once per call into its
-//! own [nH, d, n] slab of a reused scratch buffer (every query block of the sequence reads
-//! them). Then one rayon task per (sequence, block of query rows), all heads (or a group of
-//! heads, for one short sentence): content scores `Q K^T`, the c2p term `Q_i . PK[idx(i,j)]`
+//! The fp32 path: the keys of each sequence longer than one query block are transposed once
+//! per call into its own [nH, d, n] slab of a reused scratch buffer, with its keys and values
+//! again as [n, d] rows per head (every query block of the sequence reads them). Then one
+//! rayon task per (sequence, block of query rows), all heads (or a group of heads, for one
+//! short sentence; one head, head by head, for a long sequence): content scores `Q K^T`, the c2p term `Q_i . PK[idx(i,j)]`
 //! and the p2c term `K_j . PQ[idx(i,j)]` (PK/PQ precomputed at load time, stored per head
 //! transposed as [d, 2S] so the inner loops are broadcast-FMAs over contiguous memory, with
 //! the rows of the small offsets kept again compactly for short sentences), scale, softmax,
 //! and `P V`. Only a [block, L] score tile and a
 //! [block, L + block] c2p tile exist at a time (per thread, reused); no [L, 2S] matrix is built;
 //! only real tokens are touched.
+//!
+//! With [`AttentionParams::tiles`] (bf16 and int8 on CPUs with AMX-BF16), sequences of at
+//! least 24 tokens run the same steps with the four products on the tile unit instead
+//! (`tiles.rs`).
 //!
 //! [`attention_reference`] (in `reference.rs`) is the plain per-element version the fast one is
 //! tested against (in `tests.rs`); the x86-64 SIMD kernels are in `x86.rs`.
