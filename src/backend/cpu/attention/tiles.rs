@@ -379,7 +379,7 @@ fn block(
             }
         }
 
-        // p2c: c[j, r - 32 p_first(kb)] = k_j . PQ[r] per block of keys, each key's values
+        // p2c: c[j, r - 32 p0(kb)] = k_j . PQ[r] per block of keys kb, each key's values
         // gathered into query order (c[j, i]) and added to s through transposes
         if p.p2c {
             let panels = pos_query.head(hd);
