@@ -962,17 +962,12 @@ fn add_positions_reversed(
     let at = &at[at.len() - dst.len()..];
     #[cfg(target_arch = "x86_64")]
     if level == Level::Avx512 && monotone {
-        let (Some(&lo), Some(&hi)) = (at.first(), at.last()) else {
-            return;
-        };
-        assert!(
-            lo as usize >= base && (hi as usize - base) < src.len(),
-            "c2p positions"
-        );
-        debug_assert!(at.windows(2).all(|w| w[0] <= w[1]));
-        // SAFETY: avx512f was detected (`Level::Avx512` comes from `simd()`); every position
-        // lies between the ends' (monotone), inside src (checked above).
-        return unsafe { x86::add_positions_reversed_avx512(dst, src, at, base) };
+        if window_inside(at, base, src.len()) {
+            // SAFETY: avx512f was detected (`Level::Avx512` comes from `simd()`); every
+            // position lies between the ends' (monotone), inside src (checked above).
+            unsafe { x86::add_positions_reversed_avx512(dst, src, at, base) };
+        }
+        return;
     }
     let _ = (level, monotone);
     for (v, &r) in dst.iter_mut().zip(at.iter().rev()) {
@@ -990,16 +985,11 @@ fn gather_positions(level: Level, monotone: bool, row: &mut [f32], at: &[u32], b
     assert!(at.len() <= 32 && at.len() <= row.len());
     #[cfg(target_arch = "x86_64")]
     if level == Level::Avx512 && monotone {
-        let (Some(&lo), Some(&hi)) = (at.first(), at.last()) else {
-            return;
-        };
-        assert!(
-            lo as usize >= base && (hi as usize - base) < row.len(),
-            "p2c positions"
-        );
-        debug_assert!(at.windows(2).all(|w| w[0] <= w[1]));
-        // SAFETY: as in `add_positions_reversed`.
-        return unsafe { x86::gather_positions_avx512(row, at, base) };
+        if window_inside(at, base, row.len()) {
+            // SAFETY: as in `add_positions_reversed`.
+            unsafe { x86::gather_positions_avx512(row, at, base) };
+        }
+        return;
     }
     let _ = (level, monotone);
     let mut vals = [0.0f32; 32];
@@ -1007,4 +997,19 @@ fn gather_positions(level: Level, monotone: bool, row: &mut [f32], at: &[u32], b
         *v = row[r as usize - base];
     }
     row[..at.len()].copy_from_slice(&vals[..at.len()]);
+}
+
+/// Whether the monotone positions `at` are any, and (else a panic) their ends, so all of them,
+/// lie in `base .. base + len`: the bounds the AVX-512 lookups rely on.
+#[cfg(target_arch = "x86_64")]
+fn window_inside(at: &[u32], base: usize, len: usize) -> bool {
+    let (Some(&lo), Some(&hi)) = (at.first(), at.last()) else {
+        return false;
+    };
+    assert!(
+        lo as usize >= base && (hi as usize - base) < len,
+        "positions outside their window"
+    );
+    debug_assert!(at.windows(2).all(|w| w[0] <= w[1]));
+    true
 }

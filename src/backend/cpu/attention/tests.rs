@@ -43,6 +43,62 @@ fn tasks_cover_every_row_and_head_once() {
     }
 }
 
+/// Random inputs of an attention call: sequences of `lens` tokens, `h` = heads * head_dim,
+/// the relative-position table and projected tables of the given buckets.
+struct Case {
+    span: usize,
+    relpos: RelPosTable,
+    qkv: Vec<f32>,
+    pk: Vec<f32>,
+    pq: Vec<f32>,
+    offsets: Vec<usize>,
+}
+
+impl Case {
+    fn random(lens: &[usize], h: usize, buckets: i64, max_rel: usize, seed: u64) -> Case {
+        let span = if buckets > 0 {
+            buckets as usize
+        } else {
+            max_rel
+        };
+        let max_len = *lens.iter().max().unwrap();
+        let mut rng = XorShift(seed);
+        let t: usize = lens.iter().sum();
+        let qkv: Vec<f32> = (0..t * 3 * h).map(|_| rng.normal()).collect();
+        let pk: Vec<f32> = (0..2 * span * h).map(|_| rng.normal()).collect();
+        let pq: Vec<f32> = (0..2 * span * h).map(|_| rng.normal()).collect();
+        let mut offsets = vec![0];
+        for &l in lens {
+            offsets.push(offsets.last().unwrap() + l);
+        }
+        Case {
+            span,
+            relpos: RelPosTable::new(max_len, buckets, max_rel, span),
+            qkv,
+            pk,
+            pq,
+            offsets,
+        }
+    }
+}
+
+/// Largest |a - b|, infinite where either is NaN.
+fn max_err(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(
+            0.0f32,
+            |m, e| {
+                if e.is_nan() {
+                    f32::INFINITY
+                } else {
+                    m.max(e)
+                }
+            },
+        )
+}
+
 fn check(
     lens: &[usize],
     heads: usize,
@@ -53,22 +109,16 @@ fn check(
     p2c: bool,
 ) {
     let h = heads * d;
-    let span = if buckets > 0 {
-        buckets as usize
-    } else {
-        max_rel
-    };
-    let max_len = *lens.iter().max().unwrap();
-    let relpos = RelPosTable::new(max_len, buckets, max_rel, span);
-    let mut rng = XorShift(0x1234_5678 + lens.len() as u64 * 7 + d as u64);
-    let t: usize = lens.iter().sum();
-    let qkv: Vec<f32> = (0..t * 3 * h).map(|_| rng.normal()).collect();
-    let pk: Vec<f32> = (0..2 * span * h).map(|_| rng.normal()).collect();
-    let pq: Vec<f32> = (0..2 * span * h).map(|_| rng.normal()).collect();
-    let mut offsets = vec![0];
-    for &l in lens {
-        offsets.push(offsets.last().unwrap() + l);
-    }
+    let seed = 0x1234_5678 + lens.len() as u64 * 7 + d as u64;
+    let Case {
+        span,
+        relpos,
+        qkv,
+        pk,
+        pq,
+        offsets,
+    } = Case::random(lens, h, buckets, max_rel, seed);
+    let t = qkv.len() / (3 * h);
     let p = AttentionParams {
         heads,
         head_dim: d,
@@ -98,14 +148,7 @@ fn check(
             &mut scratch,
             &mut got,
         );
-        let err = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(
-                0.0f32,
-                |m, e| if e.is_nan() { f32::INFINITY } else { m.max(e) },
-            );
+        let err = max_err(&got, &want);
         assert!(
             err < 2e-5,
             "{level:?}: lens {lens:?} d {d} buckets {buckets}: max err {err}"
@@ -261,22 +304,16 @@ fn check_tiles(
         return false;
     }
     let h = heads * d;
-    let span = if buckets > 0 {
-        buckets as usize
-    } else {
-        max_rel
-    };
-    let max_len = *lens.iter().max().unwrap();
-    let relpos = RelPosTable::new(max_len, buckets, max_rel, span);
-    let mut rng = XorShift(0x5eed_0000 + lens.iter().sum::<usize>() as u64 * 31 + d as u64);
-    let t: usize = lens.iter().sum();
-    let qkv: Vec<f32> = (0..t * 3 * h).map(|_| rng.normal()).collect();
-    let pk: Vec<f32> = (0..2 * span * h).map(|_| rng.normal()).collect();
-    let pq: Vec<f32> = (0..2 * span * h).map(|_| rng.normal()).collect();
-    let mut offsets = vec![0];
-    for &l in lens {
-        offsets.push(offsets.last().unwrap() + l);
-    }
+    let seed = 0x5eed_0000 + lens.iter().sum::<usize>() as u64 * 31 + d as u64;
+    let Case {
+        span,
+        relpos,
+        qkv,
+        pk,
+        pq,
+        offsets,
+    } = Case::random(lens, h, buckets, max_rel, seed);
+    let t = qkv.len() / (3 * h);
     let mut p = AttentionParams {
         heads,
         head_dim: d,
@@ -315,21 +352,6 @@ fn check_tiles(
             &mut got,
         )
     });
-    let max_err = |a: &[f32], b: &[f32]| {
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(
-                0.0f32,
-                |m, e| {
-                    if e.is_nan() {
-                        f32::INFINITY
-                    } else {
-                        m.max(e)
-                    }
-                },
-            )
-    };
     let what = format!("lens {lens:?} heads {heads} d {d} buckets {buckets} c2p {c2p} p2c {p2c}");
     for (s, w) in offsets.windows(2).enumerate() {
         let rows = w[0] * h..w[1] * h;
