@@ -1,6 +1,7 @@
 """Helpers shared by the comparison scripts (compare_cpu.py, compare_rerank.py, compare_gpu.py):
 logging, the machine and repository a run is labelled with, the timing loop, the share of the
-CPUs other processes took, ONNX export and the ONNX Runtime InferenceSession every CPU comparison uses.
+CPUs other processes took, ONNX export and the ONNX Runtime runner (`InferenceSession`) every CPU
+comparison uses.
 
 Standard library only at import time: the scripts pin thread-pool environment variables before
 they import torch or numpy, so torch and onnxruntime are imported inside the functions that
@@ -131,7 +132,7 @@ def export_onnx(module, out: Path, output_name: str) -> None:
 
 
 def ort_session(onnx_path: Path, threads: int):
-    """An ONNX Runtime CPU session as the comparisons run it: `threads` intra-op threads, one
+    """ONNX Runtime on the CPU as the comparisons run it: `threads` intra-op threads, one
     inter-op thread, every graph optimization, sequential execution."""
     import onnxruntime as ort
 
