@@ -803,7 +803,8 @@ fn linear_impl(
                 let kernel = match int8_form_at(level) {
                     Int8Form::Tiles => int8::Int8Kernel::Amx,
                     Int8Form::Vnni => int8::Int8Kernel::Vnni512,
-                    Int8Form::AvxVnni | Int8Form::F32 => int8::Int8Kernel::Vnni256,
+                    Int8Form::AvxVnni => int8::Int8Kernel::Vnni256,
+                    Int8Form::F32 => unreachable!("int8 weights without a kernel (asserted above)"),
                 };
                 int8_linear(x, m, w, ep, out, kernel, threads, offsets);
                 return;

@@ -338,11 +338,15 @@ fn key_slab_ld(n: usize) -> Option<usize> {
 /// Floats of the keys scratch for these sequences: `nH` head slabs ([`head_slab`]) for each one
 /// that gets them.
 fn keys_t_len(offsets: &[usize], heads: usize, head_dim: usize) -> usize {
-    let slabs = offsets.windows(2).filter_map(|w| {
-        let n = w[1] - w[0];
-        key_slab_ld(n).map(|ld| head_slab(n, head_dim, ld))
-    });
-    heads * slabs.sum::<usize>()
+    let slabs = offsets
+        .windows(2)
+        .map(|w| sequence_slab(w[1] - w[0], heads, head_dim));
+    slabs.sum::<usize>()
+}
+
+/// Floats of a sequence of `n` tokens' slabs (all heads; 0 for a single block).
+fn sequence_slab(n: usize, heads: usize, head_dim: usize) -> usize {
+    key_slab_ld(n).map_or(0, |ld| heads * head_slab(n, head_dim, ld))
 }
 
 /// Floats of one head's slab of a sequence of `n` tokens (see `transpose_keys`): `K^T` [d, ld],
@@ -404,7 +408,7 @@ fn attention_at(
     }
     let keys_t: &[f32] = keys_t;
     let ctx = CtxPtr(ctx.as_mut_ptr());
-    let slab = |n: usize| key_slab_ld(n).map_or(0, |ld| p.heads * head_slab(n, p.head_dim, ld));
+    let slab = |n: usize| sequence_slab(n, p.heads, p.head_dim);
     let tasks = split_tasks(offsets, p.heads, threads, QUERY_BLOCK, &slab);
     run_tasks(
         level, p, qkv, tasks, keys_t, pos_key, pos_query, relpos, ctx,

@@ -396,8 +396,9 @@ pub(super) unsafe fn value_panels_avx512(
             for half in 0..2 {
                 let col = 32 * p + 16 * half;
                 let both = _mm512_cvtne2ps_pbh(row(2 * kp + 1, col), row(2 * kp, col));
-                let words =
-                    _mm512_permutexvar_epi16(order, std::mem::transmute::<__m512bh, __m512i>(both));
+                // SAFETY: both are 64-byte vectors; any bits are valid in either.
+                let both = unsafe { std::mem::transmute::<__m512bh, __m512i>(both) };
+                let words = _mm512_permutexvar_epi16(order, both);
                 unsafe {
                     _mm512_storeu_si512(dp.add((p * pairs + kp) * 32 + 16 * half).cast(), words)
                 };
